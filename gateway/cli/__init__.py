@@ -1,0 +1,1 @@
+"""Command line: `gateway serve` (and, later, `gateway ctl`)."""

@@ -1,0 +1,57 @@
+"""`gateway serve`: start the broker from a config file, with flags that override it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import trio
+
+import gateway
+from gateway.config import KEEP, ConfigError, load_config, parse_port, with_overrides
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description=gateway.__doc__)
+    parser.add_argument("--version", action="version", version=gateway.__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the broker")
+    serve.add_argument("--config", type=Path, default=None,
+                       help="TOML config file (default: the embedded conf/gateway.toml)")
+    serve.add_argument("--host", default=None, help="address every listener binds")
+    for proto in ("amqp", "mqtt", "stomp", "http"):
+        serve.add_argument(f"--{proto}-port", type=parse_port, default=KEEP,
+                           help=f"{proto.upper()} port; 0 picks a free port, 'off' disables")
+    serve.add_argument("--data-dir", type=Path, default=None,
+                       help="directory for durable state")
+    serve.add_argument("--log-level", default="info",
+                       choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = with_overrides(
+            load_config(args.config), host=args.host, amqp_port=args.amqp_port,
+            mqtt_port=args.mqtt_port, stomp_port=args.stomp_port, http_port=args.http_port,
+            data_dir=args.data_dir)
+    except (ConfigError, OSError) as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    from gateway.server.app import run_server
+
+    try:
+        trio.run(run_server, config)
+    except OSError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    logging.getLogger("gateway.server").info("stopped")
+    return 0

@@ -1,0 +1,511 @@
+"""Configuration: a TOML file read once at start into frozen dataclasses.
+
+Where the default comes from
+----------------------------
+The default configuration is `conf/gateway.toml` in the source tree. The package carries a
+byte-for-byte copy as the resource `gateway/default.toml`, read with `importlib.resources`,
+so the same default is found by an editable install, a wheel and the Docker image alike
+(none of them can rely on the source tree sitting next to the installed package).
+`tests/test_packaging.py` fails when the two files differ: edit `conf/gateway.toml` and copy
+it over `gateway/default.toml`.
+
+How a file is read
+------------------
+`load_config(path)` reads the embedded default and then the file, and merges them: every key
+missing from the file keeps its default, so a file only names what it changes. The
+`[[users]]`, `[[vhosts]]` and `[[permissions]]` tables go together: a file that has any of
+them replaces all three (a missing one is empty), so a default `guest` never survives into a
+file that defines its own users. The merged document is then validated in full; a problem
+raises `ConfigError` naming the file and the key path (`listeners.amqp`, `users[1].name`).
+
+Relative paths (`store.data_dir`) are kept relative and so resolve against the working
+directory of the process, as the command line's `--data-dir` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from enum import Enum
+from importlib import resources
+from pathlib import Path
+from typing import Final, TypeAlias
+
+from gateway.auth.passwords import hash_password, is_password_hash
+
+__all__ = [
+    "AMQPConfig",
+    "AuthConfig",
+    "Config",
+    "ConfigError",
+    "KEEP",
+    "Keep",
+    "Limits",
+    "Listeners",
+    "PermissionConfig",
+    "PortError",
+    "StoreConfig",
+    "UserConfig",
+    "default_config_text",
+    "load_config",
+    "parse_port",
+    "with_overrides",
+]
+
+DEFAULT_RESOURCE: Final = "default.toml"
+DEFAULT_SOURCE: Final = "<embedded default config>"
+
+_MAX_PORT: Final = 65535
+_AMQP_LONG_MAX: Final = 0xFFFFFFFF
+_AMQP_SHORT_MAX: Final = 0xFFFF
+_MAX_MESSAGE_SIZE: Final = 512 * 1024 * 1024  # RabbitMQ's hard ceiling as well
+_USER_TABLES: Final = ("users", "vhosts", "permissions")
+_SECTIONS: Final = ("listeners", "store", "amqp", "limits", "auth")
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the source and the key path."""
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        self.source = source
+        self.key = key
+        self.problem = problem
+        where = f"{source}: {key}" if key else source
+        super().__init__(f"{where}: {problem}")
+
+
+class PortError(ValueError, argparse.ArgumentTypeError):
+    """A bad port on the command line (argparse prints the message as it is)."""
+
+
+class Keep(Enum):
+    """Marker for `with_overrides`: leave this setting as the config file has it."""
+
+    KEEP = "keep"
+
+
+KEEP: Final = Keep.KEEP
+
+
+@dataclass(frozen=True)
+class Listeners:
+    host: str
+    amqp: int | None
+    mqtt: int | None
+    stomp: int | None
+    http: int | None
+
+    def ports(self) -> dict[str, int | None]:
+        """Each protocol's port (None = no listener), in a fixed order."""
+        return {"amqp": self.amqp, "mqtt": self.mqtt, "stomp": self.stomp, "http": self.http}
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    data_dir: Path
+    fsync: bool
+
+
+@dataclass(frozen=True)
+class AMQPConfig:
+    frame_max: int
+    channel_max: int
+    heartbeat: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message_size: int
+    max_connections: int
+    connection_buffer: int
+
+
+@dataclass(frozen=True)
+class UserConfig:
+    name: str
+    password_hash: str
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PermissionConfig:
+    user: str
+    vhost: str
+    configure: str
+    write: str
+    read: str
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    users: tuple[UserConfig, ...]
+    vhosts: tuple[str, ...]
+    permissions: tuple[PermissionConfig, ...]
+    loopback_users: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Config:
+    listeners: Listeners
+    store: StoreConfig
+    amqp: AMQPConfig
+    limits: Limits
+    auth: AuthConfig
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def default_config_text() -> str:
+    """The embedded default config file, as text."""
+    return resources.files("gateway").joinpath(DEFAULT_RESOURCE).read_text(encoding="utf-8")
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Read and validate a config file merged over the embedded default (None = default only)."""
+    defaults = _parse_toml(default_config_text(), DEFAULT_SOURCE)
+    if path is None:
+        return _build(defaults, DEFAULT_SOURCE)
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, "", f"cannot read the file: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, "", f"not UTF-8 text: {exc}") from exc
+    document = _parse_toml(text, source)
+    return _build(_merge(defaults, document, source), source)
+
+
+def parse_port(text: str) -> int | None:
+    """A port from the command line: "off" -> None (no listener), "0".."65535" -> int.
+
+    0 asks the OS for a free port. Raises `PortError` (a ValueError) otherwise.
+    """
+    value = text.strip()
+    if value.lower() == "off":
+        return None
+    if value.isascii() and value.isdigit():
+        port = int(value)
+        if port <= _MAX_PORT:
+            return port
+    raise PortError(
+        f"invalid port {text!r}: expected an integer from 0 to {_MAX_PORT} "
+        "(0 = pick a free port) or 'off' (no listener)"
+    )
+
+
+def with_overrides(
+    config: Config,
+    *,
+    host: str | None = None,
+    amqp_port: int | None | Keep = KEEP,
+    mqtt_port: int | None | Keep = KEEP,
+    stomp_port: int | None | Keep = KEEP,
+    http_port: int | None | Keep = KEEP,
+    data_dir: Path | str | None = None,
+) -> Config:
+    """The config with command-line values applied.
+
+    For a port, None means "off" (no listener), so "not given" is `KEEP`; use `KEEP` as the
+    argparse default of the port flags (argparse does not pass non-string defaults through
+    the `type` function). For host and data_dir, None means "not given".
+    """
+    source = "command line"
+    listeners = config.listeners
+    if host is not None:
+        if not host.strip():
+            raise ConfigError(source, "listeners.host", "must not be empty")
+        listeners = replace(listeners, host=host)
+    requested = {"amqp": amqp_port, "mqtt": mqtt_port, "stomp": stomp_port, "http": http_port}
+    ports = listeners.ports()
+    for name, port in requested.items():
+        if isinstance(port, Keep):
+            continue
+        if port is not None and (
+            isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= _MAX_PORT
+        ):
+            raise ConfigError(
+                source, f"listeners.{name}", f"port must be 0-{_MAX_PORT} or off, got {port!r}"
+            )
+        ports[name] = port
+    listeners = Listeners(
+        host=listeners.host,
+        amqp=ports["amqp"],
+        mqtt=ports["mqtt"],
+        stomp=ports["stomp"],
+        http=ports["http"],
+    )
+    store = config.store
+    if data_dir is not None:
+        if not str(data_dir).strip():
+            raise ConfigError(source, "store.data_dir", "must not be empty")
+        store = replace(store, data_dir=Path(data_dir).expanduser())
+    return replace(config, listeners=listeners, store=store)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+_Doc: TypeAlias = dict[str, object]
+
+
+def _parse_toml(text: str, source: str) -> _Doc:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "", f"not valid TOML: {exc}") from exc
+
+
+def _merge(defaults: _Doc, document: _Doc, source: str) -> _Doc:
+    """The document's keys over the defaults', one section deep (see the module doc)."""
+    merged: _Doc = {}
+    for key, value in defaults.items():
+        if key in _SECTIONS and isinstance(value, dict):
+            override = document.get(key, {})
+            if not isinstance(override, dict):
+                raise ConfigError(source, key, f"must be a table, got {_kind(override)}")
+            merged[key] = {**value, **override}
+        elif key not in _USER_TABLES:
+            merged[key] = value
+    if any(key in document for key in _USER_TABLES):
+        for key in _USER_TABLES:
+            merged[key] = document.get(key, [])
+    else:
+        for key in _USER_TABLES:
+            merged[key] = defaults.get(key, [])
+    for key, value in document.items():
+        if key not in merged:
+            merged[key] = value  # unknown: kept so validation reports it by name
+    return merged
+
+
+class _Table:
+    """One TOML table being read: typed getters that know their key path, and a check
+    that every key present was read (so a misspelt key is an error, not ignored)."""
+
+    def __init__(self, source: str, path: str, data: object) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(source, path, f"must be a table, got {_kind(data)}")
+        self.source = source
+        self.path = path
+        self.data: Mapping[str, object] = data
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def error(self, name: str, problem: str) -> ConfigError:
+        return ConfigError(self.source, self.key(name), problem)
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def raw(self, name: str) -> object:
+        self.seen.add(name)
+        if name not in self.data:
+            raise self.error(name, "missing")
+        return self.data[name]
+
+    def string(self, name: str, *, allow_empty: bool = False) -> str:
+        value = self.raw(name)
+        if not isinstance(value, str):
+            raise self.error(name, f"must be a string, got {_kind(value)}")
+        if not allow_empty and not value.strip():
+            raise self.error(name, "must not be empty")
+        return value
+
+    def boolean(self, name: str) -> bool:
+        value = self.raw(name)
+        if not isinstance(value, bool):
+            raise self.error(name, f"must be true or false, got {_kind(value)}")
+        return value
+
+    def integer(self, name: str, low: int, high: int) -> int:
+        value = self.raw(name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(name, f"must be an integer, got {_kind(value)}")
+        if not low <= value <= high:
+            raise self.error(name, f"must be between {low} and {high}, got {value}")
+        return value
+
+    def port(self, name: str) -> int | None:
+        value = self.raw(name)
+        if value == "off":
+            return None
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_PORT:
+            return value
+        raise self.error(
+            name,
+            f'must be a port number 0-{_MAX_PORT} (0 = pick a free port) or "off", got {value!r}',
+        )
+
+    def strings(self, name: str) -> tuple[str, ...]:
+        value = self.raw(name)
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise self.error(name, f"must be a list of strings, got {_kind(value)}")
+        return tuple(str(item) for item in value)
+
+    def table(self, name: str) -> _Table:
+        return _Table(self.source, self.key(name), self.raw(name))
+
+    def tables(self, name: str) -> list[_Table]:
+        value = self.raw(name)
+        if not isinstance(value, list):
+            raise self.error(name, f"must be an array of tables ([[{name}]]), got {_kind(value)}")
+        return [_Table(self.source, f"{self.key(name)}[{i}]", item) for i, item in enumerate(value)]
+
+    def regex(self, name: str) -> str:
+        pattern = self.string(name, allow_empty=True)
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise self.error(name, f"not a valid regular expression {pattern!r}: {exc}") from exc
+        return pattern
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise self.error(unknown[0], "unknown key" + _did_you_mean(unknown[0], self.seen))
+
+
+def _build(document: _Doc, source: str) -> Config:
+    root = _Table(source, "", document)
+
+    listeners_t = root.table("listeners")
+    listeners = Listeners(
+        host=listeners_t.string("host"),
+        amqp=listeners_t.port("amqp"),
+        mqtt=listeners_t.port("mqtt"),
+        stomp=listeners_t.port("stomp"),
+        http=listeners_t.port("http"),
+    )
+    listeners_t.done()
+
+    store_t = root.table("store")
+    store = StoreConfig(
+        data_dir=Path(store_t.string("data_dir")).expanduser(),
+        fsync=store_t.boolean("fsync"),
+    )
+    store_t.done()
+
+    amqp_t = root.table("amqp")
+    amqp = AMQPConfig(
+        frame_max=amqp_t.integer("frame_max", 4096, _AMQP_LONG_MAX),
+        channel_max=amqp_t.integer("channel_max", 1, _AMQP_SHORT_MAX),
+        heartbeat=amqp_t.integer("heartbeat", 0, _AMQP_SHORT_MAX),
+    )
+    amqp_t.done()
+
+    limits_t = root.table("limits")
+    limits = Limits(
+        max_message_size=limits_t.integer("max_message_size", 1, _MAX_MESSAGE_SIZE),
+        max_connections=limits_t.integer("max_connections", 1, 10_000_000),
+        connection_buffer=limits_t.integer("connection_buffer", 4096, 2**40),
+    )
+    limits_t.done()
+
+    auth = _build_auth(root)
+    root.done()
+    return Config(listeners=listeners, store=store, amqp=amqp, limits=limits, auth=auth)
+
+
+def _build_auth(root: _Table) -> AuthConfig:
+    auth_t = root.table("auth")
+    loopback_users = frozenset(auth_t.strings("loopback_users"))
+    auth_t.done()
+
+    users: list[UserConfig] = []
+    for user_t in root.tables("users"):
+        name = user_t.string("name")
+        users.append(
+            UserConfig(
+                name=name,
+                password_hash=_password_hash(user_t),
+                tags=user_t.strings("tags") if user_t.has("tags") else (),
+            )
+        )
+        user_t.done()
+    _no_duplicates(root, "users", [f"user {user.name!r}" for user in users])
+
+    vhosts: list[str] = []
+    for vhost_t in root.tables("vhosts"):
+        vhosts.append(vhost_t.string("name"))
+        vhost_t.done()
+    _no_duplicates(root, "vhosts", [f"vhost {vhost!r}" for vhost in vhosts])
+
+    known_users = {user.name for user in users}
+    known_vhosts = set(vhosts)
+    permissions: list[PermissionConfig] = []
+    for perm_t in root.tables("permissions"):
+        user = perm_t.string("user")
+        if user not in known_users:
+            raise perm_t.error("user", f"no [[users]] entry is named {user!r}")
+        vhost = perm_t.string("vhost")
+        if vhost not in known_vhosts:
+            raise perm_t.error("vhost", f"no [[vhosts]] entry is named {vhost!r}")
+        permissions.append(
+            PermissionConfig(
+                user=user,
+                vhost=vhost,
+                configure=perm_t.regex("configure"),
+                write=perm_t.regex("write"),
+                read=perm_t.regex("read"),
+            )
+        )
+        perm_t.done()
+    _no_duplicates(
+        root,
+        "permissions",
+        [f"permission for user {p.user!r} on vhost {p.vhost!r}" for p in permissions],
+    )
+
+    return AuthConfig(
+        users=tuple(users),
+        vhosts=tuple(vhosts),
+        permissions=tuple(permissions),
+        loopback_users=loopback_users,
+    )
+
+
+def _password_hash(user_t: _Table) -> str:
+    has_hash, has_plain = user_t.has("password_hash"), user_t.has("password")
+    if has_hash == has_plain:
+        raise user_t.error("password_hash", 'give exactly one of "password_hash" or "password"')
+    if has_plain:
+        return hash_password(user_t.string("password"))
+    value = user_t.string("password_hash", allow_empty=True)
+    if value and not is_password_hash(value):
+        raise user_t.error(
+            "password_hash",
+            "not a RabbitMQ salted SHA-256 hash (base64 of 4 salt bytes + 32 digest bytes); "
+            '"" disables password login',
+        )
+    return value
+
+
+def _no_duplicates(root: _Table, name: str, labels: Iterable[str]) -> None:
+    seen: set[str] = set()
+    for index, label in enumerate(labels):
+        if label in seen:
+            raise ConfigError(root.source, f"{name}[{index}]", f"duplicate {label}")
+        seen.add(label)
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -1,0 +1,137 @@
+"""The broker: virtual hosts by name, message ids, recovery and snapshots of durable state.
+
+Sessions reach the model through `Broker.vhost(name)`; the server drives time through
+`tick(now)` and durability through the store. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+
+from gateway.core.errors import NotAllowed
+from gateway.core.exchange import Exchange
+from gateway.core.message import Message, Properties
+from gateway.core.queue import Queue
+from gateway.core.vhost import VirtualHost
+from gateway.store.base import (
+    BindingRecord,
+    ExchangeRecord,
+    MessageRecord,
+    QueueRecord,
+    Recovered,
+    Store,
+)
+
+
+class Broker:
+    def __init__(self, store: Store, vhosts: Iterable[str] = ("/",)) -> None:
+        self.store = store
+        self._ids = itertools.count(1)
+        self.vhosts: dict[str, VirtualHost] = {}
+        for name in vhosts:
+            self.add_vhost(name)
+
+    def next_message_id(self) -> int:
+        return next(self._ids)
+
+    def add_vhost(self, name: str) -> VirtualHost:
+        vh = self.vhosts.get(name)
+        if vh is None:
+            vh = self.vhosts[name] = VirtualHost(name, self.store, self.next_message_id)
+        return vh
+
+    def vhost(self, name: str) -> VirtualHost:
+        vh = self.vhosts.get(name)
+        if vh is None:
+            raise NotAllowed(f"NOT_ALLOWED - vhost {name} not found")
+        return vh
+
+    def tick(self, now: float) -> None:
+        for vh in list(self.vhosts.values()):
+            vh.tick(now)
+
+    # -- durability ------------------------------------------------------------------------
+
+    def recover(self, now: float) -> int:
+        """Rebuild durable exchanges, queues, bindings and messages from the store.
+        Returns the number of messages restored."""
+        state = self.store.recover()
+        self._ids = itertools.count(state.max_message_id + 1)
+        for x in state.exchanges:
+            vh = self.add_vhost(x.vhost)
+            if x.name not in vh.exchanges:
+                vh.exchanges[x.name] = Exchange(
+                    x.name, x.type, durable=True, auto_delete=x.auto_delete,
+                    internal=x.internal, arguments=x.arguments, vhost_name=x.vhost)
+        for q in state.queues:
+            vh = self.add_vhost(q.vhost)
+            if q.name not in vh.queues:
+                vh.queues[q.name] = Queue(vh, q.name, durable=True, auto_delete=q.auto_delete,
+                                          arguments=q.arguments, now=now)
+        for b in state.bindings:
+            vh = self.add_vhost(b.vhost)
+            source = vh.exchanges.get(b.source)
+            dest: Queue | Exchange | None = (
+                vh.queues.get(b.destination) if b.dest_is_queue
+                else vh.exchanges.get(b.destination))
+            if source is None or dest is None:
+                continue
+            from gateway.core.exchange import Binding
+
+            binding = Binding.make(source, dest, b.routing_key, b.arguments)
+            if source.add_binding(binding) and isinstance(dest, Queue):
+                dest.bound_by[binding] = None
+        restored = 0
+        shared: dict[int, Message] = {}  # one message in many queues is one object again
+        for (vhost, qname), entries in state.messages.items():
+            queue = self.vhosts[vhost].queues.get(qname)
+            if queue is None:
+                continue
+            for seq, rec in entries:
+                msg = shared.get(rec.id)
+                if msg is None:
+                    msg = shared[rec.id] = Message(
+                        rec.id, rec.exchange, rec.routing_key, Properties(**rec.properties),
+                        rec.body, rec.origin)
+                queue.restore(seq, msg, now)
+                restored += 1
+        return restored
+
+    def snapshot(self) -> Recovered:
+        """The durable state as the store writes it: durable exchanges, queues and bindings,
+        and every persisted message still in a durable queue (ready or unacked)."""
+        state = Recovered()
+        for vh in self.vhosts.values():
+            for x in vh.exchanges.values():
+                if x.durable and x.name and not _predeclared(x):
+                    state.exchanges.append(ExchangeRecord(
+                        vh.name, x.name, x.type, x.auto_delete, x.internal, x.arguments))
+            for q in vh.queues.values():
+                if not (q.durable and q.exclusive_owner is None):
+                    continue
+                state.queues.append(QueueRecord(vh.name, q.name, q.auto_delete, q.arguments))
+                entries = [e for e in (*q.iter_ready(), *q.unacked.values()) if e.persisted]
+                entries.sort(key=lambda e: e.seq)
+                state.messages[(vh.name, q.name)] = [
+                    (e.seq, _message_record(e.message)) for e in entries]
+            for b in vh.bindings():
+                dest = b.destination
+                if b.source.durable and dest.durable and not (
+                    isinstance(dest, Queue) and dest.exclusive_owner is not None
+                ):
+                    state.bindings.append(BindingRecord(
+                        vh.name, b.source.name, isinstance(dest, Queue), dest.name,
+                        b.routing_key, b.arguments))
+        return state
+
+
+def _predeclared(x: Exchange) -> bool:
+    return x.name.startswith("amq.") and x.name in (
+        "amq.direct", "amq.fanout", "amq.topic", "amq.headers", "amq.match")
+
+
+def _message_record(m: Message) -> MessageRecord:
+    p = m.properties
+    props = {f: getattr(p, f) for f in p.__slots__}
+    return MessageRecord(m.id, m.exchange, m.routing_key, props, m.body, m.origin)

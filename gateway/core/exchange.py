@@ -1,0 +1,184 @@
+"""Exchanges: where a publish is routed to queues (and to other exchanges).
+
+Each exchange type keeps its bindings in the structure that makes its routing cheap: a dict
+by routing key for direct, a set for fanout, a word trie for topic, a list of header
+matchers for headers. Destinations are `Queue` or `Exchange` objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from gateway.core.errors import PreconditionFailed
+from gateway.core.topic import TopicTrie
+
+if TYPE_CHECKING:
+    from gateway.core.queue import Queue
+
+    Destination: TypeAlias = "Queue | Exchange"
+
+EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    source: Exchange
+    destination: Destination
+    routing_key: str
+    arguments: dict[str, Any] = field(hash=False, compare=False)
+    args_key: Any = None  # frozen arguments, part of the binding's identity
+
+    @staticmethod
+    def make(
+        source: Exchange, destination: Destination, key: str, arguments: dict[str, Any] | None
+    ) -> Binding:
+        args = dict(arguments or {})
+        return Binding(source, destination, key, args, _freeze(args))
+
+
+class Exchange:
+    __slots__ = (
+        "name", "type", "durable", "auto_delete", "internal", "arguments", "vhost_name",
+        "bindings", "_direct", "_fanout", "_topic", "_headers", "deleted",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        type: str,
+        *,
+        durable: bool = False,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: dict[str, Any] | None = None,
+        vhost_name: str = "/",
+    ) -> None:
+        if type not in EXCHANGE_TYPES:
+            raise ValueError(type)
+        self.name = name
+        self.type = type
+        self.durable = durable
+        self.auto_delete = auto_delete
+        self.internal = internal
+        self.arguments = dict(arguments or {})
+        self.vhost_name = vhost_name
+        self.bindings: dict[Binding, None] = {}
+        self._direct: dict[str, dict[Destination, int]] = {}
+        self._fanout: dict[Destination, int] = {}
+        self._topic: TopicTrie[Destination] = TopicTrie()
+        self._headers: list[Binding] = []
+        self.deleted = False
+
+    def __repr__(self) -> str:
+        return f"Exchange({self.name!r}, {self.type!r})"
+
+    @property
+    def alternate_exchange(self) -> str | None:
+        ae = self.arguments.get("alternate-exchange")
+        return ae if isinstance(ae, str) else None
+
+    def equivalent(
+        self, type: str, durable: bool, auto_delete: bool, internal: bool,
+        arguments: dict[str, Any],
+    ) -> bool:
+        return (
+            self.type == type and self.durable == durable and self.auto_delete == auto_delete
+            and self.internal == internal and _freeze(self.arguments) == _freeze(arguments)
+        )
+
+    # -- bindings -------------------------------------------------------------------------
+
+    def add_binding(self, binding: Binding) -> bool:
+        if binding in self.bindings:
+            return False
+        if self.type == "headers":
+            _validate_x_match(binding.arguments)
+        self.bindings[binding] = None
+        dest, key = binding.destination, binding.routing_key
+        if self.type == "direct":
+            dests = self._direct.setdefault(key, {})
+            dests[dest] = dests.get(dest, 0) + 1
+        elif self.type == "fanout":
+            self._fanout[dest] = self._fanout.get(dest, 0) + 1
+        elif self.type == "topic":
+            self._topic.add(key, dest)
+        else:
+            self._headers.append(binding)
+        return True
+
+    def remove_binding(self, binding: Binding) -> bool:
+        if binding not in self.bindings:
+            return False
+        del self.bindings[binding]
+        dest, key = binding.destination, binding.routing_key
+        if self.type == "direct":
+            dests = self._direct[key]
+            _decrement(dests, dest)
+            if not dests:
+                del self._direct[key]
+        elif self.type == "fanout":
+            _decrement(self._fanout, dest)
+        elif self.type == "topic":
+            if not any(
+                b.routing_key == key and b.destination is dest for b in self.bindings
+            ):
+                self._topic.remove(key, dest)
+        else:
+            self._headers.remove(binding)
+        return True
+
+    # -- routing ---------------------------------------------------------------------------
+
+    def route(self, routing_key: str, headers: dict[str, Any] | None) -> Iterable[Destination]:
+        if self.type == "direct":
+            return self._direct.get(routing_key, ())
+        if self.type == "topic":
+            return self._topic.match(routing_key)
+        if self.type == "fanout":
+            return self._fanout
+        hdrs = headers or {}
+        return {b.destination: None for b in self._headers if headers_match(b.arguments, hdrs)}
+
+
+def _decrement(counts: dict[Any, int], key: Any) -> None:
+    n = counts[key] - 1
+    if n:
+        counts[key] = n
+    else:
+        del counts[key]
+
+
+def _validate_x_match(arguments: dict[str, Any]) -> None:
+    mode = arguments.get("x-match", "all")
+    if mode not in ("all", "any", "all-with-x", "any-with-x"):
+        raise PreconditionFailed(f"Invalid x-match field value {mode!r}; expected all, any, "
+                                 "all-with-x, or any-with-x")
+
+
+def headers_match(binding_args: dict[str, Any], headers: dict[str, Any]) -> bool:
+    """RabbitMQ's headers-exchange rule: `x-match` all (default) or any; binding arguments
+    starting with `x-` are ignored unless the mode ends in `-with-x`; an argument with a
+    void (None) value only needs the header to be present."""
+    mode = binding_args.get("x-match", "all")
+    with_x = mode.endswith("-with-x")
+    want_all: bool = mode.startswith("all")
+    for key, value in binding_args.items():
+        if key == "x-match" or (key.startswith("x-") and not with_x):
+            continue
+        present = key in headers
+        ok = present and (value is None or headers[key] == value)
+        if want_all and not ok:
+            return False
+        if not want_all and ok:
+            return True
+    return want_all

@@ -1,0 +1,390 @@
+"""Queues: ready messages, unacknowledged deliveries and the consumers they go to.
+
+Theory of operation
+-------------------
+A queue holds `Entry` objects, each pointing at a shared `Message`. An entry is *ready*
+(in `_ready`, by priority when `x-max-priority` is set) or *unacked* (handed to a consumer or
+a basic.get that must acknowledge it). `dispatch()` moves ready entries to consumers that
+have credit, round-robin among the highest-priority consumers able to take one. Settling an
+entry (ack, or reject without requeue) removes it for good; requeueing puts it back at the
+head in its original order with `redelivered` set.
+
+Time is an argument (`now`, seconds): per-queue and per-message TTL are checked at the head
+of the queue, as RabbitMQ does, whenever the queue is touched and from `VirtualHost.tick`.
+Limits (`x-max-length`, `x-max-length-bytes`) are applied on enqueue by `x-overflow`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from gateway.core.consumer import Consumer
+from gateway.core.errors import PreconditionFailed
+from gateway.core.message import Message
+
+if TYPE_CHECKING:
+    from gateway.core.vhost import VirtualHost
+
+OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
+
+
+class Entry:
+    """One message in one queue."""
+
+    __slots__ = ("message", "seq", "redelivered", "expires_at", "queue", "persisted",
+                 "delivery_count")
+
+    def __init__(self, message: Message, seq: int, queue: Queue, expires_at: float | None,
+                 persisted: bool) -> None:
+        self.message = message
+        self.seq = seq
+        self.queue = queue
+        self.redelivered = False
+        self.expires_at = expires_at
+        self.persisted = persisted
+        self.delivery_count = 0
+
+
+def _int_arg(args: dict[str, Any], name: str, minimum: int, maximum: int | None = None
+             ) -> int | None:
+    if name not in args:
+        return None
+    value = args[name]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PreconditionFailed(f"invalid arg '{name}' for queue: expected an integer, "
+                                 f"got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        raise PreconditionFailed(f"invalid arg '{name}' for queue: {value} out of range")
+    return value
+
+
+class QueueArgs:
+    """The queue arguments the core acts on, validated once at declare."""
+
+    __slots__ = ("message_ttl", "expires", "max_length", "max_length_bytes", "overflow",
+                 "dlx", "dlrk", "max_priority", "single_active_consumer")
+
+    def __init__(self, args: dict[str, Any]) -> None:
+        self.message_ttl = _int_arg(args, "x-message-ttl", 0)
+        self.expires = _int_arg(args, "x-expires", 1)
+        self.max_length = _int_arg(args, "x-max-length", 0)
+        self.max_length_bytes = _int_arg(args, "x-max-length-bytes", 0)
+        self.max_priority = _int_arg(args, "x-max-priority", 0, 255)
+        overflow = args.get("x-overflow", "drop-head")
+        if overflow not in OVERFLOW_MODES:
+            raise PreconditionFailed(f"invalid arg 'x-overflow' for queue: {overflow!r} is "
+                                     "not one of drop-head, reject-publish, reject-publish-dlx")
+        self.overflow: str = overflow
+        dlx = args.get("x-dead-letter-exchange")
+        dlrk = args.get("x-dead-letter-routing-key")
+        if dlx is not None and not isinstance(dlx, str):
+            raise PreconditionFailed("invalid arg 'x-dead-letter-exchange' for queue")
+        if dlrk is not None and not isinstance(dlrk, str):
+            raise PreconditionFailed("invalid arg 'x-dead-letter-routing-key' for queue")
+        if dlrk is not None and dlx is None:
+            raise PreconditionFailed("invalid arg 'x-dead-letter-routing-key' for queue: "
+                                     "x-dead-letter-exchange is required")
+        self.dlx: str | None = dlx
+        self.dlrk: str | None = dlrk
+        sac = args.get("x-single-active-consumer", False)
+        if not isinstance(sac, bool):
+            raise PreconditionFailed("invalid arg 'x-single-active-consumer' for queue")
+        self.single_active_consumer = sac
+
+
+class Queue:
+    def __init__(
+        self,
+        vhost: VirtualHost,
+        name: str,
+        *,
+        durable: bool = False,
+        exclusive_owner: object | None = None,
+        auto_delete: bool = False,
+        arguments: dict[str, Any] | None = None,
+        now: float = 0.0,
+        hidden: bool = False,
+    ) -> None:
+        self.vhost = vhost
+        self.name = name
+        self.durable = durable
+        self.exclusive_owner = exclusive_owner
+        self.auto_delete = auto_delete
+        self.arguments = dict(arguments or {})
+        self.args = QueueArgs(self.arguments)
+        self.hidden = hidden
+        levels = (self.args.max_priority or 0) + 1
+        self._ready: list[deque[Entry]] = [deque() for _ in range(levels)]
+        self._ready_count = 0
+        self.ready_bytes = 0
+        self.unacked: dict[int, Entry] = {}
+        self.consumers: deque[Consumer] = deque()
+        self._consumer_priorities = False
+        self._next_seq = 0
+        self.had_consumers = False
+        self.last_used = now
+        self.deleted = False
+        self.bound_by: dict[Any, None] = {}  # bindings with this queue as destination
+        # counters for management and metrics
+        self.stats_published = 0
+        self.stats_delivered = 0
+        self.stats_acked = 0
+        self.stats_redelivered = 0
+
+    def __repr__(self) -> str:
+        return f"Queue({self.name!r})"
+
+    # -- counts ----------------------------------------------------------------------------
+
+    @property
+    def message_count(self) -> int:
+        return self._ready_count
+
+    @property
+    def consumer_count(self) -> int:
+        return len(self.consumers)
+
+    def __len__(self) -> int:
+        return self._ready_count
+
+    @property
+    def has_ttl(self) -> bool:
+        return self.args.message_ttl is not None
+
+    # -- enqueue ---------------------------------------------------------------------------
+
+    def _expiry(self, message: Message, now: float) -> float | None:
+        ttl = self.args.message_ttl
+        mttl = message.ttl_ms()
+        if mttl is not None and (ttl is None or mttl < ttl):
+            ttl = mttl
+        return None if ttl is None else now + ttl / 1000.0
+
+    def enqueue(self, message: Message, now: float) -> bool:
+        """Add a routed message. False when `x-overflow` rejected it."""
+        args = self.args
+        if args.max_length is not None or args.max_length_bytes is not None:
+            room = self._make_room(message, now)
+            if room is not True:
+                return room is None
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        persisted = self.durable and message.persistent
+        if persisted:
+            self.vhost.store.enqueue(self.vhost.name, self.name, seq, message)
+        entry = Entry(message, seq, self, self._expiry(message, now), persisted)
+        if len(self._ready) > 1:
+            level = min(message.priority, len(self._ready) - 1)
+        else:
+            level = 0
+        self._ready[level].append(entry)
+        self._ready_count += 1
+        self.ready_bytes += len(message.body)
+        self.stats_published += 1
+        if self.consumers:
+            self.dispatch(now, fresh=entry)
+        if entry.expires_at is not None and entry.expires_at <= now:
+            # TTL 0: delivered at once or never, as RabbitMQ does
+            self.expire(now)
+        return True
+
+    def _make_room(self, message: Message, now: float) -> bool | None:
+        """Apply `x-overflow` before `message` is added: True when it fits (after dropping
+        heads), False when it is refused, None when it was dropped itself (drop-head and the
+        message alone is over the limit)."""
+        args = self.args
+        size = len(message.body)
+
+        def over() -> bool:
+            return (
+                (args.max_length is not None and self._ready_count + 1 > args.max_length)
+                or (args.max_length_bytes is not None
+                    and self.ready_bytes + size > args.max_length_bytes)
+            )
+
+        if not over():
+            return True
+        if args.overflow != "drop-head":
+            return False
+        while over() and self._ready_count:
+            head = self._pop_head()
+            assert head is not None
+            self._settle_store(head)
+            self.vhost.dead_letter(head, "maxlen", now)
+        if not over():
+            return True
+        # on its own over the limit (or x-max-length 0): dropped like any other head,
+        # but the publish is accepted
+        self.vhost.dead_letter(Entry(message, -1, self, None, False), "maxlen", now)
+        return None
+
+    def restore(self, seq: int, message: Message, now: float) -> None:
+        """Put back a message recovered from the store (already persisted)."""
+        entry = Entry(message, seq, self, self._expiry(message, now), True)
+        entry.redelivered = True
+        level = min(message.priority, len(self._ready) - 1)
+        self._ready[level].append(entry)
+        self._ready_count += 1
+        self.ready_bytes += len(message.body)
+        self._next_seq = max(self._next_seq, seq + 1)
+
+    # -- taking messages -------------------------------------------------------------------
+
+    def _pop_head(self) -> Entry | None:
+        for level in reversed(self._ready):
+            if level:
+                entry = level.popleft()
+                self._ready_count -= 1
+                self.ready_bytes -= len(entry.message.body)
+                return entry
+        return None
+
+    def _peek_head(self) -> Entry | None:
+        for level in reversed(self._ready):
+            if level:
+                return level[0]
+        return None
+
+    def expire(self, now: float) -> int:
+        """Dead-letter (or drop) expired messages at the head; returns how many."""
+        n = 0
+        while True:
+            head = self._peek_head()
+            if head is None or head.expires_at is None or head.expires_at > now:
+                return n
+            self._pop_head()
+            self._settle_store(head)
+            self.vhost.dead_letter(head, "expired", now)
+            n += 1
+
+    def _pick_consumer(self) -> Consumer | None:
+        consumers = self.consumers
+        if self.args.single_active_consumer:
+            c = consumers[0]
+            return c if c.can_take() else None
+        if self._consumer_priorities:
+            best: Consumer | None = None
+            for c in consumers:
+                if c.can_take() and (best is None or c.priority > best.priority):
+                    best = c
+            if best is not None:
+                consumers.remove(best)
+                consumers.append(best)
+            return best
+        for _ in range(len(consumers)):
+            c = consumers[0]
+            consumers.rotate(-1)
+            if c.can_take():
+                return c
+        return None
+
+    def dispatch(self, now: float, fresh: Entry | None = None) -> None:
+        """Hand ready messages to consumers with credit. `fresh` is the entry being enqueued
+        at `now`: it is offered even when its TTL (0) has already run out."""
+        if not self.consumers or self.deleted:
+            return
+        while self._ready_count:
+            head = self._peek_head()
+            if (head is not None and head is not fresh and head.expires_at is not None
+                    and head.expires_at <= now):
+                self._pop_head()
+                self._settle_store(head)
+                self.vhost.dead_letter(head, "expired", now)
+                continue
+            consumer = self._pick_consumer()
+            if consumer is None:
+                return
+            entry = self._pop_head()
+            assert entry is not None
+            self._hand_over(entry, consumer.no_ack)
+            consumer.deliver(entry)
+
+    def _hand_over(self, entry: Entry, no_ack: bool) -> None:
+        entry.delivery_count += 1
+        self.stats_delivered += 1
+        if entry.redelivered:
+            self.stats_redelivered += 1
+        if no_ack:
+            self._settle_store(entry)
+        else:
+            self.unacked[entry.seq] = entry
+
+    def get(self, no_ack: bool, now: float) -> Entry | None:
+        """basic.get: the head entry, or None when empty."""
+        self.last_used = now
+        self.expire(now)
+        entry = self._pop_head()
+        if entry is not None:
+            self._hand_over(entry, no_ack)
+        return entry
+
+    # -- settling --------------------------------------------------------------------------
+
+    def _settle_store(self, entry: Entry) -> None:
+        if entry.persisted:
+            entry.persisted = False
+            self.vhost.store.ack(self.vhost.name, self.name, entry.seq)
+
+    def ack(self, entry: Entry) -> None:
+        if self.unacked.pop(entry.seq, None) is not None:
+            self.stats_acked += 1
+            self._settle_store(entry)
+
+    def reject(self, entry: Entry, now: float) -> None:
+        """Reject without requeue: settle and dead-letter."""
+        if self.unacked.pop(entry.seq, None) is not None:
+            self._settle_store(entry)
+            self.vhost.dead_letter(entry, "rejected", now)
+
+    def requeue(self, entries: Iterable[Entry], now: float) -> None:
+        """Return unacked entries to the head, in their original order."""
+        back = [e for e in entries if self.unacked.pop(e.seq, None) is not None]
+        if not back or self.deleted:
+            for e in back:
+                self._settle_store(e)
+            return
+        back.sort(key=lambda e: e.seq, reverse=True)
+        for e in back:
+            e.redelivered = True
+            level = min(e.message.priority, len(self._ready) - 1)
+            self._ready[level].appendleft(e)
+            self._ready_count += 1
+            self.ready_bytes += len(e.message.body)
+        self.dispatch(now)
+
+    def purge(self) -> int:
+        n = self._ready_count
+        for level in self._ready:
+            for e in level:
+                self._settle_store(e)
+            level.clear()
+        self._ready_count = 0
+        self.ready_bytes = 0
+        return n
+
+    # -- consumers -------------------------------------------------------------------------
+
+    def add_consumer(self, consumer: Consumer, now: float) -> None:
+        self.consumers.append(consumer)
+        self.had_consumers = True
+        self.last_used = now
+        if consumer.priority:
+            self._consumer_priorities = True
+        self.dispatch(now)
+
+    def remove_consumer(self, consumer: Consumer, now: float) -> None:
+        """Forget a consumer (its unacked entries are requeued by its session)."""
+        try:
+            self.consumers.remove(consumer)
+        except ValueError:
+            return
+        self.last_used = now
+        self._consumer_priorities = any(c.priority for c in self.consumers)
+        if self.args.single_active_consumer and self.consumers:
+            self.dispatch(now)
+
+    def iter_ready(self) -> Iterable[Entry]:
+        for level in reversed(self._ready):
+            yield from level

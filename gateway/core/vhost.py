@@ -1,0 +1,498 @@
+"""A virtual host: its exchanges, queues and bindings, and the rules of the AMQP model.
+
+Every operation a protocol session performs on the model goes through here, with the
+RabbitMQ reply codes and texts clients know (`gateway.core.errors`). Durable objects and
+persistent messages in durable queues are written to the store as they change.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from gateway.core.errors import (
+    AccessRefused,
+    CommandInvalid,
+    NotFound,
+    PreconditionFailed,
+    ResourceLocked,
+)
+from gateway.core.exchange import EXCHANGE_TYPES, Binding, Exchange, _freeze
+from gateway.core.message import Message
+from gateway.core.queue import Entry, Queue
+
+if TYPE_CHECKING:
+    from gateway.core.consumer import Consumer
+    from gateway.store.base import Store
+
+PREDECLARED = (
+    ("amq.direct", "direct"),
+    ("amq.fanout", "fanout"),
+    ("amq.topic", "topic"),
+    ("amq.headers", "headers"),
+    ("amq.match", "headers"),
+)
+
+
+@dataclass(slots=True)
+class PublishResult:
+    routed: bool
+    rejected: bool  # some queue refused it (x-overflow reject-publish)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "none" if value is None else str(value)
+
+
+def _is_cycle(queue: str, deaths: list[dict[str, Any]]) -> bool:
+    """True when dead-lettering into `queue` closes a loop with no rejection in it: walking
+    `x-death` from the newest, `queue` comes up before any "rejected" death."""
+    for d in deaths:
+        if d.get("reason") == "rejected":
+            return False
+        if d.get("queue") == queue:
+            return True
+    return False
+
+
+def server_queue_name() -> str:
+    return "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+
+
+class VirtualHost:
+    def __init__(self, name: str, store: Store, next_message_id: Any) -> None:
+        self.name = name
+        self.store = store
+        self.next_message_id = next_message_id
+        self.exchanges: dict[str, Exchange] = {}
+        self.queues: dict[str, Queue] = {}
+        self._default = Exchange("", "direct", durable=True, vhost_name=name)
+        self.exchanges[""] = self._default
+        for xname, xtype in PREDECLARED:
+            self.exchanges[xname] = Exchange(xname, xtype, durable=True, vhost_name=name)
+        self.stats_published = 0
+        self.stats_unroutable = 0
+
+    def __repr__(self) -> str:
+        return f"VirtualHost({self.name!r})"
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    def _where(self) -> str:
+        return f"in vhost '{self.name}'"
+
+    def get_exchange(self, name: str) -> Exchange:
+        ex = self.exchanges.get(name)
+        if ex is None:
+            raise NotFound(f"NOT_FOUND - no exchange '{name}' {self._where()}")
+        return ex
+
+    def get_queue(self, name: str, owner: object | None = None) -> Queue:
+        q = self.queues.get(name)
+        if q is None:
+            raise NotFound(f"NOT_FOUND - no queue '{name}' {self._where()}")
+        self._check_exclusive(q, owner)
+        return q
+
+    def _check_exclusive(self, q: Queue, owner: object | None) -> None:
+        if q.exclusive_owner is not None and q.exclusive_owner is not owner:
+            raise ResourceLocked(
+                f"RESOURCE_LOCKED - cannot obtain exclusive access to locked queue "
+                f"'{q.name}' {self._where()}. It could be originally declared on another "
+                "connection or the exclusive property value does not match that of the "
+                "original declaration."
+            )
+
+    # -- exchanges -------------------------------------------------------------------------
+
+    def declare_exchange(
+        self, name: str, type: str, *, passive: bool = False, durable: bool = False,
+        auto_delete: bool = False, internal: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> Exchange:
+        args = dict(arguments or {})
+        if name == "" and not passive:
+            raise AccessRefused("ACCESS_REFUSED - operation not permitted on the default "
+                                "exchange")
+        existing = self.exchanges.get(name)
+        if passive:
+            if existing is None:
+                raise NotFound(f"NOT_FOUND - no exchange '{name}' {self._where()}")
+            return existing
+        if type not in EXCHANGE_TYPES:
+            raise CommandInvalid(f"COMMAND_INVALID - unknown exchange type '{type}'")
+        if existing is not None:
+            if existing.type != type:
+                raise PreconditionFailed(
+                    f"PRECONDITION_FAILED - inequivalent arg 'type' for exchange '{name}' "
+                    f"{self._where()}: received '{type}' but current is '{existing.type}'")
+            for field, got, cur in (("durable", durable, existing.durable),
+                                    ("auto_delete", auto_delete, existing.auto_delete),
+                                    ("internal", internal, existing.internal)):
+                if got != cur:
+                    raise PreconditionFailed(
+                        f"PRECONDITION_FAILED - inequivalent arg '{field}' for exchange "
+                        f"'{name}' {self._where()}: received '{_fmt(got)}' but current is "
+                        f"'{_fmt(cur)}'")
+            if _freeze(existing.arguments) != _freeze(args):
+                raise PreconditionFailed(
+                    f"PRECONDITION_FAILED - inequivalent arguments for exchange '{name}' "
+                    f"{self._where()}")
+            return existing
+        if name.startswith("amq."):
+            raise AccessRefused(f"ACCESS_REFUSED - exchange name '{name}' contains reserved "
+                                "prefix 'amq.*'")
+        ex = Exchange(name, type, durable=durable, auto_delete=auto_delete, internal=internal,
+                      arguments=args, vhost_name=self.name)
+        self.exchanges[name] = ex
+        if durable:
+            self.store.put_exchange(self.name, ex)
+        return ex
+
+    def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
+        if name == "" or name.startswith("amq."):
+            raise AccessRefused(f"ACCESS_REFUSED - operation not permitted on exchange "
+                                f"'{name}'" if name else
+                                "ACCESS_REFUSED - operation not permitted on the default "
+                                "exchange")
+        ex = self.exchanges.get(name)
+        if ex is None:
+            # RabbitMQ answers delete-ok for an exchange that does not exist
+            return
+        if if_unused and ex.bindings:
+            raise PreconditionFailed(f"PRECONDITION_FAILED - exchange '{name}' "
+                                     f"{self._where()} in use")
+        self._remove_exchange(ex)
+
+    def _remove_exchange(self, ex: Exchange) -> None:
+        del self.exchanges[ex.name]
+        ex.deleted = True
+        for b in list(ex.bindings):
+            self._drop_binding(b, cascade=False)
+        for other in list(self.exchanges.values()):
+            for b in [b for b in other.bindings if b.destination is ex]:
+                self._drop_binding(b)
+        if ex.durable:
+            self.store.delete_exchange(self.name, ex.name)
+
+    # -- queues ----------------------------------------------------------------------------
+
+    def declare_queue(
+        self, name: str, *, passive: bool = False, durable: bool = False,
+        exclusive: bool = False, auto_delete: bool = False,
+        arguments: dict[str, Any] | None = None, owner: object | None = None,
+        now: float = 0.0, hidden: bool = False,
+    ) -> Queue:
+        args = dict(arguments or {})
+        existing = self.queues.get(name) if name else None
+        if passive:
+            if existing is None:
+                raise NotFound(f"NOT_FOUND - no queue '{name}' {self._where()}")
+            self._check_exclusive(existing, owner)
+            existing.last_used = now
+            return existing
+        if existing is not None:
+            self._check_exclusive(existing, owner)
+            for field, got, cur in (("durable", durable, existing.durable),
+                                    ("exclusive", exclusive,
+                                     existing.exclusive_owner is not None),
+                                    ("auto_delete", auto_delete, existing.auto_delete)):
+                if got != cur:
+                    raise PreconditionFailed(
+                        f"PRECONDITION_FAILED - inequivalent arg '{field}' for queue '{name}' "
+                        f"{self._where()}: received '{_fmt(got)}' but current is "
+                        f"'{_fmt(cur)}'")
+            for key in sorted(set(args) | set(existing.arguments)):
+                got_v, cur_v = args.get(key), existing.arguments.get(key)
+                if _freeze(got_v) != _freeze(cur_v):
+                    raise PreconditionFailed(
+                        f"PRECONDITION_FAILED - inequivalent arg '{key}' for queue '{name}' "
+                        f"{self._where()}: received {_fmt(got_v)!s} but current is "
+                        f"{_fmt(cur_v)!s}")
+            existing.last_used = now
+            return existing
+        if not name:
+            name = server_queue_name()
+        elif name.startswith("amq.") and not hidden:
+            raise AccessRefused(f"ACCESS_REFUSED - queue name '{name}' contains reserved "
+                                "prefix 'amq.*'")
+        q = Queue(self, name, durable=durable, exclusive_owner=owner if exclusive else None,
+                  auto_delete=auto_delete, arguments=args, now=now, hidden=hidden)
+        self.queues[name] = q
+        if durable and not exclusive:
+            self.store.put_queue(self.name, q)
+        return q
+
+    def delete_queue(
+        self, name: str, *, if_unused: bool = False, if_empty: bool = False,
+        owner: object | None = None,
+    ) -> int:
+        q = self.queues.get(name)
+        if q is None:
+            # RabbitMQ answers delete-ok (0 messages) for a queue that does not exist
+            return 0
+        self._check_exclusive(q, owner)
+        if if_unused and q.consumers:
+            raise PreconditionFailed(f"PRECONDITION_FAILED - queue '{name}' {self._where()} "
+                                     "in use")
+        if if_empty and q.message_count:
+            raise PreconditionFailed(f"PRECONDITION_FAILED - queue '{name}' {self._where()} "
+                                     "is not empty")
+        return self.remove_queue(q)
+
+    def remove_queue(self, q: Queue) -> int:
+        """Delete a queue: cancel its consumers, drop its bindings and messages."""
+        if q.deleted:
+            return 0
+        n = q.message_count
+        q.deleted = True
+        del self.queues[q.name]
+        for b in list(q.bound_by):
+            self._drop_binding(b)
+        consumers = list(q.consumers)
+        q.consumers.clear()
+        for c in consumers:
+            c.cancelled()
+        for level_entry in list(q.iter_ready()):
+            level_entry.persisted = False
+        for e in q.unacked.values():
+            e.persisted = False
+        q.purge()
+        q.unacked.clear()
+        if q.durable and q.exclusive_owner is None:
+            self.store.delete_queue(self.name, q.name)
+        return n
+
+    def purge_queue(self, name: str, owner: object | None = None) -> int:
+        return self.get_queue(name, owner).purge()
+
+    # -- bindings --------------------------------------------------------------------------
+
+    def bind(
+        self, destination: Queue | Exchange, source_name: str, routing_key: str,
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        if source_name == "":
+            what = "queue" if isinstance(destination, Queue) else "exchange"
+            raise AccessRefused(f"ACCESS_REFUSED - operation not permitted on the default "
+                                f"exchange (binding {what} '{destination.name}')")
+        source = self.get_exchange(source_name)
+        binding = Binding.make(source, destination, routing_key, arguments)
+        if source.add_binding(binding):
+            self._attach(binding)
+            if source.durable and destination.durable and not (
+                isinstance(destination, Queue) and destination.exclusive_owner is not None
+            ):
+                self.store.put_binding(self.name, binding)
+
+    def _attach(self, binding: Binding) -> None:
+        dest = binding.destination
+        if isinstance(dest, Queue):
+            dest.bound_by[binding] = None
+
+    def unbind(
+        self, destination: Queue | Exchange, source_name: str, routing_key: str,
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        if source_name == "":
+            raise AccessRefused("ACCESS_REFUSED - operation not permitted on the default "
+                                "exchange")
+        source = self.get_exchange(source_name)
+        binding = Binding.make(source, destination, routing_key, arguments)
+        if binding in source.bindings:
+            self._drop_binding(binding)
+
+    def _drop_binding(self, binding: Binding, cascade: bool = True) -> None:
+        source = binding.source
+        if not source.remove_binding(binding):
+            return
+        dest = binding.destination
+        if isinstance(dest, Queue):
+            dest.bound_by.pop(binding, None)
+        if source.durable and dest.durable:
+            self.store.delete_binding(self.name, binding)
+        if cascade and source.auto_delete and not source.bindings and not source.deleted:
+            self._remove_exchange(source)
+
+    def bindings(self) -> Iterable[Binding]:
+        for ex in self.exchanges.values():
+            yield from ex.bindings
+
+    # -- consumers -------------------------------------------------------------------------
+
+    def consume(self, queue: Queue, consumer: Consumer, *, exclusive: bool, now: float) -> None:
+        if queue.consumers and any(c.exclusive for c in queue.consumers):
+            raise AccessRefused(f"ACCESS_REFUSED - queue '{queue.name}' {self._where()} in "
+                                "exclusive use")
+        if exclusive and queue.consumers:
+            raise AccessRefused(f"ACCESS_REFUSED - queue '{queue.name}' {self._where()} in "
+                                "use")
+        queue.add_consumer(consumer, now)
+
+    def cancel(self, queue: Queue, consumer: Consumer, now: float) -> None:
+        queue.remove_consumer(consumer, now)
+        if queue.auto_delete and queue.had_consumers and not queue.consumers \
+                and not queue.deleted:
+            self.remove_queue(queue)
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def route(self, exchange: Exchange, routing_key: str,
+              headers: dict[str, Any] | None) -> dict[Queue, None]:
+        """Every queue a publish reaches, through exchange-to-exchange bindings and
+        alternate exchanges, each once."""
+        if exchange is self._default:
+            q = self.queues.get(routing_key)
+            return {q: None} if q is not None else {}
+        out: dict[Queue, None] = {}
+        seen: set[Exchange] = set()
+        stack = [exchange]
+        while stack:
+            ex = stack.pop()
+            if ex in seen:
+                continue
+            seen.add(ex)
+            if ex is self._default:
+                q = self.queues.get(routing_key)
+                if q is not None:
+                    out[q] = None
+                continue
+            matched = False
+            for dest in ex.route(routing_key, headers):
+                matched = True
+                if isinstance(dest, Queue):
+                    out[dest] = None
+                else:
+                    stack.append(dest)
+            if not matched:
+                ae_name = ex.alternate_exchange
+                if ae_name is not None:
+                    ae = self.exchanges.get(ae_name)
+                    if ae is not None:
+                        stack.append(ae)
+        return out
+
+    def publish(self, exchange: Exchange, routing_key: str, message: Message,
+                now: float) -> PublishResult:
+        """Route `message` and enqueue it in every queue it reaches."""
+        self.stats_published += 1
+        headers = message.properties.headers
+        if headers and ("CC" in headers or "BCC" in headers):
+            queues = self._route_sender_selected(exchange, routing_key, message)
+        else:
+            queues = self.route(exchange, routing_key, headers)
+        if not queues:
+            self.stats_unroutable += 1
+            return PublishResult(False, False)
+        rejected = False
+        for q in queues:
+            if not q.enqueue(message, now):
+                rejected = True
+                if q.args.overflow == "reject-publish-dlx":
+                    self.dead_letter(Entry(message, -1, q, None, False), "maxlen", now)
+        return PublishResult(True, rejected)
+
+    def _route_sender_selected(self, exchange: Exchange, routing_key: str,
+                               message: Message) -> dict[Queue, None]:
+        headers = message.properties.headers or {}
+        keys = [routing_key]
+        for name in ("CC", "BCC"):
+            extra = headers.get(name)
+            if isinstance(extra, list):
+                keys.extend(k for k in extra if isinstance(k, str))
+        if "BCC" in headers:
+            message.properties.headers = {k: v for k, v in headers.items() if k != "BCC"}
+        out: dict[Queue, None] = {}
+        for key in keys:
+            out.update(self.route(exchange, key, headers))
+        return out
+
+    # -- dead-lettering --------------------------------------------------------------------
+
+    def dead_letter(self, entry: Entry, reason: str, now: float) -> None:
+        """Republish a rejected, expired or dropped message to the queue's DLX with its
+        history in `x-death`, as RabbitMQ does; without a DLX it is dropped."""
+        q = entry.queue
+        dlx_name = q.args.dlx
+        if dlx_name is None:
+            return
+        dlx = self.exchanges.get(dlx_name)
+        if dlx is None:
+            return
+        old = entry.message
+        props = old.properties.copy()
+        headers = dict(props.headers or {})
+        cc = headers.get("CC")
+        routing_keys = [old.routing_key] + (
+            [k for k in cc if isinstance(k, str)] if isinstance(cc, list) else [])
+        deaths = [d for d in headers.get("x-death", []) if isinstance(d, dict)]
+        for d in deaths:
+            if d.get("queue") == q.name and d.get("reason") == reason:
+                deaths.remove(d)
+                d = dict(d)
+                d["count"] = int(d.get("count", 1)) + 1
+                d["time"] = datetime.fromtimestamp(int(now), UTC)
+                deaths.insert(0, d)
+                break
+        else:
+            death: dict[str, Any] = {
+                "count": 1,
+                "reason": reason,
+                "queue": q.name,
+                "time": datetime.fromtimestamp(int(now), UTC),
+                "exchange": old.exchange,
+                "routing-keys": routing_keys,
+            }
+            if props.expiration is not None:
+                death["original-expiration"] = props.expiration
+            deaths.insert(0, death)
+        headers["x-death"] = deaths
+        if "x-first-death-reason" not in headers:
+            headers["x-first-death-reason"] = reason
+            headers["x-first-death-queue"] = q.name
+            headers["x-first-death-exchange"] = old.exchange
+        headers["x-last-death-reason"] = reason
+        headers["x-last-death-queue"] = q.name
+        headers["x-last-death-exchange"] = old.exchange
+        props.headers = headers
+        props.expiration = None
+        # RabbitMQ: with x-dead-letter-routing-key the message goes by that key alone and
+        # loses its CC header; without it, by all the keys it was published with (CC too)
+        if q.args.dlrk is not None:
+            rk, keys = q.args.dlrk, [q.args.dlrk]
+            headers.pop("CC", None)
+        else:
+            rk, keys = old.routing_key, routing_keys
+        msg = Message(self.next_message_id(), dlx_name, rk, props, old.body, old.origin)
+        targets: dict[Queue, None] = {}
+        for key in keys:
+            targets.update(self.route(dlx, key, headers))
+        for target in targets:
+            # a cycle without any rejection would loop forever: drop it, as RabbitMQ does
+            if _is_cycle(target.name, deaths):
+                continue
+            target.enqueue(msg, now)
+
+    # -- housekeeping ----------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Expire messages at queue heads and delete queues unused past `x-expires`."""
+        for q in list(self.queues.values()):
+            if q.deleted:
+                continue
+            if q.message_count:
+                q.expire(now)
+            exp = q.args.expires
+            if exp is not None and not q.consumers and now - q.last_used >= exp / 1000.0:
+                self.remove_queue(q)
+
+    def connection_closed(self, owner: object) -> None:
+        """Delete the exclusive queues of a connection that went away."""
+        for q in [q for q in self.queues.values() if q.exclusive_owner is owner]:
+            self.remove_queue(q)

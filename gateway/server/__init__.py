@@ -1,0 +1,1 @@
+"""The I/O layer: trio listeners and connections around the sans-IO protocol sessions."""

@@ -1,0 +1,191 @@
+"""The running broker: store, core, listeners, and their orderly shutdown.
+
+Nesting (outermost last to stop): the store task, then the housekeeping tick, then the
+listeners and their connections. Shutdown stops accepting, tells every client (AMQP
+connection.close 320), gives connections a grace period to flush, then lets the store
+write its last batch so pending confirms are not lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from gateway.auth.service import AuthService, is_loopback
+from gateway.config import Config
+from gateway.core.broker import Broker
+from gateway.server.connection import Connection
+from gateway.store.base import Store
+from gateway.store.disk import DiskStore
+
+log = logging.getLogger("gateway.server")
+
+TICK_SECONDS = 0.5
+SHUTDOWN_GRACE = 3.0
+
+
+class Durability:
+    """Moves store batches to disk (group commit) and tells sessions what became durable."""
+
+    def __init__(self, store: Store, broker: Broker, sessions: set[Any]) -> None:
+        self.store = store
+        self.broker = broker
+        self.sessions = sessions
+        self._dirty = trio.Event()
+        self.stopping = False
+
+    def kick(self) -> None:
+        if self.store.appended != self.store.durable:
+            self._dirty.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty = trio.Event()
+            await self.flush()
+            if self.stopping and self.store.appended == self.store.durable:
+                return
+
+    async def flush(self) -> None:
+        store = self.store
+        if isinstance(store, DiskStore) and store.needs_compaction():
+            snapshot = self.broker.snapshot()
+            await trio.to_thread.run_sync(store.compact, snapshot)
+        batch = store.take_batch()
+        if batch is not None:
+            await trio.to_thread.run_sync(store.write_batch, batch)
+            store.committed(batch)
+        for session in list(self.sessions):
+            session.flush_confirms()
+            if session.pending_output:
+                session.wake()
+
+
+class Server:
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        data_dir = config.store.data_dir
+        self.store: Store = DiskStore(data_dir, fsync=config.store.fsync)
+        self.auth = AuthService(config.auth)
+        self.broker = Broker(self.store, config.auth.vhosts)
+        self.sessions: set[Any] = set()
+        self.connections: set[Connection] = set()
+        self.durability = Durability(self.store, self.broker, self.sessions)
+        self.ports: dict[str, int] = {}
+        self._listeners_scope: trio.CancelScope | None = None
+        self._stop = trio.Event()
+        self._conn_scope: trio.CancelScope | None = None
+
+    async def serve(self, *, task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        restored = self.broker.recover(self.clock())
+        if restored:
+            log.info("recovered %d persistent messages", restored)
+        async with trio.open_nursery() as outer:
+            outer.start_soon(self.durability.run)
+            outer.start_soon(self._tick)
+            async with trio.open_nursery() as conns:
+                self._conn_scope = conns.cancel_scope
+                async with trio.open_nursery() as listeners:
+                    self._listeners_scope = listeners.cancel_scope
+                    await self._start_listeners(listeners, conns)
+                    task_status.started(dict(self.ports))
+                    await self._stop.wait()
+            self.durability.stopping = True
+            self.durability._dirty.set()
+            outer.cancel_scope.deadline = trio.current_time() + 10
+            await self._wait_store()
+            outer.cancel_scope.cancel()
+        self.store.close()
+
+    async def _wait_store(self) -> None:
+        while self.store.appended != self.store.durable:
+            self.durability.kick()
+            await trio.sleep(0.01)
+
+    async def _start_listeners(self, listeners: trio.Nursery, conns: trio.Nursery) -> None:
+        host = self.config.listeners.host
+        port = self.config.listeners.amqp
+        if port is not None:
+            tcp = await trio.open_tcp_listeners(port, host=host)
+            bound = tcp[0].socket.getsockname()[1]
+            self.ports["amqp"] = bound
+            log.info("listener amqp on %s:%d", host, bound)
+            listeners.start_soon(self._accept_loop, tcp, conns)
+        for name in ("mqtt", "stomp", "http"):
+            if getattr(self.config.listeners, name) is not None:
+                log.info("listener %s not available yet in this version; skipped", name)
+
+    async def _accept_loop(self, tcp: list[trio.SocketListener], conns: trio.Nursery) -> None:
+        await trio.serve_listeners(self._serve_amqp, tcp, handler_nursery=conns)
+
+    async def _serve_amqp(self, stream: trio.SocketStream) -> None:
+        from protocols.amqp.session import AMQPSession
+
+        if len(self.connections) >= self.config.limits.max_connections:
+            log.warning("connection refused: max_connections (%d) reached",
+                        self.config.limits.max_connections)
+            await stream.aclose()
+            return
+        peer = stream.socket.getpeername()
+        try:
+            stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, True)
+        except OSError:
+            pass
+        conn = Connection(stream, self.config.limits.connection_buffer, self.clock,
+                          self.durability.kick)
+        amqp = self.config.amqp
+        session = AMQPSession(
+            self.broker, self.auth, peer=(peer[0], peer[1]), loopback=is_loopback(peer[0]),
+            clock=self.clock, wake=conn.wake, frame_max=amqp.frame_max,
+            channel_max=amqp.channel_max, heartbeat=amqp.heartbeat,
+            max_message_size=self.config.limits.max_message_size,
+            high_water=self.config.limits.connection_buffer)
+        self.connections.add(conn)
+        self.sessions.add(session)
+        try:
+            await conn.run(session)
+        except Exception:
+            # a bug met by one connection must not take the broker down with it
+            log.exception("connection %s:%s failed", peer[0], peer[1])
+        finally:
+            self.connections.discard(conn)
+            self.sessions.discard(session)
+
+    async def _tick(self) -> None:
+        while True:
+            await trio.sleep(TICK_SECONDS)
+            self.broker.tick(self.clock())
+            self.durability.kick()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, close every client politely, then stop."""
+        self._stop.set()
+        if self._listeners_scope is not None:
+            self._listeners_scope.cancel()
+        for session in list(self.sessions):
+            session.shutdown()
+            session.wake()
+        with trio.move_on_after(SHUTDOWN_GRACE):
+            while self.connections:
+                await trio.sleep(0.02)
+        if self._conn_scope is not None:
+            self._conn_scope.cancel()
+
+
+async def run_server(config: Config) -> None:
+    """Run until SIGINT or SIGTERM, then shut down cleanly."""
+    server = Server(config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("received %s, shutting down", signal.Signals(signum).name)
+                break
+        await server.shutdown()

@@ -1,0 +1,172 @@
+"""The store interface: what the core writes, and what a restart reads back.
+
+The core calls the `put_*`/`delete_*`/`enqueue`/`ack` methods synchronously as durable state
+changes; they only append records to an in-memory batch. The server's store task moves
+batches to disk: `take_batch()` in the event loop, `write_batch()` in a worker thread (one
+fsync per batch: group commit), `committed()` back in the event loop. `appended` and
+`durable` count records, so a session that must wait for durability (publisher confirms,
+MQTT PUBACK, STOMP receipts) remembers `appended` after its publish and waits until
+`durable` reaches it.
+
+Stores take and return plain values only; they know nothing of the core's classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+PROPERTY_FIELDS = (
+    "content_type", "content_encoding", "headers", "delivery_mode", "priority",
+    "correlation_id", "reply_to", "expiration", "message_id", "timestamp", "type",
+    "user_id", "app_id", "cluster_id",
+)
+
+
+class StoredMessage(Protocol):
+    id: int
+    exchange: str
+    routing_key: str
+    body: bytes
+    origin: str
+
+    @property
+    def properties(self) -> Any: ...
+
+
+@dataclass
+class ExchangeRecord:
+    vhost: str
+    name: str
+    type: str
+    auto_delete: bool
+    internal: bool
+    arguments: dict[str, Any]
+
+
+@dataclass
+class QueueRecord:
+    vhost: str
+    name: str
+    auto_delete: bool
+    arguments: dict[str, Any]
+
+
+@dataclass
+class BindingRecord:
+    vhost: str
+    source: str
+    dest_is_queue: bool
+    destination: str
+    routing_key: str
+    arguments: dict[str, Any]
+
+    def key(self) -> tuple[Any, ...]:
+        """The binding's identity; arguments compare as tables, whatever their order (as
+        the core's `Binding` does)."""
+        from gateway.store.serial import encode
+
+        return (self.vhost, self.source, self.dest_is_queue, self.destination,
+                self.routing_key, encode(_canonical(self.arguments)))
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, dict):
+        return [[str(k), _canonical(value[k])] for k in sorted(value, key=str)]
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+@dataclass
+class MessageRecord:
+    id: int
+    exchange: str
+    routing_key: str
+    properties: dict[str, Any]
+    body: bytes
+    origin: str
+
+
+@dataclass
+class Recovered:
+    """Durable state read back at start, in the order it was created."""
+
+    exchanges: list[ExchangeRecord] = field(default_factory=list)
+    queues: list[QueueRecord] = field(default_factory=list)
+    bindings: list[BindingRecord] = field(default_factory=list)
+    # (vhost, queue) -> [(seq, message)] in seq order
+    messages: dict[tuple[str, str], list[tuple[int, MessageRecord]]] = field(
+        default_factory=dict)
+    max_message_id: int = 0
+
+
+class Store(Protocol):
+    appended: int
+    durable: int
+
+    def put_exchange(self, vhost: str, exchange: Any) -> None: ...
+    def delete_exchange(self, vhost: str, name: str) -> None: ...
+    def put_queue(self, vhost: str, queue: Any) -> None: ...
+    def delete_queue(self, vhost: str, name: str) -> None: ...
+    def put_binding(self, vhost: str, binding: Any) -> None: ...
+    def delete_binding(self, vhost: str, binding: Any) -> None: ...
+    def enqueue(self, vhost: str, queue: str, seq: int, message: StoredMessage) -> None: ...
+    def ack(self, vhost: str, queue: str, seq: int) -> None: ...
+
+    def recover(self) -> Recovered: ...
+    def take_batch(self) -> Any: ...
+    def write_batch(self, batch: Any) -> None: ...
+    def committed(self, batch: Any) -> None: ...
+    def close(self) -> None: ...
+
+
+class MemoryStore:
+    """Keeps nothing: every write is durable at once (for transient brokers and tests)."""
+
+    def __init__(self) -> None:
+        self.appended = 0
+        self.durable = 0
+
+    def _note(self) -> None:
+        self.appended += 1
+        self.durable = self.appended
+
+    def put_exchange(self, vhost: str, exchange: Any) -> None:
+        self._note()
+
+    def delete_exchange(self, vhost: str, name: str) -> None:
+        self._note()
+
+    def put_queue(self, vhost: str, queue: Any) -> None:
+        self._note()
+
+    def delete_queue(self, vhost: str, name: str) -> None:
+        self._note()
+
+    def put_binding(self, vhost: str, binding: Any) -> None:
+        self._note()
+
+    def delete_binding(self, vhost: str, binding: Any) -> None:
+        self._note()
+
+    def enqueue(self, vhost: str, queue: str, seq: int, message: StoredMessage) -> None:
+        self._note()
+
+    def ack(self, vhost: str, queue: str, seq: int) -> None:
+        self._note()
+
+    def recover(self) -> Recovered:
+        return Recovered()
+
+    def take_batch(self) -> Any:
+        return None
+
+    def write_batch(self, batch: Any) -> None:
+        return None
+
+    def committed(self, batch: Any) -> None:
+        return None
+
+    def close(self) -> None:
+        return None

@@ -1,0 +1,302 @@
+"""The embedded on-disk store: one append-only log with group commit and compaction.
+
+File format: a sequence of records `[u32 length][u32 crc32][u8 kind][payload]`, the payload
+a tuple in `gateway.store.serial` encoding. Every record is an idempotent set operation
+(put/delete an exchange, queue or binding; write a message; enqueue a message at a queue
+position; ack a queue position), so replaying any suffix of records over a state that
+already contains them gives the same state. Recovery replays the log, stops at the first
+torn or corrupt record (the tail of a write cut off by a crash, which was never reported
+durable), and writes the live state into a fresh log.
+
+Group commit: the core appends encoded records to `_pending`; the server's store task
+takes the batch, writes it and fsyncs it in a worker thread, then marks it durable. While
+a batch is being written the next one fills up, so one fsync covers every publish that
+arrived meanwhile.
+
+Compaction: when the log has grown well past the live state, the store task asks the
+broker for a snapshot of the durable state (in the event loop, so it is consistent), writes
+it to a new file in a worker thread, swaps the files, then writes the batch that filled up
+in the meantime on top (idempotent records make the overlap harmless).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from gateway.store.base import (
+    PROPERTY_FIELDS,
+    BindingRecord,
+    ExchangeRecord,
+    MessageRecord,
+    QueueRecord,
+    Recovered,
+    StoredMessage,
+)
+from gateway.store.serial import DecodeError, decode, encode
+
+log = logging.getLogger("gateway.store")
+
+_HEAD = struct.Struct(">II")
+LOG_NAME = "gateway.log"
+
+# record kinds
+PUT_EXCHANGE = 1
+DEL_EXCHANGE = 2
+PUT_QUEUE = 3
+DEL_QUEUE = 4
+PUT_BINDING = 5
+DEL_BINDING = 6
+MESSAGE = 7
+ENQUEUE = 8
+ACK = 9
+
+
+def _frame(kind: int, payload: tuple[Any, ...]) -> bytes:
+    body = bytes((kind,)) + encode(payload)
+    return _HEAD.pack(len(body), zlib.crc32(body)) + body
+
+
+def _read_records(data: bytes) -> tuple[list[tuple[int, Any]], int]:
+    """Decode whole records; returns them and the length of the valid prefix."""
+    out: list[tuple[int, Any]] = []
+    pos = 0
+    n = len(data)
+    while pos + 8 <= n:
+        length, crc = _HEAD.unpack_from(data, pos)
+        end = pos + 8 + length
+        if length == 0 or end > n:
+            break
+        body = data[pos + 8:end]
+        if zlib.crc32(body) != crc:
+            break
+        try:
+            payload = decode(body[1:])
+        except DecodeError:
+            break
+        out.append((body[0], payload))
+        pos = end
+    return out, pos
+
+
+@dataclass
+class Batch:
+    data: bytes
+    upto: int  # the `appended` count this batch makes durable
+
+
+class DiskStore:
+    def __init__(self, data_dir: Path, *, fsync: bool = True,
+                 compact_min_bytes: int = 64 * 1024 * 1024) -> None:
+        self.data_dir = Path(data_dir)
+        self.fsync = fsync
+        self.compact_min_bytes = compact_min_bytes
+        self.appended = 0
+        self.durable = 0
+        self._pending: list[bytes] = []
+        self._last_message_id = -1
+        self._file: BinaryIO | None = None
+        self._size = 0
+        self._base_size = 0
+
+    # -- recovery --------------------------------------------------------------------------
+
+    def recover(self) -> Recovered:
+        """Read the log back, then start a fresh compacted log holding just that state."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / LOG_NAME
+        data = path.read_bytes() if path.exists() else b""
+        records, valid = _read_records(data)
+        if valid != len(data):
+            log.warning("store: ignored %d bytes of an incomplete write at the end of the log",
+                        len(data) - valid)
+        state = _replay(records)
+        self._write_file(self._snapshot_frames(state))
+        return state
+
+    def _snapshot_frames(self, state: Recovered) -> Iterator[bytes]:
+        for x in state.exchanges:
+            yield _frame(PUT_EXCHANGE, (x.vhost, x.name, x.type, x.auto_delete, x.internal,
+                                        x.arguments))
+        for q in state.queues:
+            yield _frame(PUT_QUEUE, (q.vhost, q.name, q.auto_delete, q.arguments))
+        for b in state.bindings:
+            yield _frame(PUT_BINDING, (b.vhost, b.source, b.dest_is_queue, b.destination,
+                                       b.routing_key, b.arguments))
+        written: set[int] = set()
+        for (vhost, queue), entries in state.messages.items():
+            for seq, m in entries:
+                if m.id not in written:
+                    written.add(m.id)
+                    yield _frame(MESSAGE, (m.id, m.exchange, m.routing_key,
+                                           [m.properties.get(f) for f in PROPERTY_FIELDS],
+                                           m.body, m.origin))
+                yield _frame(ENQUEUE, (vhost, queue, seq, m.id))
+
+    def _write_file(self, frames: Iterable[bytes]) -> None:
+        """Write a whole new log next to the old one, fsync it, and swap it in."""
+        tmp = self.data_dir / (LOG_NAME + ".new")
+        size = 0
+        with open(tmp, "wb") as f:
+            chunk: list[bytes] = []
+            for fr in frames:
+                chunk.append(fr)
+                size += len(fr)
+                if len(chunk) >= 4096:
+                    f.write(b"".join(chunk))
+                    chunk.clear()
+            f.write(b"".join(chunk))
+            f.flush()
+            if self.fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, self.data_dir / LOG_NAME)
+        if self.fsync:
+            dir_fd = os.open(self.data_dir, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        if self._file is not None:
+            self._file.close()
+        self._file = open(self.data_dir / LOG_NAME, "ab")  # noqa: SIM115 - kept open
+        self._size = size
+        self._base_size = size
+
+    # -- appends (event loop) --------------------------------------------------------------
+
+    def _append(self, frame: bytes) -> None:
+        self._pending.append(frame)
+        self.appended += 1
+
+    def put_exchange(self, vhost: str, exchange: Any) -> None:
+        self._append(_frame(PUT_EXCHANGE, (vhost, exchange.name, exchange.type,
+                                           exchange.auto_delete, exchange.internal,
+                                           exchange.arguments)))
+
+    def delete_exchange(self, vhost: str, name: str) -> None:
+        self._append(_frame(DEL_EXCHANGE, (vhost, name)))
+
+    def put_queue(self, vhost: str, queue: Any) -> None:
+        self._append(_frame(PUT_QUEUE, (vhost, queue.name, queue.auto_delete, queue.arguments)))
+
+    def delete_queue(self, vhost: str, name: str) -> None:
+        self._append(_frame(DEL_QUEUE, (vhost, name)))
+
+    def put_binding(self, vhost: str, binding: Any) -> None:
+        self._append(_frame(PUT_BINDING, _binding_tuple(vhost, binding)))
+
+    def delete_binding(self, vhost: str, binding: Any) -> None:
+        self._append(_frame(DEL_BINDING, _binding_tuple(vhost, binding)))
+
+    def enqueue(self, vhost: str, queue: str, seq: int, message: StoredMessage) -> None:
+        # a publish enqueues one message in its queues one after another: write it once
+        if message.id != self._last_message_id:
+            self._last_message_id = message.id
+            props = message.properties
+            self._append(_frame(MESSAGE, (
+                message.id, message.exchange, message.routing_key,
+                [getattr(props, f) for f in PROPERTY_FIELDS], message.body, message.origin)))
+        self._append(_frame(ENQUEUE, (vhost, queue, seq, message.id)))
+
+    def ack(self, vhost: str, queue: str, seq: int) -> None:
+        self._append(_frame(ACK, (vhost, queue, seq)))
+
+    # -- group commit ----------------------------------------------------------------------
+
+    def take_batch(self) -> Batch | None:
+        if not self._pending:
+            return None
+        data = b"".join(self._pending)
+        self._pending.clear()
+        return Batch(data, self.appended)
+
+    def write_batch(self, batch: Batch) -> None:
+        """Runs in a worker thread; touches only the file."""
+        assert self._file is not None
+        self._file.write(batch.data)
+        self._file.flush()
+        if self.fsync:
+            os.fsync(self._file.fileno())
+
+    def committed(self, batch: Batch) -> None:
+        self._size += len(batch.data)
+        self.durable = max(self.durable, batch.upto)
+
+    # -- compaction ------------------------------------------------------------------------
+
+    def needs_compaction(self) -> bool:
+        return self._size > self.compact_min_bytes and self._size > 2 * self._base_size
+
+    def compact(self, state: Recovered) -> None:
+        """Runs in a worker thread: replace the log by `state` (taken in the event loop)."""
+        self._write_file(self._snapshot_frames(state))
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _binding_tuple(vhost: str, b: Any) -> tuple[Any, ...]:
+    from_queue = not hasattr(b.destination, "type")
+    return (vhost, b.source.name, from_queue, b.destination.name, b.routing_key, b.arguments)
+
+
+def _replay(records: list[tuple[int, Any]]) -> Recovered:
+    exchanges: dict[tuple[str, str], ExchangeRecord] = {}
+    queues: dict[tuple[str, str], QueueRecord] = {}
+    bindings: dict[tuple[Any, ...], BindingRecord] = {}
+    messages: dict[int, MessageRecord] = {}
+    entries: dict[tuple[str, str], dict[int, int]] = {}
+    max_id = 0
+    for kind, p in records:
+        if kind == PUT_EXCHANGE:
+            exchanges[(p[0], p[1])] = ExchangeRecord(p[0], p[1], p[2], p[3], p[4], p[5])
+        elif kind == DEL_EXCHANGE:
+            exchanges.pop((p[0], p[1]), None)
+        elif kind == PUT_QUEUE:
+            queues[(p[0], p[1])] = QueueRecord(p[0], p[1], p[2], p[3])
+            entries.setdefault((p[0], p[1]), {})
+        elif kind == DEL_QUEUE:
+            queues.pop((p[0], p[1]), None)
+            entries.pop((p[0], p[1]), None)
+        elif kind in (PUT_BINDING, DEL_BINDING):
+            rec = BindingRecord(p[0], p[1], p[2], p[3], p[4], p[5])
+            if kind == PUT_BINDING:
+                bindings[rec.key()] = rec
+            else:
+                bindings.pop(rec.key(), None)
+        elif kind == MESSAGE:
+            props = dict(zip(PROPERTY_FIELDS, p[3], strict=False))
+            messages[p[0]] = MessageRecord(p[0], p[1], p[2], props, p[4], p[5])
+            max_id = max(max_id, p[0])
+        elif kind == ENQUEUE:
+            q = entries.get((p[0], p[1]))
+            if q is not None:
+                q[p[2]] = p[3]
+        elif kind == ACK:
+            q = entries.get((p[0], p[1]))
+            if q is not None:
+                q.pop(p[2], None)
+    state = Recovered(max_message_id=max_id)
+    state.exchanges = list(exchanges.values())
+    state.queues = list(queues.values())
+    live_x = {(x.vhost, x.name) for x in state.exchanges}
+    for b in bindings.values():
+        dest_ok = ((b.vhost, b.destination) in queues if b.dest_is_queue
+                   else (b.vhost, b.destination) in live_x or b.destination.startswith("amq."))
+        source_ok = (b.vhost, b.source) in live_x or b.source.startswith("amq.")
+        if dest_ok and source_ok:
+            state.bindings.append(b)
+    for key, seqs in entries.items():
+        if key not in queues:
+            continue
+        state.messages[key] = [(seq, messages[mid]) for seq, mid in sorted(seqs.items())
+                               if mid in messages]
+    return state

@@ -1,0 +1,251 @@
+"""One AMQP channel: its consumers, unacknowledged deliveries, prefetch, confirms and
+transactions. The connection (`session.py`) routes channel methods here.
+
+Delivery tags are per channel and increase by one per delivery or basic.get-ok; `unacked`
+keeps them in that order, so `multiple` acks walk it from the front. Prefetch follows
+RabbitMQ: basic.qos with global=false sets the limit for consumers created after it, each
+counted alone; global=true limits the whole channel; both may apply at once.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from pamqp import commands
+
+from gateway.core.errors import AccessRefused, NotFound, PreconditionFailed
+from gateway.core.message import Message
+from gateway.core.queue import Entry, Queue
+
+if TYPE_CHECKING:
+    from protocols.amqp.session import AMQPSession
+
+Basic = commands.Basic
+REPLY_TO = "amq.rabbitmq.reply-to"
+
+
+class AMQPConsumer:
+    """A basic.consume: the core's `Consumer` for one channel and one queue."""
+
+    __slots__ = ("tag", "channel", "queue", "no_ack", "exclusive", "priority", "prefetch",
+                 "unacked")
+
+    def __init__(self, tag: str, channel: Channel, queue: Queue, no_ack: bool,
+                 exclusive: bool, priority: int, prefetch: int) -> None:
+        self.tag = tag
+        self.channel = channel
+        self.queue = queue
+        self.no_ack = no_ack
+        self.exclusive = exclusive
+        self.priority = priority
+        self.prefetch = prefetch
+        self.unacked = 0
+
+    def can_take(self) -> bool:
+        ch = self.channel
+        if not ch.flow or ch.closing or ch.session.output_blocked:
+            return False
+        if self.no_ack:
+            return True
+        if self.prefetch and self.unacked >= self.prefetch:
+            return False
+        return not (ch.global_prefetch and len(ch.unacked) >= ch.global_prefetch)
+
+    def deliver(self, entry: Entry) -> None:
+        self.channel.deliver(self, entry)
+
+    def cancelled(self) -> None:
+        self.channel.broker_cancelled(self)
+
+
+class Channel:
+    def __init__(self, session: AMQPSession, number: int) -> None:
+        self.session = session
+        self.number = number
+        self.closing = False
+        self.flow = True
+        self.consumers: dict[str, AMQPConsumer] = {}
+        self.unacked: dict[int, tuple[Entry, AMQPConsumer | None]] = {}
+        self.next_tag = 1
+        self.prefetch = 0
+        self.global_prefetch = 0
+        self.last_queue: str | None = None
+        self.confirm = False
+        self.publish_seq = 0
+        # (publish seq, store position it waits for, ack?) in publish order
+        self.confirms: deque[tuple[int, int, bool]] = deque()
+        self.tx = False
+        self.tx_publishes: list[tuple[Any, bool]] = []
+        self.tx_acks: list[tuple[str, int, bool, bool]] = []
+        self.reply_queue: Queue | None = None
+        self._consumer_seq = 0
+        self.write_ok: dict[str, bool] = {}
+
+    # -- delivery --------------------------------------------------------------------------
+
+    def deliver(self, consumer: AMQPConsumer, entry: Entry) -> None:
+        tag = self.next_tag
+        self.next_tag = tag + 1
+        if not consumer.no_ack:
+            self.unacked[tag] = (entry, consumer)
+            consumer.unacked += 1
+        msg = entry.message
+        self.session.send_content(
+            self.number,
+            Basic.Deliver(consumer.tag, tag, entry.redelivered, msg.exchange, msg.routing_key),
+            msg)
+
+    def get(self, queue: Queue, no_ack: bool, now: float) -> None:
+        entry = queue.get(no_ack, now)
+        if entry is None:
+            self.session.send_method(self.number, Basic.GetEmpty())
+            return
+        tag = self.next_tag
+        self.next_tag = tag + 1
+        if not no_ack:
+            self.unacked[tag] = (entry, None)
+        msg = entry.message
+        self.session.send_content(
+            self.number,
+            Basic.GetOk(tag, entry.redelivered, msg.exchange, msg.routing_key,
+                        queue.message_count),
+            msg)
+
+    def broker_cancelled(self, consumer: AMQPConsumer) -> None:
+        if self.consumers.pop(consumer.tag, None) is None:
+            return
+        if self.session.cancel_notify and not self.closing:
+            self.session.send_method(self.number, Basic.Cancel(consumer.tag, nowait=True))
+
+    # -- consumers -------------------------------------------------------------------------
+
+    def consumer_tag(self, requested: str) -> str:
+        if requested:
+            if requested in self.consumers:
+                raise_not_allowed_tag(requested)
+            return requested
+        self._consumer_seq += 1
+        return f"amq.ctag-{self.session.id}.{self.number}.{self._consumer_seq}"
+
+    def add_consumer(self, queue: Queue, tag: str, no_ack: bool, exclusive: bool,
+                     arguments: dict[str, Any] | None, now: float) -> AMQPConsumer:
+        priority = 0
+        if arguments and "x-priority" in arguments:
+            value = arguments["x-priority"]
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise PreconditionFailed("PRECONDITION_FAILED - invalid x-priority")
+            priority = value
+        consumer = AMQPConsumer(tag, self, queue, no_ack, exclusive, priority, self.prefetch)
+        self.consumers[tag] = consumer
+        try:
+            queue.vhost.consume(queue, consumer, exclusive=exclusive, now=now)
+        except BaseException:
+            del self.consumers[tag]
+            raise
+        return consumer
+
+    def cancel(self, tag: str, now: float) -> bool:
+        consumer = self.consumers.pop(tag, None)
+        if consumer is None:
+            return False
+        consumer.queue.vhost.cancel(consumer.queue, consumer, now)
+        return True
+
+    # -- acknowledgements ------------------------------------------------------------------
+
+    def _take(self, tag: int, multiple: bool) -> list[tuple[Entry, AMQPConsumer | None]]:
+        if multiple:
+            if tag == 0:
+                taken = list(self.unacked.values())
+                self.unacked.clear()
+                return taken
+            if tag not in self.unacked:
+                raise PreconditionFailed(f"PRECONDITION_FAILED - unknown delivery tag {tag}")
+            keys = []
+            for t in self.unacked:
+                if t > tag:
+                    break
+                keys.append(t)
+            return [self.unacked.pop(t) for t in keys]
+        item = self.unacked.pop(tag, None)
+        if item is None:
+            raise PreconditionFailed(f"PRECONDITION_FAILED - unknown delivery tag {tag}")
+        return [item]
+
+    def settle(self, tag: int, multiple: bool, *, ack: bool, requeue: bool,
+               now: float) -> None:
+        taken = self._take(tag, multiple)
+        queues: dict[Queue, list[Entry]] = {}
+        for entry, consumer in taken:
+            if consumer is not None:
+                consumer.unacked -= 1
+            if ack:
+                entry.queue.ack(entry)
+            elif requeue:
+                queues.setdefault(entry.queue, []).append(entry)
+            else:
+                entry.queue.reject(entry, now)
+        for queue, entries in queues.items():
+            queue.requeue(entries, now)
+        self.kick(now)
+
+    def requeue_all(self, now: float) -> None:
+        taken = list(self.unacked.values())
+        self.unacked.clear()
+        queues: dict[Queue, list[Entry]] = {}
+        for entry, consumer in taken:
+            if consumer is not None:
+                consumer.unacked -= 1
+            queues.setdefault(entry.queue, []).append(entry)
+        for queue, entries in queues.items():
+            queue.requeue(entries, now)
+
+    def kick(self, now: float) -> None:
+        """Credit came back: let the queues this channel consumes from deliver again."""
+        seen: set[Queue] = set()
+        for consumer in list(self.consumers.values()):
+            q = consumer.queue
+            if q not in seen:
+                seen.add(q)
+                q.dispatch(now)
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def resolve_reply_to(self, message: Message) -> None:
+        """Direct reply-to: rewrite `amq.rabbitmq.reply-to` to this channel's reply queue."""
+        if message.properties.reply_to == REPLY_TO:
+            if self.reply_queue is None or self.reply_queue.deleted:
+                raise PreconditionFailed("PRECONDITION_FAILED - fast reply consumer does not "
+                                         "exist")
+            message.properties.reply_to = self.reply_queue.name
+
+    def queue_name(self, name: str) -> str:
+        """An empty queue name means the last queue declared on this channel."""
+        if name:
+            return name
+        if self.last_queue is None:
+            raise NotFound("NOT_FOUND - no previously declared queue")
+        return self.last_queue
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def release(self, now: float) -> None:
+        """The channel is closing: requeue what was not acked and end its consumers."""
+        self.closing = True
+        for tag in list(self.consumers):
+            self.cancel(tag, now)
+        self.requeue_all(now)
+        if self.reply_queue is not None and not self.reply_queue.deleted:
+            self.reply_queue.vhost.remove_queue(self.reply_queue)
+        self.tx_publishes.clear()
+        self.tx_acks.clear()
+
+
+def raise_not_allowed_tag(tag: str) -> None:
+    from gateway.core.errors import NotAllowed
+
+    raise NotAllowed(f"NOT_ALLOWED - attempt to reuse consumer tag '{tag}'")
+
+
+__all__ = ["AMQPConsumer", "AccessRefused", "Channel", "REPLY_TO"]

@@ -1,0 +1,395 @@
+"""One handler per AMQP channel method; `TABLE` at the bottom is the table of contents.
+
+Each handler checks permissions the way RabbitMQ does (configure to declare or delete,
+write to publish or bind into, read to consume, get, purge or bind from), calls the core,
+and answers. Errors propagate as `BrokerError`; the session closes the channel or the
+connection with their reply code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pamqp import commands
+
+from gateway.core.errors import (
+    AccessRefused,
+    BrokerError,
+    NotImplementedFeature,
+    PreconditionFailed,
+    ReplyCode,
+)
+from gateway.core.message import Message
+from gateway.core.queue import Queue
+from protocols.amqp.channel import REPLY_TO, Channel
+from protocols.amqp.mapping import from_amqp, validate_publish
+
+if TYPE_CHECKING:
+    from gateway.core.vhost import VirtualHost
+    from protocols.amqp.session import AMQPSession
+
+C = commands
+Handler = Callable[["AMQPSession", Channel, Any], None]
+
+
+def _vh(s: AMQPSession) -> VirtualHost:
+    assert s.vhost is not None
+    return s.vhost
+
+
+def _check(s: AMQPSession, permission: str, kind: str, name: str) -> None:
+    assert s.user is not None and s.vhost is not None
+    s.auth.check(s.user, s.vhost.name, permission, name,  # type: ignore[arg-type]
+                 resource_kind=kind)  # type: ignore[arg-type]
+
+
+# -- channel -------------------------------------------------------------------------------
+
+def channel_close(s: AMQPSession, ch: Channel, m: C.Channel.Close) -> None:
+    ch.release(s.clock())
+    del s.channels[ch.number]
+    s.send_method(ch.number, C.Channel.CloseOk())
+
+
+def channel_close_ok(s: AMQPSession, ch: Channel, m: C.Channel.CloseOk) -> None:
+    pass
+
+
+def channel_flow(s: AMQPSession, ch: Channel, m: C.Channel.Flow) -> None:
+    ch.flow = bool(m.active)
+    s.send_method(ch.number, C.Channel.FlowOk(ch.flow))
+    if ch.flow:
+        ch.kick(s.clock())
+
+
+def channel_flow_ok(s: AMQPSession, ch: Channel, m: C.Channel.FlowOk) -> None:
+    pass
+
+
+# -- exchange ------------------------------------------------------------------------------
+
+def exchange_declare(s: AMQPSession, ch: Channel, m: C.Exchange.Declare) -> None:
+    vh = _vh(s)
+    if not m.passive:
+        _check(s, "configure", "exchange", m.exchange)
+    args = dict(m.arguments or {})
+    ae = args.get("alternate-exchange")
+    if isinstance(ae, str) and not m.passive:
+        _check(s, "write", "exchange", ae)
+    vh.declare_exchange(m.exchange, m.exchange_type, passive=m.passive, durable=m.durable,
+                        auto_delete=m.auto_delete, internal=m.internal, arguments=args)
+    if not m.nowait:
+        s.send_method(ch.number, C.Exchange.DeclareOk())
+
+
+def exchange_delete(s: AMQPSession, ch: Channel, m: C.Exchange.Delete) -> None:
+    _check(s, "configure", "exchange", m.exchange)
+    _vh(s).delete_exchange(m.exchange, if_unused=m.if_unused)
+    if not m.nowait:
+        s.send_method(ch.number, C.Exchange.DeleteOk())
+
+
+def _exchange_binding(s: AMQPSession, m: Any) -> Any:
+    vh = _vh(s)
+    _check(s, "write", "exchange", m.destination)
+    _check(s, "read", "exchange", m.source)
+    return vh.get_exchange(m.destination)
+
+
+def exchange_bind(s: AMQPSession, ch: Channel, m: C.Exchange.Bind) -> None:
+    dest = _exchange_binding(s, m)
+    _vh(s).bind(dest, m.source, m.routing_key, m.arguments)
+    if not m.nowait:
+        s.send_method(ch.number, C.Exchange.BindOk())
+
+
+def exchange_unbind(s: AMQPSession, ch: Channel, m: C.Exchange.Unbind) -> None:
+    dest = _exchange_binding(s, m)
+    _vh(s).unbind(dest, m.source, m.routing_key, m.arguments)
+    if not m.nowait:
+        s.send_method(ch.number, C.Exchange.UnbindOk())
+
+
+# -- queue ---------------------------------------------------------------------------------
+
+def queue_declare(s: AMQPSession, ch: Channel, m: C.Queue.Declare) -> None:
+    vh = _vh(s)
+    name = m.queue
+    if name == REPLY_TO or name.startswith(REPLY_TO + "."):
+        # the pseudo-queue of direct reply-to always "exists"
+        if not m.nowait:
+            s.send_method(ch.number, C.Queue.DeclareOk(name, 0, 0))
+        return
+    if not m.passive and name:
+        _check(s, "configure", "queue", name)
+    args = dict(m.arguments or {})
+    dlx = args.get("x-dead-letter-exchange")
+    if isinstance(dlx, str) and not m.passive:
+        _check(s, "write", "exchange", dlx)
+    q = vh.declare_queue(name, passive=m.passive, durable=m.durable, exclusive=m.exclusive,
+                         auto_delete=m.auto_delete, arguments=args, owner=s, now=s.clock())
+    if not name and not m.passive:
+        _check(s, "configure", "queue", q.name)
+    ch.last_queue = q.name
+    if not m.nowait:
+        s.send_method(ch.number, C.Queue.DeclareOk(q.name, q.message_count, q.consumer_count))
+
+
+def _queue(s: AMQPSession, ch: Channel, name: str) -> Queue:
+    return _vh(s).get_queue(ch.queue_name(name), owner=s)
+
+
+def queue_bind(s: AMQPSession, ch: Channel, m: C.Queue.Bind) -> None:
+    name = ch.queue_name(m.queue)
+    _check(s, "write", "queue", name)
+    _check(s, "read", "exchange", m.exchange)
+    q = _vh(s).get_queue(name, owner=s)
+    key = m.routing_key if (m.routing_key or m.queue) else q.name
+    _vh(s).bind(q, m.exchange, key, m.arguments)
+    if not m.nowait:
+        s.send_method(ch.number, C.Queue.BindOk())
+
+
+def queue_unbind(s: AMQPSession, ch: Channel, m: C.Queue.Unbind) -> None:
+    name = ch.queue_name(m.queue)
+    _check(s, "write", "queue", name)
+    _check(s, "read", "exchange", m.exchange)
+    q = _vh(s).get_queue(name, owner=s)
+    _vh(s).unbind(q, m.exchange, m.routing_key, m.arguments)
+    s.send_method(ch.number, C.Queue.UnbindOk())
+
+
+def queue_purge(s: AMQPSession, ch: Channel, m: C.Queue.Purge) -> None:
+    name = ch.queue_name(m.queue)
+    _check(s, "read", "queue", name)
+    n = _vh(s).purge_queue(name, owner=s)
+    if not m.nowait:
+        s.send_method(ch.number, C.Queue.PurgeOk(n))
+
+
+def queue_delete(s: AMQPSession, ch: Channel, m: C.Queue.Delete) -> None:
+    name = ch.queue_name(m.queue)
+    _check(s, "configure", "queue", name)
+    n = _vh(s).delete_queue(name, if_unused=m.if_unused, if_empty=m.if_empty, owner=s)
+    if not m.nowait:
+        s.send_method(ch.number, C.Queue.DeleteOk(n))
+
+
+# -- basic ---------------------------------------------------------------------------------
+
+def basic_qos(s: AMQPSession, ch: Channel, m: C.Basic.Qos) -> None:
+    if m.prefetch_size:
+        raise NotImplementedFeature(
+            f"NOT_IMPLEMENTED - prefetch_size!=0 ({m.prefetch_size})")
+    if m.global_:
+        ch.global_prefetch = m.prefetch_count
+    else:
+        ch.prefetch = m.prefetch_count
+    s.send_method(ch.number, C.Basic.QosOk())
+    ch.kick(s.clock())
+
+
+def basic_consume(s: AMQPSession, ch: Channel, m: C.Basic.Consume) -> None:
+    vh = _vh(s)
+    now = s.clock()
+    name = m.queue
+    if name == REPLY_TO:
+        if not m.no_ack:
+            raise PreconditionFailed("PRECONDITION_FAILED - reply consumer cannot acknowledge")
+        if ch.reply_queue is not None and not ch.reply_queue.deleted:
+            raise PreconditionFailed("PRECONDITION_FAILED - reply consumer already set")
+        tag = ch.consumer_tag(m.consumer_tag)
+        q = vh.declare_queue(f"{REPLY_TO}.{tag}.{s.id}.{ch.number}", exclusive=True,
+                             auto_delete=True, owner=s, now=now, hidden=True)
+        ch.reply_queue = q
+        if not m.nowait:
+            s.send_method(ch.number, C.Basic.ConsumeOk(tag))
+        ch.add_consumer(q, tag, True, True, None, now)
+        return
+    name = ch.queue_name(name)
+    _check(s, "read", "queue", name)
+    q = vh.get_queue(name, owner=s)
+    tag = ch.consumer_tag(m.consumer_tag)
+    # consume-ok must precede the first delivery: answer, then attach the consumer
+    consumer_ok = C.Basic.ConsumeOk(tag)
+    if q.consumers and (m.exclusive or any(c.exclusive for c in q.consumers)):
+        vh.consume(q, _NoConsumer(), exclusive=m.exclusive, now=now)  # raises 403
+    if not m.nowait:
+        s.send_method(ch.number, consumer_ok)
+    ch.add_consumer(q, tag, m.no_ack, m.exclusive, m.arguments, now)
+
+
+class _NoConsumer:
+    """Stands in to run the exclusivity checks before consume-ok is sent."""
+
+    tag = ""
+    no_ack = True
+    exclusive = False
+    priority = 0
+
+    def can_take(self) -> bool:
+        return False
+
+    def deliver(self, entry: Any) -> None:  # pragma: no cover - never given one
+        raise AssertionError
+
+    def cancelled(self) -> None:  # pragma: no cover
+        pass
+
+
+def basic_cancel(s: AMQPSession, ch: Channel, m: C.Basic.Cancel) -> None:
+    tag = m.consumer_tag or ""
+    consumer = ch.consumers.get(tag)
+    ch.cancel(tag, s.clock())
+    if consumer is not None and consumer.queue is ch.reply_queue:
+        ch.reply_queue = None
+    if not m.nowait:
+        s.send_method(ch.number, C.Basic.CancelOk(tag))
+
+
+def basic_get(s: AMQPSession, ch: Channel, m: C.Basic.Get) -> None:
+    name = ch.queue_name(m.queue)
+    _check(s, "read", "queue", name)
+    q = _vh(s).get_queue(name, owner=s)
+    ch.get(q, m.no_ack, s.clock())
+
+
+def basic_ack(s: AMQPSession, ch: Channel, m: C.Basic.Ack) -> None:
+    if ch.tx:
+        ch.tx_acks.append(("ack", m.delivery_tag or 0, m.multiple, False))
+        return
+    ch.settle(m.delivery_tag or 0, m.multiple, ack=True, requeue=False, now=s.clock())
+
+
+def basic_nack(s: AMQPSession, ch: Channel, m: C.Basic.Nack) -> None:
+    if ch.tx:
+        ch.tx_acks.append(("nack", m.delivery_tag, m.multiple, m.requeue))
+        return
+    ch.settle(m.delivery_tag, m.multiple, ack=False, requeue=m.requeue, now=s.clock())
+
+
+def basic_reject(s: AMQPSession, ch: Channel, m: C.Basic.Reject) -> None:
+    if ch.tx:
+        ch.tx_acks.append(("nack", m.delivery_tag or 0, False, m.requeue))
+        return
+    ch.settle(m.delivery_tag or 0, False, ack=False, requeue=m.requeue, now=s.clock())
+
+
+def basic_recover(s: AMQPSession, ch: Channel, m: Any) -> None:
+    ch.requeue_all(s.clock())
+    ch.kick(s.clock())
+    if isinstance(m, C.Basic.Recover):
+        s.send_method(ch.number, C.Basic.RecoverOk())
+
+
+def publish(s: AMQPSession, ch: Channel, m: C.Basic.Publish,
+            properties: C.Basic.Properties, body: bytes) -> None:
+    """basic.publish with its content (called by the session for each `Content`)."""
+    vh = _vh(s)
+    if m.immediate:
+        raise BrokerError("NOT_IMPLEMENTED - immediate=true", ReplyCode.NOT_IMPLEMENTED)
+    name = m.exchange
+    if name not in ch.write_ok:
+        _check(s, "write", "exchange", name)
+        ch.write_ok[name] = True
+    exchange = vh.get_exchange(name)
+    if exchange.internal:
+        raise AccessRefused(f"ACCESS_REFUSED - cannot publish to internal exchange "
+                            f"'{name}' in vhost '{vh.name}'")
+    props = from_amqp(properties)
+    assert s.user is not None
+    validate_publish(props, s.user.name)
+    message = Message(vh.next_message_id(), name, m.routing_key, props, body)
+    ch.resolve_reply_to(message)
+    if ch.tx:
+        ch.tx_publishes.append(((exchange, m.routing_key, message), m.mandatory))
+        return
+    _route(s, ch, exchange, m.routing_key, message, m.mandatory)
+
+
+def _route(s: AMQPSession, ch: Channel, exchange: Any, routing_key: str, message: Message,
+           mandatory: bool) -> None:
+    store = s.broker.store
+    before = store.appended
+    result = _vh(s).publish(exchange, routing_key, message, s.clock())
+    if mandatory and not result.routed:
+        s.send_content(ch.number, C.Basic.Return(312, "NO_ROUTE", exchange.name, routing_key),
+                       message)
+    if ch.confirm:
+        ch.publish_seq += 1
+        upto = store.appended if store.appended != before else 0
+        ch.confirms.append((ch.publish_seq, upto, not result.rejected))
+
+
+# -- confirm and tx ------------------------------------------------------------------------
+
+def confirm_select(s: AMQPSession, ch: Channel, m: C.Confirm.Select) -> None:
+    if ch.tx:
+        raise PreconditionFailed("PRECONDITION_FAILED - cannot switch from tx to confirm "
+                                 "mode")
+    ch.confirm = True
+    s.confirm_channel(ch)
+    if not m.nowait:
+        s.send_method(ch.number, C.Confirm.SelectOk())
+
+
+def tx_select(s: AMQPSession, ch: Channel, m: C.Tx.Select) -> None:
+    if ch.confirm:
+        raise PreconditionFailed("PRECONDITION_FAILED - cannot switch from confirm to tx "
+                                 "mode")
+    ch.tx = True
+    s.send_method(ch.number, C.Tx.SelectOk())
+
+
+def tx_commit(s: AMQPSession, ch: Channel, m: C.Tx.Commit) -> None:
+    if not ch.tx:
+        raise PreconditionFailed("PRECONDITION_FAILED - channel is not transactional")
+    now = s.clock()
+    publishes, ch.tx_publishes = ch.tx_publishes, []
+    acks, ch.tx_acks = ch.tx_acks, []
+    for (exchange, routing_key, message), mandatory in publishes:
+        if exchange.deleted:
+            continue
+        _route(s, ch, exchange, routing_key, message, mandatory)
+    for kind, tag, multiple, requeue in acks:
+        ch.settle(tag, multiple, ack=kind == "ack", requeue=requeue, now=now)
+    s.send_method(ch.number, C.Tx.CommitOk())
+
+
+def tx_rollback(s: AMQPSession, ch: Channel, m: C.Tx.Rollback) -> None:
+    if not ch.tx:
+        raise PreconditionFailed("PRECONDITION_FAILED - channel is not transactional")
+    ch.tx_publishes.clear()
+    ch.tx_acks.clear()
+    s.send_method(ch.number, C.Tx.RollbackOk())
+
+
+TABLE: dict[type, Handler] = {
+    C.Channel.Close: channel_close,
+    C.Channel.CloseOk: channel_close_ok,
+    C.Channel.Flow: channel_flow,
+    C.Channel.FlowOk: channel_flow_ok,
+    C.Exchange.Declare: exchange_declare,
+    C.Exchange.Delete: exchange_delete,
+    C.Exchange.Bind: exchange_bind,
+    C.Exchange.Unbind: exchange_unbind,
+    C.Queue.Declare: queue_declare,
+    C.Queue.Bind: queue_bind,
+    C.Queue.Unbind: queue_unbind,
+    C.Queue.Purge: queue_purge,
+    C.Queue.Delete: queue_delete,
+    C.Basic.Qos: basic_qos,
+    C.Basic.Consume: basic_consume,
+    C.Basic.Cancel: basic_cancel,
+    C.Basic.Get: basic_get,
+    C.Basic.Ack: basic_ack,
+    C.Basic.Nack: basic_nack,
+    C.Basic.Reject: basic_reject,
+    C.Basic.Recover: basic_recover,
+    C.Basic.RecoverAsync: basic_recover,
+    C.Confirm.Select: confirm_select,
+    C.Tx.Select: tx_select,
+    C.Tx.Commit: tx_commit,
+    C.Tx.Rollback: tx_rollback,
+}

@@ -1,0 +1,469 @@
+"""One AMQP 0-9-1 connection's state machine: frames in -> core calls, deliveries -> frames.
+
+Theory of operation
+-------------------
+The server feeds received bytes to `receive_data`; the codec turns them into events, and
+each event is handled to completion, synchronously, against the core. Everything the
+connection must send is appended to an outbound buffer that the server's writer task
+drains (`data_to_send`); `wake` tells it there is something new when output was produced
+by another connection's publish. No I/O and no awaits happen here.
+
+Connection states, in order (spec 2.2.4):
+
+    HEADER --header--> START_OK --start-ok--> TUNE_OK --tune-ok--> OPEN_WAIT --open--> OPEN
+    any --we send connection.close--> CLOSING --close-ok or close--> CLOSED
+    any --peer sends connection.close--> CLOSED (after close-ok)
+
+Channel methods are allowed only in OPEN; a method on a channel that is not open is a
+504 CHANNEL_ERROR, closing the connection. A `BrokerError` from the core or auth closes the
+channel (soft codes) or the connection (hard codes) with its reply code and text, and only
+that: the broker and every other client go on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import platform
+from collections.abc import Callable
+from enum import Enum, auto
+from typing import TYPE_CHECKING, Any
+
+from pamqp import base, commands
+
+import gateway
+from gateway.core.errors import (
+    BrokerError,
+    CommandInvalid,
+    NotAllowed,
+    NotImplementedFeature,
+    PreconditionFailed,
+    ReplyCode,
+)
+from gateway.core.message import Message
+from protocols.amqp import handlers
+from protocols.amqp.channel import Channel
+from protocols.amqp.codec import AMQPCodec
+from protocols.amqp.frames import (
+    NEED_DATA,
+    PROTOCOL_HEADER,
+    BadProtocolHeader,
+    Content,
+    Heartbeat,
+    Method,
+    OversizeContent,
+    ProtocolError,
+    ProtocolHeaderReceived,
+)
+from protocols.amqp.mapping import encoded_properties, parse_credentials
+
+if TYPE_CHECKING:
+    from gateway.auth.service import AuthService, User
+    from gateway.core.broker import Broker
+    from gateway.core.vhost import VirtualHost
+
+log = logging.getLogger("gateway.amqp")
+_ids = itertools.count(1)
+
+
+class State(Enum):
+    HEADER = auto()
+    START_OK = auto()
+    TUNE_OK = auto()
+    OPEN_WAIT = auto()
+    OPEN = auto()
+    CLOSING = auto()
+    CLOSED = auto()
+
+
+def reply_text(err: BrokerError) -> str:
+    prefix = f"{err.code.name} - "
+    return err.text if err.text.startswith(prefix) else prefix + err.text
+
+
+class AMQPSession:
+    def __init__(
+        self,
+        broker: Broker,
+        auth: AuthService,
+        *,
+        peer: tuple[str, int],
+        loopback: bool,
+        clock: Callable[[], float],
+        wake: Callable[[], None] = lambda: None,
+        frame_max: int = 131072,
+        channel_max: int = 2047,
+        heartbeat: int = 60,
+        max_message_size: int = 128 * 1024 * 1024,
+        high_water: int = 1024 * 1024,
+    ) -> None:
+        self.id = next(_ids)
+        self.broker = broker
+        self.auth = auth
+        self.peer = peer
+        self.loopback = loopback
+        self.clock = clock
+        self.wake = wake
+        self.codec = AMQPCodec(frame_max=frame_max, max_message_size=max_message_size)
+        self.frame_max = frame_max
+        self.channel_max = channel_max
+        self.heartbeat = heartbeat
+        self.max_message_size = max_message_size
+        self.high_water = high_water
+        self.state = State.HEADER
+        self.channels: dict[int, Channel] = {}
+        self.user: User | None = None
+        self.vhost: VirtualHost | None = None
+        self.client_properties: dict[str, Any] = {}
+        self.cancel_notify = False
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self.output_blocked = False
+        self.last_recv = clock()
+        self.last_send = self.last_recv
+        self.close_reason: str | None = None
+        self._confirm_channels: set[Channel] = set()
+        self._mechanism = "PLAIN"
+
+    # -- I/O boundary ----------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    @property
+    def pending_output(self) -> int:
+        return self._out_size
+
+    def data_to_send(self) -> bytes:
+        data = b"".join(self._out)
+        self._out.clear()
+        self._out_size = 0
+        if data:
+            self.last_send = self.clock()
+        return data
+
+    def output_drained(self) -> None:
+        """The writer flushed the buffer: consumers held back by it may take again."""
+        if self.output_blocked and self._out_size < self.high_water // 2:
+            self.output_blocked = False
+            now = self.clock()
+            for ch in list(self.channels.values()):
+                ch.kick(now)
+
+    def _emit(self, data: bytes) -> None:
+        self._out.append(data)
+        self._out_size += len(data)
+        if self._out_size >= self.high_water:
+            self.output_blocked = True
+        if len(self._out) == 1:
+            self.wake()
+
+    def send_method(self, channel: int, method: base.Frame) -> None:
+        self._emit(self.codec.encode_method(channel, method))
+
+    def send_content(self, channel: int, method: base.Frame, message: Message) -> None:
+        self._emit(self.codec.encode_content(channel, method, encoded_properties(message),
+                                             message.body))
+
+    def receive_data(self, data: bytes | bytearray) -> None:
+        if self.state is State.CLOSED:
+            return
+        self.last_recv = self.clock()
+        self.codec.receive_data(data)  # type: ignore[arg-type]  # a bytearray is fine
+        while not self.closed:
+            try:
+                event = self.codec.next_event()
+            except BadProtocolHeader:
+                self._emit(PROTOCOL_HEADER)
+                self._finish()
+                break
+            except ProtocolError as exc:
+                self.close_connection(exc.code, f"{ReplyCode(exc.code).name} - {exc.text}",
+                                      exc.class_id, exc.method_id)
+                self._finish_after_close()
+                break
+            if event is NEED_DATA:
+                break
+            try:
+                self._handle(event)
+            except BrokerError as err:
+                self.close_connection(err.code, reply_text(err))
+        self.flush_confirms()
+
+    def timer(self, now: float) -> None:
+        """Heartbeats: send one when idle for half the interval; give up after two missed."""
+        if self.state is State.CLOSED or not self.heartbeat or self.state in (
+                State.HEADER, State.START_OK, State.TUNE_OK):
+            return
+        if now - self.last_recv > 2 * self.heartbeat:
+            log.info("connection %s: missed heartbeats from client, closing", self.name)
+            self.close_reason = "missed heartbeats"
+            self._finish()
+            return
+        if now - self.last_send >= self.heartbeat / 2:
+            self._emit(self.codec.encode_heartbeat())
+            self.last_send = now
+
+    def connection_lost(self) -> None:
+        """The socket is gone: release every channel and the exclusive queues."""
+        self._release_all()
+        self.state = State.CLOSED
+
+    def shutdown(self, text: str = "CONNECTION_FORCED - broker shutdown") -> None:
+        if self.state is State.OPEN:
+            self.close_connection(ReplyCode.CONNECTION_FORCED, text)
+        elif self.state not in (State.CLOSING, State.CLOSED):
+            self._finish()
+
+    @property
+    def name(self) -> str:
+        return f"{self.peer[0]}:{self.peer[1]}"
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def close_connection(self, code: int, text: str, class_id: int = 0,
+                         method_id: int = 0) -> None:
+        if self.state in (State.CLOSING, State.CLOSED):
+            return
+        self.send_method(0, commands.Connection.Close(int(code), text[:255], class_id,
+                                                      method_id))
+        self.close_reason = text
+        self._release_all()
+        self.state = State.CLOSING
+
+    def _finish_after_close(self) -> None:
+        """After a protocol error the codec is broken: stop reading, close when flushed."""
+        self.state = State.CLOSED
+
+    def _finish(self) -> None:
+        self._release_all()
+        self.state = State.CLOSED
+
+    def _release_all(self) -> None:
+        now = self.clock()
+        for ch in list(self.channels.values()):
+            ch.release(now)
+        self.channels.clear()
+        self._confirm_channels.clear()
+        if self.vhost is not None:
+            self.vhost.connection_closed(self)
+
+    def close_channel(self, ch: Channel, err: BrokerError, class_id: int,
+                      method_id: int) -> None:
+        ch.release(self.clock())
+        self._confirm_channels.discard(ch)
+        self.send_method(ch.number, commands.Channel.Close(int(err.code), reply_text(err)[:255],
+                                                          class_id, method_id))
+
+    # -- event dispatch --------------------------------------------------------------------
+
+    def _handle(self, event: object) -> None:
+        if isinstance(event, Content):
+            self._on_content(event)
+        elif isinstance(event, Method):
+            self._on_method(event.channel, event.method)
+        elif isinstance(event, Heartbeat):
+            pass
+        elif isinstance(event, ProtocolHeaderReceived):
+            self._on_header()
+        elif isinstance(event, OversizeContent):
+            ch = self._open_channel(event.channel)
+            if ch is not None:
+                self.close_channel(ch, PreconditionFailed(
+                    f"PRECONDITION_FAILED - message size {event.size} is larger than "
+                    f"configured max size {self.max_message_size}"), 60, 40)
+
+    def _on_header(self) -> None:
+        caps = {
+            "publisher_confirms": True,
+            "exchange_exchange_bindings": True,
+            "basic.nack": True,
+            "consumer_cancel_notify": True,
+            "connection.blocked": True,
+            "consumer_priorities": True,
+            "authentication_failure_close": True,
+            "per_consumer_qos": True,
+            "direct_reply_to": True,
+        }
+        props: dict[str, Any] = {
+            "product": "gateway",
+            "version": gateway.__version__,
+            "platform": f"Python {platform.python_version()}",
+            "cluster_name": "gateway",
+            "copyright": "gateway contributors",
+            "information": "Multi-protocol message broker",
+            "capabilities": caps,
+        }
+        self.send_method(0, commands.Connection.Start(
+            0, 9, props, "PLAIN AMQPLAIN", "en_US"))
+        self.state = State.START_OK
+
+    def _open_channel(self, number: int) -> Channel | None:
+        ch = self.channels.get(number)
+        if ch is None:
+            raise BrokerError("CHANNEL_ERROR - expected 'channel.open'",
+                              ReplyCode.CHANNEL_ERROR)
+        return None if ch.closing else ch
+
+    def _on_method(self, number: int, method: base.Frame) -> None:
+        state = self.state
+        if state is State.CLOSING:
+            if isinstance(method, commands.Connection.CloseOk):
+                self.state = State.CLOSED
+            elif isinstance(method, commands.Connection.Close):
+                self.send_method(0, commands.Connection.CloseOk())
+                self.state = State.CLOSED
+            return
+        if number == 0:
+            self._on_connection_method(method)
+            return
+        if state is not State.OPEN:
+            raise BrokerError("COMMAND_INVALID - connection not open",
+                              ReplyCode.COMMAND_INVALID)
+        if isinstance(method, commands.Channel.Open):
+            if number in self.channels:
+                raise BrokerError("CHANNEL_ERROR - second 'channel.open' seen",
+                                  ReplyCode.CHANNEL_ERROR)
+            if number > self.channel_max:
+                raise NotAllowed(f"NOT_ALLOWED - channel number {number} is above the "
+                                 f"negotiated channel_max {self.channel_max}")
+            self.channels[number] = Channel(self, number)
+            self.send_method(number, commands.Channel.OpenOk())
+            return
+        ch = self.channels.get(number)
+        if ch is None:
+            raise BrokerError("CHANNEL_ERROR - expected 'channel.open'",
+                              ReplyCode.CHANNEL_ERROR)
+        if ch.closing:
+            # after channel.close we only wait for close-ok (spec 2.3.6: discard the rest)
+            if isinstance(method, commands.Channel.CloseOk | commands.Channel.Close):
+                del self.channels[number]
+                if isinstance(method, commands.Channel.Close):
+                    self.send_method(number, commands.Channel.CloseOk())
+            return
+        handler = handlers.TABLE.get(type(method))
+        if handler is None:
+            raise BrokerError(f"COMMAND_INVALID - unexpected method {method.name}",
+                              ReplyCode.COMMAND_INVALID)
+        try:
+            handler(self, ch, method)
+        except BrokerError as err:
+            if err.hard:
+                raise
+            self.close_channel(ch, err, *_ids_of(method))
+
+    def _on_content(self, event: Content) -> None:
+        if self.state is State.CLOSING:
+            return
+        if self.state is not State.OPEN:
+            raise CommandInvalid("COMMAND_INVALID - connection not open")
+        ch = self._open_channel(event.channel)
+        if ch is None:
+            return
+        try:
+            handlers.publish(self, ch, event.method, event.properties, event.body)
+        except BrokerError as err:
+            if err.hard:
+                raise
+            self.close_channel(ch, err, 60, 40)
+
+    # -- connection class ------------------------------------------------------------------
+
+    def _on_connection_method(self, method: base.Frame) -> None:
+        state = self.state
+        C = commands.Connection
+        if isinstance(method, C.StartOk) and state is State.START_OK:
+            self._on_start_ok(method)
+        elif isinstance(method, C.TuneOk) and state is State.TUNE_OK:
+            self._on_tune_ok(method)
+        elif isinstance(method, C.Open) and state is State.OPEN_WAIT:
+            self._on_open(method)
+        elif isinstance(method, C.Close):
+            self.send_method(0, C.CloseOk())
+            self._finish()
+        elif isinstance(method, C.CloseOk):
+            self._finish()
+        elif isinstance(method, C.UpdateSecret):
+            self.send_method(0, C.UpdateSecretOk())
+        else:
+            raise BrokerError(f"COMMAND_INVALID - unexpected method {method.name} on "
+                              "channel 0", ReplyCode.COMMAND_INVALID)
+
+    def _on_start_ok(self, m: commands.Connection.StartOk) -> None:
+        self.client_properties = dict(m.client_properties or {})
+        caps = self.client_properties.get("capabilities")
+        self.cancel_notify = isinstance(caps, dict) and bool(
+            caps.get("consumer_cancel_notify"))
+        self._mechanism = m.mechanism or "PLAIN"
+        response = m.response
+        raw = response.encode("latin-1") if isinstance(response, str) else bytes(response)
+        try:
+            login, password = parse_credentials(self._mechanism, raw)
+            self.user = self.auth.authenticate(login, password, loopback=self.loopback,
+                                               mechanism=self._mechanism)
+        except BrokerError as err:
+            log.info("connection %s: login refused: %s", self.name,
+                     getattr(err, "reason", err.text))
+            self.close_connection(ReplyCode.ACCESS_REFUSED, reply_text(err))
+            return
+        self.send_method(0, commands.Connection.Tune(self.channel_max, self.frame_max,
+                                                     self.heartbeat))
+        self.state = State.TUNE_OK
+
+    def _on_tune_ok(self, m: commands.Connection.TuneOk) -> None:
+        if m.frame_max and m.frame_max < 4096:
+            raise BrokerError(f"NOT_ALLOWED - frame_max={m.frame_max} < 4096 min size",
+                              ReplyCode.NOT_ALLOWED)
+        if m.frame_max > self.frame_max:
+            raise BrokerError(f"NOT_ALLOWED - frame_max={m.frame_max} > {self.frame_max} "
+                              "max size", ReplyCode.NOT_ALLOWED)
+        frame_max = m.frame_max or self.frame_max
+        self.frame_max = frame_max
+        self.codec.frame_max = frame_max
+        if m.channel_max:
+            self.channel_max = min(self.channel_max, m.channel_max)
+        self.heartbeat = m.heartbeat
+        self.state = State.OPEN_WAIT
+
+    def _on_open(self, m: commands.Connection.Open) -> None:
+        assert self.user is not None
+        name = m.virtual_host or "/"
+        self.auth.check_vhost(self.user, name)
+        self.vhost = self.broker.vhost(name)
+        self.send_method(0, commands.Connection.OpenOk())
+        self.state = State.OPEN
+
+    # -- confirms --------------------------------------------------------------------------
+
+    def confirm_channel(self, ch: Channel) -> None:
+        self._confirm_channels.add(ch)
+
+    def flush_confirms(self) -> None:
+        """Send the confirms whose messages are durable, coalesced with `multiple`."""
+        if not self._confirm_channels:
+            return
+        durable = self.broker.store.durable
+        for ch in list(self._confirm_channels):
+            pending = ch.confirms
+            last_ack = 0
+            while pending and pending[0][1] <= durable:
+                seq, _, ok = pending.popleft()
+                if ok:
+                    last_ack = seq
+                else:
+                    if last_ack:
+                        self.send_method(ch.number, commands.Basic.Ack(last_ack, True))
+                        last_ack = 0
+                    self.send_method(ch.number, commands.Basic.Nack(seq, False, False))
+            if last_ack:
+                self.send_method(ch.number, commands.Basic.Ack(last_ack, True))
+
+    def ensure_supported(self, feature: bool, text: str) -> None:
+        if not feature:
+            raise NotImplementedFeature(text)
+
+
+def _ids_of(method: base.Frame) -> tuple[int, int]:
+    index = getattr(method, "index", 0)
+    return index >> 16, index & 0xFFFF

@@ -1,0 +1,268 @@
+"""The AMQP session driven by bytes: a client made of pamqp frames on one side, the real
+session, core and auth on the other; no sockets. Time is a variable the test moves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pamqp import commands as C
+from pamqp import frame, heartbeat
+
+from gateway.auth.service import AuthService
+from gateway.config import load_config
+from gateway.core.broker import Broker
+from gateway.store.base import MemoryStore
+from protocols.amqp.frames import PROTOCOL_HEADER
+from protocols.amqp.session import AMQPSession
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Client:
+    """Speaks to a session through bytes, as a socket would carry them."""
+
+    def __init__(self, *, loopback: bool = True, heartbeat: int = 60,
+                 max_message_size: int = 1 << 20) -> None:
+        config = load_config()
+        self.clock = Clock()
+        self.broker = Broker(MemoryStore(), config.auth.vhosts)
+        self.session = AMQPSession(
+            self.broker, AuthService(config.auth), peer=("127.0.0.1", 5555),
+            loopback=loopback, clock=self.clock, heartbeat=heartbeat,
+            max_message_size=max_message_size)
+        self._buf = b""
+        self._held: list[Any] = []
+
+    def send(self, channel: int, *frames: Any) -> None:
+        self.session.receive_data(b"".join(frame.marshal(f, channel) for f in frames))
+
+    def raw(self, data: bytes) -> None:
+        self.session.receive_data(data)
+
+    def received(self) -> list[tuple[int, Any]]:
+        self._buf += self.session.data_to_send()
+        out = []
+        while self._buf:
+            if self._buf.startswith(b"AMQP"):
+                out.append((0, self._buf[:8]))
+                self._buf = self._buf[8:]
+                continue
+            consumed, channel, value = frame.unmarshal(self._buf)
+            self._buf = self._buf[consumed:]
+            out.append((channel, value))
+        return out
+
+    def methods(self) -> list[Any]:
+        held, self._held = self._held, []
+        return held + [v for _, v in self.received()]
+
+    def handshake(self, user: str = "guest", password: str = "guest", vhost: str = "/",
+                  heartbeat: int = 0, frame_max: int = 131072) -> None:
+        self.raw(PROTOCOL_HEADER)
+        start = self.methods()
+        assert isinstance(start[0], C.Connection.Start)
+        self.send(0, C.Connection.StartOk(client_properties={"capabilities": {
+            "consumer_cancel_notify": True}}, mechanism="PLAIN",
+            response=f"\0{user}\0{password}"))
+        tune = self.methods()
+        if not isinstance(tune[0], C.Connection.Tune):
+            self._held = tune
+            return
+        self.send(0, C.Connection.TuneOk(2047, frame_max, heartbeat),
+                  C.Connection.Open(virtual_host=vhost))
+
+    def open_channel(self, n: int = 1) -> None:
+        self.send(n, C.Channel.Open())
+        assert isinstance(self.methods()[-1], C.Channel.OpenOk)
+
+
+def test_handshake_advertises_rabbitmq_capabilities() -> None:
+    c = Client()
+    c.raw(PROTOCOL_HEADER)
+    (start,) = c.methods()
+    assert isinstance(start, C.Connection.Start)
+    assert start.mechanisms == "PLAIN AMQPLAIN"
+    caps = start.server_properties["capabilities"]
+    for cap in ("publisher_confirms", "exchange_exchange_bindings", "basic.nack",
+                "consumer_cancel_notify", "connection.blocked", "authentication_failure_close",
+                "per_consumer_qos", "direct_reply_to"):
+        assert caps[cap] is True, cap
+    c.send(0, C.Connection.StartOk(mechanism="PLAIN", response="\0guest\0guest"))
+    (tune,) = c.methods()
+    assert (tune.channel_max, tune.frame_max, tune.heartbeat) == (2047, 131072, 60)
+    c.send(0, C.Connection.TuneOk(100, 65536, 0), C.Connection.Open(virtual_host="/"))
+    assert isinstance(c.methods()[0], C.Connection.OpenOk)
+    assert c.session.channel_max == 100 and c.session.codec.frame_max == 65536
+
+
+def test_bad_protocol_header_gets_ours_back_and_closes() -> None:
+    c = Client()
+    c.raw(b"AMQP\x01\x01\x00\x0a")
+    out = c.received()
+    assert out == [(0, PROTOCOL_HEADER)]
+    assert c.session.closed
+
+
+def test_wrong_password_is_connection_close_403() -> None:
+    c = Client()
+    c.handshake(password="nope")
+    (close,) = c.methods()
+    assert isinstance(close, C.Connection.Close)
+    assert close.reply_code == 403
+    assert close.reply_text.startswith("ACCESS_REFUSED - Login was refused")
+
+
+def test_guest_from_a_remote_peer_is_refused() -> None:
+    c = Client(loopback=False)
+    c.handshake()
+    (close,) = c.methods()
+    assert close.reply_code == 403
+
+
+def test_amqplain_login() -> None:
+    c = Client()
+    c.raw(PROTOCOL_HEADER)
+    c.methods()
+    from pamqp import encode
+
+    table = encode.field_table({"LOGIN": "guest", "PASSWORD": "guest"})[4:]
+    c.send(0, C.Connection.StartOk(mechanism="AMQPLAIN", response=table.decode("latin-1")))
+    assert isinstance(c.methods()[0], C.Connection.Tune)
+
+
+def test_unknown_vhost_is_530() -> None:
+    c = Client()
+    c.handshake(vhost="/nowhere")
+    (close,) = c.methods()
+    assert close.reply_code == 530
+    assert "/nowhere" in close.reply_text
+
+
+def test_method_on_unopened_channel_is_504() -> None:
+    c = Client()
+    c.handshake()
+    c.methods()
+    c.send(3, C.Queue.Declare(queue="q"))
+    (close,) = c.methods()
+    assert isinstance(close, C.Connection.Close) and close.reply_code == 504
+
+
+def test_channel_above_channel_max_is_530() -> None:
+    c = Client()
+    c.handshake()
+    c.methods()
+    c.send(4000, C.Channel.Open())
+    (close,) = c.methods()
+    assert close.reply_code == 530
+
+
+def test_soft_error_closes_only_the_channel() -> None:
+    c = Client()
+    c.handshake()
+    c.methods()
+    c.open_channel(1)
+    c.open_channel(2)
+    c.send(1, C.Queue.Declare(queue="missing", passive=True))
+    (close,) = c.methods()
+    assert isinstance(close, C.Channel.Close) and close.reply_code == 404
+    assert (close.class_id, close.method_id) == (50, 10)
+    # methods on the closing channel are dropped until close-ok
+    c.send(1, C.Queue.Declare(queue="x"))
+    assert c.methods() == []
+    c.send(1, C.Channel.CloseOk())
+    c.send(2, C.Queue.Declare(queue="ok"))
+    (ok,) = c.methods()
+    assert isinstance(ok, C.Queue.DeclareOk) and ok.queue == "ok"
+
+
+def test_oversize_message_closes_channel_406_and_connection_lives() -> None:
+    c = Client(max_message_size=1000)
+    c.handshake()
+    c.methods()
+    c.open_channel(1)
+    c.open_channel(2)
+    c.send(1, C.Basic.Publish(exchange="", routing_key="q"),
+           __import__("pamqp.header", fromlist=["ContentHeader"]).ContentHeader(
+               0, 5000, C.Basic.Properties()),
+           __import__("pamqp.body", fromlist=["ContentBody"]).ContentBody(b"x" * 5000))
+    (close,) = c.methods()
+    assert isinstance(close, C.Channel.Close) and close.reply_code == 406
+    assert "5000" in close.reply_text
+    c.send(2, C.Queue.Declare(queue="still-here"))
+    assert isinstance(c.methods()[0], C.Queue.DeclareOk)
+
+
+def test_heartbeats_sent_when_idle_and_dead_client_dropped() -> None:
+    c = Client(heartbeat=10)
+    c.handshake(heartbeat=10)
+    c.methods()
+    c.clock.now += 5
+    c.session.timer(c.clock.now)
+    out = c.received()
+    assert any(isinstance(v, heartbeat.Heartbeat) for _, v in out)
+    c.clock.now += 16  # 21 s without a byte from the client: two intervals missed
+    c.session.timer(c.clock.now)
+    assert c.session.closed
+
+
+def test_client_heartbeat_keeps_connection() -> None:
+    c = Client(heartbeat=10)
+    c.handshake(heartbeat=10)
+    c.methods()
+    for _ in range(5):
+        c.clock.now += 9
+        c.raw(frame.marshal(heartbeat.Heartbeat(), 0))
+        c.session.timer(c.clock.now)
+    assert not c.session.closed
+
+
+def test_heartbeat_zero_disables_it() -> None:
+    c = Client(heartbeat=10)
+    c.handshake(heartbeat=0)
+    c.methods()
+    c.clock.now += 1000
+    c.session.timer(c.clock.now)
+    assert not c.session.closed
+    assert c.received() == []
+
+
+def test_shutdown_sends_connection_forced() -> None:
+    c = Client()
+    c.handshake()
+    c.methods()
+    c.session.shutdown()
+    (close,) = c.methods()
+    assert isinstance(close, C.Connection.Close) and close.reply_code == 320
+
+
+@pytest.mark.parametrize("garbage", [b"\x01\x00\x01\x00\x00\x00\x01\x00\xff",
+                                     b"\x09\x00\x00\x00\x00\x00\x00\xce"])
+def test_malformed_frames_close_connection_with_frame_error(garbage: bytes) -> None:
+    c = Client()
+    c.handshake()
+    c.methods()
+    c.raw(garbage)
+    (close,) = c.methods()
+    assert isinstance(close, C.Connection.Close) and close.reply_code == 501
+    assert c.session.closed
+
+
+def test_consumer_cancel_notification_when_queue_deleted() -> None:
+    c = Client()
+    c.handshake()
+    c.methods()
+    c.open_channel(1)
+    c.open_channel(2)
+    c.send(1, C.Queue.Declare(queue="gone"), C.Basic.Consume(queue="gone", consumer_tag="t1"))
+    assert isinstance(c.methods()[-1], C.Basic.ConsumeOk)
+    c.send(2, C.Queue.Delete(queue="gone"))
+    out = c.received()
+    cancels = [(ch, v) for ch, v in out if isinstance(v, C.Basic.Cancel)]
+    assert cancels and cancels[0][0] == 1 and cancels[0][1].consumer_tag == "t1"
