@@ -66,6 +66,7 @@ class Broker:
         self._process: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._output: deque[str] = deque(maxlen=OUTPUT_LINES_KEPT)
+        self._output_lock = threading.Lock()  # the reader thread appends while tests read
 
     @classmethod
     def external(cls, url: str) -> Broker:
@@ -89,13 +90,14 @@ class Broker:
         vhost = quote(self.vhost, safe="")
         return f"amqp://{self.user}:{self.password}@{self.host}:{self.amqp_port}/{vhost}"
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
     def output(self, last: int = 200) -> str:
         """The last lines the broker printed (stdout and stderr merged)."""
-        return "\n".join(list(self._output)[-last:])
+        with self._output_lock:
+            return "\n".join(list(self._output)[-last:])
+
+    def _log(self, line: str) -> None:
+        with self._output_lock:
+            self._output.append(line)
 
     def start(self) -> None:
         """Start the broker; on a restart it binds the same AMQP port and data directory."""
@@ -118,7 +120,7 @@ class Broker:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        self._output.append(f"[fixture] started pid {process.pid}: {' '.join(command)}")
+        self._log(f"[fixture] started pid {process.pid}: {' '.join(command)}")
         listener: list[int] = []
         reported = threading.Event()  # the AMQP listener line came, or the output ended
 
@@ -126,7 +128,7 @@ class Broker:
             assert process.stdout is not None
             for raw in process.stdout:
                 line = raw.decode("utf-8", "replace").rstrip()
-                self._output.append(line)
+                self._log(line)
                 match = LISTENER_LINE.search(line)
                 if match and match[1].lower() == "amqp" and not listener:
                     listener.append(int(match[3]))
@@ -170,7 +172,7 @@ class Broker:
         returncode = process.wait(STOP_TIMEOUT)
         if self._reader is not None:
             self._reader.join(STOP_TIMEOUT)
-        self._output.append(f"[fixture] pid {process.pid} exited with {returncode}")
+        self._log(f"[fixture] pid {process.pid} exited with {returncode}")
 
     def restart(self, kill: bool = True) -> None:
         """Stop (kill -9 by default, else SIGTERM) and start again on the same port and data."""

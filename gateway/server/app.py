@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+import gateway
 from gateway.auth.service import AuthService, is_loopback
 from gateway.config import Config
 from gateway.core.broker import Broker
@@ -95,6 +96,7 @@ class Server:
                 async with trio.open_nursery() as listeners:
                     self._listeners_scope = listeners.cancel_scope
                     await self._start_listeners(listeners, conns)
+                    log.info("gateway %s ready", gateway.__version__)
                     task_status.started(dict(self.ports))
                     await self._stop.wait()
             self.durability.stopping = True

@@ -180,7 +180,7 @@ class AMQPCodec:
         """Bytes received and not yet turned into events (partial content not counted)."""
         return len(self._buf) - self._pos
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Append bytes read from the socket; an empty ``data`` is ignored.
 
         Raises ``ProtocolError`` (501) if ``max_buffer`` is set and would be exceeded, which

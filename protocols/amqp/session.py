@@ -170,7 +170,7 @@ class AMQPSession:
         if self.state is State.CLOSED:
             return
         self.last_recv = self.clock()
-        self.codec.receive_data(data)  # type: ignore[arg-type]  # a bytearray is fine
+        self.codec.receive_data(data)
         while not self.closed:
             try:
                 event = self.codec.next_event()

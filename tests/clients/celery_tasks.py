@@ -22,6 +22,7 @@ app.conf.update(
     broker_connection_timeout=5,
     broker_connection_max_retries=3,
     worker_hijack_root_logger=False,
+    worker_enable_remote_control=False,  # no pidbox queues left behind
     worker_prefetch_multiplier=1,
     result_expires=60,
 )

@@ -87,6 +87,10 @@ def celery_worker(broker, tmp_path_factory) -> Iterator[tuple[ModuleType, Worker
         worker.stop()
         # Close this process's connections too: the result consumer's and the producer pool.
         tasks.app.backend.result_consumer.stop()
+        with tasks.app.connection_for_write() as connection:
+            channel = connection.default_channel
+            channel.queue_delete(queue)
+            channel.exchange_delete(queue)  # Celery declared a direct exchange of that name
         tasks.app.pool.force_close_all()
         tasks.app.close()
 

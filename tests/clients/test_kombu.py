@@ -95,3 +95,4 @@ def test_simple_queue_put_and_get(connection, unique):
         declared = queue.queue
         queue.close()  # cancels its consumer first, so deleting the queue cancels nothing
         declared(connection.default_channel).delete()
+        declared.exchange(connection.default_channel).delete()  # SimpleQueue made one too
