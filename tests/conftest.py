@@ -68,6 +68,10 @@ class Broker:
         self._output: deque[str] = deque(maxlen=OUTPUT_LINES_KEPT)
         self._output_lock = threading.Lock()  # the reader thread appends while tests read
 
+    def __repr__(self) -> str:
+        kind = "external" if self.is_external else f"data_dir={self.data_dir}"
+        return f"Broker({self.host}:{self.amqp_port}, {kind})"
+
     @classmethod
     def external(cls, url: str) -> Broker:
         parts = urlsplit(url)
@@ -140,12 +144,10 @@ class Broker:
         self._reader.start()
         reported.wait(START_TIMEOUT)
         if not listener:
-            exited = process.poll()
-            self.stop(kill=True)
-            state = f"exited with {exited}" if exited is not None else "was killed"
+            self.stop(kill=True)  # logs the exit code
             pytest.fail(
-                f"broker did not log 'listener amqp on HOST:PORT' within {START_TIMEOUT:g} s "
-                f"and {state}; its output:\n{self.output()}",
+                f"broker did not log 'listener amqp on HOST:PORT' (waited up to "
+                f"{START_TIMEOUT:g} s); its output:\n{self.output()}",
                 pytrace=False,
             )
         self.amqp_port = listener[0]

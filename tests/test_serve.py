@@ -17,14 +17,13 @@ def test_sigterm_closes_clients_with_320_and_exits_cleanly(fresh_broker: Broker)
     connection = pika.BlockingConnection(pika.URLParameters(fresh_broker.url))
     channel = connection.channel()
     channel.queue_declare("before-stop")
-    assert fresh_broker.pid is not None
-    os.kill(fresh_broker.pid, signal.SIGTERM)
+    process = fresh_broker._process
+    assert process is not None
+    os.kill(process.pid, signal.SIGTERM)
     with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
         for _ in range(50):
             connection.process_data_events(time_limit=0.2)
     assert closed.value.reply_code == 320
-    process = fresh_broker._process
-    assert process is not None
     assert process.wait(10) == 0
     fresh_broker.stop()
     output = fresh_broker.output()

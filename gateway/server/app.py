@@ -96,7 +96,6 @@ class Server:
                 async with trio.open_nursery() as listeners:
                     self._listeners_scope = listeners.cancel_scope
                     await self._start_listeners(listeners, conns)
-                    log.info("gateway %s ready", gateway.__version__)
                     task_status.started(dict(self.ports))
                     await self._stop.wait()
             self.durability.stopping = True
@@ -184,10 +183,11 @@ class Server:
 async def run_server(config: Config) -> None:
     """Run until SIGINT or SIGTERM, then shut down cleanly."""
     server = Server(config)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.serve)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve)
+            log.info("gateway %s ready", gateway.__version__)
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 break
-        await server.shutdown()
+            await server.shutdown()
