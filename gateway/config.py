@@ -122,6 +122,7 @@ class Limits:
     max_message_size: int
     max_connections: int
     connection_buffer: int
+    memory_high_watermark: int
 
 
 @dataclass(frozen=True)
@@ -406,6 +407,7 @@ def _build(document: _Doc, source: str) -> Config:
         max_message_size=limits_t.integer("max_message_size", 1, _MAX_MESSAGE_SIZE),
         max_connections=limits_t.integer("max_connections", 1, 10_000_000),
         connection_buffer=limits_t.integer("connection_buffer", 4096, 2**40),
+        memory_high_watermark=limits_t.integer("memory_high_watermark", 1, 2**50),
     )
     limits_t.done()
 

@@ -48,7 +48,8 @@ def test_embedded_default_is_rabbitmq_like() -> None:
     assert config.store == StoreConfig(data_dir=Path("data"), fsync=True)
     assert config.amqp == AMQPConfig(frame_max=131072, channel_max=2047, heartbeat=60)
     assert config.limits == Limits(
-        max_message_size=134217728, max_connections=10000, connection_buffer=1048576
+        max_message_size=134217728, max_connections=10000, connection_buffer=1048576,
+        memory_high_watermark=1073741824
     )
     auth = config.auth
     assert [user.name for user in auth.users] == ["guest"]

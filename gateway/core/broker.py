@@ -13,7 +13,7 @@ from gateway.core.errors import NotAllowed
 from gateway.core.exchange import Exchange
 from gateway.core.message import Message, Properties
 from gateway.core.queue import Queue
-from gateway.core.vhost import VirtualHost
+from gateway.core.vhost import Meter, VirtualHost
 from gateway.store.base import (
     BindingRecord,
     ExchangeRecord,
@@ -28,6 +28,7 @@ class Broker:
     def __init__(self, store: Store, vhosts: Iterable[str] = ("/",)) -> None:
         self.store = store
         self._ids = itertools.count(1)
+        self.meter = Meter()
         self.vhosts: dict[str, VirtualHost] = {}
         for name in vhosts:
             self.add_vhost(name)
@@ -38,7 +39,8 @@ class Broker:
     def add_vhost(self, name: str) -> VirtualHost:
         vh = self.vhosts.get(name)
         if vh is None:
-            vh = self.vhosts[name] = VirtualHost(name, self.store, self.next_message_id)
+            vh = self.vhosts[name] = VirtualHost(name, self.store, self.next_message_id,
+                                                 self.meter)
         return vh
 
     def vhost(self, name: str) -> VirtualHost:

@@ -181,7 +181,9 @@ class Queue:
             level = 0
         self._ready[level].append(entry)
         self._ready_count += 1
-        self.ready_bytes += len(message.body)
+        size = len(message.body)
+        self.ready_bytes += size
+        self.vhost.meter.held_bytes += size
         self.stats_published += 1
         if self.consumers:
             self.dispatch(now, fresh=entry)
@@ -211,7 +213,7 @@ class Queue:
         while over() and self._ready_count:
             head = self._pop_head()
             assert head is not None
-            self._settle_store(head)
+            self._release(head)
             self.vhost.dead_letter(head, "maxlen", now)
         if not over():
             return True
@@ -228,6 +230,7 @@ class Queue:
         self._ready[level].append(entry)
         self._ready_count += 1
         self.ready_bytes += len(message.body)
+        self.vhost.meter.held_bytes += len(message.body)
         self._next_seq = max(self._next_seq, seq + 1)
 
     # -- taking messages -------------------------------------------------------------------
@@ -255,7 +258,7 @@ class Queue:
             if head is None or head.expires_at is None or head.expires_at > now:
                 return n
             self._pop_head()
-            self._settle_store(head)
+            self._release(head)
             self.vhost.dead_letter(head, "expired", now)
             n += 1
 
@@ -290,7 +293,7 @@ class Queue:
             if (head is not None and head is not fresh and head.expires_at is not None
                     and head.expires_at <= now):
                 self._pop_head()
-                self._settle_store(head)
+                self._release(head)
                 self.vhost.dead_letter(head, "expired", now)
                 continue
             consumer = self._pick_consumer()
@@ -307,7 +310,7 @@ class Queue:
         if entry.redelivered:
             self.stats_redelivered += 1
         if no_ack:
-            self._settle_store(entry)
+            self._release(entry)
         else:
             self.unacked[entry.seq] = entry
 
@@ -322,7 +325,9 @@ class Queue:
 
     # -- settling --------------------------------------------------------------------------
 
-    def _settle_store(self, entry: Entry) -> None:
+    def _release(self, entry: Entry) -> None:
+        """The entry leaves the queue for good: forget its bytes and its store record."""
+        self.vhost.meter.held_bytes -= len(entry.message.body)
         if entry.persisted:
             entry.persisted = False
             self.vhost.store.ack(self.vhost.name, self.name, entry.seq)
@@ -330,12 +335,12 @@ class Queue:
     def ack(self, entry: Entry) -> None:
         if self.unacked.pop(entry.seq, None) is not None:
             self.stats_acked += 1
-            self._settle_store(entry)
+            self._release(entry)
 
     def reject(self, entry: Entry, now: float) -> None:
         """Reject without requeue: settle and dead-letter."""
         if self.unacked.pop(entry.seq, None) is not None:
-            self._settle_store(entry)
+            self._release(entry)
             self.vhost.dead_letter(entry, "rejected", now)
 
     def requeue(self, entries: Iterable[Entry], now: float) -> None:
@@ -343,7 +348,7 @@ class Queue:
         back = [e for e in entries if self.unacked.pop(e.seq, None) is not None]
         if not back or self.deleted:
             for e in back:
-                self._settle_store(e)
+                self._release(e)
             return
         back.sort(key=lambda e: e.seq, reverse=True)
         for e in back:
@@ -358,7 +363,7 @@ class Queue:
         n = self._ready_count
         for level in self._ready:
             for e in level:
-                self._settle_store(e)
+                self._release(e)
             level.clear()
         self._ready_count = 0
         self.ready_bytes = 0

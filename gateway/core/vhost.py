@@ -38,6 +38,27 @@ PREDECLARED = (
 )
 
 
+# The queue arguments RabbitMQ compares when a queue is declared again; others (a client's
+# own `x-` keys, for one) may differ without a 406.
+EQUIVALENCE_ARGS = frozenset({
+    "x-dead-letter-exchange", "x-dead-letter-routing-key", "x-expires", "x-max-length",
+    "x-max-length-bytes", "x-max-priority", "x-message-ttl", "x-overflow", "x-queue-mode",
+    "x-queue-type", "x-single-active-consumer", "x-queue-master-locator",
+    "x-queue-leader-locator", "x-max-in-memory-length", "x-max-in-memory-bytes",
+    "x-delivery-limit", "x-dead-letter-strategy", "x-max-age",
+})
+
+
+class Meter:
+    """What the broker holds, across vhosts: bytes of message bodies in queues (ready or
+    unacked). The server compares it with the memory high-watermark."""
+
+    __slots__ = ("held_bytes",)
+
+    def __init__(self) -> None:
+        self.held_bytes = 0
+
+
 @dataclass(slots=True)
 class PublishResult:
     routed: bool
@@ -66,9 +87,11 @@ def server_queue_name() -> str:
 
 
 class VirtualHost:
-    def __init__(self, name: str, store: Store, next_message_id: Any) -> None:
+    def __init__(self, name: str, store: Store, next_message_id: Any,
+                 meter: Meter | None = None) -> None:
         self.name = name
         self.store = store
+        self.meter = meter if meter is not None else Meter()
         self.next_message_id = next_message_id
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
@@ -91,6 +114,14 @@ class VirtualHost:
         ex = self.exchanges.get(name)
         if ex is None:
             raise NotFound(f"NOT_FOUND - no exchange '{name}' {self._where()}")
+        return ex
+
+    def exchange_for_publish(self, name: str) -> Exchange:
+        """The exchange a publish goes to: it must exist and not be internal."""
+        ex = self.get_exchange(name)
+        if ex.internal:
+            raise AccessRefused(f"ACCESS_REFUSED - cannot publish to internal exchange "
+                                f"'{name}' {self._where()}")
         return ex
 
     def get_queue(self, name: str, owner: object | None = None) -> Queue:
@@ -140,10 +171,14 @@ class VirtualHost:
                         f"PRECONDITION_FAILED - inequivalent arg '{field}' for exchange "
                         f"'{name}' {self._where()}: received '{_fmt(got)}' but current is "
                         f"'{_fmt(cur)}'")
-            if _freeze(existing.arguments) != _freeze(args):
+            ae_got, ae_cur = args.get("alternate-exchange"), existing.arguments.get(
+                "alternate-exchange")
+            if _freeze(ae_got) != _freeze(ae_cur):
+                # RabbitMQ compares only this argument of an exchange on redeclare
                 raise PreconditionFailed(
-                    f"PRECONDITION_FAILED - inequivalent arguments for exchange '{name}' "
-                    f"{self._where()}")
+                    f"PRECONDITION_FAILED - inequivalent arg 'alternate-exchange' for "
+                    f"exchange '{name}' {self._where()}: received {_fmt(ae_got)} but "
+                    f"current is {_fmt(ae_cur)}")
             return existing
         if name.startswith("amq."):
             raise AccessRefused(f"ACCESS_REFUSED - exchange name '{name}' contains reserved "
@@ -208,7 +243,7 @@ class VirtualHost:
                         f"PRECONDITION_FAILED - inequivalent arg '{field}' for queue '{name}' "
                         f"{self._where()}: received '{_fmt(got)}' but current is "
                         f"'{_fmt(cur)}'")
-            for key in sorted(set(args) | set(existing.arguments)):
+            for key in sorted((set(args) | set(existing.arguments)) & EQUIVALENCE_ARGS):
                 got_v, cur_v = args.get(key), existing.arguments.get(key)
                 if _freeze(got_v) != _freeze(cur_v):
                     raise PreconditionFailed(
@@ -263,6 +298,7 @@ class VirtualHost:
             level_entry.persisted = False
         for e in q.unacked.values():
             e.persisted = False
+            self.meter.held_bytes -= len(e.message.body)
         q.purge()
         q.unacked.clear()
         if q.durable and q.exclusive_owner is None:

@@ -81,6 +81,7 @@ class Server:
         self.ports: dict[str, int] = {}
         self._listeners_scope: trio.CancelScope | None = None
         self._stop = trio.Event()
+        self.memory_alarm = False
         self._conn_scope: trio.CancelScope | None = None
 
     async def serve(self, *, task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED
@@ -140,7 +141,7 @@ class Server:
         except OSError:
             pass
         conn = Connection(stream, self.config.limits.connection_buffer, self.clock,
-                          self.durability.kick)
+                          self._after_input)
         amqp = self.config.amqp
         session = AMQPSession(
             self.broker, self.auth, peer=(peer[0], peer[1]), loopback=is_loopback(peer[0]),
@@ -150,6 +151,7 @@ class Server:
             high_water=self.config.limits.connection_buffer)
         self.connections.add(conn)
         self.sessions.add(session)
+        session.memory_alarm(self.memory_alarm)
         try:
             await conn.run(session)
         except Exception:
@@ -164,6 +166,32 @@ class Server:
             await trio.sleep(TICK_SECONDS)
             self.broker.tick(self.clock())
             self.durability.kick()
+            self.check_memory()
+
+    def _after_input(self) -> None:
+        self.durability.kick()
+        if (self.broker.meter.held_bytes > self.config.limits.memory_high_watermark) \
+                != self.memory_alarm:
+            self.check_memory()
+
+    def check_memory(self) -> None:
+        """Raise or clear the memory alarm from the bytes the queues hold."""
+        held = self.broker.meter.held_bytes
+        limit = self.config.limits.memory_high_watermark
+        alarm = held > limit
+        if alarm != self.memory_alarm:
+            self.memory_alarm = alarm
+            if alarm:
+                log.warning("memory alarm: queues hold %d bytes, over the high-watermark of "
+                            "%d; publishers are blocked", held, limit)
+            else:
+                log.info("memory alarm cleared: queues hold %d bytes", held)
+        for conn in list(self.connections):
+            session = conn.session
+            if session is not None and session.alarm != alarm:
+                session.memory_alarm(alarm)
+                conn.wake()
+                conn.resume()
 
     async def shutdown(self) -> None:
         """Stop accepting, close every client politely, then stop."""

@@ -26,6 +26,14 @@ class Session(Protocol):
     @property
     def pending_output(self) -> int: ...
 
+    @property
+    def read_paused(self) -> bool: ...
+
+    @property
+    def alarm(self) -> bool: ...
+
+    def memory_alarm(self, on: bool) -> None: ...
+
     def receive_data(self, data: bytes | bytearray) -> None: ...
     def data_to_send(self) -> bytes: ...
     def output_drained(self) -> None: ...
@@ -46,6 +54,7 @@ class Connection:
         self.session: Session | None = None
         self._wakeup = trio.Event()
         self._drained = trio.Event()
+        self._resumed = trio.Event()
         self._cancel: trio.CancelScope | None = None
 
     def wake(self) -> None:
@@ -69,6 +78,10 @@ class Connection:
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                         pass
 
+    def resume(self) -> None:
+        """The session may want reading again (an alarm cleared)."""
+        self._resumed.set()
+
     def stop(self) -> None:
         if self._cancel is not None:
             self._cancel.cancel()
@@ -80,6 +93,9 @@ class Connection:
             while session.pending_output > self.high_water and not session.closed:
                 self._drained = trio.Event()
                 await self._drained.wait()
+            while session.read_paused and not session.closed:
+                self._resumed = trio.Event()
+                await self._resumed.wait()
             try:
                 data = await self.stream.receive_some(READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):

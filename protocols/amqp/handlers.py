@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from pamqp import commands
 
 from gateway.core.errors import (
-    AccessRefused,
     BrokerError,
     NotImplementedFeature,
     PreconditionFailed,
@@ -293,10 +292,7 @@ def publish(s: AMQPSession, ch: Channel, m: C.Basic.Publish,
     if name not in ch.write_ok:
         _check(s, "write", "exchange", name)
         ch.write_ok[name] = True
-    exchange = vh.get_exchange(name)
-    if exchange.internal:
-        raise AccessRefused(f"ACCESS_REFUSED - cannot publish to internal exchange "
-                            f"'{name}' in vhost '{vh.name}'")
+    exchange = vh.exchange_for_publish(name)
     props = from_amqp(properties)
     assert s.user is not None
     validate_publish(props, s.user.name)

@@ -124,6 +124,9 @@ class AMQPSession:
         self.close_reason: str | None = None
         self._confirm_channels: set[Channel] = set()
         self._mechanism = "PLAIN"
+        self.alarm = False  # the broker is over its memory high-watermark
+        self.read_paused = False  # blocked: published while the alarm was on
+        self.blocked_notify = False
 
     # -- I/O boundary ----------------------------------------------------------------------
 
@@ -353,7 +356,27 @@ class AMQPSession:
                 raise
             self.close_channel(ch, err, *_ids_of(method))
 
+    def memory_alarm(self, on: bool) -> None:
+        """The broker went over (or back under) its memory high-watermark. As in
+        RabbitMQ, a connection is blocked (not read) once it publishes during the alarm,
+        and told so with connection.blocked if it asked for that capability."""
+        if on == self.alarm:
+            return
+        self.alarm = on
+        if self.state is not State.OPEN:
+            self.read_paused = False
+            return
+        if on:
+            if self.blocked_notify:
+                self.send_method(0, commands.Connection.Blocked("low on memory"))
+        else:
+            self.read_paused = False
+            if self.blocked_notify:
+                self.send_method(0, commands.Connection.Unblocked())
+
     def _on_content(self, event: Content) -> None:
+        if self.alarm:
+            self.read_paused = True
         if self.state is State.CLOSING:
             return
         if self.state is not State.OPEN:
@@ -395,6 +418,7 @@ class AMQPSession:
         caps = self.client_properties.get("capabilities")
         self.cancel_notify = isinstance(caps, dict) and bool(
             caps.get("consumer_cancel_notify"))
+        self.blocked_notify = isinstance(caps, dict) and bool(caps.get("connection.blocked"))
         self._mechanism = m.mechanism or "PLAIN"
         response = m.response
         raw = response.encode("latin-1") if isinstance(response, str) else bytes(response)
@@ -433,6 +457,8 @@ class AMQPSession:
         self.vhost = self.broker.vhost(name)
         self.send_method(0, commands.Connection.OpenOk())
         self.state = State.OPEN
+        if self.alarm and self.blocked_notify:
+            self.send_method(0, commands.Connection.Blocked("low on memory"))
 
     # -- confirms --------------------------------------------------------------------------
 

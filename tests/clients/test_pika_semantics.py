@@ -19,6 +19,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
+from urllib.parse import quote
 
 import pika
 import pika.exceptions
@@ -39,6 +40,13 @@ def connect(broker, url: str | None = None) -> pika.BlockingConnection:
     params.stack_timeout = 10
     params.blocked_connection_timeout = 10
     return pika.BlockingConnection(params)
+
+
+def url_for(broker, user=None, password=None, vhost=None) -> str:
+    """The broker's URL with other credentials or another vhost."""
+    user, password = user or broker.user, password or broker.password
+    vhost = quote(vhost or broker.vhost, safe="")
+    return f"amqp://{user}:{password}@{broker.host}:{broker.amqp_port}/{vhost}"
 
 
 def pump(
@@ -172,7 +180,7 @@ def test_many_channels_on_one_connection(connection, scratch):
 
 
 def test_wrong_password_is_refused_with_403(broker):
-    url = f"amqp://{broker.user}:not-the-password@{broker.host}:{broker.amqp_port}/%2F"
+    url = url_for(broker, password="not-the-password")
     with pytest.raises(
         (pika.exceptions.ProbableAuthenticationError, pika.exceptions.AuthenticationError)
     ) as refused:
@@ -183,7 +191,7 @@ def test_wrong_password_is_refused_with_403(broker):
 
 
 def test_unknown_user_is_refused_with_403(broker):
-    url = f"amqp://no-such-user:secret@{broker.host}:{broker.amqp_port}/%2F"
+    url = url_for(broker, user="no-such-user", password="secret")
     with pytest.raises(
         (pika.exceptions.ProbableAuthenticationError, pika.exceptions.AuthenticationError)
     ) as refused:
@@ -192,8 +200,7 @@ def test_unknown_user_is_refused_with_403(broker):
 
 
 def test_unknown_vhost_is_refused_with_530(broker, unique):
-    vhost = unique("no-such-vhost")
-    url = f"amqp://{broker.user}:{broker.password}@{broker.host}:{broker.amqp_port}/{vhost}"
+    url = url_for(broker, vhost=unique("no-such-vhost"))
     with pytest.raises(pika.exceptions.ProbableAccessDeniedError) as refused:
         connect(broker, url)
     # (530) 'NOT_ALLOWED - vhost no-such-vhost-... not found'
