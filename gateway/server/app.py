@@ -17,10 +17,11 @@ from typing import Any
 import trio
 
 import gateway
-from gateway.auth.service import AuthService, is_loopback
+from gateway.auth.service import AuthService
 from gateway.config import Config
 from gateway.core.broker import Broker
 from gateway.server.connection import Connection
+from gateway.server.factories import SESSION_FACTORIES, SessionFactory
 from gateway.store.base import Store
 from gateway.store.disk import DiskStore
 
@@ -113,23 +114,27 @@ class Server:
 
     async def _start_listeners(self, listeners: trio.Nursery, conns: trio.Nursery) -> None:
         host = self.config.listeners.host
-        port = self.config.listeners.amqp
-        if port is not None:
+        for name, factory in SESSION_FACTORIES.items():
+            port = getattr(self.config.listeners, name)
+            if port is None:
+                continue
             tcp = await trio.open_tcp_listeners(port, host=host)
             bound = tcp[0].socket.getsockname()[1]
-            self.ports["amqp"] = bound
-            log.info("listener amqp on %s:%d", host, bound)
-            listeners.start_soon(self._accept_loop, tcp, conns)
+            self.ports[name] = bound
+            log.info("listener %s on %s:%d", name, host, bound)
+            listeners.start_soon(self._accept_loop, tcp, conns, factory)
         for name in ("mqtt", "stomp", "http"):
-            if getattr(self.config.listeners, name) is not None:
+            if name not in SESSION_FACTORIES and getattr(self.config.listeners, name) is not None:
                 log.info("listener %s not available yet in this version; skipped", name)
 
-    async def _accept_loop(self, tcp: list[trio.SocketListener], conns: trio.Nursery) -> None:
-        await trio.serve_listeners(self._serve_amqp, tcp, handler_nursery=conns)
+    async def _accept_loop(self, tcp: list[trio.SocketListener], conns: trio.Nursery,
+                           factory: SessionFactory) -> None:
+        async def handler(stream: trio.SocketStream) -> None:
+            await self._serve(stream, factory)
 
-    async def _serve_amqp(self, stream: trio.SocketStream) -> None:
-        from protocols.amqp.session import AMQPSession
+        await trio.serve_listeners(handler, tcp, handler_nursery=conns)
 
+    async def _serve(self, stream: trio.SocketStream, factory: SessionFactory) -> None:
         if len(self.connections) >= self.config.limits.max_connections:
             log.warning("connection refused: max_connections (%d) reached",
                         self.config.limits.max_connections)
@@ -142,13 +147,7 @@ class Server:
             pass
         conn = Connection(stream, self.config.limits.connection_buffer, self.clock,
                           self._after_input)
-        amqp = self.config.amqp
-        session = AMQPSession(
-            self.broker, self.auth, peer=(peer[0], peer[1]), loopback=is_loopback(peer[0]),
-            clock=self.clock, wake=conn.wake, frame_max=amqp.frame_max,
-            channel_max=amqp.channel_max, heartbeat=amqp.heartbeat,
-            max_message_size=self.config.limits.max_message_size,
-            high_water=self.config.limits.connection_buffer)
+        session = factory(self, (peer[0], peer[1]), conn.wake)
         self.connections.add(conn)
         self.sessions.add(session)
         session.memory_alarm(self.memory_alarm)

@@ -20,6 +20,14 @@ READ_SIZE = 65536
 
 
 class Session(Protocol):
+    """What a protocol session offers the I/O layer. Besides these, the store task calls
+    `flush_confirms()` after each durable batch (send what waited for the disk: AMQP
+    confirms, MQTT PUBACK/PUBREC, STOMP receipts) and then `wake()` if output is pending."""
+
+    wake: Callable[[], None]
+
+    def flush_confirms(self) -> None: ...
+
     @property
     def closed(self) -> bool: ...
 

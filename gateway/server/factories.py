@@ -1,0 +1,35 @@
+"""How each listener makes a session for a new connection: one factory per protocol.
+
+A factory gets the server (broker, auth, config, clock), the peer address and the
+connection's `wake` callback, and returns a sans-IO session that the generic `Connection`
+drives (see `gateway.server.connection.Session`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from gateway.auth.service import is_loopback
+
+if TYPE_CHECKING:
+    from gateway.server.app import Server
+
+SessionFactory = Callable[["Server", tuple[str, int], Callable[[], None]], Any]
+
+
+def amqp_session(server: Server, peer: tuple[str, int], wake: Callable[[], None]) -> Any:
+    from protocols.amqp.session import AMQPSession
+
+    amqp = server.config.amqp
+    limits = server.config.limits
+    return AMQPSession(
+        server.broker, server.auth, peer=peer, loopback=is_loopback(peer[0]),
+        clock=server.clock, wake=wake, frame_max=amqp.frame_max,
+        channel_max=amqp.channel_max, heartbeat=amqp.heartbeat,
+        max_message_size=limits.max_message_size, high_water=limits.connection_buffer)
+
+
+SESSION_FACTORIES: dict[str, SessionFactory] = {
+    "amqp": amqp_session,
+}
