@@ -32,6 +32,7 @@ EXTERNAL_URL_ENV = "GATEWAY_TEST_AMQP_URL"
 START_TIMEOUT = 20.0  # seconds for the broker to report its AMQP listener
 STOP_TIMEOUT = 10.0  # seconds for the broker to exit after SIGTERM, before SIGKILL
 LISTENER_LINE = re.compile(r"listener (\w+) on ([0-9.]+):(\d+)")
+READY_LINE = re.compile(r"gateway \S+ ready")
 OUTPUT_LINES_KEPT = 2000
 NEEDS_OWN_PROCESS = (
     f"needs a broker process of its own to stop and restart; {EXTERNAL_URL_ENV} points at "
@@ -56,8 +57,13 @@ class Broker:
         vhost: str = "/",
         user: str = "guest",
         password: str = "guest",
+        config: Path | None = None,
     ) -> None:
         self.host = host
+        self.config = config  # a --config file, for brokers with non-default settings
+        # every protocol listener on a free port (0), HTTP off; after start: the bound ports
+        self.ports: dict[str, int | None] = {"amqp": amqp_port, "mqtt": 0, "stomp": 0,
+                                             "http": None}
         self.amqp_port = amqp_port
         self.data_dir = data_dir  # None for an external broker
         self.vhost = vhost
@@ -107,15 +113,17 @@ class Broker:
         """Start the broker; on a restart it binds the same AMQP port and data directory."""
         self._require_own_process()
         assert self._process is None, "broker already running"
+        self.ports["amqp"] = self.amqp_port
         command = [
             sys.executable, "-m", "gateway", "serve",
             "--host", self.host,
-            "--amqp-port", str(self.amqp_port),
-            "--mqtt-port", "off",
-            "--stomp-port", "off",
-            "--http-port", "off",
             "--data-dir", str(self.data_dir),
         ]  # fmt: skip
+        for name in ("amqp", "mqtt", "stomp", "http"):
+            port = self.ports.get(name)
+            command += [f"--{name}-port", "off" if port is None else str(port)]
+        if self.config is not None:
+            command += ["--config", str(self.config)]
         process = subprocess.Popen(
             command,
             cwd=REPO_ROOT,
@@ -126,7 +134,8 @@ class Broker:
         )
         self._log(f"[fixture] started pid {process.pid}: {' '.join(command)}")
         listener: list[int] = []
-        reported = threading.Event()  # the AMQP listener line came, or the output ended
+        found: dict[str, int] = {}
+        reported = threading.Event()  # the broker said it is ready, or its output ended
 
         def drain() -> None:
             assert process.stdout is not None
@@ -134,8 +143,11 @@ class Broker:
                 line = raw.decode("utf-8", "replace").rstrip()
                 self._log(line)
                 match = LISTENER_LINE.search(line)
-                if match and match[1].lower() == "amqp" and not listener:
-                    listener.append(int(match[3]))
+                if match and not reported.is_set():
+                    found[match[1].lower()] = int(match[3])
+                    if match[1].lower() == "amqp":
+                        listener.append(int(match[3]))
+                if READY_LINE.search(line):
                     reported.set()
             reported.set()
 
@@ -151,6 +163,7 @@ class Broker:
                 pytrace=False,
             )
         self.amqp_port = listener[0]
+        self.ports.update(found)
 
     def stop(self, kill: bool = False) -> None:
         """SIGKILL the broker (kill=True), or SIGTERM it and SIGKILL it if it lingers."""
@@ -211,6 +224,30 @@ def fresh_broker(tmp_path: Path) -> Iterator[Broker]:
     running.start()
     yield running
     running.stop()
+
+
+@pytest.fixture
+def configured_broker(tmp_path: Path) -> Iterator[Callable[[str], Broker]]:
+    """Start a broker of this test's own with extra TOML config (merged over the default):
+    `configured_broker("[limits]\\nmax_connections = 2\\n")`."""
+    if os.environ.get(EXTERNAL_URL_ENV):
+        pytest.skip(NEEDS_OWN_PROCESS)
+    started: list[Broker] = []
+
+    def start(config_text: str) -> Broker:
+        n = len(started)
+        config = tmp_path / f"gateway-{n}.toml"
+        config.write_text(config_text)
+        data_dir = tmp_path / f"broker-data-{n}"
+        data_dir.mkdir()
+        running = Broker("127.0.0.1", 0, data_dir=data_dir, config=config)
+        started.append(running)
+        running.start()
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
 
 
 @pytest.fixture

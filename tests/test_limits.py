@@ -3,52 +3,20 @@ connection.blocked and lets them go with connection.unblocked, losing nothing.""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
 import pika
 import pytest
-from conftest import LISTENER_LINE, REPO_ROOT
 
 WATERMARK = 50_000
 
 
 @pytest.fixture
-def small_broker(tmp_path: Path) -> Iterator[str]:
-    config = tmp_path / "gateway.toml"
-    config.write_text(f"[limits]\nmemory_high_watermark = {WATERMARK}\n")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config),
-         "--host", "127.0.0.1", "--amqp-port", "0", "--mqtt-port", "off",
-         "--stomp-port", "off", "--http-port", "off", "--data-dir", str(tmp_path / "data")],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    port: list[int] = []
-    found = threading.Event()
-
-    def drain() -> None:
-        assert process.stdout is not None
-        for raw in process.stdout:
-            match = LISTENER_LINE.search(raw.decode(errors="replace"))
-            if match and not port:
-                port.append(int(match[3]))
-                found.set()
-        found.set()
-
-    threading.Thread(target=drain, daemon=True).start()
-    try:
-        assert found.wait(20) and port, "broker did not start"
-        yield f"amqp://guest:guest@127.0.0.1:{port[0]}/%2F"
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+def small_broker(configured_broker: Callable[[str], Any]) -> str:
+    broker = configured_broker(f"[limits]\nmemory_high_watermark = {WATERMARK}\n")
+    return str(broker.url)
 
 
 def _wait_for(connection: pika.BlockingConnection, events: list[str], what: str,
