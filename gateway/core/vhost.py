@@ -444,6 +444,7 @@ class VirtualHost:
                 keys.extend(k for k in extra if isinstance(k, str))
         if "BCC" in headers:
             message.properties.headers = {k: v for k, v in headers.items() if k != "BCC"}
+            message.cache.clear()  # encodings made of the properties as published
         out: dict[Queue, None] = {}
         for key in keys:
             out.update(self.route(exchange, key, headers))

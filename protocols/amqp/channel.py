@@ -9,6 +9,7 @@ counted alone; global=true limits the whole channel; both may apply at once.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from protocols.amqp.session import AMQPSession
 
 Basic = commands.Basic
+log = logging.getLogger("gateway.amqp")
 REPLY_TO = "amq.rabbitmq.reply-to"
 
 
@@ -91,10 +93,17 @@ class Channel:
             self.unacked[tag] = (entry, consumer)
             consumer.unacked += 1
         msg = entry.message
-        self.session.send_content(
-            self.number,
-            Basic.Deliver(consumer.tag, tag, entry.redelivered, msg.exchange, msg.routing_key),
-            msg)
+        try:
+            self.session.send_delivery(self.number, consumer.tag, tag, entry.redelivered, msg)
+        except ValueError as exc:
+            # a message from another protocol that AMQP cannot carry (a routing key over
+            # 255 bytes): settle it as dead rather than fail the publisher's connection
+            log.warning("channel %d: cannot deliver message %d over AMQP: %s", self.number,
+                        msg.id, exc)
+            if not consumer.no_ack:
+                self.unacked.pop(tag, None)
+                consumer.unacked -= 1
+                entry.queue.reject(entry, self.session.clock())
 
     def get(self, queue: Queue, no_ack: bool, now: float) -> None:
         entry = queue.get(no_ack, now)
@@ -219,6 +228,7 @@ class Channel:
                 raise PreconditionFailed("PRECONDITION_FAILED - fast reply consumer does not "
                                          "exist")
             message.properties.reply_to = self.reply_queue.name
+            message.cache.clear()  # the properties as received are not what goes out
 
     def queue_name(self, name: str) -> str:
         """An empty queue name means the last queue declared on this channel."""

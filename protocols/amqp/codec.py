@@ -147,11 +147,12 @@ class _Pending:
     ``properties`` stays None for an oversize message, whose body is dropped, not kept.
     """
 
-    __slots__ = ("method", "properties", "remaining", "chunks")
+    __slots__ = ("method", "properties", "raw", "remaining", "chunks")
 
     def __init__(self, method: commands.Basic.Publish) -> None:
         self.method = method
         self.properties: commands.Basic.Properties | None = None
+        self.raw = b"\x00\x00"
         self.remaining = -1
         self.chunks: list[bytearray] | None = None
 
@@ -282,14 +283,17 @@ class AMQPCodec:
             return OversizeContent(channel, pending.method, body_size)
         if flags:
             properties = _decode_properties(flags, self._buf, start + 14, end, channel)
+            raw = bytes(self._buf[start + 12 : end])
         elif end - start == 14:
             properties = Basic.Properties()
+            raw = b"\x00\x00"
         else:
             raise _error(FRAME_ERROR, "bytes after an empty property list", channel)
         if body_size == 0:
             del self._pending[channel]
-            return Content(channel, pending.method, properties, b"")
+            return Content(channel, pending.method, properties, b"", raw)
         pending.properties = properties
+        pending.raw = raw
         pending.remaining = body_size
         return None
 
@@ -322,7 +326,7 @@ class AMQPCodec:
         else:  # one copy instead of two
             with memoryview(self._buf) as view:
                 body = view[start:end].tobytes()
-        return Content(channel, pending.method, properties, body)
+        return Content(channel, pending.method, properties, body, pending.raw)
 
     # -- encoding (server -> client) ------------------------------------------------------
 
@@ -345,6 +349,33 @@ class AMQPCodec:
         method_frame = _encode_method(channel, method)
         if not isinstance(properties, bytes):
             properties = encode_properties(properties)
+        return self._content(channel, method_frame, properties, body)
+
+    def encode_delivery(
+        self,
+        channel: int,
+        consumer_tag: str,
+        delivery_tag: int,
+        redelivered: bool,
+        exchange: str,
+        routing_key: str,
+        properties: bytes,
+        body: bytes,
+    ) -> bytes:
+        """basic.deliver with its content, from plain values (no method object to build:
+        this is the per-delivery path). ``properties`` is an ``encode_properties`` block."""
+        try:
+            ctag, ex, rk = consumer_tag.encode(), exchange.encode(), routing_key.encode()
+            method_frame = b"%s\x00\x3c\x00\x3c%c%s%s%c%s%c%s\xce" % (
+                _FRAME_HEADER.pack(FRAME_METHOD, channel, 16 + len(ctag) + len(ex) + len(rk)),
+                len(ctag), ctag, _QB.pack(delivery_tag, redelivered), len(ex), ex, len(rk), rk,
+            )
+        except (ValueError, OverflowError, struct.error) as exc:
+            raise ValueError(f"cannot encode Basic.Deliver: {exc}") from exc
+        return self._content(channel, method_frame, properties, body)
+
+    def _content(self, channel: int, method_frame: bytes, properties: bytes,
+                 body: bytes) -> bytes:
         size = len(body)
         header = _CONTENT_HEADER.pack(
             FRAME_HEADER, channel, 12 + len(properties), CLASS_BASIC, 0, size

@@ -65,6 +65,9 @@ class Content:
     method: commands.Basic.Publish
     properties: commands.Basic.Properties
     body: bytes
+    # the property flags and list exactly as received: a delivery of the unchanged
+    # message can send them again without encoding the properties anew
+    raw_properties: bytes = b"\x00\x00"
 
 
 @dataclass(frozen=True, slots=True)

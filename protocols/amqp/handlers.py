@@ -22,7 +22,7 @@ from gateway.core.errors import (
 from gateway.core.message import Message
 from gateway.core.queue import Queue
 from protocols.amqp.channel import REPLY_TO, Channel
-from protocols.amqp.mapping import from_amqp, validate_publish
+from protocols.amqp.mapping import CACHE_KEY, from_amqp, validate_publish
 
 if TYPE_CHECKING:
     from gateway.core.vhost import VirtualHost
@@ -283,7 +283,8 @@ def basic_recover(s: AMQPSession, ch: Channel, m: Any) -> None:
 
 
 def publish(s: AMQPSession, ch: Channel, m: C.Basic.Publish,
-            properties: C.Basic.Properties, body: bytes) -> None:
+            properties: C.Basic.Properties, body: bytes, raw_properties: bytes | None = None
+            ) -> None:
     """basic.publish with its content (called by the session for each `Content`)."""
     vh = _vh(s)
     if m.immediate:
@@ -297,6 +298,8 @@ def publish(s: AMQPSession, ch: Channel, m: C.Basic.Publish,
     assert s.user is not None
     validate_publish(props, s.user.name)
     message = Message(vh.next_message_id(), name, m.routing_key, props, body)
+    if raw_properties is not None:
+        message.cache[CACHE_KEY] = raw_properties
     ch.resolve_reply_to(message)
     if ch.tx:
         ch.tx_publishes.append(((exchange, m.routing_key, message), m.mandatory))

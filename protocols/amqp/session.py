@@ -169,6 +169,12 @@ class AMQPSession:
         self._emit(self.codec.encode_content(channel, method, encoded_properties(message),
                                              message.body))
 
+    def send_delivery(self, channel: int, consumer_tag: str, delivery_tag: int,
+                      redelivered: bool, message: Message) -> None:
+        self._emit(self.codec.encode_delivery(
+            channel, consumer_tag, delivery_tag, redelivered, message.exchange,
+            message.routing_key, encoded_properties(message), message.body))
+
     def receive_data(self, data: bytes | bytearray) -> None:
         if self.state is State.CLOSED:
             return
@@ -385,7 +391,8 @@ class AMQPSession:
         if ch is None:
             return
         try:
-            handlers.publish(self, ch, event.method, event.properties, event.body)
+            handlers.publish(self, ch, event.method, event.properties, event.body,
+                             event.raw_properties)
         except BrokerError as err:
             if err.hard:
                 raise

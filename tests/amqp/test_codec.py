@@ -614,3 +614,30 @@ def test_fuzz_mutated_frames_raise_only_protocol_errors(
                 del data[where]
     drain_fuzzed(bytes(data))
     drain_fuzzed(bytes(data[:truncate]), frame_max=131072)
+
+
+@pytest.mark.parametrize("props", PROPERTIES.values(), ids=PROPERTIES.keys())
+def test_raw_properties_are_the_received_bytes_and_reencode_alike(
+        props: Basic.Properties) -> None:
+    data = marshal(*publish_frames(1, Basic.Publish(exchange="x", routing_key="k"), props,
+                                   b"body"))
+    (content,) = feed(data)
+    assert content.raw_properties == encode_properties(props)
+    assert encode_properties(content.properties) == content.raw_properties
+
+
+@pytest.mark.parametrize("props", PROPERTIES.values(), ids=PROPERTIES.keys())
+@pytest.mark.parametrize("size", [0, 5, FRAME_MAX - 8, 3 * FRAME_MAX])
+def test_encode_delivery_matches_encode_content(props: Basic.Properties, size: int) -> None:
+    codec = server()
+    payload = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    raw = encode_properties(props)
+    expected = codec.encode_content(
+        3, Basic.Deliver("ctag-é", 2**40, True, "ex", "rk.ü"), raw, payload)
+    assert codec.encode_delivery(3, "ctag-é", 2**40, True, "ex", "rk.ü", raw,
+                                 payload) == expected
+
+
+def test_encode_delivery_refuses_a_routing_key_over_255_bytes() -> None:
+    with pytest.raises(ValueError):
+        server().encode_delivery(1, "t", 1, False, "", "r" * 256, b"\x00\x00", b"")
