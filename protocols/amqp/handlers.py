@@ -276,6 +276,9 @@ def basic_reject(s: AMQPSession, ch: Channel, m: C.Basic.Reject) -> None:
 
 
 def basic_recover(s: AMQPSession, ch: Channel, m: Any) -> None:
+    if not m.requeue:
+        # as RabbitMQ: redelivery to the same consumer without requeueing is not offered
+        raise BrokerError("NOT_IMPLEMENTED - requeue=false", ReplyCode.NOT_IMPLEMENTED)
     ch.requeue_all(s.clock())
     ch.kick(s.clock())
     if isinstance(m, C.Basic.Recover):

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pamqp import body, frame, header, heartbeat
 from pamqp import commands as C
-from pamqp import frame, heartbeat
 
 from gateway.auth.service import AuthService
 from gateway.config import load_config
@@ -189,9 +189,9 @@ def test_oversize_message_closes_channel_406_and_connection_lives() -> None:
     c.open_channel(1)
     c.open_channel(2)
     c.send(1, C.Basic.Publish(exchange="", routing_key="q"),
-           __import__("pamqp.header", fromlist=["ContentHeader"]).ContentHeader(
+           header.ContentHeader(
                0, 5000, C.Basic.Properties()),
-           __import__("pamqp.body", fromlist=["ContentBody"]).ContentBody(b"x" * 5000))
+           body.ContentBody(b"x" * 5000))
     (close,) = c.methods()
     assert isinstance(close, C.Channel.Close) and close.reply_code == 406
     assert "5000" in close.reply_text
@@ -266,3 +266,34 @@ def test_consumer_cancel_notification_when_queue_deleted() -> None:
     out = c.received()
     cancels = [(ch, v) for ch, v in out if isinstance(v, C.Basic.Cancel)]
     assert cancels and cancels[0][0] == 1 and cancels[0][1].consumer_tag == "t1"
+
+
+def test_recover_without_requeue_is_540_as_in_rabbitmq() -> None:
+    c = Client()
+    c.handshake()
+    c.methods()
+    c.open_channel(1)
+    c.send(1, C.Basic.Recover(requeue=False))
+    (close,) = c.methods()
+    assert isinstance(close, C.Connection.Close) and close.reply_code == 540
+    assert close.reply_text == "NOT_IMPLEMENTED - requeue=false"
+
+
+def test_recover_requeues_unacked_with_redelivered() -> None:
+    c = Client()
+    c.handshake()
+    c.methods()
+    c.open_channel(1)
+    c.send(1, C.Queue.Declare(queue="rq"))
+    c.send(1, C.Basic.Publish(exchange="", routing_key="rq"),
+           header.ContentHeader(
+               0, 2, C.Basic.Properties()),
+           body.ContentBody(b"hi"))
+    c.send(1, C.Basic.Consume(queue="rq", consumer_tag="c"))
+    first = [v for v in c.methods() if isinstance(v, C.Basic.Deliver)]
+    assert len(first) == 1 and first[0].redelivered is False
+    c.send(1, C.Basic.Recover(requeue=True))
+    out = c.methods()
+    again = [v for v in out if isinstance(v, C.Basic.Deliver)]
+    assert any(isinstance(v, C.Basic.RecoverOk) for v in out)
+    assert len(again) == 1 and again[0].redelivered is True
