@@ -1,0 +1,395 @@
+"""Start and stop the two brokers the benchmark compares, each private to one benchmark run.
+
+* ``RabbitMQ``: a throwaway node from the distribution's rabbitmq-server package, never the
+  system service: its own node name, ports, Mnesia/log directories, plugins file, config
+  file, Erlang cookie (HOME) and epmd port, all under one temporary directory that is
+  removed afterwards. Stopped with ``rabbitmqctl stop``, then by the PIDs this module
+  started if that did not work.
+* ``Gateway``: ``python -m gateway serve`` on a free port with a temporary data directory;
+  the AMQP port is read from its ``listener amqp on HOST:PORT`` log line.
+
+Both expose ``name``, ``host``, ``port``, ``version``, ``cpu_seconds()`` (CPU time used by
+the broker's OS process so far) and ``stop()``.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LISTENER_RE = re.compile(r"listener (\w+) on ([0-9.]+):(\d+)")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class BrokerStartError(Exception):
+    pass
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) != 0
+
+
+def free_port_pair(start: int, tries: int = 200) -> int:
+    """The first port p >= start with p and p+1 both free."""
+    p = start
+    for _ in range(tries):
+        if port_is_free(p) and port_is_free(p + 1):
+            return p
+        p += 2
+    raise BrokerStartError(f"no two free consecutive ports from {start}")
+
+
+def any_free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, deadline: float, proc: subprocess.Popen) -> None:
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BrokerStartError(f"process exited with code {proc.returncode} before listening")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise BrokerStartError(f"port {host}:{port} not open in time")
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of one process, from /proc (Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def _wait(proc: subprocess.Popen, timeout: float) -> bool:
+    try:
+        proc.wait(timeout=timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie is not alive for our purposes
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().split(b")")[-1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def _find_rabbitmq_bin(name: str) -> str:
+    # The scripts in the package's own bin directory run the node as the calling user with
+    # the environment given here; /usr/sbin's wrappers switch to the 'rabbitmq' user (and
+    # its HOME and config) when called as root.
+    candidates = []
+    if os.environ.get("RABBITMQ_BIN_DIR"):
+        candidates.append(Path(os.environ["RABBITMQ_BIN_DIR"]) / name)
+    candidates.append(Path("/usr/lib/rabbitmq/bin") / name)
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return str(c)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise BrokerStartError(f"{name} not found (install rabbitmq-server or set RABBITMQ_BIN_DIR)")
+
+
+class RabbitMQ:
+    name = "rabbitmq"
+
+    def __init__(self, port: int = 35672, start_timeout: float = 90.0, verbose=None):
+        self.port_hint = port
+        self.start_timeout = start_timeout
+        self.host = "127.0.0.1"
+        self.port: int | None = None
+        self.nodename = "benchrmq@localhost"
+        self.proc: subprocess.Popen | None = None
+        self.tmp: str | None = None
+        self.env: dict[str, str] = {}
+        self.beam_pid: int | None = None
+        self.epmd_port: int | None = None
+        self.version = "?"
+        self.log = verbose or (lambda msg: None)
+
+    def start(self) -> RabbitMQ:
+        server = _find_rabbitmq_bin("rabbitmq-server")
+        self.tmp = tempfile.mkdtemp(prefix="bench-rabbitmq-")
+        tmp = Path(self.tmp)
+        for d in ("home", "mnesia", "log", "etc"):
+            (tmp / d).mkdir()
+        (tmp / "etc" / "enabled_plugins").write_text("[].\n")
+        (tmp / "etc" / "rabbitmq.conf").write_text("# benchmark node: RabbitMQ defaults\n")
+        (tmp / "etc" / "rabbitmq-env.conf").write_text("")
+        self.port = free_port_pair(self.port_hint)
+        self.epmd_port = any_free_port()
+        env = dict(os.environ)
+        env.update(
+            HOME=str(tmp / "home"),
+            RABBITMQ_NODENAME=self.nodename,
+            RABBITMQ_NODE_IP_ADDRESS=self.host,
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(self.port + 1),
+            RABBITMQ_MNESIA_BASE=str(tmp / "mnesia"),
+            RABBITMQ_LOG_BASE=str(tmp / "log"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(tmp / "etc" / "enabled_plugins"),
+            RABBITMQ_CONFIG_FILE=str(tmp / "etc" / "rabbitmq.conf"),
+            RABBITMQ_ADVANCED_CONFIG_FILE=str(tmp / "etc" / "advanced.config"),
+            RABBITMQ_CONF_ENV_FILE=str(tmp / "etc" / "rabbitmq-env.conf"),
+            RABBITMQ_PID_FILE=str(tmp / "rabbitmq.pid"),
+            ERL_EPMD_PORT=str(self.epmd_port),
+        )
+        self.env = env
+        self.log(f"rabbitmq: starting {self.nodename} on {self.host}:{self.port} in {tmp}")
+        self._console = open(tmp / "log" / "console.log", "wb")
+        self.proc = subprocess.Popen(
+            [server],
+            env=env,
+            cwd=str(tmp),
+            stdin=subprocess.DEVNULL,
+            stdout=self._console,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a Ctrl-C in the terminal reaches us, we stop it
+        )
+        deadline = time.monotonic() + self.start_timeout
+        try:
+            wait_for_port(self.host, self.port, deadline, self.proc)
+        except BrokerStartError as exc:
+            tail = self.console_tail()
+            self.stop()
+            raise BrokerStartError(f"rabbitmq: {exc}\n{tail}") from None
+        pidfile = tmp / "rabbitmq.pid"
+        while time.monotonic() < deadline and self.beam_pid is None:
+            try:
+                self.beam_pid = int(pidfile.read_text().strip())
+            except (OSError, ValueError):
+                time.sleep(0.1)
+        self.version = self._version()
+        return self
+
+    def _version(self) -> str:
+        try:
+            out = subprocess.run(
+                [_find_rabbitmq_bin("rabbitmqctl"), "-n", self.nodename, "version"],
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout.strip()
+            return out.splitlines()[-1] if out else "?"
+        except Exception:
+            return "?"
+
+    def console_tail(self, n: int = 30) -> str:
+        try:
+            lines = (Path(self.tmp) / "log" / "console.log").read_text(errors="replace")
+            return "\n".join(lines.splitlines()[-n:])
+        except Exception:
+            return ""
+
+    def cpu_seconds(self) -> float | None:
+        return proc_cpu_seconds(self.beam_pid) if self.beam_pid else None
+
+    def alive(self) -> str | None:
+        """None while the node runs, else what happened to it."""
+        if self.proc is None:
+            return "not started"
+        if self.proc.poll() is not None:
+            return f"rabbitmq-server exited with code {self.proc.returncode}: " + " / ".join(
+                self.console_tail(3).splitlines()
+            )
+        if self.beam_pid and not _pid_alive(self.beam_pid):
+            return f"the Erlang VM (pid {self.beam_pid}) is gone"
+        return None
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.log("rabbitmq: stopping")
+        if self.proc.poll() is None:
+            try:
+                subprocess.run(
+                    [_find_rabbitmq_bin("rabbitmqctl"), "-n", self.nodename, "stop"],
+                    env=self.env,
+                    capture_output=True,
+                    timeout=60,
+                )
+            except Exception:
+                pass
+            if not _wait(self.proc, 30):
+                self.proc.terminate()  # the start script's trap stops the node
+                if not _wait(self.proc, 20):
+                    self.proc.kill()
+                    _wait(self.proc, 5)
+        if self.beam_pid and _pid_alive(self.beam_pid):
+            try:
+                os.kill(self.beam_pid, signal.SIGKILL)
+            except OSError:
+                pass
+        # The node started an epmd on our private port (free before we started): stop it.
+        if self.epmd_port:
+            epmd = shutil.which("epmd") or "epmd"
+            try:
+                subprocess.run(
+                    [epmd, "-port", str(self.epmd_port), "-kill"],
+                    capture_output=True,
+                    timeout=10,
+                )
+            except Exception:
+                pass
+        self.proc = None
+        try:
+            self._console.close()
+        except Exception:
+            pass
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+
+
+class Gateway:
+    name = "gateway"
+
+    def __init__(self, start_timeout: float = 30.0, verbose=None):
+        self.start_timeout = start_timeout
+        self.host = "127.0.0.1"
+        self.port: int | None = None
+        self.proc: subprocess.Popen | None = None
+        self.tmp: str | None = None
+        self.tail: collections.deque[str] = collections.deque(maxlen=60)
+        self.version = "?"
+        self.log = verbose or (lambda msg: None)
+        self._listeners: dict[str, tuple[str, int]] = {}
+        self._amqp_seen = threading.Event()
+
+    def command(self, data_dir: str) -> list[str]:
+        return [
+            sys.executable, "-m", "gateway", "serve",
+            "--host", "127.0.0.1",
+            "--amqp-port", "0",
+            "--mqtt-port", "off",
+            "--stomp-port", "off",
+            "--http-port", "off",
+            "--data-dir", data_dir,
+        ]  # fmt: skip
+
+    def start(self) -> Gateway:
+        self.tmp = tempfile.mkdtemp(prefix="bench-gateway-")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
+        )
+        env["PYTHONUNBUFFERED"] = "1"
+        cmd = self.command(os.path.join(self.tmp, "data"))
+        self.log("gateway: starting " + " ".join(cmd[1:]))
+        self.proc = subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=str(REPO_ROOT),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        # Drain stderr for the broker's whole life, so a chatty log can never fill the pipe
+        # and stall the broker; keep the tail for error messages.
+        self._drainer = threading.Thread(target=self._drain, daemon=True)
+        self._drainer.start()
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self._amqp_seen.wait(0.1):
+                break
+            if self.proc.poll() is not None:
+                break
+        if not self._amqp_seen.is_set():
+            code = self.proc.poll()
+            self.stop()
+            self._drainer.join(timeout=2)  # collect the last lines it wrote
+            why = (
+                f"exited with code {code}" if code is not None else "no AMQP listener line in time"
+            )
+            raise BrokerStartError(
+                f"gateway: {why}\n  command: {' '.join(cmd)}\n" + "\n".join(self.tail)
+            )
+        self.host, self.port = self._listeners["amqp"]
+        try:
+            sys.path.insert(0, str(REPO_ROOT))
+            import gateway  # noqa: PLC0415
+
+            self.version = getattr(gateway, "__version__", "?")
+        except Exception:
+            pass
+        finally:
+            sys.path.pop(0)
+        return self
+
+    def _drain(self) -> None:
+        assert self.proc and self.proc.stderr
+        for raw in self.proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip()
+            self.tail.append(line)
+            m = LISTENER_RE.search(line)
+            if m:
+                self._listeners[m.group(1).lower()] = (m.group(2), int(m.group(3)))
+                if m.group(1).lower() == "amqp":
+                    self._amqp_seen.set()
+
+    def cpu_seconds(self) -> float | None:
+        return proc_cpu_seconds(self.proc.pid) if self.proc else None
+
+    def alive(self) -> str | None:
+        """None while gateway runs, else what happened to it."""
+        if self.proc is None:
+            return "not started"
+        if self.proc.poll() is not None:
+            return f"gateway exited with code {self.proc.returncode}: " + " / ".join(
+                list(self.tail)[-3:]
+            )
+        return None
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.log("gateway: stopping")
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            if not _wait(self.proc, 15):
+                self.proc.terminate()
+                if not _wait(self.proc, 5):
+                    self.proc.kill()
+                    _wait(self.proc, 5)
+        self.proc = None
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
