@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pamqp import commands
 
 from gateway.core.errors import AccessRefused, NotFound, PreconditionFailed
+from gateway.core.exchange import Exchange
 from gateway.core.message import Message
 from gateway.core.queue import Entry, Queue
 
@@ -82,7 +83,8 @@ class Channel:
         self.tx_acks: list[tuple[str, int, bool, bool]] = []
         self.reply_queue: Queue | None = None
         self._consumer_seq = 0
-        self.write_ok: dict[str, bool] = {}
+        # exchanges this channel may publish to (write permission checked), by name
+        self.write_ok: dict[str, Exchange] = {}
 
     # -- delivery --------------------------------------------------------------------------
 

@@ -288,22 +288,25 @@ def basic_recover(s: AMQPSession, ch: Channel, m: Any) -> None:
 def publish(s: AMQPSession, ch: Channel, m: C.Basic.Publish,
             properties: C.Basic.Properties, body: bytes, raw_properties: bytes | None = None
             ) -> None:
-    """basic.publish with its content (called by the session for each `Content`)."""
-    vh = _vh(s)
+    """basic.publish with its content (called by the session for each `Content`).
+    This is the per-message path: checks that almost never fire are guarded inline."""
+    vh = s.vhost
+    assert vh is not None and s.user is not None
     if m.immediate:
         raise BrokerError("NOT_IMPLEMENTED - immediate=true", ReplyCode.NOT_IMPLEMENTED)
     name = m.exchange
-    if name not in ch.write_ok:
+    exchange = ch.write_ok.get(name)
+    if exchange is None or exchange.deleted:
         _check(s, "write", "exchange", name)
-        ch.write_ok[name] = True
-    exchange = vh.exchange_for_publish(name)
+        exchange = ch.write_ok[name] = vh.exchange_for_publish(name)
     props = from_amqp(properties)
-    assert s.user is not None
-    validate_publish(props, s.user.name)
+    if props.user_id is not None or props.expiration is not None:
+        validate_publish(props, s.user.name)
     message = Message(vh.next_message_id(), name, m.routing_key, props, body)
     if raw_properties is not None:
         message.cache[CACHE_KEY] = raw_properties
-    ch.resolve_reply_to(message)
+    if props.reply_to is not None:
+        ch.resolve_reply_to(message)
     if ch.tx:
         ch.tx_publishes.append(((exchange, m.routing_key, message), m.mandatory))
         return

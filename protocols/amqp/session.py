@@ -179,10 +179,12 @@ class AMQPSession:
         if self.state is State.CLOSED:
             return
         self.last_recv = self.clock()
-        self.codec.receive_data(data)
-        while not self.closed:
+        codec = self.codec
+        codec.receive_data(data)
+        next_event = codec.next_event
+        while self.state is not State.CLOSED:
             try:
-                event = self.codec.next_event()
+                event = next_event()
             except BadProtocolHeader:
                 self._emit(PROTOCOL_HEADER)
                 self._finish()
@@ -195,7 +197,10 @@ class AMQPSession:
             if event is NEED_DATA:
                 break
             try:
-                self._handle(event)
+                if type(event) is Content:  # the per-message path, first
+                    self._on_content(event)
+                else:
+                    self._handle(event)
             except BrokerError as err:
                 self.close_connection(err.code, reply_text(err))
         self.flush_confirms()
@@ -383,12 +388,16 @@ class AMQPSession:
     def _on_content(self, event: Content) -> None:
         if self.alarm:
             self.read_paused = True
-        if self.state is State.CLOSING:
-            return
-        if self.state is not State.OPEN:
+        state = self.state
+        if state is not State.OPEN:
+            if state is State.CLOSING:
+                return
             raise CommandInvalid("COMMAND_INVALID - connection not open")
-        ch = self._open_channel(event.channel)
-        if ch is None:
+        ch = self.channels.get(event.channel)
+        if ch is None or ch.closing:
+            if ch is None:
+                raise BrokerError("CHANNEL_ERROR - expected 'channel.open'",
+                                  ReplyCode.CHANNEL_ERROR)
             return
         try:
             handlers.publish(self, ch, event.method, event.properties, event.body,
