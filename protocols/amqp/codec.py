@@ -134,6 +134,8 @@ _PROPERTY_FIELDS: Final = tuple(
 _KNOWN_FLAGS: Final = sum(flag for flag, _, _ in _PROPERTY_FIELDS)
 _property_values = operator.attrgetter(*(name for _, name, _ in _PROPERTY_FIELDS))
 _NO_PROPERTIES: Final = _property_values(Basic.Properties())
+# Shared by every content header with no properties (most of them); read it, never mutate it.
+EMPTY_PROPERTIES: Final = Basic.Properties()
 
 
 def _error(code: int, text: str, channel: int, ids: tuple[int, int] = (0, 0)) -> ProtocolError:
@@ -285,7 +287,7 @@ class AMQPCodec:
             properties = _decode_properties(flags, self._buf, start + 14, end, channel)
             raw = bytes(self._buf[start + 12 : end])
         elif end - start == 14:
-            properties = Basic.Properties()
+            properties = EMPTY_PROPERTIES
             raw = b"\x00\x00"
         else:
             raise _error(FRAME_ERROR, "bytes after an empty property list", channel)

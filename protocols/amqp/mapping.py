@@ -14,12 +14,14 @@ from pamqp import commands, decode
 
 from gateway.core.errors import AccessRefused, PreconditionFailed
 from gateway.core.message import Message, Properties
-from protocols.amqp.codec import encode_properties
+from protocols.amqp.codec import EMPTY_PROPERTIES, encode_properties
 
 CACHE_KEY = "amqp091"
 
 
 def from_amqp(p: commands.Basic.Properties) -> Properties:
+    if p is EMPTY_PROPERTIES:
+        return Properties()
     return Properties(
         content_type=p.content_type,
         content_encoding=p.content_encoding,
