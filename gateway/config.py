@@ -48,6 +48,7 @@ __all__ = [
     "Listeners",
     "PermissionConfig",
     "PortError",
+    "StompConfig",
     "StoreConfig",
     "UserConfig",
     "default_config_text",
@@ -64,7 +65,7 @@ _AMQP_LONG_MAX: Final = 0xFFFFFFFF
 _AMQP_SHORT_MAX: Final = 0xFFFF
 _MAX_MESSAGE_SIZE: Final = 512 * 1024 * 1024  # RabbitMQ's hard ceiling as well
 _USER_TABLES: Final = ("users", "vhosts", "permissions")
-_SECTIONS: Final = ("listeners", "store", "amqp", "limits", "auth")
+_SECTIONS: Final = ("listeners", "store", "amqp", "stomp", "limits", "auth")
 
 
 class ConfigError(Exception):
@@ -118,6 +119,14 @@ class AMQPConfig:
 
 
 @dataclass(frozen=True)
+class StompConfig:
+    max_frame_size: int
+    max_headers: int
+    max_header_length: int
+    heartbeat_min: int
+
+
+@dataclass(frozen=True)
 class Limits:
     max_message_size: int
     max_connections: int
@@ -154,6 +163,7 @@ class Config:
     listeners: Listeners
     store: StoreConfig
     amqp: AMQPConfig
+    stomp: StompConfig
     limits: Limits
     auth: AuthConfig
 
@@ -402,6 +412,15 @@ def _build(document: _Doc, source: str) -> Config:
     )
     amqp_t.done()
 
+    stomp_t = root.table("stomp")
+    stomp = StompConfig(
+        max_frame_size=stomp_t.integer("max_frame_size", 1024, _MAX_MESSAGE_SIZE),
+        max_headers=stomp_t.integer("max_headers", 1, 100_000),
+        max_header_length=stomp_t.integer("max_header_length", 64, _MAX_MESSAGE_SIZE),
+        heartbeat_min=stomp_t.integer("heartbeat_min", 0, 3_600_000),
+    )
+    stomp_t.done()
+
     limits_t = root.table("limits")
     limits = Limits(
         max_message_size=limits_t.integer("max_message_size", 1, _MAX_MESSAGE_SIZE),
@@ -413,7 +432,8 @@ def _build(document: _Doc, source: str) -> Config:
 
     auth = _build_auth(root)
     root.done()
-    return Config(listeners=listeners, store=store, amqp=amqp, limits=limits, auth=auth)
+    return Config(listeners=listeners, store=store, amqp=amqp, stomp=stomp, limits=limits,
+                  auth=auth)
 
 
 def _build_auth(root: _Table) -> AuthConfig:

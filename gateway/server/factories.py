@@ -30,6 +30,18 @@ def amqp_session(server: Server, peer: tuple[str, int], wake: Callable[[], None]
         max_message_size=limits.max_message_size, high_water=limits.connection_buffer)
 
 
+def stomp_session(server: Server, peer: tuple[str, int], wake: Callable[[], None]) -> Any:
+    from protocols.stomp.session import StompSession
+
+    stomp = server.config.stomp
+    return StompSession(
+        server.broker, server.auth, peer=peer, loopback=is_loopback(peer[0]),
+        clock=server.clock, wake=wake, max_frame_size=stomp.max_frame_size,
+        max_headers=stomp.max_headers, max_header_length=stomp.max_header_length,
+        heartbeat_min=stomp.heartbeat_min, high_water=server.config.limits.connection_buffer)
+
+
 SESSION_FACTORIES: dict[str, SessionFactory] = {
     "amqp": amqp_session,
+    "stomp": stomp_session,
 }

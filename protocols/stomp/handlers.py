@@ -1,0 +1,367 @@
+"""One handler per client command; `TABLE` at the bottom is the table of contents.
+
+A handler takes the session and the frame, acts on the core, and may return a callable to
+run once the frame's RECEIPT is queued (SUBSCRIBE starts its deliveries that way, so the
+receipt comes first). Problems are raised: `StompError` with the ERROR frame's message and
+body, or the core's `BrokerError`; the session answers either with ERROR and closes.
+
+Permissions are checked as RabbitMQ's STOMP plugin does through AMQP: configure to declare
+a queue, write on an exchange to publish, write on a queue and read on an exchange to bind,
+read on a queue to consume.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+import gateway
+from gateway.auth.service import LoginRefused
+from gateway.core.errors import NotAllowed
+from gateway.core.message import Message
+from gateway.core.queue import Queue
+from protocols.stomp.frames import SUPPORTED_VERSIONS, Command, Frame, StompError, Version
+from protocols.stomp.mapping import (
+    TOPIC_EXCHANGE,
+    Destination,
+    Kind,
+    parse_bool,
+    parse_destination,
+    parse_int,
+    properties_from_headers,
+    queue_options,
+    subscription_queue_name,
+    validate_publish,
+)
+from protocols.stomp.subscription import AckMode, Subscription
+
+if TYPE_CHECKING:
+    from gateway.core.vhost import VirtualHost
+    from protocols.stomp.session import StompSession
+
+After = Callable[[], None] | None
+Handler = Callable[["StompSession", Frame], After]
+
+DEFAULT_VHOST: Final = "/"
+MAX_TRANSACTIONS: Final = 16  # open at once on one connection (RabbitMQ's limit)
+MAX_TX_ACTIONS: Final = 10000  # frames buffered in one transaction
+_ACK_MODES: Final = {m.value: m for m in AckMode}
+
+
+def _vh(s: StompSession) -> VirtualHost:
+    assert s.vhost is not None
+    return s.vhost
+
+
+def _check(s: StompSession, permission: str, kind: str, name: str) -> None:
+    assert s.user is not None and s.vhost is not None
+    s.auth.check(s.user, s.vhost.name, permission, name,  # type: ignore[arg-type]
+                 resource_kind=kind)  # type: ignore[arg-type]
+
+
+def _required(frame: Frame, name: str) -> str:
+    value = frame.get(name)
+    if value is None:
+        raise StompError("Missing header",
+                         f"{frame.command.value} requires the '{name}' header.")
+    return value
+
+
+# -- connection ----------------------------------------------------------------------------
+
+def _negotiate(frame: Frame) -> Version:
+    accept = frame.get("accept-version")
+    if accept is None:
+        return Version.V1_0  # spec 1.1: a CONNECT without accept-version is 1.0
+    offered = {v.strip() for v in accept.split(",")}
+    for version in reversed(SUPPORTED_VERSIONS):
+        if version.value in offered:
+            return version
+    raise StompError("Version mismatch",
+                     f"Supported protocol versions are "
+                     f"{','.join(v.value for v in SUPPORTED_VERSIONS)}; the client accepts "
+                     f"{accept}.")
+
+
+def _heartbeat(s: StompSession, frame: Frame) -> tuple[int, int]:
+    """(sx, sy) in ms for CONNECTED, from the client's (cx, cy)."""
+    value = frame.get("heart-beat", "0,0") or "0,0"
+    parts = value.split(",")
+    try:
+        cx, cy = (int(p.strip()) for p in parts)
+        if cx < 0 or cy < 0:
+            raise ValueError(value)
+    except ValueError as exc:
+        raise StompError("Invalid heart-beat header",
+                         f"heart-beat '{value}' is not two non-negative integers "
+                         "separated by a comma") from exc
+    floor = s.heartbeat_min
+    sx = max(cy, floor) if cy else 0
+    sy = max(cx, floor) if cx else 0
+    return sx, sy
+
+
+def _vhost_name(s: StompSession, host: str | None) -> str:
+    """The vhost a CONNECT asks for. Spec 1.2 recommends that clients put the host name
+    they connected to in `host` (stomp.py does); RabbitMQ then refuses the connection
+    ("Virtual host '127.0.0.1' access denied"), a frequent complaint. Here an IP address
+    or `localhost` that names no vhost means the default vhost; other unknown names are
+    refused."""
+    if not host:
+        return DEFAULT_VHOST
+    if host not in s.broker.vhosts and (host == "localhost" or _is_ip(host)):
+        return DEFAULT_VHOST
+    return host
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def connect(s: StompSession, frame: Frame) -> After:
+    version = _negotiate(frame)
+    s.version = version
+    s.codec.version = version
+    sx, sy = _heartbeat(s, frame)
+    login = frame.get("login")
+    passcode = frame.get("passcode", "") or ""
+    vhost = _vhost_name(s, frame.get("host"))
+    if login is None:
+        raise StompError("Bad CONNECT", "Access refused: the CONNECT frame has no login "
+                         "header.")
+    try:
+        user = s.auth.authenticate(login, passcode, loopback=s.loopback)
+    except LoginRefused as err:
+        s.close_reason = err.reason
+        raise StompError("Bad CONNECT", f"Access refused for user '{login}'") from err
+    if not s.auth.vhost_exists(vhost) or vhost not in s.broker.vhosts:
+        raise StompError("Bad CONNECT", f"Virtual host '{vhost}' access denied: it does not "
+                         "exist.")
+    try:
+        s.auth.check_vhost(user, vhost)
+    except NotAllowed as err:
+        raise StompError("Bad CONNECT", f"Virtual host '{vhost}' access denied for user "
+                         f"'{login}'") from err
+    s.connected(user, s.broker.vhost(vhost), sx / 1000.0, sy / 1000.0)
+    s.send_frame(Command.CONNECTED, [
+        ("version", version.value),
+        ("session", s.session_name),
+        ("server", f"gateway/{gateway.__version__}"),
+        ("heart-beat", f"{sx},{sy}"),
+    ])
+    return None
+
+
+def disconnect(s: StompSession, frame: Frame) -> After:
+    s.disconnect(frame.get("receipt"))
+    return None
+
+
+# -- publishing ----------------------------------------------------------------------------
+
+def _declare(s: StompSession, name: str, frame: Frame, *, durable: bool, auto_delete: bool,
+             exclusive: bool) -> Queue:
+    opts = queue_options(frame.headers, durable=durable, auto_delete=auto_delete,
+                         exclusive=exclusive)
+    _check(s, "configure", "queue", name)
+    return _vh(s).declare_queue(name, durable=opts.durable, auto_delete=opts.auto_delete,
+                                exclusive=opts.exclusive, arguments=opts.arguments,
+                                owner=s, now=s.clock())
+
+
+def _publish_target(s: StompSession, dest: Destination, frame: Frame) -> tuple[str, str]:
+    """(exchange, routing key) a SEND to `dest` publishes with."""
+    kind = dest.kind
+    if kind is Kind.QUEUE:
+        if dest.name not in s.declared:
+            _declare(s, dest.name, frame, durable=True, auto_delete=False, exclusive=False)
+            s.declared.add(dest.name)
+        return "", dest.name
+    if kind is Kind.AMQ_QUEUE or kind is Kind.REPLY_QUEUE:
+        return "", dest.name
+    if kind is Kind.TOPIC:
+        return TOPIC_EXCHANGE, dest.name
+    if kind is Kind.EXCHANGE:
+        return dest.name, dest.key
+    return "", s.temp_queue(dest.name).name
+
+
+def send(s: StompSession, frame: Frame) -> After:
+    dest = parse_destination(_required(frame, "destination"))
+    vh = _vh(s)
+    props = properties_from_headers(frame.headers)
+    assert s.user is not None
+    validate_publish(props, s.user.name)
+    reply_to = props.reply_to
+    if reply_to is not None and reply_to.startswith(Kind.TEMP_QUEUE.value):
+        props.reply_to = s.temp_queue(parse_destination(reply_to).name).name
+    exchange_name, key = _publish_target(s, dest, frame)
+    if exchange_name not in s.write_ok:
+        _check(s, "write", "exchange", exchange_name)
+        s.write_ok.add(exchange_name)
+    exchange = vh.exchange_for_publish(exchange_name)
+    message = Message(vh.next_message_id(), exchange_name, key, props, frame.body, "stomp")
+    vh.publish(exchange, key, message, s.clock())
+    if s.alarm:
+        s.read_paused = True
+    return None
+
+
+# -- subscriptions -------------------------------------------------------------------------
+
+def _subscription_queue(s: StompSession, dest: Destination, destination: str, sub_id: str,
+                        frame: Frame, durable: bool) -> Queue:
+    """The queue a /topic/ or /exchange/ subscription reads: its own, bound by the key."""
+    vh = _vh(s)
+    exchange = TOPIC_EXCHANGE if dest.kind is Kind.TOPIC else dest.name
+    key = dest.name if dest.kind is Kind.TOPIC else dest.key
+    vh.get_exchange(exchange)  # 404 before anything is declared
+    name = frame.get("x-queue-name") or subscription_queue_name(destination, sub_id, durable)
+    queue = _declare(s, name, frame, durable=durable, auto_delete=not durable,
+                     exclusive=not durable)
+    _check(s, "write", "queue", queue.name)
+    _check(s, "read", "exchange", exchange)
+    vh.bind(queue, exchange, key)
+    return queue
+
+
+def subscribe(s: StompSession, frame: Frame) -> After:
+    destination = _required(frame, "destination")
+    dest = parse_destination(destination)
+    sub_id = frame.get("id")
+    if sub_id is None:
+        if s.version is not Version.V1_0:
+            raise StompError("Missing header", "SUBSCRIBE requires the 'id' header.")
+        sub_id = destination  # 1.0: the destination names the subscription
+    if sub_id in s.subscriptions:
+        raise StompError("Duplicated subscription identifier",
+                         f"A subscription with id '{sub_id}' already exists on this "
+                         "connection.")
+    mode = _ACK_MODES.get(frame.get("ack", "auto") or "auto")
+    if mode is None:
+        raise StompError("Invalid ack mode", f"ack '{frame.get('ack')}' is not one of auto, "
+                         "client, client-individual.")
+    prefetch = parse_int(frame.headers, "prefetch-count", 0, 2**31 - 1) or 0
+    priority = parse_int(frame.headers, "x-priority", -(2**31), 2**31 - 1) or 0
+    durable = parse_bool(frame.headers, "durable", False) or parse_bool(
+        frame.headers, "persistent", False)
+    vh = _vh(s)
+    kind = dest.kind
+    if kind is Kind.QUEUE:
+        queue = _declare(s, dest.name, frame, durable=True, auto_delete=False,
+                         exclusive=False)
+        s.declared.add(dest.name)  # a later SEND in this session does not redeclare it
+    elif kind is Kind.AMQ_QUEUE:
+        queue = vh.get_queue(dest.name, owner=s)
+    elif kind is Kind.TOPIC or kind is Kind.EXCHANGE:
+        if durable and frame.get("id") is None:
+            raise StompError("Missing header", "A durable subscription needs an 'id' header.")
+        queue = _subscription_queue(s, dest, destination, sub_id, frame, durable)
+    else:
+        raise StompError("Invalid destination",
+                         f"'{destination}' is not a valid destination for 'SUBSCRIBE'.")
+    _check(s, "read", "queue", queue.name)
+    sub = Subscription(s, sub_id, queue, destination, mode, prefetch=prefetch,
+                       priority=priority, durable=durable)
+    vh.consume(queue, sub, exclusive=False, now=s.clock())
+    s.subscriptions[sub_id] = sub
+    return lambda: s.start_subscription(sub)
+
+
+def unsubscribe(s: StompSession, frame: Frame) -> After:
+    sub_id = frame.get("id")
+    if sub_id is None:
+        if s.version is Version.V1_0 and frame.get("destination") is not None:
+            sub_id = frame.get("destination")
+        else:
+            raise StompError("Missing header", "UNSUBSCRIBE requires the 'id' header.")
+    assert sub_id is not None
+    sub = s.subscriptions.get(sub_id)
+    if sub is None:
+        return None  # nothing to end; RabbitMQ answers this without an error too
+    s.end_subscription(sub, s.clock())
+    # a durable topic subscription ends for good with the same durable header (RabbitMQ)
+    if sub.durable and (parse_bool(frame.headers, "durable", False)
+                        or parse_bool(frame.headers, "persistent", False)):
+        queue = sub.queue
+        if not queue.deleted:
+            _check(s, "configure", "queue", queue.name)
+            _vh(s).delete_queue(queue.name, owner=s)
+    return None
+
+
+# -- acknowledgements ----------------------------------------------------------------------
+
+def _ack_id(s: StompSession, frame: Frame) -> str:
+    # 1.2 names the message by `id` (the MESSAGE's `ack` header), 1.0/1.1 by `message-id`;
+    # either is accepted in every version, the version's own first
+    names = ("id", "message-id") if s.version is Version.V1_2 else ("message-id", "id")
+    for name in names:
+        value = frame.get(name)
+        if value is not None:
+            return value
+    raise StompError("Missing header",
+                     f"{frame.command.value} requires the '{names[0]}' header.")
+
+
+def ack(s: StompSession, frame: Frame) -> After:
+    s.settle(_ack_id(s, frame), ack=True, requeue=False, command="ACK")
+    return None
+
+
+def nack(s: StompSession, frame: Frame) -> After:
+    requeue = parse_bool(frame.headers, "requeue", True)
+    s.settle(_ack_id(s, frame), ack=False, requeue=requeue, command="NACK")
+    return None
+
+
+# -- transactions --------------------------------------------------------------------------
+
+def begin(s: StompSession, frame: Frame) -> After:
+    tx = _required(frame, "transaction")
+    if tx in s.transactions:
+        raise StompError("Bad transaction", f"Transaction {tx} is already open.")
+    if len(s.transactions) >= MAX_TRANSACTIONS:
+        raise StompError("Bad transaction", f"At most {MAX_TRANSACTIONS} transactions may "
+                         "be open on one connection.")
+    s.transactions[tx] = []
+    return None
+
+
+def _end_tx(s: StompSession, frame: Frame) -> list[Frame]:
+    tx = _required(frame, "transaction")
+    actions = s.transactions.pop(tx, None)
+    if actions is None:
+        raise StompError("Bad transaction", f"Invalid transaction identifier: {tx}")
+    return actions
+
+
+def commit(s: StompSession, frame: Frame) -> After:
+    for action in _end_tx(s, frame):
+        s.replay(action)
+    return None
+
+
+def abort(s: StompSession, frame: Frame) -> After:
+    _end_tx(s, frame)
+    return None
+
+
+TABLE: dict[Command, Handler] = {
+    Command.CONNECT: connect,
+    Command.STOMP: connect,
+    Command.SEND: send,
+    Command.SUBSCRIBE: subscribe,
+    Command.UNSUBSCRIBE: unsubscribe,
+    Command.ACK: ack,
+    Command.NACK: nack,
+    Command.BEGIN: begin,
+    Command.COMMIT: commit,
+    Command.ABORT: abort,
+    Command.DISCONNECT: disconnect,
+}

@@ -1,0 +1,464 @@
+"""One STOMP connection's state machine: frames in -> core calls, deliveries -> MESSAGE.
+
+Theory of operation
+-------------------
+The server feeds received bytes to `receive_data`; the codec turns them into frames and
+each frame is handled to completion, synchronously, against the core (one handler per
+command in `handlers.py`). Everything to send is appended to an outbound buffer that the
+server's writer task drains (`data_to_send`). No I/O and no awaits happen here.
+
+States and the commands each accepts (`ACCEPTS`, the transition table):
+
+    CONNECTING --CONNECT/STOMP ok--> CONNECTED --DISCONNECT--> CLOSED
+                                     CONNECTED --DISCONNECT+receipt--> DISCONNECTING
+    DISCONNECTING --its RECEIPT sent--> CLOSED
+    any --ERROR sent, or socket lost, or heart-beats missed--> CLOSED
+
+Any problem is answered with one ERROR frame (`message` header, explanatory body, the
+`receipt-id` of the frame that caused it) and the connection closes, as the spec requires
+(1.2 "ERROR"): a malformed frame, a refused login, a `BrokerError` from the core with its
+AMQP reply code turned into RabbitMQ's words (`not_found`, `access_refused`, ...).
+
+Receipts go out in the order their frames arrived. A frame whose handling appended records
+to the store (a persistent SEND to a durable queue, a durable subscription's queue, a
+COMMIT of either) has its RECEIPT held until the store reports that position durable
+(`flush_confirms`, called after each group commit); later receipts wait behind it.
+
+Heart-beats (spec 1.2 "Heart-beating"): the client's `cx,cy` is answered with `sx,sy` =
+(cy, cx) raised to at least `heartbeat_min` ms (zero stays zero, meaning none). The server
+sends an EOL after half its interval of silence and closes the connection after twice the
+client's interval without a byte from it.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import logging
+import os
+from collections import deque
+from collections.abc import Callable
+from enum import Enum, auto
+from typing import TYPE_CHECKING, Final, NamedTuple
+
+from gateway.core.errors import BrokerError
+from gateway.core.queue import Entry, Queue
+from protocols.stomp import handlers
+from protocols.stomp.codec import StompCodec, encode_frame, encode_headers
+from protocols.stomp.frames import (
+    NEED_DATA,
+    Command,
+    Frame,
+    Heartbeat,
+    StompError,
+    StompProtocolError,
+    Version,
+)
+from protocols.stomp.mapping import format_destination, message_headers
+from protocols.stomp.subscription import AckMode, Subscription
+
+if TYPE_CHECKING:
+    from gateway.auth.service import AuthService, User
+    from gateway.core.broker import Broker
+    from gateway.core.vhost import VirtualHost
+
+log = logging.getLogger("gateway.stomp")
+_ids = itertools.count(1)
+
+CONNECT_TIMEOUT: Final = 10.0  # seconds a client has to send CONNECT, as RabbitMQ's
+
+
+class State(Enum):
+    CONNECTING = auto()
+    CONNECTED = auto()
+    DISCONNECTING = auto()
+    CLOSED = auto()
+
+
+_SESSION_COMMANDS = frozenset({
+    Command.SEND, Command.SUBSCRIBE, Command.UNSUBSCRIBE, Command.ACK, Command.NACK,
+    Command.BEGIN, Command.COMMIT, Command.ABORT, Command.DISCONNECT,
+})
+ACCEPTS: Final[dict[State, frozenset[Command]]] = {
+    State.CONNECTING: frozenset({Command.CONNECT, Command.STOMP}),
+    State.CONNECTED: _SESSION_COMMANDS,
+    State.DISCONNECTING: frozenset(),
+    State.CLOSED: frozenset(),
+}
+TRANSACTIONAL: Final = frozenset({Command.SEND, Command.ACK, Command.NACK})
+
+
+class Receipt(NamedTuple):
+    receipt_id: str
+    upto: int  # store position that must be durable first (0: none)
+    close: bool  # a DISCONNECT's: the connection closes once it is sent
+
+
+def error_message(err: BrokerError) -> str:
+    """RabbitMQ's short name for an AMQP reply code: 404 -> `not_found`."""
+    return err.code.name.lower()
+
+
+class StompSession:
+    def __init__(
+        self,
+        broker: Broker,
+        auth: AuthService,
+        *,
+        peer: tuple[str, int],
+        loopback: bool,
+        clock: Callable[[], float],
+        wake: Callable[[], None] = lambda: None,
+        max_frame_size: int = 4 * 1024 * 1024,
+        max_headers: int = 100,
+        max_header_length: int = 8192,
+        heartbeat_min: int = 1000,
+        high_water: int = 1024 * 1024,
+    ) -> None:
+        self.id = next(_ids)
+        self.broker = broker
+        self.auth = auth
+        self.peer = peer
+        self.loopback = loopback
+        self.clock = clock
+        self.wake = wake
+        self.codec = StompCodec(max_frame_size=max_frame_size, max_headers=max_headers,
+                                max_header_length=max_header_length)
+        self.heartbeat_min = heartbeat_min
+        self.high_water = high_water
+        self.state = State.CONNECTING
+        self.version = Version.V1_0
+        self.session_name = "session-" + base64.urlsafe_b64encode(os.urandom(12)).decode()
+        self.user: User | None = None
+        self.vhost: VirtualHost | None = None
+        self.subscriptions: dict[str, Subscription] = {}
+        self.ack_ids: dict[str, tuple[Subscription, int]] = {}
+        self.transactions: dict[str, list[Frame]] = {}
+        self.temp_queues: dict[str, Queue] = {}
+        self.declared: set[str] = set()  # /queue/ names declared by a SEND already
+        self.write_ok: set[str] = set()  # exchanges this user was allowed to write to
+        self.receipts: deque[Receipt] = deque()
+        self._next_tag = 1
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self.output_blocked = False
+        self.started = clock()
+        self.last_recv = self.started
+        self.last_send = self.started
+        self.send_interval = 0.0  # seconds between our heart-beats (0: none)
+        self.recv_interval = 0.0  # seconds the client promised between its bytes (0: none)
+        self.close_reason: str | None = None
+        self.alarm = False
+        self.read_paused = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.peer[0]}:{self.peer[1]}"
+
+    # -- I/O boundary ----------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    @property
+    def pending_output(self) -> int:
+        return self._out_size
+
+    def data_to_send(self) -> bytes:
+        data = b"".join(self._out)
+        self._out.clear()
+        self._out_size = 0
+        if data:
+            self.last_send = self.clock()
+        return data
+
+    def output_drained(self) -> None:
+        """The writer flushed the buffer: subscriptions held back by it may take again."""
+        if self.output_blocked and self._out_size < self.high_water // 2:
+            self.output_blocked = False
+            self.kick()
+
+    def _emit(self, data: bytes) -> None:
+        self._out.append(data)
+        self._out_size += len(data)
+        if self._out_size >= self.high_water:
+            self.output_blocked = True
+        if len(self._out) == 1:
+            self.wake()
+
+    def send_frame(self, command: Command, headers: list[tuple[str, str]],
+                   body: bytes = b"") -> None:
+        self._emit(encode_frame(command, headers, body, self.version))
+
+    def receive_data(self, data: bytes | bytearray) -> None:
+        if self.state is State.CLOSED or self.state is State.DISCONNECTING:
+            return
+        self.last_recv = self.clock()
+        self.codec.receive_data(data)
+        while self.state is State.CONNECTED or self.state is State.CONNECTING:
+            try:
+                event = self.codec.next_event()
+            except StompProtocolError as exc:
+                self.send_error(exc.message, exc.detail)
+                break
+            if event is NEED_DATA:
+                break
+            if isinstance(event, Heartbeat):
+                continue
+            self._handle(event)
+        self.flush_confirms()
+
+    def timer(self, now: float) -> None:
+        """Heart-beats both ways, and the deadline for CONNECT."""
+        if self.state is State.CONNECTING:
+            if now - self.started > CONNECT_TIMEOUT:
+                self.close_reason = "no CONNECT frame in time"
+                self._finish()
+            return
+        if self.state is State.CLOSED:
+            return
+        if self.recv_interval and now - self.last_recv > 2 * self.recv_interval:
+            log.info("connection %s: no heart-beat from the client for %.1f s, closing",
+                     self.name, now - self.last_recv)
+            self.close_reason = "missed heart-beats"
+            self._finish()
+            return
+        if self.send_interval and now - self.last_send >= self.send_interval / 2:
+            self._emit(self.codec.heartbeat())
+            self.last_send = now
+
+    def connection_lost(self) -> None:
+        """The socket is gone: requeue what was not acknowledged, drop open transactions."""
+        self._finish()
+
+    def shutdown(self) -> None:
+        if self.state is State.CONNECTED:
+            self.send_error("Server shutdown", "The broker is shutting down.")
+        elif self.state is not State.CLOSED:
+            self._finish()
+
+    def memory_alarm(self, on: bool) -> None:
+        """Over the memory high-watermark a connection that SENDs is not read any more
+        (STOMP has no way to tell the client) until the alarm clears."""
+        if on == self.alarm:
+            return
+        self.alarm = on
+        if not on:
+            self.read_paused = False
+
+    # -- errors and closing ----------------------------------------------------------------
+
+    def send_error(self, message: str, detail: str, receipt: str | None = None) -> None:
+        """ERROR then close (spec 1.2: the server MUST close the connection after it)."""
+        if self.state is State.CLOSED:
+            return
+        headers = [("message", message), ("content-type", "text/plain")]
+        if receipt is not None:
+            headers.append(("receipt-id", receipt))
+        self.send_frame(Command.ERROR, headers, detail.encode("utf-8"))
+        log.info("connection %s: ERROR %s: %s", self.name, message, detail.strip())
+        self.close_reason = message
+        self._finish()
+
+    def _finish(self) -> None:
+        self._release_all()
+        self.state = State.CLOSED
+
+    def _release_all(self) -> None:
+        now = self.clock()
+        for sub in list(self.subscriptions.values()):
+            self.end_subscription(sub, now)
+        self.transactions.clear()
+        self.receipts.clear()
+        if self.vhost is not None:
+            self.vhost.connection_closed(self)
+        self.temp_queues.clear()
+
+    # -- frames ----------------------------------------------------------------------------
+
+    def _handle(self, frame: Frame) -> None:
+        receipt = frame.get("receipt")
+        command = frame.command
+        try:
+            if command not in ACCEPTS[self.state]:
+                raise self._illegal(command)
+            tx = frame.get("transaction") if command in TRANSACTIONAL else None
+            store = self.broker.store
+            before = store.appended
+            if tx is not None:
+                self.buffer_in_transaction(tx, frame)
+                after = None
+            else:
+                after = handlers.TABLE[command](self, frame)
+        except StompError as exc:
+            self.send_error(exc.message, exc.detail, receipt)
+            return
+        except BrokerError as err:
+            self.send_error(error_message(err), err.text, receipt)
+            return
+        if receipt is not None and command is not Command.DISCONNECT:
+            upto = store.appended if store.appended != before else 0
+            self.receipts.append(Receipt(receipt, upto, False))
+            self.flush_confirms()
+        if after is not None:
+            after()
+
+    def _illegal(self, command: Command) -> StompError:
+        if self.state is State.CONNECTING:
+            return StompError("Illegal command",
+                              f"You must log in using CONNECT first; got {command.value}.")
+        if command in (Command.CONNECT, Command.STOMP):
+            return StompError("Illegal command", "This connection is already connected.")
+        return StompError("Illegal command", f"{command.value} is not a client frame.")
+
+    def replay(self, frame: Frame) -> None:
+        """Run a frame of a committed transaction."""
+        after = handlers.TABLE[frame.command](self, frame)
+        if after is not None:
+            after()
+
+    def buffer_in_transaction(self, tx: str, frame: Frame) -> None:
+        actions = self.transactions.get(tx)
+        if actions is None:
+            raise StompError("Bad transaction", f"Invalid transaction identifier: {tx}")
+        if len(actions) >= handlers.MAX_TX_ACTIONS:
+            raise StompError("Bad transaction", f"Transaction {tx} has more than "
+                             f"{handlers.MAX_TX_ACTIONS} frames")
+        actions.append(frame)
+
+    def connected(self, user: User, vhost: VirtualHost, send_interval: float,
+                  recv_interval: float) -> None:
+        self.user = user
+        self.vhost = vhost
+        self.send_interval = send_interval
+        self.recv_interval = recv_interval
+        self.state = State.CONNECTED
+
+    def disconnect(self, receipt: str | None) -> None:
+        """DISCONNECT: close now, or once its RECEIPT is out. That receipt waits for every
+        store write made so far, so it confirms all that came before it."""
+        if receipt is None:
+            self.close_reason = "DISCONNECT"
+            self._finish()
+            return
+        self.state = State.DISCONNECTING
+        self.receipts.append(Receipt(receipt, self.broker.store.appended, True))
+
+    def flush_confirms(self) -> None:
+        """Send the receipts whose frames' store records are durable, in order."""
+        receipts = self.receipts
+        if not receipts:
+            return
+        durable = self.broker.store.durable
+        while receipts and receipts[0].upto <= durable:
+            receipt = receipts.popleft()
+            self.send_frame(Command.RECEIPT, [("receipt-id", receipt.receipt_id)])
+            if receipt.close:
+                self._finish()
+                return
+
+    # -- deliveries and acknowledgements ---------------------------------------------------
+
+    def deliver(self, sub: Subscription, entry: Entry) -> None:
+        tag = self._next_tag
+        self._next_tag = tag + 1
+        message_id = f"T_{sub.id}@@{self.session_name}@@{tag}"
+        if not sub.no_ack:
+            sub.unacked[tag] = (entry, message_id)
+            self.ack_ids[message_id] = (sub, tag)
+        msg = entry.message
+        version = self.version
+        fixed = [
+            ("subscription", sub.id),
+            ("destination", format_destination(msg.exchange, msg.routing_key)),
+            ("message-id", message_id),
+            ("redelivered", "true" if entry.redelivered else "false"),
+        ]
+        if version is Version.V1_2 and not sub.no_ack:
+            fixed.append(("ack", message_id))
+        key = "stomp-" + version.value
+        block: bytes | None = msg.cache.get(key)
+        if block is None:
+            block = msg.cache[key] = encode_headers(message_headers(msg), version)
+        body = msg.body
+        self._emit(b"".join((b"MESSAGE\n", encode_headers(fixed, version), block,
+                             b"content-length:%d\n\n" % len(body), body, b"\x00")))
+
+    def settle(self, ack_id: str, *, ack: bool, requeue: bool, command: str) -> None:
+        found = self.ack_ids.get(ack_id)
+        if found is None:
+            raise StompError(f"Bad {command}",
+                             f"Message with id '{ack_id}' is not waiting for an {command} on "
+                             "this connection (unknown, already acknowledged, or its "
+                             "subscription is auto-acknowledged).")
+        sub, tag = found
+        now = self.clock()
+        requeued: list[Entry] = []
+        for entry, mid in sub.take(tag):
+            self.ack_ids.pop(mid, None)
+            if ack:
+                entry.queue.ack(entry)
+            elif requeue:
+                requeued.append(entry)
+            else:
+                entry.queue.reject(entry, now)
+        if requeued:
+            requeued[0].queue.requeue(requeued, now)
+        sub.queue.dispatch(now)
+
+    def kick(self) -> None:
+        """Credit came back: let the queues of started subscriptions deliver again."""
+        now = self.clock()
+        for q in {sub.queue for sub in self.subscriptions.values() if sub.started}:
+            q.dispatch(now)
+
+    def subscription_cancelled(self, sub: Subscription) -> None:
+        """The queue of a subscription was deleted under it."""
+        if self.subscriptions.get(sub.id) is sub:
+            del self.subscriptions[sub.id]
+            for _, mid in sub.unacked.values():
+                self.ack_ids.pop(mid, None)
+            sub.unacked.clear()
+
+    def end_subscription(self, sub: Subscription, now: float) -> None:
+        """UNSUBSCRIBE or disconnect: stop consuming, then requeue what was not acked."""
+        self.subscriptions.pop(sub.id, None)
+        queue = sub.queue
+        entries = [entry for entry, _ in sub.unacked.values()]
+        for _, mid in sub.unacked.values():
+            self.ack_ids.pop(mid, None)
+        sub.unacked.clear()
+        if not queue.deleted:
+            queue.vhost.cancel(queue, sub, now)
+        if entries:
+            queue.requeue(entries, now)
+
+    def start_subscription(self, sub: Subscription) -> None:
+        sub.started = True
+        sub.queue.dispatch(self.clock())
+
+    def temp_queue(self, name: str) -> Queue:
+        """The private reply queue of `/temp-queue/<name>` (RabbitMQ: an exclusive
+        auto-delete `amq.gen-*` queue read by an internal auto-ack subscription whose id is
+        the destination)."""
+        queue = self.temp_queues.get(name)
+        if queue is not None and not queue.deleted:
+            return queue
+        vh = self.vhost
+        assert vh is not None and self.user is not None
+        now = self.clock()
+        queue = vh.declare_queue("", exclusive=True, auto_delete=True, owner=self, now=now)
+        if not self.auth.allowed(self.user, vh.name, "configure", queue.name):
+            vh.remove_queue(queue)
+            self.auth.check(self.user, vh.name, "configure", queue.name)
+        self.temp_queues[name] = queue
+        sub_id = f"/temp-queue/{name}"
+        sub = Subscription(self, sub_id, queue, sub_id, AckMode.AUTO)
+        old = self.subscriptions.get(sub_id)
+        if old is not None:
+            self.end_subscription(old, now)
+        self.subscriptions[sub_id] = sub
+        sub.started = True
+        vh.consume(queue, sub, exclusive=False, now=now)
+        return queue
