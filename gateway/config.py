@@ -42,6 +42,7 @@ __all__ = [
     "AuthConfig",
     "Config",
     "ConfigError",
+    "DefinitionsConfig",
     "KEEP",
     "Keep",
     "Limits",
@@ -65,7 +66,7 @@ _AMQP_LONG_MAX: Final = 0xFFFFFFFF
 _AMQP_SHORT_MAX: Final = 0xFFFF
 _MAX_MESSAGE_SIZE: Final = 512 * 1024 * 1024  # RabbitMQ's hard ceiling as well
 _USER_TABLES: Final = ("users", "vhosts", "permissions")
-_SECTIONS: Final = ("listeners", "store", "amqp", "stomp", "limits", "auth")
+_SECTIONS: Final = ("listeners", "store", "definitions", "amqp", "stomp", "limits", "auth")
 
 
 class ConfigError(Exception):
@@ -109,6 +110,14 @@ class Listeners:
 class StoreConfig:
     data_dir: Path
     fsync: bool
+    # bytes of message bodies held in memory, over all queues, past which queues keep the
+    # bodies of newly arriving messages on disk only (paging)
+    paging_threshold: int = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DefinitionsConfig:
+    file: Path | None = None  # a RabbitMQ definitions JSON file imported at every start
 
 
 @dataclass(frozen=True)
@@ -166,6 +175,7 @@ class Config:
     stomp: StompConfig
     limits: Limits
     auth: AuthConfig
+    definitions: DefinitionsConfig = DefinitionsConfig()
 
 
 # --------------------------------------------------------------------------- public API
@@ -401,8 +411,15 @@ def _build(document: _Doc, source: str) -> Config:
     store = StoreConfig(
         data_dir=Path(store_t.string("data_dir")).expanduser(),
         fsync=store_t.boolean("fsync"),
+        paging_threshold=store_t.integer("paging_threshold", 0, 2**50),
     )
     store_t.done()
+
+    definitions_t = root.table("definitions")
+    definitions_file = definitions_t.string("file", allow_empty=True)
+    definitions = DefinitionsConfig(
+        file=Path(definitions_file).expanduser() if definitions_file.strip() else None)
+    definitions_t.done()
 
     amqp_t = root.table("amqp")
     amqp = AMQPConfig(
@@ -433,7 +450,8 @@ def _build(document: _Doc, source: str) -> Config:
     auth = _build_auth(root)
     root.done()
     return Config(listeners=listeners, store=store, amqp=amqp, stomp=stomp, limits=limits,
-                  auth=auth)
+                  auth=auth,
+                  definitions=definitions)
 
 
 def _build_auth(root: _Table) -> AuthConfig:

@@ -7,9 +7,9 @@ Sessions reach the model through `Broker.vhost(name)`; the server drives time th
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from gateway.core.errors import NotAllowed
+from gateway.core.errors import NotAllowed, NotFound
 from gateway.core.exchange import Exchange
 from gateway.core.message import Message, Properties
 from gateway.core.queue import Queue
@@ -18,6 +18,7 @@ from gateway.store.base import (
     BindingRecord,
     ExchangeRecord,
     MessageRecord,
+    PolicyRecord,
     QueueRecord,
     Recovered,
     Store,
@@ -30,6 +31,12 @@ class Broker:
         self._ids = itertools.count(1)
         self.meter = Meter()
         self.vhosts: dict[str, VirtualHost] = {}
+        # called with the vhost's name after it was deleted; the server closes the
+        # connections that were open on it
+        self.on_vhost_deleted: list[Callable[[str], None]] = []
+        # add what else the store must keep across a compaction (users, vhosts and
+        # permissions from the auth service) to a snapshot
+        self.snapshot_hooks: list[Callable[[Recovered], None]] = []
         for name in vhosts:
             self.add_vhost(name)
 
@@ -42,6 +49,22 @@ class Broker:
             vh = self.vhosts[name] = VirtualHost(name, self.store, self.next_message_id,
                                                  self.meter)
         return vh
+
+    def delete_vhost(self, name: str) -> None:
+        """Delete a vhost and everything in it: its queues (their consumers are cancelled,
+        their messages dropped), exchanges, bindings and policies."""
+        vh = self.vhosts.pop(name, None)
+        if vh is None:
+            raise NotFound(f"NOT_FOUND - vhost '{name}' not found")
+        for q in list(vh.queues.values()):
+            vh.remove_queue(q)
+        for x in vh.exchanges.values():
+            x.deleted = True
+        vh.exchanges.clear()
+        vh.policies.clear()
+        self.store.delete_vhost(name)  # drops the vhost's durable records on replay
+        for hook in list(self.on_vhost_deleted):
+            hook(name)
 
     def vhost(self, name: str) -> VirtualHost:
         vh = self.vhosts.get(name)
@@ -58,14 +81,24 @@ class Broker:
     def recover(self, now: float) -> int:
         """Rebuild durable exchanges, queues, bindings and messages from the store.
         Returns the number of messages restored."""
-        state = self.store.recover()
+        return self.restore(self.store.recover(), now)
+
+    def restore(self, state: Recovered, now: float) -> int:
+        """Rebuild from a state the store has read back (see `recover`)."""
         self._ids = itertools.count(state.max_message_id + 1)
+        for pol in state.policies:
+            self.add_vhost(pol.vhost).set_policy(pol.name, pol.pattern, pol.definition,
+                                                 pol.priority, pol.apply_to, now=now,
+                                                 persist=False)
         for x in state.exchanges:
             vh = self.add_vhost(x.vhost)
             if x.name not in vh.exchanges:
                 vh.exchanges[x.name] = Exchange(
                     x.name, x.type, durable=True, auto_delete=x.auto_delete,
                     internal=x.internal, arguments=x.arguments, vhost_name=x.vhost)
+        for vh in self.vhosts.values():
+            if vh.policies:
+                vh.reapply_policies(now)
         for q in state.queues:
             vh = self.add_vhost(q.vhost)
             if q.name not in vh.queues:
@@ -105,6 +138,9 @@ class Broker:
         and every persisted message still in a durable queue (ready or unacked)."""
         state = Recovered()
         for vh in self.vhosts.values():
+            for pol in vh.policies.values():
+                state.policies.append(PolicyRecord(vh.name, pol.name, pol.pattern,
+                                                   pol.definition, pol.priority, pol.apply_to))
             for x in vh.exchanges.values():
                 if x.durable and x.name and not _predeclared(x):
                     state.exchanges.append(ExchangeRecord(
@@ -125,6 +161,8 @@ class Broker:
                     state.bindings.append(BindingRecord(
                         vh.name, b.source.name, isinstance(dest, Queue), dest.name,
                         b.routing_key, b.arguments))
+        for hook in self.snapshot_hooks:
+            hook(state)
         return state
 
 

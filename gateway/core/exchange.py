@@ -15,6 +15,7 @@ from gateway.core.errors import PreconditionFailed
 from gateway.core.topic import TopicTrie
 
 if TYPE_CHECKING:
+    from gateway.core.policy import Policy
     from gateway.core.queue import Queue
 
     Destination: TypeAlias = "Queue | Exchange"
@@ -49,7 +50,7 @@ class Binding:
 class Exchange:
     __slots__ = (
         "name", "type", "durable", "auto_delete", "internal", "arguments", "vhost_name",
-        "bindings", "_direct", "_fanout", "_topic", "_headers", "deleted",
+        "bindings", "_direct", "_fanout", "_topic", "_headers", "deleted", "policy",
     )
 
     def __init__(
@@ -78,6 +79,7 @@ class Exchange:
         self._topic: TopicTrie[Destination] = TopicTrie()
         self._headers: list[Binding] = []
         self.deleted = False
+        self.policy: Policy | None = None  # set by the vhost
 
     def __repr__(self) -> str:
         return f"Exchange({self.name!r}, {self.type!r})"
@@ -85,6 +87,8 @@ class Exchange:
     @property
     def alternate_exchange(self) -> str | None:
         ae = self.arguments.get("alternate-exchange")
+        if ae is None and self.policy is not None:
+            ae = self.policy.definition.get("alternate-exchange")  # arguments win
         return ae if isinstance(ae, str) else None
 
     def equivalent(

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.core.consumer import Consumer
 from gateway.core.errors import PreconditionFailed
 from gateway.core.message import Message
+from gateway.core.policy import Policy, queue_arguments, select
 
 if TYPE_CHECKING:
     from gateway.core.vhost import VirtualHost
@@ -113,7 +114,12 @@ class Queue:
         self.exclusive_owner = exclusive_owner
         self.auto_delete = auto_delete
         self.arguments = dict(arguments or {})
+        self.policy: Policy | None = None
         self.args = QueueArgs(self.arguments)
+        if vhost.policies:
+            self.policy = select(vhost.policies, "queues", name)
+            if self.policy is not None:
+                self.args = QueueArgs(self.effective_arguments())
         self.hidden = hidden
         levels = (self.args.max_priority or 0) + 1
         self._ready: list[deque[Entry]] = [deque() for _ in range(levels)]
@@ -152,6 +158,37 @@ class Queue:
     @property
     def has_ttl(self) -> bool:
         return self.args.message_ttl is not None
+
+    # -- policies --------------------------------------------------------------------------
+
+    def effective_arguments(self) -> dict[str, Any]:
+        """The policy's keys as `x-` arguments, under the queue's own arguments (which win,
+        as in RabbitMQ)."""
+        if self.policy is None:
+            return self.arguments
+        merged = queue_arguments(self.policy.definition)
+        merged.update(self.arguments)
+        if "x-dead-letter-routing-key" in merged and "x-dead-letter-exchange" not in merged:
+            del merged["x-dead-letter-routing-key"]  # a policy's DLRK without any DLX
+        return merged
+
+    def apply_policy(self, policy: Policy | None, now: float) -> None:
+        """Switch to another policy (or none): new limits apply at once (heads over a new
+        max-length are dropped, as RabbitMQ does); TTLs apply to messages enqueued from now."""
+        if policy is self.policy:
+            return
+        self.policy = policy
+        self.args = QueueArgs(self.effective_arguments())
+        args = self.args
+        if args.max_length is not None or args.max_length_bytes is not None:
+            while self._ready_count and (
+                (args.max_length is not None and self._ready_count > args.max_length)
+                or (args.max_length_bytes is not None
+                    and self.ready_bytes > args.max_length_bytes)):
+                head = self._pop_head()
+                assert head is not None
+                self._release(head)
+                self.vhost.dead_letter(head, "maxlen", now)
 
     # -- enqueue ---------------------------------------------------------------------------
 

@@ -23,7 +23,9 @@ from gateway.core.errors import (
 )
 from gateway.core.exchange import EXCHANGE_TYPES, Binding, Exchange, _freeze
 from gateway.core.message import Message
+from gateway.core.policy import Policy, select
 from gateway.core.queue import Entry, Queue
+from gateway.store.base import PolicyRecord
 
 if TYPE_CHECKING:
     from gateway.core.consumer import Consumer
@@ -95,6 +97,7 @@ class VirtualHost:
         self.next_message_id = next_message_id
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
+        self.policies: dict[str, Policy] = {}
         self._default = Exchange("", "direct", durable=True, vhost_name=name)
         self.exchanges[""] = self._default
         for xname, xtype in PREDECLARED:
@@ -185,6 +188,8 @@ class VirtualHost:
                                 "prefix 'amq.*'")
         ex = Exchange(name, type, durable=durable, auto_delete=auto_delete, internal=internal,
                       arguments=args, vhost_name=self.name)
+        if self.policies:
+            ex.policy = select(self.policies, "exchanges", name)
         self.exchanges[name] = ex
         if durable:
             self.store.put_exchange(self.name, ex)
@@ -515,6 +520,34 @@ class VirtualHost:
             if _is_cycle(target.name, deaths):
                 continue
             target.enqueue(msg, now)
+
+    # -- policies --------------------------------------------------------------------------
+
+    def set_policy(self, name: str, pattern: str, definition: dict[str, Any],
+                   priority: int = 0, apply_to: str = "queues", *, now: float = 0.0,
+                   persist: bool = True) -> Policy:
+        """Create or replace a policy; it applies to existing and future queues/exchanges at
+        once. Raises `PreconditionFailed` for an invalid pattern or definition."""
+        policy = Policy.make(name, pattern, definition, priority, apply_to)
+        self.policies[name] = policy
+        if persist:
+            self.store.put_policy(PolicyRecord(self.name, name, pattern, dict(definition),
+                                               priority, apply_to))
+        self.reapply_policies(now)
+        return policy
+
+    def clear_policy(self, name: str, *, now: float = 0.0) -> None:
+        if name not in self.policies:
+            raise NotFound(f"NOT_FOUND - no policy '{name}' {self._where()}")
+        del self.policies[name]
+        self.store.delete_policy(self.name, name)
+        self.reapply_policies(now)
+
+    def reapply_policies(self, now: float = 0.0) -> None:
+        for x in self.exchanges.values():
+            x.policy = select(self.policies, "exchanges", x.name) if x.name else None
+        for q in list(self.queues.values()):
+            q.apply_policy(select(self.policies, "queues", q.name), now)
 
     # -- housekeeping ----------------------------------------------------------------------
 

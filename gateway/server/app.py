@@ -75,7 +75,9 @@ class Server:
         data_dir = config.store.data_dir
         self.store: Store = DiskStore(data_dir, fsync=config.store.fsync)
         self.auth = AuthService(config.auth)
-        self.broker = Broker(self.store, config.auth.vhosts)
+        self.broker = Broker(self.store, ())
+        self.auth.attach(self.store, self.broker)
+        self.broker.on_vhost_deleted.append(self._vhost_deleted)
         self.sessions: set[Any] = set()
         self.connections: set[Connection] = set()
         self.durability = Durability(self.store, self.broker, self.sessions)
@@ -87,7 +89,10 @@ class Server:
 
     async def serve(self, *, task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED
                     ) -> None:
-        restored = self.broker.recover(self.clock())
+        state = self.store.recover()
+        self.auth.restore(state)
+        restored = self.broker.restore(state, self.clock())
+        self._load_definitions()
         if restored:
             log.info("recovered %d persistent messages", restored)
         async with trio.open_nursery() as outer:
@@ -106,6 +111,28 @@ class Server:
             await self._wait_store()
             outer.cancel_scope.cancel()
         self.store.close()
+
+    def _load_definitions(self) -> None:
+        path = self.config.definitions.file
+        if path is None:
+            return
+        from gateway.definitions import load_definitions_file
+
+        load_definitions_file(self.broker, self.auth, path, now=self.clock())
+        log.info("loaded definitions from %s", path)
+
+    def _vhost_deleted(self, name: str) -> None:
+        """Close every connection that was open on a vhost just deleted."""
+        for session in list(self.sessions):
+            vh = getattr(session, "vhost", None)
+            if vh is not None and getattr(vh, "name", None) == name:
+                # a session may say so in its own words; otherwise it closes as at shutdown
+                closer = getattr(session, "vhost_deleted", None)
+                if closer is not None:
+                    closer(name)
+                else:
+                    session.shutdown()
+                session.wake()
 
     async def _wait_store(self) -> None:
         while self.store.appended != self.store.durable:

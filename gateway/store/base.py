@@ -89,9 +89,42 @@ class MessageRecord:
 
 
 @dataclass
+class UserRecord:
+    name: str
+    password_hash: str
+    tags: list[str]
+
+
+@dataclass
+class PermissionRecord:
+    user: str
+    vhost: str
+    configure: str
+    write: str
+    read: str
+
+
+@dataclass
+class PolicyRecord:
+    vhost: str
+    name: str
+    pattern: str
+    definition: dict[str, Any]
+    priority: int
+    apply_to: str
+
+
+@dataclass
 class Recovered:
     """Durable state read back at start, in the order it was created."""
 
+    # `seeded`: users, vhosts and permissions were written once (from the config, on the
+    # first start); from then on the store, not the config file, is their source of truth
+    seeded: bool = False
+    users: list[UserRecord] = field(default_factory=list)
+    vhosts: list[str] = field(default_factory=list)
+    permissions: list[PermissionRecord] = field(default_factory=list)
+    policies: list[PolicyRecord] = field(default_factory=list)
     exchanges: list[ExchangeRecord] = field(default_factory=list)
     queues: list[QueueRecord] = field(default_factory=list)
     bindings: list[BindingRecord] = field(default_factory=list)
@@ -113,6 +146,18 @@ class Store(Protocol):
     def delete_binding(self, vhost: str, binding: Any) -> None: ...
     def enqueue(self, vhost: str, queue: str, seq: int, message: StoredMessage) -> None: ...
     def ack(self, vhost: str, queue: str, seq: int) -> None: ...
+    def put_user(self, user: UserRecord) -> None: ...
+    def delete_user(self, name: str) -> None: ...
+    def put_vhost(self, name: str) -> None: ...
+    def delete_vhost(self, name: str) -> None: ...
+    def put_permission(self, perm: PermissionRecord) -> None: ...
+    def delete_permission(self, user: str, vhost: str) -> None: ...
+    def put_policy(self, policy: PolicyRecord) -> None: ...
+    def delete_policy(self, vhost: str, name: str) -> None: ...
+    def mark_seeded(self) -> None: ...
+    def spill_write(self, data: bytes) -> Any: ...
+    def spill_read(self, ref: Any) -> bytes: ...
+    def spill_free(self, ref: Any) -> None: ...
 
     def recover(self) -> Recovered: ...
     def take_batch(self) -> Any: ...
@@ -127,6 +172,8 @@ class MemoryStore:
     def __init__(self) -> None:
         self.appended = 0
         self.durable = 0
+        self._pages: dict[int, bytes] = {}
+        self._next_page = 0
 
     def _note(self) -> None:
         self.appended += 1
@@ -155,6 +202,46 @@ class MemoryStore:
 
     def ack(self, vhost: str, queue: str, seq: int) -> None:
         self._note()
+
+    def put_user(self, user: UserRecord) -> None:
+        self._note()
+
+    def delete_user(self, name: str) -> None:
+        self._note()
+
+    def put_vhost(self, name: str) -> None:
+        self._note()
+
+    def delete_vhost(self, name: str) -> None:
+        self._note()
+
+    def put_permission(self, perm: PermissionRecord) -> None:
+        self._note()
+
+    def delete_permission(self, user: str, vhost: str) -> None:
+        self._note()
+
+    def put_policy(self, policy: PolicyRecord) -> None:
+        self._note()
+
+    def delete_policy(self, vhost: str, name: str) -> None:
+        self._note()
+
+    def mark_seeded(self) -> None:
+        self._note()
+
+    # Paging: a MemoryStore has no disk, so a "spilled" page stays in memory here (the
+    # core's paging logic is the same either way; see `gateway.store.spill`).
+    def spill_write(self, data: bytes) -> Any:
+        self._next_page += 1
+        self._pages[self._next_page] = data
+        return self._next_page
+
+    def spill_read(self, ref: Any) -> bytes:
+        return self._pages[ref]
+
+    def spill_free(self, ref: Any) -> None:
+        self._pages.pop(ref, None)
 
     def recover(self) -> Recovered:
         return Recovered()

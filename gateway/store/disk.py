@@ -35,11 +35,15 @@ from gateway.store.base import (
     BindingRecord,
     ExchangeRecord,
     MessageRecord,
+    PermissionRecord,
+    PolicyRecord,
     QueueRecord,
     Recovered,
     StoredMessage,
+    UserRecord,
 )
 from gateway.store.serial import DecodeError, decode, encode
+from gateway.store.spill import PageFile
 
 log = logging.getLogger("gateway.store")
 
@@ -56,6 +60,15 @@ DEL_BINDING = 6
 MESSAGE = 7
 ENQUEUE = 8
 ACK = 9
+PUT_USER = 10
+DEL_USER = 11
+PUT_VHOST = 12
+DEL_VHOST = 13  # drops the vhost and everything in it: permissions, policies, topology
+PUT_PERMISSION = 14
+DEL_PERMISSION = 15
+PUT_POLICY = 16
+DEL_POLICY = 17
+SEEDED = 18  # users/vhosts/permissions have been written once; the config no longer seeds
 
 
 def _frame(kind: int, payload: tuple[Any, ...]) -> bytes:
@@ -104,6 +117,7 @@ class DiskStore:
         self._file: BinaryIO | None = None
         self._size = 0
         self._base_size = 0
+        self._pages: PageFile | None = None
 
     # -- recovery --------------------------------------------------------------------------
 
@@ -118,9 +132,22 @@ class DiskStore:
                         len(data) - valid)
         state = _replay(records)
         self._write_file(self._snapshot_frames(state))
+        if self._pages is None:
+            self._pages = PageFile(self.data_dir)
         return state
 
     def _snapshot_frames(self, state: Recovered) -> Iterator[bytes]:
+        if state.seeded:
+            yield _frame(SEEDED, ())
+        for u in state.users:
+            yield _frame(PUT_USER, (u.name, u.password_hash, list(u.tags)))
+        for v in state.vhosts:
+            yield _frame(PUT_VHOST, (v,))
+        for p in state.permissions:
+            yield _frame(PUT_PERMISSION, (p.user, p.vhost, p.configure, p.write, p.read))
+        for pol in state.policies:
+            yield _frame(PUT_POLICY, (pol.vhost, pol.name, pol.pattern, pol.definition,
+                                      pol.priority, pol.apply_to))
         for x in state.exchanges:
             yield _frame(PUT_EXCHANGE, (x.vhost, x.name, x.type, x.auto_delete, x.internal,
                                         x.arguments))
@@ -207,6 +234,56 @@ class DiskStore:
     def ack(self, vhost: str, queue: str, seq: int) -> None:
         self._append(_frame(ACK, (vhost, queue, seq)))
 
+    def put_user(self, user: UserRecord) -> None:
+        self._append(_frame(PUT_USER, (user.name, user.password_hash, list(user.tags))))
+
+    def delete_user(self, name: str) -> None:
+        self._append(_frame(DEL_USER, (name,)))
+
+    def put_vhost(self, name: str) -> None:
+        self._append(_frame(PUT_VHOST, (name,)))
+
+    def delete_vhost(self, name: str) -> None:
+        self._append(_frame(DEL_VHOST, (name,)))
+
+    def put_permission(self, perm: PermissionRecord) -> None:
+        self._append(_frame(PUT_PERMISSION, (perm.user, perm.vhost, perm.configure,
+                                             perm.write, perm.read)))
+
+    def delete_permission(self, user: str, vhost: str) -> None:
+        self._append(_frame(DEL_PERMISSION, (user, vhost)))
+
+    def put_policy(self, policy: PolicyRecord) -> None:
+        self._append(_frame(PUT_POLICY, (policy.vhost, policy.name, policy.pattern,
+                                         policy.definition, policy.priority, policy.apply_to)))
+
+    def delete_policy(self, vhost: str, name: str) -> None:
+        self._append(_frame(DEL_POLICY, (vhost, name)))
+
+    def mark_seeded(self) -> None:
+        self._append(_frame(SEEDED, ()))
+
+    # -- paging (event loop; see gateway.store.spill) ---------------------------------------
+
+    def _page_file(self) -> PageFile:
+        if self._pages is None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self._pages = PageFile(self.data_dir)
+        return self._pages
+
+    def spill_write(self, data: bytes) -> Any:
+        return self._page_file().write(data)
+
+    def spill_read(self, ref: Any) -> bytes:
+        return self._page_file().read(ref)
+
+    def spill_free(self, ref: Any) -> None:
+        self._page_file().free(ref)
+
+    @property
+    def paged_bytes(self) -> int:
+        return self._pages.live_bytes if self._pages is not None else 0
+
     # -- group commit ----------------------------------------------------------------------
 
     def take_batch(self) -> Batch | None:
@@ -241,6 +318,9 @@ class DiskStore:
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._pages is not None:
+            self._pages.close()
+            self._pages = None
 
 
 def _binding_tuple(vhost: str, b: Any) -> tuple[Any, ...]:
@@ -254,8 +334,22 @@ def _replay(records: list[tuple[int, Any]]) -> Recovered:
     bindings: dict[tuple[Any, ...], BindingRecord] = {}
     messages: dict[int, MessageRecord] = {}
     entries: dict[tuple[str, str], dict[int, int]] = {}
+    users: dict[str, UserRecord] = {}
+    vhosts: dict[str, None] = {}
+    perms: dict[tuple[str, str], PermissionRecord] = {}
+    policies: dict[tuple[str, str], PolicyRecord] = {}
+    seeded = False
     max_id = 0
     for kind, p in records:
+        if kind >= PUT_USER:
+            seeded = _replay_auth(kind, p, users, vhosts, perms, policies) or seeded
+            if kind == DEL_VHOST:
+                for d in (exchanges, queues, entries):
+                    for key in [k for k in d if k[0] == p[0]]:
+                        del d[key]
+                for bkey in [k for k, b in bindings.items() if b.vhost == p[0]]:
+                    del bindings[bkey]
+            continue
         if kind == PUT_EXCHANGE:
             exchanges[(p[0], p[1])] = ExchangeRecord(p[0], p[1], p[2], p[3], p[4], p[5])
         elif kind == DEL_EXCHANGE:
@@ -284,7 +378,11 @@ def _replay(records: list[tuple[int, Any]]) -> Recovered:
             q = entries.get((p[0], p[1]))
             if q is not None:
                 q.pop(p[2], None)
-    state = Recovered(max_message_id=max_id)
+    state = Recovered(max_message_id=max_id, seeded=seeded)
+    state.users = list(users.values())
+    state.vhosts = list(vhosts)
+    state.permissions = list(perms.values())
+    state.policies = list(policies.values())
     state.exchanges = list(exchanges.values())
     state.queues = list(queues.values())
     live_x = {(x.vhost, x.name) for x in state.exchanges}
@@ -300,3 +398,34 @@ def _replay(records: list[tuple[int, Any]]) -> Recovered:
         state.messages[key] = [(seq, messages[mid]) for seq, mid in sorted(seqs.items())
                                if mid in messages]
     return state
+
+
+def _replay_auth(kind: int, p: Any, users: dict[str, UserRecord], vhosts: dict[str, None],
+                 perms: dict[tuple[str, str], PermissionRecord],
+                 policies: dict[tuple[str, str], PolicyRecord]) -> bool:
+    """Apply one user/vhost/permission/policy record; True for the SEEDED marker."""
+    if kind == SEEDED:
+        return True
+    if kind == PUT_USER:
+        users[p[0]] = UserRecord(p[0], p[1], list(p[2]))
+    elif kind == DEL_USER:
+        users.pop(p[0], None)
+        for key in [k for k in perms if k[0] == p[0]]:
+            del perms[key]
+    elif kind == PUT_VHOST:
+        vhosts[p[0]] = None
+    elif kind == DEL_VHOST:
+        vhosts.pop(p[0], None)
+        for key in [k for k in perms if k[1] == p[0]]:
+            del perms[key]
+        for key in [k for k in policies if k[0] == p[0]]:
+            del policies[key]
+    elif kind == PUT_PERMISSION:
+        perms[(p[0], p[1])] = PermissionRecord(p[0], p[1], p[2], p[3], p[4])
+    elif kind == DEL_PERMISSION:
+        perms.pop((p[0], p[1]), None)
+    elif kind == PUT_POLICY:
+        policies[(p[0], p[1])] = PolicyRecord(p[0], p[1], p[2], p[3], p[4], p[5])
+    elif kind == DEL_POLICY:
+        policies.pop((p[0], p[1]), None)
+    return False
