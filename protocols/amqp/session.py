@@ -82,6 +82,8 @@ def reply_text(err: BrokerError) -> str:
 
 
 class AMQPSession:
+    protocol_name = "AMQP 0-9-1"  # as the management API lists connections
+
     def __init__(
         self,
         broker: Broker,
@@ -182,7 +184,7 @@ class AMQPSession:
         codec = self.codec
         codec.receive_data(data)
         next_event = codec.next_event
-        while self.state is not State.CLOSED:
+        while not self.closed:
             try:
                 event = next_event()
             except BadProtocolHeader:
