@@ -122,6 +122,15 @@ def pika_consume(args) -> dict:
     }
 
 
+def _pika_properties(args):
+    """delivery_mode 2 with --persistent, else none (pika's default properties)."""
+    if not getattr(args, "persistent", False):
+        return None
+    import pika
+
+    return pika.BasicProperties(delivery_mode=2)
+
+
 def pika_publish(args) -> dict:
     if args.confirm and args.confirm_batch > 1:
         return pika_publish_confirm_batches(args)
@@ -136,10 +145,11 @@ def pika_publish(args) -> dict:
     clock = time.monotonic
     deadline = clock() + args.timeout
     sent = 0
+    props = _pika_properties(args)
     cpu0 = time.process_time()
     t0 = clock()
     while sent < n:
-        publish("", queue, body)
+        publish("", queue, body, properties=props)
         sent += 1
         if not sent & 255 and clock() > deadline:
             break
@@ -170,6 +180,7 @@ def pika_publish_confirm_batches(args) -> dict:
     n = args.messages
     batch = args.confirm_batch
     body = b"x" * args.size
+    props = _pika_properties(args)
     queue = args.queue
     clock = time.monotonic
     deadline = clock() + args.timeout
@@ -198,7 +209,7 @@ def pika_publish_confirm_batches(args) -> dict:
             return
         k = min(batch, n - st["sent"])
         for _ in range(k):
-            ch.basic_publish("", queue, body)
+            ch.basic_publish("", queue, body, properties=props)
         st["sent"] += k
 
     def on_confirm(conn, ch, frame):
@@ -453,7 +464,8 @@ def raw_publish(args) -> dict:
     payload = b"x" * args.size
     one = (
         c._frame.marshal(commands.Basic.Publish(exchange="", routing_key=args.queue), 1)
-        + c._frame.marshal(header.ContentHeader(0, len(payload), commands.Basic.Properties()), 1)
+        + c._frame.marshal(header.ContentHeader(0, len(payload), commands.Basic.Properties(
+            delivery_mode=2 if args.persistent else None)), 1)
         + (c._frame.marshal(body.ContentBody(payload), 1) if payload else b"")
     )
     n = args.messages
@@ -550,6 +562,7 @@ def main(argv=None) -> int:
     p.add_argument("--prefetch", type=int, default=100)
     p.add_argument("--confirm", action="store_true")
     p.add_argument("--confirm-batch", type=int, default=100)
+    p.add_argument("--persistent", action="store_true", help="publish with delivery_mode 2")
     p.add_argument("--timeout", type=float, default=120.0)
     args = p.parse_args(argv)
     fn = {

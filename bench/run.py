@@ -52,6 +52,14 @@ SCENARIOS = {
         "confirm": True,
         "what": "publisher confirms, batches of {batch}; consumer auto-ack",
     },
+    # not in the default --scenario list: run with --scenario persistent
+    "persistent": {
+        "ack": "auto",
+        "confirm": True,
+        "persistent": True,
+        "what": "persistent messages (delivery_mode 2) to a durable queue (RabbitMQ: classic), "
+        "publisher confirms, batches of {batch}; consumer auto-ack",
+    },
 }
 CLIENT_NAMES = {
     "pika": "pika {pika} BlockingConnection (publisher and consumer; the batched-confirms "
@@ -117,6 +125,8 @@ def spawn_client(role: str, broker, qname: str, args, scen: dict, client: str, n
     ]  # fmt: skip
     if scen["confirm"] and role == "publish":
         cmd.append("--confirm")
+    if scen.get("persistent") and role == "publish":
+        cmd.append("--persistent")
     proc = subprocess.Popen(
         cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -175,7 +185,8 @@ def run_once(broker, scenario: str, client: str, n: int, args, tag: str) -> dict
     res: dict = {"broker": broker.name, "scenario": scenario, "client": client, "messages": n}
     procs = []
     try:
-        admin(broker, lambda ch: ch.queue_declare(qname, durable=False, auto_delete=False))
+        durable = bool(scen.get("persistent"))
+        admin(broker, lambda ch: ch.queue_declare(qname, durable=durable, auto_delete=False))
         # whole-window accounting: machine, this runner and its clients, the broker
         m0, s0, w0, own0, b0 = *machine_cpu(), time.monotonic(), own_cpu(), broker.cpu_seconds()
         consumer, c_out, c_err = spawn_client("consume", broker, qname, args, scen, client, n)
@@ -376,10 +387,13 @@ def fmt_pct(x) -> str:
 def print_report(rows, args, broker_info, start_errors, out=sys.stdout) -> None:
     f = args.facts
     w = out.write
+    persistent = [s for s in args.scenarios if SCENARIOS[s].get("persistent")]
+    kind = "persistent" if len(persistent) == len(args.scenarios) else (
+        "transient and persistent" if persistent else "transient")
     w("\n")
     w(
         f"gateway benchmark: 1 publisher -> 1 queue -> 1 consumer, {args.messages:,} x "
-        f"{args.size}-byte transient messages, median of {args.runs} run(s)\n"
+        f"{args.size}-byte {kind} messages, median of {args.runs} run(s)\n"
     )
     w(
         f"machine: {f.get('nproc') or f.get('cores')} cores (nproc), {f.get('cpu') or '?'}; "

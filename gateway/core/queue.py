@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.core.consumer import Consumer
 from gateway.core.errors import PreconditionFailed
 from gateway.core.message import Message
+from gateway.core.paging import ReadyLevel
 from gateway.core.policy import Policy, queue_arguments, select
 
 if TYPE_CHECKING:
@@ -122,7 +123,7 @@ class Queue:
                 self.args = QueueArgs(self.effective_arguments())
         self.hidden = hidden
         levels = (self.args.max_priority or 0) + 1
-        self._ready: list[deque[Entry]] = [deque() for _ in range(levels)]
+        self._ready: list[ReadyLevel] = [ReadyLevel(self) for _ in range(levels)]
         self._ready_count = 0
         self.ready_bytes = 0
         self.unacked: dict[int, Entry] = {}
@@ -260,14 +261,15 @@ class Queue:
         return None
 
     def restore(self, seq: int, message: Message, now: float) -> None:
-        """Put back a message recovered from the store (already persisted)."""
+        """Put back a message recovered from the store (already persisted); past the paging
+        threshold it is paged out like a new one."""
         entry = Entry(message, seq, self, self._expiry(message, now), True)
         entry.redelivered = True
         level = min(message.priority, len(self._ready) - 1)
+        self.vhost.meter.held_bytes += len(message.body)
         self._ready[level].append(entry)
         self._ready_count += 1
         self.ready_bytes += len(message.body)
-        self.vhost.meter.held_bytes += len(message.body)
         self._next_seq = max(self._next_seq, seq + 1)
 
     # -- taking messages -------------------------------------------------------------------
@@ -284,7 +286,7 @@ class Queue:
     def _peek_head(self) -> Entry | None:
         for level in reversed(self._ready):
             if level:
-                return level[0]
+                return level.peek()
         return None
 
     def expire(self, now: float) -> int:
@@ -396,12 +398,17 @@ class Queue:
             self.ready_bytes += len(e.message.body)
         self.dispatch(now)
 
-    def purge(self) -> int:
+    def purge(self, settle: bool = True) -> int:
+        """Drop every ready message (`settle`: and ack their store records; not needed when
+        the queue itself is being deleted)."""
         n = self._ready_count
         for level in self._ready:
-            for e in level:
+            for e in level.clear():
+                if not settle:
+                    e.persisted = False
                 self._release(e)
-            level.clear()
+            for seq in level.drop_pages(settle):
+                self.vhost.store.ack(self.vhost.name, self.name, seq)
         self._ready_count = 0
         self.ready_bytes = 0
         return n

@@ -53,12 +53,16 @@ EQUIVALENCE_ARGS = frozenset({
 
 class Meter:
     """What the broker holds, across vhosts: bytes of message bodies in queues (ready or
-    unacked). The server compares it with the memory high-watermark."""
+    unacked) in memory, which the server compares with the memory high-watermark, and bytes
+    of pages on disk. Past `paging_threshold` held bytes, queues page new messages out
+    (`gateway.core.paging`)."""
 
-    __slots__ = ("held_bytes",)
+    __slots__ = ("held_bytes", "paged_bytes", "paging_threshold")
 
-    def __init__(self) -> None:
+    def __init__(self, paging_threshold: int = 2**62) -> None:
         self.held_bytes = 0
+        self.paged_bytes = 0
+        self.paging_threshold = paging_threshold
 
 
 @dataclass(slots=True)
@@ -299,12 +303,10 @@ class VirtualHost:
         q.consumers.clear()
         for c in consumers:
             c.cancelled()
-        for level_entry in list(q.iter_ready()):
-            level_entry.persisted = False
         for e in q.unacked.values():
             e.persisted = False
             self.meter.held_bytes -= len(e.message.body)
-        q.purge()
+        q.purge(settle=False)
         q.unacked.clear()
         if q.durable and q.exclusive_owner is None:
             self.store.delete_queue(self.name, q.name)

@@ -76,6 +76,7 @@ class Server:
         self.store: Store = DiskStore(data_dir, fsync=config.store.fsync)
         self.auth = AuthService(config.auth)
         self.broker = Broker(self.store, ())
+        self.broker.meter.paging_threshold = config.store.paging_threshold
         self.auth.attach(self.store, self.broker)
         self.broker.on_vhost_deleted.append(self._vhost_deleted)
         self.sessions: set[Any] = set()

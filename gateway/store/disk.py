@@ -308,6 +308,10 @@ class DiskStore:
     # -- compaction ------------------------------------------------------------------------
 
     def needs_compaction(self) -> bool:
+        # not while queues are paged out: a snapshot would have to read every page back
+        # into memory; the log is compacted once they drain (or at the next start)
+        if self._pages is not None and self._pages.live_pages:
+            return False
         return self._size > self.compact_min_bytes and self._size > 2 * self._base_size
 
     def compact(self, state: Recovered) -> None:
