@@ -133,6 +133,8 @@ class StompConfig:
     max_headers: int
     max_header_length: int
     heartbeat_min: int
+    allow_anonymous: bool
+    anonymous_user: str
 
 
 @dataclass(frozen=True)
@@ -435,6 +437,8 @@ def _build(document: _Doc, source: str) -> Config:
         max_headers=stomp_t.integer("max_headers", 1, 100_000),
         max_header_length=stomp_t.integer("max_header_length", 64, _MAX_MESSAGE_SIZE),
         heartbeat_min=stomp_t.integer("heartbeat_min", 0, 3_600_000),
+        allow_anonymous=stomp_t.boolean("allow_anonymous"),
+        anonymous_user=stomp_t.string("anonymous_user"),
     )
     stomp_t.done()
 

@@ -213,16 +213,24 @@ class Queue:
         if persisted:
             self.vhost.store.enqueue(self.vhost.name, self.name, seq, message)
         entry = Entry(message, seq, self, self._expiry(message, now), persisted)
+        size = len(message.body)
+        self.vhost.meter.held_bytes += size
+        self.stats_published += 1
+        if not self._ready_count and self.consumers and not self.deleted:
+            # nothing waits ahead of it: hand it straight to a consumer with credit,
+            # never touching the ready list (the common case of a keeping-up consumer)
+            consumer = self._pick_consumer()
+            if consumer is not None:
+                self._hand_over(entry, consumer.no_ack)
+                consumer.deliver(entry)
+                return True
         if len(self._ready) > 1:
             level = min(message.priority, len(self._ready) - 1)
         else:
             level = 0
         self._ready[level].append(entry)
         self._ready_count += 1
-        size = len(message.body)
         self.ready_bytes += size
-        self.vhost.meter.held_bytes += size
-        self.stats_published += 1
         if self.consumers:
             self.dispatch(now, fresh=entry)
         if entry.expires_at is not None and entry.expires_at <= now:

@@ -65,10 +65,16 @@ class Meter:
         self.paging_threshold = paging_threshold
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class PublishResult:
     routed: bool
     rejected: bool  # some queue refused it (x-overflow reject-publish)
+
+
+# the three outcomes, shared: a publish allocates no result object
+UNROUTED = PublishResult(False, False)
+ROUTED = PublishResult(True, False)
+REJECTED = PublishResult(True, True)
 
 
 def _fmt(value: Any) -> str:
@@ -432,14 +438,14 @@ class VirtualHost:
             queues = self.route(exchange, routing_key, headers)
         if not queues:
             self.stats_unroutable += 1
-            return PublishResult(False, False)
+            return UNROUTED
         rejected = False
         for q in queues:
             if not q.enqueue(message, now):
                 rejected = True
                 if q.args.overflow == "reject-publish-dlx":
                     self.dead_letter(Entry(message, -1, q, None, False), "maxlen", now)
-        return PublishResult(True, rejected)
+        return REJECTED if rejected else ROUTED
 
     def _route_sender_selected(self, exchange: Exchange, routing_key: str,
                                message: Message) -> dict[Queue, None]:

@@ -38,7 +38,9 @@ def stomp_session(server: Server, peer: tuple[str, int], wake: Callable[[], None
         server.broker, server.auth, peer=peer, loopback=is_loopback(peer[0]),
         clock=server.clock, wake=wake, max_frame_size=stomp.max_frame_size,
         max_headers=stomp.max_headers, max_header_length=stomp.max_header_length,
-        heartbeat_min=stomp.heartbeat_min, high_water=server.config.limits.connection_buffer)
+        heartbeat_min=stomp.heartbeat_min, high_water=server.config.limits.connection_buffer,
+        anonymous_user=stomp.anonymous_user if stomp.allow_anonymous else None,
+        loopback_users=server.config.auth.loopback_users)
 
 
 SESSION_FACTORIES: dict[str, SessionFactory] = {

@@ -246,6 +246,10 @@ class StompCodec:
     def _header_lines(self) -> bool:
         assert self._command is not None
         escaped = None if self._command in UNESCAPED_COMMANDS else self.version
+        if self._header_block(escaped):
+            return True
+        # the block is not all here: take the complete lines one by one, so the limits
+        # are enforced before the rest arrives
         while True:
             line = self._line(self.max_header_length, "Header too long")
             if line is None:
@@ -276,6 +280,66 @@ class StompCodec:
                 self._headers[name] = value
             if name == "content-length" and self._length is None:
                 self._length = self._content_length(value)
+
+    def _header_block(self, escaped: Version | None) -> bool:
+        """Fast path: when the blank line ending the headers is buffered, decode the whole
+        block at once. False when it is not here yet."""
+        buf = self._buf
+        pos = self._pos
+        end = buf.find(b"\n\n", pos - 1)  # pos - 1 is the command line's LF
+        crlf = buf.find(b"\n\r\n", pos - 1, end if end >= 0 else len(buf))
+        if crlf >= 0:
+            end, skip = crlf, 3
+        elif end >= 0:
+            skip = 2
+        else:
+            return False
+        body_at = end + skip
+        self._check_frame_size(body_at)
+        if end < pos:  # no headers at all
+            self._finish_headers(body_at)
+            return True
+        block = bytes(buf[pos:end])
+        lines = block.split(b"\n")
+        if self._count + len(lines) > self.max_headers:
+            raise StompProtocolError(
+                "Too many headers", f"a frame may have at most {self.max_headers} headers")
+        if len(block) > self.max_header_length and max(map(len, lines)) > \
+                self.max_header_length:
+            raise StompProtocolError("Header too long",
+                                     f"a line over {self.max_header_length} bytes")
+        try:
+            text = block.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise StompProtocolError(
+                "Bad header", f"header is not valid UTF-8 ({exc.reason} at byte "
+                f"{exc.start})") from exc
+        headers = self._headers
+        strip = "\r" in text
+        for line in text.split("\n"):
+            if strip and line.endswith("\r"):
+                line = line[:-1]
+            name, colon, value = line.partition(":")
+            if not colon or not name:
+                raise StompProtocolError(
+                    "Malformed frame", f"header line {line[:64]!r} is not of the form "
+                    "name:value")
+            if escaped is not None and "\\" in line:
+                name = unescape(name, escaped)
+                value = unescape(value, escaped)
+            if name not in headers:  # spec 1.2: the first occurrence wins
+                headers[name] = value
+                if name == "content-length":
+                    self._pos = body_at
+                    self._length = self._content_length(value)
+        self._count += len(lines)
+        self._finish_headers(body_at)
+        return True
+
+    def _finish_headers(self, body_at: int) -> None:
+        self._pos = body_at
+        self._body_at = body_at
+        self._state = _State.BODY
 
     def _content_length(self, value: str) -> int:
         text = value.strip()

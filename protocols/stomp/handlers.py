@@ -37,6 +37,7 @@ from protocols.stomp.mapping import (
 from protocols.stomp.subscription import AckMode, Subscription
 
 if TYPE_CHECKING:
+    from gateway.auth.service import User
     from gateway.core.vhost import VirtualHost
     from protocols.stomp.session import StompSession
 
@@ -123,6 +124,23 @@ def _is_ip(text: str) -> bool:
     return True
 
 
+def _login(s: StompSession, login: str | None, passcode: str) -> User:
+    if login is None:
+        # RabbitMQ's `default_user`: a CONNECT without login is the anonymous user, unless
+        # that is switched off; a loopback-only user still needs a loopback peer
+        name = s.anonymous_user
+        user = s.auth.user(name) if name is not None else None
+        if user is None or (user.name in s.loopback_users and not s.loopback):
+            raise StompError("Bad CONNECT", "Access refused: the CONNECT frame has no login "
+                             "header and anonymous login is not allowed.")
+        return user
+    try:
+        return s.auth.authenticate(login, passcode, loopback=s.loopback)
+    except LoginRefused as err:
+        s.close_reason = err.reason
+        raise StompError("Bad CONNECT", f"Access refused for user '{login}'") from err
+
+
 def connect(s: StompSession, frame: Frame) -> After:
     version = _negotiate(frame)
     s.version = version
@@ -131,14 +149,8 @@ def connect(s: StompSession, frame: Frame) -> After:
     login = frame.get("login")
     passcode = frame.get("passcode", "") or ""
     vhost = _vhost_name(s, frame.get("host"))
-    if login is None:
-        raise StompError("Bad CONNECT", "Access refused: the CONNECT frame has no login "
-                         "header.")
-    try:
-        user = s.auth.authenticate(login, passcode, loopback=s.loopback)
-    except LoginRefused as err:
-        s.close_reason = err.reason
-        raise StompError("Bad CONNECT", f"Access refused for user '{login}'") from err
+    user = _login(s, login, passcode)
+    login = user.name
     if not s.auth.vhost_exists(vhost) or vhost not in s.broker.vhosts:
         raise StompError("Bad CONNECT", f"Virtual host '{vhost}' access denied: it does not "
                          "exist.")
@@ -192,7 +204,13 @@ def _publish_target(s: StompSession, dest: Destination, frame: Frame) -> tuple[s
 
 
 def send(s: StompSession, frame: Frame) -> After:
-    dest = parse_destination(_required(frame, "destination"))
+    destination = _required(frame, "destination")
+    target = s.targets.get(destination)
+    if target is None:
+        dest = parse_destination(destination)
+        target = _publish_target(s, dest, frame)
+        if dest.kind is not Kind.TEMP_QUEUE:  # a temp queue may be gone and made anew
+            s.targets[destination] = target
     vh = _vh(s)
     props = properties_from_headers(frame.headers)
     assert s.user is not None
@@ -200,7 +218,7 @@ def send(s: StompSession, frame: Frame) -> After:
     reply_to = props.reply_to
     if reply_to is not None and reply_to.startswith(Kind.TEMP_QUEUE.value):
         props.reply_to = s.temp_queue(parse_destination(reply_to).name).name
-    exchange_name, key = _publish_target(s, dest, frame)
+    exchange_name, key = target
     if exchange_name not in s.write_ok:
         _check(s, "write", "exchange", exchange_name)
         s.write_ok.add(exchange_name)

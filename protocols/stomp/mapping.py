@@ -220,29 +220,41 @@ MESSAGE_HEADERS: Final = frozenset({"subscription", "destination", "message-id",
 NOT_MESSAGE_HEADERS: Final = frozenset({*PROPERTY_HEADERS, *CONVERTED_HEADERS,
                                         *FRAME_HEADERS, *QUEUE_HEADERS})
 CACHE_KEY: Final = "stomp"
+DEST_CACHE_KEY: Final = "stomp-destination"
 
 
 def properties_from_headers(headers: Mapping[str, str]) -> Properties:
     """The properties of a SEND, by the header table; `reply-to` as given (the session
-    resolves /temp-queue/ names)."""
+    resolves /temp-queue/ names). One pass over the headers."""
     props = Properties()
-    for header, field in PROPERTY_HEADERS.items():
-        value = headers.get(header)
-        if value is not None:
+    extra: dict[str, str] | None = None
+    for name, value in headers.items():
+        field = PROPERTY_HEADERS.get(name)
+        if field is not None:
             setattr(props, field, value)
-    if parse_bool(headers, "persistent", False):
-        props.delivery_mode = 2
-    props.priority = parse_int(headers, "priority", 0, 255)
-    seconds = parse_int(headers, "timestamp", 0, 2**63 - 1)
-    if seconds is not None:
-        try:
-            props.timestamp = datetime.fromtimestamp(seconds, UTC)
-        except (OverflowError, OSError, ValueError) as exc:
-            raise StompError("Invalid header", f"timestamp {seconds} is out of range") from exc
-    extra = {k: v for k, v in headers.items() if k not in NOT_MESSAGE_HEADERS}
-    if extra:
-        props.headers = extra
+        elif name in NOT_MESSAGE_HEADERS:
+            if name == "persistent":
+                if parse_bool(headers, name, False):
+                    props.delivery_mode = 2
+            elif name == "priority":
+                props.priority = parse_int(headers, name, 0, 255)
+            elif name == "timestamp":
+                props.timestamp = _timestamp(parse_int(headers, name, 0, 2**63 - 1))
+        else:
+            if extra is None:
+                extra = {}
+            extra[name] = value
+    props.headers = extra
     return props
+
+
+def _timestamp(seconds: int | None) -> datetime | None:
+    if seconds is None:
+        return None
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError) as exc:
+        raise StompError("Invalid header", f"timestamp {seconds} is out of range") from exc
 
 
 def _text(value: Any) -> str | None:
@@ -297,6 +309,15 @@ def headers_from_properties(props: Properties) -> list[tuple[str, str]]:
             if text is not None:
                 out.append((name, text))
     return out
+
+
+def message_destination(message: Message) -> str:
+    """`format_destination` of a message, computed once per message."""
+    dest: str | None = message.cache.get(DEST_CACHE_KEY)
+    if dest is None:
+        dest = message.cache[DEST_CACHE_KEY] = format_destination(message.exchange,
+                                                                  message.routing_key)
+    return dest
 
 
 def message_headers(message: Message) -> list[tuple[str, str]]:

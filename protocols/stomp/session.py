@@ -54,7 +54,7 @@ from protocols.stomp.frames import (
     StompProtocolError,
     Version,
 )
-from protocols.stomp.mapping import format_destination, message_headers
+from protocols.stomp.mapping import message_destination, message_headers
 from protocols.stomp.subscription import AckMode, Subscription
 
 if TYPE_CHECKING:
@@ -114,6 +114,8 @@ class StompSession:
         max_header_length: int = 8192,
         heartbeat_min: int = 1000,
         high_water: int = 1024 * 1024,
+        anonymous_user: str | None = None,
+        loopback_users: frozenset[str] = frozenset(),
     ) -> None:
         self.id = next(_ids)
         self.broker = broker
@@ -126,6 +128,8 @@ class StompSession:
                                 max_header_length=max_header_length)
         self.heartbeat_min = heartbeat_min
         self.high_water = high_water
+        self.anonymous_user = anonymous_user  # who a CONNECT without login is (None: refused)
+        self.loopback_users = loopback_users
         self.state = State.CONNECTING
         self.version = Version.V1_0
         self.session_name = "session-" + base64.urlsafe_b64encode(os.urandom(12)).decode()
@@ -136,8 +140,10 @@ class StompSession:
         self.transactions: dict[str, list[Frame]] = {}
         self.temp_queues: dict[str, Queue] = {}
         self.declared: set[str] = set()  # /queue/ names declared by a SEND already
+        self.targets: dict[str, tuple[str, str]] = {}  # SEND destination -> (exchange, key)
         self.write_ok: set[str] = set()  # exchanges this user was allowed to write to
         self.receipts: deque[Receipt] = deque()
+        self._dest_blocks: dict[str, bytes] = {}  # encoded `destination` lines, by value
         self._next_tag = 1
         self._out: list[bytes] = []
         self._out_size = 0
@@ -154,6 +160,11 @@ class StompSession:
     @property
     def name(self) -> str:
         return f"{self.peer[0]}:{self.peer[1]}"
+
+    @property
+    def protocol_name(self) -> str:
+        """As the management API lists connections (RabbitMQ: "STOMP 1.2")."""
+        return f"STOMP {self.version.value}"
 
     # -- I/O boundary ----------------------------------------------------------------------
 
@@ -235,6 +246,13 @@ class StompSession:
     def shutdown(self) -> None:
         if self.state is State.CONNECTED:
             self.send_error("Server shutdown", "The broker is shutting down.")
+        elif self.state is not State.CLOSED:
+            self._finish()
+
+    def vhost_deleted(self, name: str) -> None:
+        """The vhost this connection is on was deleted."""
+        if self.state is State.CONNECTED:
+            self.send_error("Virtual host deleted", f"Virtual host '{name}' was deleted.")
         elif self.state is not State.CLOSED:
             self._finish()
 
@@ -327,6 +345,10 @@ class StompSession:
                              f"{handlers.MAX_TX_ACTIONS} frames")
         actions.append(frame)
 
+    @property
+    def _cache_key(self) -> str:
+        return "stomp-" + self.version.value
+
     def connected(self, user: User, vhost: VirtualHost, send_interval: float,
                   recv_interval: float) -> None:
         self.user = user
@@ -363,27 +385,34 @@ class StompSession:
     def deliver(self, sub: Subscription, entry: Entry) -> None:
         tag = self._next_tag
         self._next_tag = tag + 1
-        message_id = f"T_{sub.id}@@{self.session_name}@@{tag}"
+        message_id = f"{sub.id_prefix}{tag}"
         if not sub.no_ack:
             sub.unacked[tag] = (entry, message_id)
             self.ack_ids[message_id] = (sub, tag)
         msg = entry.message
         version = self.version
-        fixed = [
-            ("subscription", sub.id),
-            ("destination", format_destination(msg.exchange, msg.routing_key)),
-            ("message-id", message_id),
-            ("redelivered", "true" if entry.redelivered else "false"),
-        ]
-        if version is Version.V1_2 and not sub.no_ack:
-            fixed.append(("ack", message_id))
-        key = "stomp-" + version.value
+        key = self._cache_key
         block: bytes | None = msg.cache.get(key)
         if block is None:
-            block = msg.cache[key] = encode_headers(message_headers(msg), version)
+            destination = message_destination(msg)
+            props = message_headers(msg)
+            if props:
+                block = encode_headers([("destination", destination), *props], version)
+            else:  # the common case: a bare message; its block depends on where it went
+                block = self._dest_blocks.get(destination)
+                if block is None:
+                    if len(self._dest_blocks) > 1000:
+                        self._dest_blocks.clear()
+                    block = self._dest_blocks[destination] = encode_headers(
+                        [("destination", destination)], version)
+            msg.cache[key] = block
+        wire_id = sub.wire_id_prefix + b"%d" % tag
+        ack = b"ack:%s\n" % wire_id if sub.ack_header else b""
         body = msg.body
-        self._emit(b"".join((b"MESSAGE\n", encode_headers(fixed, version), block,
-                             b"content-length:%d\n\n" % len(body), body, b"\x00")))
+        self._emit(b"".join((
+            sub.wire_head, b"message-id:", wire_id,
+            b"\nredelivered:true\n" if entry.redelivered else b"\nredelivered:false\n",
+            ack, block, b"content-length:%d\n\n" % len(body), body, b"\x00")))
 
     def settle(self, ack_id: str, *, ack: bool, requeue: bool, command: str) -> None:
         found = self.ack_ids.get(ack_id)

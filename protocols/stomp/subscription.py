@@ -18,6 +18,8 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from gateway.core.queue import Entry, Queue
+from protocols.stomp.codec import escape
+from protocols.stomp.frames import Version
 
 if TYPE_CHECKING:
     from protocols.stomp.session import StompSession
@@ -31,7 +33,8 @@ class AckMode(Enum):
 
 class Subscription:
     __slots__ = ("id", "tag", "session", "queue", "destination", "mode", "no_ack",
-                 "exclusive", "priority", "prefetch", "unacked", "started", "durable")
+                 "exclusive", "priority", "prefetch", "unacked", "started", "durable",
+                 "id_prefix", "wire_id_prefix", "wire_head", "ack_header")
 
     def __init__(self, session: StompSession, sub_id: str, queue: Queue, destination: str,
                  mode: AckMode, *, prefetch: int = 0, priority: int = 0,
@@ -50,6 +53,12 @@ class Subscription:
         # delivery tag -> (entry, the id an ACK names it by), in delivery order
         self.unacked: dict[int, tuple[Entry, str]] = {}
         self.started = False  # deliveries wait until the SUBSCRIBE's receipt is out
+        # what every MESSAGE of this subscription starts with, encoded once
+        version = session.version
+        self.id_prefix = f"T_{sub_id}@@{session.session_name}@@"
+        self.wire_id_prefix = escape(self.id_prefix, version).encode()
+        self.wire_head = b"MESSAGE\nsubscription:" + escape(sub_id, version).encode() + b"\n"
+        self.ack_header = version is Version.V1_2 and not self.no_ack
 
     def can_take(self) -> bool:
         if not self.started or self.session.output_blocked:

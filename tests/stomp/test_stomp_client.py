@@ -245,6 +245,13 @@ def test_unknown_vhost(peers: Peers, version: str) -> None:
     assert err.headers["message"] == "Bad CONNECT" and b"nosuch" in err.body
 
 
+def test_connect_without_login_is_guest_from_loopback(peers: Peers) -> None:
+    p = peers("1.0", connect=False)
+    p.conn.connect(wait=True)  # no login header at all, as stompserver-style clients do
+    p.conn.send("/queue/anything", "x", headers={"receipt": "ok"})
+    p.receipt("ok")
+
+
 def test_stomp_py_default_host_header_finds_the_default_vhost(peers: Peers) -> None:
     p = peers("1.2", vhost=None)  # stomp.py then sends host:127.0.0.1
     p.conn.send("/queue/anything", "x", headers={"receipt": "ok"})

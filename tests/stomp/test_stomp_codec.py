@@ -148,7 +148,8 @@ def test_encode_adds_content_length_to_bodies() -> None:
 header_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
 
 
-@given(st.lists(st.tuples(header_text.filter(bool), header_text), max_size=6),
+@given(st.lists(st.tuples(header_text.filter(lambda k: k not in ("", "content-length")),
+                          header_text), max_size=6),
        st.binary(max_size=64), st.sampled_from([Version.V1_1, Version.V1_2]))
 @settings(max_examples=200, deadline=None)
 def test_encode_decode_round_trip(headers: list[tuple[str, str]], body: bytes,

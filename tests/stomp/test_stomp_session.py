@@ -52,9 +52,30 @@ def test_bad_credentials() -> None:
     assert c.session.closed
 
 
-def test_missing_login() -> None:
+def test_missing_login_refused_without_anonymous_user() -> None:
     c = Client()
     c.send(C.CONNECT, {"accept-version": "1.2"})
+    err = c.error()
+    assert err.headers["message"] == "Bad CONNECT" and b"anonymous" in err.body
+
+
+def test_missing_login_is_the_anonymous_user() -> None:
+    c = Client(anonymous_user="guest", loopback_users=frozenset({"guest"}))
+    c.send(C.CONNECT, {"accept-version": "1.2"})
+    assert c.one(C.CONNECTED).headers["version"] == "1.2"
+    assert c.session.user is not None and c.session.user.name == "guest"
+
+
+def test_anonymous_loopback_only_user_from_afar_is_refused() -> None:
+    c = Client(anonymous_user="guest", loopback_users=frozenset({"guest"}))
+    c.session.loopback = False
+    c.send(C.CONNECT, {"accept-version": "1.2"})
+    assert c.error().headers["message"] == "Bad CONNECT"
+
+
+def test_anonymous_user_that_does_not_exist_is_refused() -> None:
+    c = Client(anonymous_user="nobody")
+    c.send(C.CONNECT, {})
     assert c.error().headers["message"] == "Bad CONNECT"
 
 
@@ -422,3 +443,12 @@ def test_shutdown_sends_an_error() -> None:
     c.connect()
     c.session.shutdown()
     assert c.error().headers["message"] == "Server shutdown"
+
+
+def test_vhost_deleted_sends_an_error() -> None:
+    c = Client()
+    c.connect()
+    assert c.session.protocol_name == "STOMP 1.2"
+    c.session.vhost_deleted("/")
+    err = c.error()
+    assert err.headers["message"] == "Virtual host deleted" and b"'/'" in err.body
