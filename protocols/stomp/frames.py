@@ -87,6 +87,8 @@ class StompError(Exception):
     """A STOMP-level error a session answers with an ERROR frame (then it closes):
     `message` is the short `message` header, `detail` the body explaining it."""
 
+    headers: tuple[tuple[str, str], ...] = ()  # extra headers for the ERROR frame
+
     def __init__(self, message: str, detail: str) -> None:
         super().__init__(f"{message}: {detail}")
         self.message = message

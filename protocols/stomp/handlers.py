@@ -71,6 +71,13 @@ def _required(frame: Frame, name: str) -> str:
 
 # -- connection ----------------------------------------------------------------------------
 
+class VersionMismatch(StompError):
+    """Spec 1.2 "Protocol Negotiation": the ERROR carries a `version` header listing the
+    versions the server supports."""
+
+    headers = (("version", ",".join(v.value for v in SUPPORTED_VERSIONS)),)
+
+
 def _negotiate(frame: Frame) -> Version:
     accept = frame.get("accept-version")
     if accept is None:
@@ -79,7 +86,7 @@ def _negotiate(frame: Frame) -> Version:
     for version in reversed(SUPPORTED_VERSIONS):
         if version.value in offered:
             return version
-    raise StompError("Version mismatch",
+    raise VersionMismatch("Version mismatch",
                      f"Supported protocol versions are "
                      f"{','.join(v.value for v in SUPPORTED_VERSIONS)}; the client accepts "
                      f"{accept}.")

@@ -267,11 +267,12 @@ class StompSession:
 
     # -- errors and closing ----------------------------------------------------------------
 
-    def send_error(self, message: str, detail: str, receipt: str | None = None) -> None:
+    def send_error(self, message: str, detail: str, receipt: str | None = None,
+                   extra: tuple[tuple[str, str], ...] = ()) -> None:
         """ERROR then close (spec 1.2: the server MUST close the connection after it)."""
         if self.state is State.CLOSED:
             return
-        headers = [("message", message), ("content-type", "text/plain")]
+        headers = [("message", message), ("content-type", "text/plain"), *extra]
         if receipt is not None:
             headers.append(("receipt-id", receipt))
         self.send_frame(Command.ERROR, headers, detail.encode("utf-8"))
@@ -310,7 +311,7 @@ class StompSession:
             else:
                 after = handlers.TABLE[command](self, frame)
         except StompError as exc:
-            self.send_error(exc.message, exc.detail, receipt)
+            self.send_error(exc.message, exc.detail, receipt, exc.headers)
             return
         except BrokerError as err:
             self.send_error(error_message(err), err.text, receipt)

@@ -40,6 +40,7 @@ def test_unsupported_version_is_an_error() -> None:
     c = Client()
     err = c.connect("2.0,3.0")
     assert err.command is C.ERROR and err.headers["message"] == "Version mismatch"
+    assert err.headers["version"] == "1.0,1.1,1.2"
     assert b"1.0,1.1,1.2" in err.body and c.session.closed
 
 
