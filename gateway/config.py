@@ -47,6 +47,7 @@ __all__ = [
     "Keep",
     "Limits",
     "Listeners",
+    "MQTTConfig",
     "PermissionConfig",
     "PortError",
     "StompConfig",
@@ -66,7 +67,7 @@ _AMQP_LONG_MAX: Final = 0xFFFFFFFF
 _AMQP_SHORT_MAX: Final = 0xFFFF
 _MAX_MESSAGE_SIZE: Final = 512 * 1024 * 1024  # RabbitMQ's hard ceiling as well
 _USER_TABLES: Final = ("users", "vhosts", "permissions")
-_SECTIONS: Final = ("listeners", "store", "definitions", "amqp", "stomp", "limits", "auth")
+_SECTIONS: Final = ("listeners", "store", "definitions", "amqp", "stomp", "limits", "auth", "mqtt")
 
 
 class ConfigError(Exception):
@@ -138,6 +139,20 @@ class StompConfig:
 
 
 @dataclass(frozen=True)
+class MQTTConfig:
+    default_vhost: str
+    allow_anonymous: bool
+    anonymous_user: str
+    max_packet_size: int
+    max_keepalive: int
+    max_session_expiry: int
+    topic_alias_maximum: int
+    receive_maximum: int
+    retained_max_messages: int
+    retained_max_bytes: int
+
+
+@dataclass(frozen=True)
 class Limits:
     max_message_size: int
     max_connections: int
@@ -177,6 +192,7 @@ class Config:
     stomp: StompConfig
     limits: Limits
     auth: AuthConfig
+    mqtt: MQTTConfig
     definitions: DefinitionsConfig = DefinitionsConfig()
 
 
@@ -451,10 +467,25 @@ def _build(document: _Doc, source: str) -> Config:
     )
     limits_t.done()
 
+    mqtt_t = root.table("mqtt")
+    mqtt = MQTTConfig(
+        default_vhost=mqtt_t.string("default_vhost"),
+        allow_anonymous=mqtt_t.boolean("allow_anonymous"),
+        anonymous_user=mqtt_t.string("anonymous_user"),
+        max_packet_size=mqtt_t.integer("max_packet_size", 64, 268_435_460),
+        max_keepalive=mqtt_t.integer("max_keepalive", 0, _AMQP_SHORT_MAX),
+        max_session_expiry=mqtt_t.integer("max_session_expiry", 0, _AMQP_LONG_MAX),
+        topic_alias_maximum=mqtt_t.integer("topic_alias_maximum", 0, _AMQP_SHORT_MAX),
+        receive_maximum=mqtt_t.integer("receive_maximum", 1, _AMQP_SHORT_MAX),
+        retained_max_messages=mqtt_t.integer("retained_max_messages", 0, 2**40),
+        retained_max_bytes=mqtt_t.integer("retained_max_bytes", 0, 2**50),
+    )
+    mqtt_t.done()
+
     auth = _build_auth(root)
     root.done()
     return Config(listeners=listeners, store=store, amqp=amqp, stomp=stomp, limits=limits,
-                  auth=auth,
+                  auth=auth, mqtt=mqtt,
                   definitions=definitions)
 
 

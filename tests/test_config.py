@@ -195,9 +195,23 @@ def test_unknown_key_names_its_path(tmp_path: Path) -> None:
 
 
 def test_unknown_section(tmp_path: Path) -> None:
-    err = error_of(tmp_path, "[mqtt]\nport = 1883\n")
-    assert err.key == "mqtt"
+    err = error_of(tmp_path, "[kafka]\nport = 9092\n")
+    assert err.key == "kafka"
     assert "unknown key" in err.problem
+
+
+def test_mqtt_section(tmp_path: Path) -> None:
+    mqtt = load_config().mqtt
+    assert (mqtt.max_packet_size, mqtt.max_session_expiry, mqtt.default_vhost) == (
+        16777216, 86400, "/")
+    config = load_config(write(tmp_path, "[mqtt]\nmax_keepalive = 60\n"))
+    assert config.mqtt.max_keepalive == 60 and config.mqtt.topic_alias_maximum == 16
+    err = error_of(tmp_path, "[mqtt]\nmax_packet_size = 10\n")
+    assert err.key == "mqtt.max_packet_size"
+    err = error_of(tmp_path, "[mqtt]\nreceive_maximum = 0\n")
+    assert err.key == "mqtt.receive_maximum"
+    err = error_of(tmp_path, "[mqtt]\nport = 1883\n")
+    assert err.key == "mqtt.port" and "unknown key" in err.problem
 
 
 def test_unknown_key_in_user(tmp_path: Path) -> None:

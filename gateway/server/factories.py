@@ -43,7 +43,17 @@ def stomp_session(server: Server, peer: tuple[str, int], wake: Callable[[], None
         loopback_users=server.config.auth.loopback_users)
 
 
+def mqtt_session(server: Server, peer: tuple[str, int], wake: Callable[[], None]) -> Any:
+    from protocols.mqtt.session import MQTTSession
+
+    return MQTTSession(
+        server.broker, server.auth, server.config.mqtt, peer=peer,
+        loopback=is_loopback(peer[0]), loopback_users=server.config.auth.loopback_users,
+        clock=server.clock, wake=wake, high_water=server.config.limits.connection_buffer)
+
+
 SESSION_FACTORIES: dict[str, SessionFactory] = {
     "amqp": amqp_session,
+    "mqtt": mqtt_session,
     "stomp": stomp_session,
 }

@@ -1,0 +1,168 @@
+"""Messages from the core to an MQTT client: the consumer, QoS, topic aliases, in-flight.
+
+The session's queue gets one copy of each message however many of its filters match
+(bindings to one queue are routed once). At delivery the topic is matched against the
+session's own subscriptions: the QoS is the lower of the published QoS and the highest
+granted QoS of the matching subscriptions, the subscription identifiers are those of all of
+them [MQTT-3.3.4-3], `$` topics are skipped for filters starting with a wildcard
+[MQTT-4.7.2-1], and no-local subscriptions skip the session's own messages [MQTT-3.8.3-3].
+
+Flow control is credit: a consumer can take a message only while the client's Receive
+Maximum is not used up by unacknowledged QoS 1/2 PUBLISHes [MQTT-3.3.4-9] and the
+connection's outbound buffer is under its high-water mark.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from protocols.mqtt.codec import encode_packet
+from protocols.mqtt.frames import MQTT_5, Properties, Publish, PubRel
+from protocols.mqtt.mapping import from_core, published_qos, routing_key_to_topic, topic_matches
+from protocols.mqtt.state import Outgoing, SubOptions
+
+if TYPE_CHECKING:
+    from gateway.core.queue import Entry, Queue
+    from protocols.mqtt.session import MQTTSession
+
+FROM_KEY = "mqtt.from"  # Message.cache: (vhost, client id) of the MQTT publisher
+RETAIN_KEY = "mqtt.retain"  # Message.cache: the PUBLISH had the retain flag
+
+
+class MQTTConsumer:
+    """The core's `Consumer` for one MQTT session on one queue: the session's own queue, or
+    a shared subscription's queue (then `share` is its options)."""
+
+    __slots__ = ("tag", "session", "queue", "share", "no_ack", "exclusive", "priority")
+
+    def __init__(self, session: MQTTSession, queue: Queue,
+                 share: tuple[str, SubOptions] | None = None) -> None:
+        self.tag = f"mqtt-{session.client_id}"
+        self.session = session
+        self.queue = queue
+        self.share = share  # (filter, options)
+        self.no_ack = False
+        self.exclusive = False
+        self.priority = 0
+
+    def can_take(self) -> bool:
+        s = self.session
+        st = s.st
+        return (st is not None and not s.output_blocked and not s.closed
+                and len(st.outgoing) < s.client_receive_maximum)
+
+    def deliver(self, entry: Entry) -> None:
+        deliver(self.session, self, entry)
+
+    def cancelled(self) -> None:
+        s = self.session
+        if s.consumer is self:
+            s.consumer = None
+        else:
+            s.shared_consumers = {k: c for k, c in s.shared_consumers.items() if c is not self}
+
+
+def _matching(s: MQTTSession, consumer: MQTTConsumer, topic: str,
+              own: bool) -> list[SubOptions]:
+    if consumer.share is not None:
+        f, opts = consumer.share
+        return [opts] if topic_matches(f, topic) else []
+    assert s.st is not None
+    return [opts for f, opts in s.st.subscriptions.items()
+            if topic_matches(f, topic) and not (own and opts.no_local)]
+
+
+def deliver(s: MQTTSession, consumer: MQTTConsumer, entry: Entry) -> None:
+    msg = entry.message
+    queue = entry.queue
+    now = s.clock()
+    if msg.exchange == "" and consumer.share is None:
+        # an AMQP reply sent to this session's queue through the default exchange
+        topic = s.reply_topic(msg.properties.correlation_id)
+        subs = [SubOptions(min(1, published_qos(msg)))] if topic else []
+    else:
+        topic = routing_key_to_topic(msg.routing_key)
+        subs = _matching(s, consumer, topic, msg.cache.get(FROM_KEY) == s.key)
+    expiry = None
+    if entry.expires_at is not None:
+        expiry = math.ceil(entry.expires_at - now)
+        if expiry <= 0:
+            subs = []
+    if not subs or topic is None:
+        queue.ack(entry)
+        return
+    qos = min(published_qos(msg), max(o.qos for o in subs))
+    retain = bool(msg.cache.get(RETAIN_KEY)) and any(o.retain_as_published for o in subs)
+    props = from_core(msg) if s.version == MQTT_5 else Properties()
+    if s.version == MQTT_5:
+        ids = tuple(o.subscription_id for o in subs if o.subscription_id is not None)
+        if ids or expiry is not None:
+            props = replace(props, subscription_identifiers=ids,
+                            message_expiry_interval=expiry if expiry is not None
+                            else props.message_expiry_interval)
+    if not send_publish(s, topic, msg.body, qos, retain, props, entry):
+        queue.ack(entry)
+
+
+def send_publish(s: MQTTSession, topic: str, payload: bytes, qos: int, retain: bool,
+                 props: Properties, entry: Entry | None) -> bool:
+    """Send one PUBLISH; QoS 1/2 ones are remembered until acknowledged. False when it was
+    dropped: over the client's Maximum Packet Size [MQTT-3.1.2-25] or no packet id free.
+    A QoS 0 entry is settled here."""
+    st = s.st
+    assert st is not None
+    pid = None
+    if qos:
+        pid = st.allocate_packet_id()
+        if pid is None:
+            return False
+    packet = Publish(topic, payload, qos, retain, False, pid, props)
+    wire = _with_alias(s, packet)
+    data = encode_packet(wire, s.version or 4)
+    if s.client_max_packet is not None and len(data) > s.client_max_packet:
+        return False
+    if pid is not None:
+        st.outgoing[pid] = Outgoing(packet, entry)
+    elif entry is not None:
+        entry.queue.ack(entry)
+    s.emit(data)
+    return True
+
+
+def _with_alias(s: MQTTSession, packet: Publish) -> Publish:
+    """Server-to-client topic aliases: the first PUBLISH of a topic carries topic and alias,
+    later ones the alias and an empty topic [MQTT-3.3.2-12]."""
+    if not s.client_alias_maximum or s.version != MQTT_5:
+        return packet
+    alias = s.aliases_out.get(packet.topic)
+    if alias is not None:
+        return replace(packet, topic="", properties=replace(packet.properties,
+                                                            topic_alias=alias))
+    if len(s.aliases_out) >= s.client_alias_maximum:
+        return packet
+    alias = len(s.aliases_out) + 1
+    s.aliases_out[packet.topic] = alias
+    return replace(packet, properties=replace(packet.properties, topic_alias=alias))
+
+
+def resend_inflight(s: MQTTSession) -> None:
+    """On a resumed session: every unacknowledged PUBLISH again with DUP set and its packet
+    id, PUBREL for those already received [MQTT-4.4.0-1], in the original order."""
+    st = s.st
+    assert st is not None
+    for pid, out in st.outgoing.items():
+        if out.released:
+            s.send(PubRel(pid))
+        else:
+            s.emit(encode_packet(replace(out.packet, dup=True), s.version or 4))
+
+
+def kick(s: MQTTSession) -> None:
+    """Credit came back: let the queues this session consumes from deliver again."""
+    now = s.clock()
+    consumers = [s.consumer, *s.shared_consumers.values()]
+    for c in consumers:
+        if c is not None and not c.queue.deleted:
+            c.queue.dispatch(now)

@@ -1,0 +1,329 @@
+"""One handler per MQTT packet a client sends after CONNECT; `TABLE` at the bottom is the
+table of contents (CONNECT itself is in ``sessions.py``).
+
+Publishing: PUBLISH -> `amq.topic` with the topic's routing key. QoS 0 is transient, QoS 1
+and 2 persistent; their PUBACK / PUBREC wait until the store has made the message durable
+(`flush_confirms`, as AMQP confirms do). QoS 2 is exactly once: the packet id is remembered
+from PUBLISH to PUBREL and a PUBLISH repeating it is answered but not routed again
+[MQTT-4.3.3-9]. Nothing is downgraded: QoS 2 is granted and delivered as QoS 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from protocols.mqtt import sessions
+from protocols.mqtt.delivery import FROM_KEY, RETAIN_KEY, kick, send_publish
+from protocols.mqtt.frames import (
+    MQTT_5,
+    NO_PROPERTIES,
+    SUBACK_FAILURE_311,
+    Auth,
+    Disconnect,
+    PingReq,
+    PingResp,
+    Properties,
+    ProtocolError,
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    PubRel,
+    ReasonCode,
+    SubAck,
+    Subscribe,
+    Subscription,
+    UnsubAck,
+    Unsubscribe,
+)
+from protocols.mqtt.mapping import (
+    REPLY_PREFIX,
+    filter_to_binding_key,
+    parse_shared,
+    reply_queue,
+    to_core,
+    valid_topic_filter,
+)
+from protocols.mqtt.retain import Retained
+from protocols.mqtt.state import SubOptions, session_queue_name, shared_queue_name
+
+if TYPE_CHECKING:
+    from gateway.core.vhost import PublishResult
+    from protocols.mqtt.session import MQTTSession
+
+Handler = Callable[["MQTTSession", Any], None]
+
+
+# -- publishing ----------------------------------------------------------------------------
+
+def route_publish(s: MQTTSession, topic: str, payload: bytes, qos: int, retain: bool,
+                  props: Properties) -> tuple[PublishResult, int]:
+    """Publish to amq.topic (and the retained store). Returns the core's result and the
+    store position a PUBACK/PUBREC must wait for (0: nothing to wait for)."""
+    vh = s.vhost
+    assert vh is not None
+    now = s.clock()
+    if props.response_topic is not None:
+        s.remember_reply_topic(
+            props.correlation_data.decode("utf-8", "replace")
+            if props.correlation_data is not None else None, props.response_topic)
+        own: str | None = sessions.ensure_queue(s).name
+    else:
+        own = session_queue_name(s.client_id)
+    message = to_core(topic, payload, qos, props, own_queue=own,
+                      message_id=vh.next_message_id())
+    message.cache[FROM_KEY] = s.key
+    if retain:
+        message.cache[RETAIN_KEY] = True
+        expires = (now + props.message_expiry_interval
+                   if props.message_expiry_interval is not None else None)
+        s.mqtt.retained(vh.name).set(Retained(topic, payload, qos, props, expires))
+    exchange = vh.get_exchange("amq.topic")
+    if topic.startswith(REPLY_PREFIX):
+        # a reply to an AMQP requester: straight to its reply queue
+        exchange = vh.get_exchange("")
+        message.exchange = ""
+        message.routing_key = reply_queue(topic)
+    store = s.broker.store
+    before = store.appended
+    result = vh.publish(exchange, message.routing_key, message, now)
+    return result, (store.appended if store.appended != before else 0)
+
+
+def publish(s: MQTTSession, p: Publish) -> None:
+    assert s.st is not None
+    if s.alarm:
+        s.read_paused = True
+    v5 = s.version == MQTT_5
+    topic = p.topic
+    alias = p.properties.topic_alias
+    if alias is not None:
+        if not v5 or alias == 0 or alias > s.config.topic_alias_maximum:
+            raise ProtocolError(ReasonCode.TOPIC_ALIAS_INVALID, f"topic alias {alias}")
+        if topic:
+            s.aliases_in[alias] = topic
+        else:
+            known = s.aliases_in.get(alias)
+            if known is None:
+                raise ProtocolError(ReasonCode.PROTOCOL_ERROR, f"unknown topic alias {alias}")
+            topic = known
+    if p.properties.payload_format_indicator == 1:
+        try:
+            p.payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(ReasonCode.PAYLOAD_FORMAT_INVALID,
+                                "payload is not UTF-8 [MQTT-3.3.2-4]") from exc
+    if p.qos == 2 and p.packet_id in s.st.incoming_qos2:
+        # a repeat of a QoS 2 PUBLISH not yet released: answer, do not route again
+        assert p.packet_id is not None
+        s.pending_acks.append((0, PubRec(p.packet_id)))
+        return
+    if p.qos and v5 and s.inbound_inflight() >= s.config.receive_maximum:
+        raise ProtocolError(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED,
+                            "more unacknowledged QoS 1/2 PUBLISHes than Receive Maximum "
+                            "[MQTT-3.3.4-7]")
+    exchange_name = "" if topic.startswith(REPLY_PREFIX) else "amq.topic"
+    if not s.allowed("write", "exchange", exchange_name):
+        if p.qos == 0 or not v5:
+            raise ProtocolError(ReasonCode.NOT_AUTHORIZED,
+                                f"no write access to exchange '{exchange_name}'")
+        assert p.packet_id is not None
+        ack_cls = PubAck if p.qos == 1 else PubRec
+        s.send(ack_cls(p.packet_id, ReasonCode.NOT_AUTHORIZED))
+        return
+    props = replace(p.properties, topic_alias=None) if alias is not None else p.properties
+    result, position = route_publish(s, topic, p.payload, p.qos, p.retain, props)
+    if p.qos == 0:
+        return
+    assert p.packet_id is not None
+    code = ReasonCode.SUCCESS
+    if v5 and not result.routed:
+        code = ReasonCode.NO_MATCHING_SUBSCRIBERS
+    if v5 and result.rejected:
+        code = ReasonCode.QUOTA_EXCEEDED
+    if p.qos == 1:
+        s.inbound_qos1 += 1
+        s.pending_acks.append((position, PubAck(p.packet_id, code)))
+    else:
+        if code < 0x80:
+            s.st.incoming_qos2.add(p.packet_id)
+        s.pending_acks.append((position, PubRec(p.packet_id, code)))
+
+
+def pubrel(s: MQTTSession, p: PubRel) -> None:
+    assert s.st is not None
+    if p.packet_id in s.st.incoming_qos2:
+        s.st.incoming_qos2.discard(p.packet_id)
+        code = ReasonCode.SUCCESS
+    else:
+        code = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
+    # after the PUBREC that preceded it, which may still wait for the store
+    s.pending_acks.append((0, PubComp(p.packet_id, code if s.version == MQTT_5 else 0)))
+
+
+# -- acknowledgements of our PUBLISHes -----------------------------------------------------
+
+def puback(s: MQTTSession, p: PubAck) -> None:
+    assert s.st is not None
+    out = s.st.outgoing.get(p.packet_id)
+    if out is None or out.packet.qos != 1:
+        return  # unknown id: nothing to settle (a client may ack twice after a resend)
+    del s.st.outgoing[p.packet_id]
+    if out.entry is not None:
+        out.entry.queue.ack(out.entry)
+    kick(s)
+
+
+def pubrec(s: MQTTSession, p: PubRec) -> None:
+    assert s.st is not None
+    out = s.st.outgoing.get(p.packet_id)
+    if out is None or out.packet.qos != 2:
+        s.send(PubRel(p.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
+                      if s.version == MQTT_5 else 0))
+        return
+    if out.entry is not None:
+        out.entry.queue.ack(out.entry)
+        out.entry = None
+    if p.reason_code >= 0x80:  # the client refused it: the exchange ends here
+        del s.st.outgoing[p.packet_id]
+        kick(s)
+        return
+    out.released = True
+    s.send(PubRel(p.packet_id))
+
+
+def pubcomp(s: MQTTSession, p: PubComp) -> None:
+    assert s.st is not None
+    out = s.st.outgoing.get(p.packet_id)
+    if out is None or not out.released:
+        return
+    del s.st.outgoing[p.packet_id]
+    kick(s)
+
+
+# -- subscriptions -------------------------------------------------------------------------
+
+def _failure(s: MQTTSession, reason: ReasonCode) -> int:
+    return int(reason) if s.version == MQTT_5 else SUBACK_FAILURE_311
+
+
+def subscribe(s: MQTTSession, p: Subscribe) -> None:
+    st, vh = s.st, s.vhost
+    assert st is not None and vh is not None
+    sub_id = p.properties.subscription_identifiers[0] if (
+        p.properties.subscription_identifiers) else None
+    codes: list[int] = []
+    retained: list[tuple[Subscription, bool]] = []
+    for sub in p.subscriptions:
+        group, topic_filter = parse_shared(sub.topic_filter)
+        if group == "" or not valid_topic_filter(topic_filter):
+            codes.append(_failure(s, ReasonCode.TOPIC_FILTER_INVALID))
+            continue
+        if group is not None and sub.no_local:
+            raise ProtocolError(ReasonCode.PROTOCOL_ERROR,
+                                "no local on a shared subscription [MQTT-3.8.3-4]")
+        queue_name = (shared_queue_name(group, topic_filter) if group is not None
+                      else session_queue_name(s.client_id))
+        if not (s.allowed("configure", "queue", queue_name)
+                and s.allowed("write", "queue", queue_name)
+                and s.allowed("read", "exchange", "amq.topic")
+                and s.allowed("read", "queue", queue_name)):
+            codes.append(_failure(s, ReasonCode.NOT_AUTHORIZED))
+            continue
+        opts = SubOptions(sub.qos, sub.no_local, sub.retain_as_published, sub_id)
+        if group is not None:
+            st.shared[sub.topic_filter] = (group, topic_filter, opts)
+            sessions.attach_shared(s, group, topic_filter, opts)
+        else:
+            queue = sessions.ensure_queue(s)
+            old = st.subscriptions.get(topic_filter)
+            key = filter_to_binding_key(topic_filter)
+            if old is not None and old != opts:
+                vh.unbind(queue, "amq.topic", key, old.binding_args())
+            st.subscriptions[topic_filter] = opts
+            vh.bind(queue, "amq.topic", key, opts.binding_args())
+            if sub.retain_handling == 0 or (sub.retain_handling == 1 and old is None):
+                retained.append((sub, True))
+        codes.append(sub.qos)
+    s.send(SubAck(p.packet_id, tuple(codes)))
+    # retained messages after the SUBACK, with the retain flag set [MQTT-3.3.1-9]
+    now = s.clock()
+    store = s.mqtt.retained(vh.name)
+    for sub, _ in retained:
+        for msg in store.match(sub.topic_filter, now):
+            props = msg.properties if s.version == MQTT_5 else NO_PROPERTIES
+            if s.version == MQTT_5:
+                expiry = (max(1, int(msg.expires_at - now + 0.999))
+                          if msg.expires_at is not None else None)
+                props = replace(props, message_expiry_interval=expiry,
+                                subscription_identifiers=(sub_id,) if sub_id else ())
+            send_publish(s, msg.topic, msg.payload, min(msg.qos, sub.qos), True, props, None)
+    if s.consumer is not None:
+        kick(s)
+
+
+def unsubscribe(s: MQTTSession, p: Unsubscribe) -> None:
+    st, vh = s.st, s.vhost
+    assert st is not None and vh is not None
+    codes = []
+    for f in p.topic_filters:
+        group, topic_filter = parse_shared(f)
+        if group:
+            shared = st.shared.pop(f, None)
+            consumer = s.shared_consumers.pop(f, None)
+            if consumer is not None:
+                vh.cancel(consumer.queue, consumer, s.clock())
+            codes.append(0 if shared else ReasonCode.NO_SUBSCRIPTION_EXISTED)
+            continue
+        opts = st.subscriptions.pop(f, None)
+        if opts is None:
+            codes.append(ReasonCode.NO_SUBSCRIPTION_EXISTED)
+            continue
+        queue = vh.queues.get(session_queue_name(s.client_id))
+        if queue is not None:
+            vh.unbind(queue, "amq.topic", filter_to_binding_key(f), opts.binding_args())
+        codes.append(0)
+    s.send(UnsubAck(p.packet_id, tuple(int(c) for c in codes)
+                    if s.version == MQTT_5 else ()))
+
+
+# -- the rest ------------------------------------------------------------------------------
+
+def pingreq(s: MQTTSession, p: PingReq) -> None:
+    s.send(PingResp())
+
+
+def disconnect(s: MQTTSession, p: Disconnect) -> None:
+    from protocols.mqtt.session import State
+
+    assert s.st is not None
+    expiry = p.properties.session_expiry_interval
+    if expiry is not None:
+        if s.st.expiry == 0 and expiry != 0:
+            # [MQTT-3.14.2-2]: a session that was not persistent may not become one here
+            raise ProtocolError(ReasonCode.PROTOCOL_ERROR, "session expiry set at DISCONNECT")
+        s.st.expiry = min(expiry, s.config.max_session_expiry)
+    will = p.reason_code == ReasonCode.DISCONNECT_WITH_WILL
+    s._end_session(publish_will=will)
+    s.state = State.CLOSED
+
+
+def auth(s: MQTTSession, p: Auth) -> None:
+    raise ProtocolError(ReasonCode.PROTOCOL_ERROR, "AUTH without an authentication method "
+                        "[MQTT-4.12.0-1]")
+
+
+TABLE: dict[type, Handler] = {
+    Publish: publish,
+    PubAck: puback,
+    PubRec: pubrec,
+    PubRel: pubrel,
+    PubComp: pubcomp,
+    Subscribe: subscribe,
+    Unsubscribe: unsubscribe,
+    PingReq: pingreq,
+    Disconnect: disconnect,
+    Auth: auth,
+}

@@ -1,0 +1,331 @@
+"""One MQTT connection's state machine over the core: packets in -> core calls, deliveries
+-> packets out.
+
+Theory of operation
+-------------------
+The server feeds bytes to `receive_data`; the codec turns them into packets, each handled
+to completion against the core (``handlers.py`` has one function per packet type; its
+`TABLE` is the table of contents). Output is appended to a buffer the writer task drains
+(`data_to_send`). Nothing here awaits or touches a socket; time comes from `clock`.
+
+    CONNECT_WAIT --CONNECT accepted--> CONNECTED --DISCONNECT / error / lost--> CLOSED
+    CONNECT_WAIT --anything else, or CONNECT refused--> CLOSED
+
+The first packet must be CONNECT and a second one is a protocol error [MQTT-3.1.0-1,
+MQTT-3.1.0-2]. A protocol error closes this connection only (MQTT 5: after a DISCONNECT
+with its reason code [MQTT-4.13.1-1]); the will is published unless the client sent
+DISCONNECT 0x00 [MQTT-3.1.2-8, MQTT-3.14.4-3]. Keepalive: a client silent for one and a
+half keepalive periods is disconnected [MQTT-3.1.2-24].
+
+Sessions (``state.py``): a clean session (3.1.1 clean session, 5.0 session expiry 0) ends
+with its connection and its queue is deleted; a persistent one keeps its durable queue
+(`x-expires` = session expiry) and its state; a CONNECT with the client id of a connected
+client takes the session over: the old connection gets DISCONNECT 0x8E and is closed
+[MQTT-3.1.4-3].
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Callable
+from enum import Enum, auto
+from typing import TYPE_CHECKING
+
+from gateway.core.errors import BrokerError
+from gateway.core.queue import Queue
+from protocols.mqtt import handlers, sessions
+from protocols.mqtt.codec import MQTTCodec, encode_packet
+from protocols.mqtt.delivery import MQTTConsumer, kick
+from protocols.mqtt.frames import (
+    MQTT_5,
+    NEED_DATA,
+    NO_PROPERTIES,
+    Connect,
+    Disconnect,
+    Packet,
+    ProtocolError,
+    PubAck,
+    ReasonCode,
+    Will,
+)
+from protocols.mqtt.state import MQTTState, SessionState, state_for
+
+if TYPE_CHECKING:
+    from gateway.auth.service import AuthService, Permission, ResourceKind, User
+    from gateway.config import MQTTConfig
+    from gateway.core.broker import Broker
+    from gateway.core.vhost import VirtualHost
+
+log = logging.getLogger("gateway.mqtt")
+CONNECT_TIMEOUT = 10.0  # seconds a new connection has to send CONNECT
+REPLY_TOPICS_KEPT = 1024
+LINGER = 1.0  # seconds input is still read (and dropped) after a server DISCONNECT
+
+
+class State(Enum):
+    CONNECT_WAIT = auto()
+    CONNECTED = auto()
+    CLOSING = auto()  # DISCONNECT sent: input is read and dropped for a moment
+    CLOSED = auto()
+
+
+class MQTTSession:
+    def __init__(
+        self,
+        broker: Broker,
+        auth: AuthService,
+        config: MQTTConfig,
+        *,
+        peer: tuple[str, int],
+        loopback: bool,
+        loopback_users: frozenset[str] = frozenset(),
+        clock: Callable[[], float],
+        wake: Callable[[], None] = lambda: None,
+        high_water: int = 1024 * 1024,
+    ) -> None:
+        self.broker = broker
+        self.auth = auth
+        self.config = config
+        self.peer = peer
+        self.loopback = loopback
+        self.loopback_users = loopback_users
+        self.clock = clock
+        self.wake = wake
+        self.high_water = high_water
+        self.codec = MQTTCodec(max_packet_size=config.max_packet_size)
+        self.mqtt: MQTTState = state_for(broker, config.retained_max_messages,
+                                         config.retained_max_bytes)
+        self.state = State.CONNECT_WAIT
+        self.user: User | None = None
+        self.vhost: VirtualHost | None = None
+        self.client_id = ""
+        self.st: SessionState | None = None
+        self.queue: Queue | None = None
+        self.consumer: MQTTConsumer | None = None
+        self.shared_consumers: dict[str, MQTTConsumer] = {}
+        self.will: Will | None = None
+        self.keepalive = 0
+        self.started = clock()
+        self.last_recv = self.started
+        # what the client told us about itself (MQTT 5 CONNECT properties)
+        self.client_receive_maximum = 65535
+        self.client_max_packet: int | None = None
+        self.client_alias_maximum = 0
+        self.aliases_out: dict[str, int] = {}
+        self.aliases_in: dict[int, str] = {}
+        # QoS 1/2 acknowledgements waiting for the store: (store position, packet)
+        self.pending_acks: deque[tuple[int, Packet]] = deque()
+        self.inbound_qos1 = 0  # QoS 1 PUBLISHes received whose PUBACK is not sent yet
+        self._reply_topics: dict[str, str] = {}
+        self._last_reply_topic: str | None = None
+        self._permissions: dict[tuple[str, str, str], bool] = {}
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self.output_blocked = False
+        self.alarm = False
+        self.read_paused = False
+        self._ended = False
+        self._linger_until = 0.0
+
+    # -- I/O boundary ----------------------------------------------------------------------
+
+    @property
+    def version(self) -> int | None:
+        return self.codec.version
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.vhost.name if self.vhost else "", self.client_id)
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    @property
+    def pending_output(self) -> int:
+        return self._out_size
+
+    @property
+    def name(self) -> str:
+        return f"{self.peer[0]}:{self.peer[1]} ({self.client_id or '-'})"
+
+    def data_to_send(self) -> bytes:
+        data = b"".join(self._out)
+        self._out.clear()
+        self._out_size = 0
+        return data
+
+    def output_drained(self) -> None:
+        if self.output_blocked and self._out_size < self.high_water // 2:
+            self.output_blocked = False
+            if self.state is State.CONNECTED:
+                kick(self)
+
+    def emit(self, data: bytes) -> None:
+        self._out.append(data)
+        self._out_size += len(data)
+        if self._out_size >= self.high_water:
+            self.output_blocked = True
+        if len(self._out) == 1:
+            self.wake()
+
+    def send(self, packet: Packet) -> None:
+        self.emit(encode_packet(packet, self.version or 4))
+
+    def receive_data(self, data: bytes | bytearray) -> None:
+        if self.state in (State.CLOSED, State.CLOSING):
+            return
+        self.last_recv = self.clock()
+        self.codec.receive_data(data)
+        while not self.closed:
+            try:
+                packet = self.codec.next_event()
+            except ProtocolError as exc:
+                self._protocol_error(exc)
+                break
+            if packet is NEED_DATA:
+                break
+            try:
+                self._handle(packet)
+            except ProtocolError as exc:
+                self._protocol_error(exc)
+            except BrokerError as err:
+                log.info("connection %s: %s", self.name, err.text)
+                self.close(ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, err.text)
+        self.flush_confirms()
+
+    def _protocol_error(self, exc: ProtocolError) -> None:
+        log.info("connection %s: %s: %s", self.name, exc.reason.name, exc.text)
+        if self.state is State.CONNECT_WAIT:
+            if exc.reason is ReasonCode.UNSUPPORTED_PROTOCOL_VERSION:
+                # [MQTT-3.1.2-2]: CONNACK 0x01 in 3.1.1's format, then close
+                self.emit(b"\x20\x02\x00\x01")
+            self._finish()
+            return
+        self.close(exc.reason, exc.text)
+
+    def _handle(self, packet: Packet) -> None:
+        if self.state is State.CONNECT_WAIT:
+            if not isinstance(packet, Connect):
+                log.info("connection %s: first packet is not CONNECT", self.name)
+                self._finish()
+                return
+            sessions.connect(self, packet)
+            return
+        handler = handlers.TABLE.get(type(packet))
+        if handler is None:
+            raise ProtocolError(ReasonCode.PROTOCOL_ERROR,
+                                f"unexpected {type(packet).__name__} from a client")
+        handler(self, packet)
+
+    def timer(self, now: float) -> None:
+        if self.state is State.CLOSING:
+            if now >= self._linger_until:
+                self.state = State.CLOSED
+            return
+        if self.state is State.CONNECT_WAIT:
+            if now - self.started > CONNECT_TIMEOUT:
+                self._finish()
+            return
+        if self.state is State.CONNECTED and self.keepalive and (
+                now - self.last_recv > 1.5 * self.keepalive):
+            log.info("connection %s: keepalive timeout", self.name)
+            self.close(ReasonCode.KEEP_ALIVE_TIMEOUT, "keepalive timeout")
+
+    def connection_lost(self) -> None:
+        if self.state is State.CONNECTED:
+            self._end_session(publish_will=True)
+        self.state = State.CLOSED
+
+    def shutdown(self) -> None:
+        if self.state is State.CONNECTED:
+            self.close(ReasonCode.SERVER_SHUTTING_DOWN, "broker shutdown", will=False)
+        self._finish()
+
+    def memory_alarm(self, on: bool) -> None:
+        """Over the memory high-watermark a publishing client is not read any more."""
+        self.alarm = on
+        if not on:
+            self.read_paused = False
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def close(self, reason: ReasonCode, text: str = "", *, will: bool = True) -> None:
+        """Server-side close: DISCONNECT with a reason code (MQTT 5), then the session
+        ends as after a lost connection."""
+        if self.state in (State.CLOSED, State.CLOSING):
+            return
+        if self.version == MQTT_5 and self.state is State.CONNECTED:
+            props = NO_PROPERTIES
+            if text:
+                from protocols.mqtt.frames import Properties
+
+                props = Properties(reason_string=text[:200])
+            self.send(Disconnect(int(reason), props))
+            self._end_session(publish_will=will)
+            # the client may still be sending: reading on for a moment lets it read our
+            # DISCONNECT instead of a connection reset
+            self.state = State.CLOSING
+            self._linger_until = self.clock() + LINGER
+            return
+        if self.state is State.CONNECTED:
+            self._end_session(publish_will=will)
+        self.state = State.CLOSED
+
+    def _finish(self) -> None:
+        self.state = State.CLOSED
+
+    def taken_over(self) -> None:
+        """Another connection CONNECTed with this client id [MQTT-3.1.4-3]."""
+        self.close(ReasonCode.SESSION_TAKEN_OVER, "session taken over")
+
+    def _end_session(self, *, publish_will: bool) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        sessions.end(self, publish_will=publish_will)
+
+    # -- helpers for handlers --------------------------------------------------------------
+
+    def allowed(self, permission: Permission, kind: ResourceKind, name: str) -> bool:
+        key = (permission, kind, name)
+        ok = self._permissions.get(key)
+        if ok is None:
+            assert self.user is not None and self.vhost is not None
+            ok = self._permissions[key] = self.auth.allowed(
+                self.user, self.vhost.name, permission, name, resource_kind=kind)
+        return ok
+
+    def remember_reply_topic(self, correlation_id: str | None, topic: str) -> None:
+        self._last_reply_topic = topic
+        if correlation_id is not None:
+            if len(self._reply_topics) >= REPLY_TOPICS_KEPT:
+                del self._reply_topics[next(iter(self._reply_topics))]
+            self._reply_topics[correlation_id] = topic
+
+    def reply_topic(self, correlation_id: str | None) -> str | None:
+        if correlation_id is not None and correlation_id in self._reply_topics:
+            return self._reply_topics.pop(correlation_id)
+        return self._last_reply_topic
+
+    def flush_confirms(self) -> None:
+        """Send the PUBACK/PUBREC whose messages the store has made durable, in order."""
+        pending = self.pending_acks
+        if not pending or self.state is not State.CONNECTED:
+            return
+        durable = self.broker.store.durable
+        while pending and pending[0][0] <= durable:
+            packet = pending.popleft()[1]
+            if isinstance(packet, PubAck):
+                self.inbound_qos1 -= 1
+            self.send(packet)
+
+    def inbound_inflight(self) -> int:
+        """QoS 1/2 PUBLISHes from the client not yet acknowledged (PUBACK / PUBCOMP)."""
+        return self.inbound_qos1 + (len(self.st.incoming_qos2) if self.st else 0)
+
+
+def new_client_id() -> str:
+    return "gw-" + os.urandom(9).hex()

@@ -1,0 +1,311 @@
+"""Session life: CONNECT (login, client id, takeover, clean or resumed session, CONNACK),
+the session's queue, and the end of a connection (queue kept or deleted, will published).
+
+Persistent sessions map onto the core as RabbitMQ maps them: a durable queue with
+`x-expires` = session expiry (capped by `mqtt.max_session_expiry`), bindings from
+`amq.topic` that survive a restart. A will with a delay (MQTT 5) waits in a queue
+`mqtt-will-<client id>` whose message TTL is the delay and whose dead-letter exchange is
+`amq.topic` with the will's routing key, so the core's clock publishes it; a reconnect
+deletes that queue before it fires [MQTT-3.1.3-9]. Such a delayed will is not retained
+(as in RabbitMQ); an immediate one is.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from gateway.core.errors import BrokerError
+from protocols.mqtt.delivery import MQTTConsumer, resend_inflight
+from protocols.mqtt.frames import (
+    CONNACK_311,
+    MQTT_5,
+    Connack,
+    Connect,
+    Properties,
+    ReasonCode,
+)
+from protocols.mqtt.mapping import (
+    filter_to_binding_key,
+    topic_to_routing_key,
+)
+from protocols.mqtt.state import (
+    SessionState,
+    SubOptions,
+    session_queue_name,
+    shared_queue_name,
+    will_queue_name,
+)
+
+if TYPE_CHECKING:
+    from gateway.core.queue import Queue
+    from protocols.mqtt.session import MQTTSession
+
+log = logging.getLogger("gateway.mqtt")
+NEVER = 0xFFFFFFFF
+
+
+def _refuse(s: MQTTSession, reason: ReasonCode, text: str) -> None:
+    log.info("connection %s: CONNECT refused: %s", s.name, text)
+    if s.version == MQTT_5:
+        s.send(Connack(int(reason), False, Properties(reason_string=text[:200])))
+    else:
+        s.send(Connack(int(CONNACK_311.get(reason, 3))))
+    s._finish()
+
+
+def _login(s: MQTTSession, c: Connect) -> bool:
+    cfg = s.config
+    vhost_name = cfg.default_vhost
+    if c.username is None:
+        if not cfg.allow_anonymous or c.password is not None:
+            _refuse(s, ReasonCode.BAD_USER_NAME_OR_PASSWORD, "credentials required")
+            return False
+        user = s.auth.user(cfg.anonymous_user)
+        if user is None or (user.name in s.loopback_users and not s.loopback):
+            _refuse(s, ReasonCode.NOT_AUTHORIZED, "anonymous login refused")
+            return False
+    else:
+        name = c.username
+        if ":" in name:  # RabbitMQ's `vhost:user`
+            vhost_name, name = name.split(":", 1)
+        try:
+            password = (c.password or b"").decode("utf-8")
+        except UnicodeDecodeError:
+            password = ""
+        try:
+            user = s.auth.authenticate(name, password, loopback=s.loopback, mechanism="MQTT")
+        except BrokerError as err:
+            log.info("connection %s: login refused: %s", s.name, getattr(err, "reason", err))
+            _refuse(s, ReasonCode.BAD_USER_NAME_OR_PASSWORD, "bad user name or password")
+            return False
+    try:
+        s.auth.check_vhost(user, vhost_name)
+        s.vhost = s.broker.vhost(vhost_name)
+    except BrokerError as err:
+        _refuse(s, ReasonCode.NOT_AUTHORIZED, err.text)
+        return False
+    s.user = user
+    return True
+
+
+def connect(s: MQTTSession, c: Connect) -> None:
+    from protocols.mqtt.session import State, new_client_id
+
+    cfg = s.config
+    v5 = c.protocol_level == MQTT_5
+    props = Properties()
+    client_id = c.client_id
+    if not client_id:
+        if not c.clean_start and not v5:
+            _refuse(s, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
+                    "empty client id needs a clean session [MQTT-3.1.3-8]")
+            return
+        client_id = new_client_id()
+        if v5:
+            props = Properties(assigned_client_identifier=client_id)
+    if len(client_id.encode("utf-8")) > 200:
+        _refuse(s, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "client id too long")
+        return
+    if c.will is not None and c.will.properties.payload_format_indicator == 1:
+        try:
+            c.will.payload.decode("utf-8")
+        except UnicodeDecodeError:
+            _refuse(s, ReasonCode.PAYLOAD_FORMAT_INVALID, "will payload is not UTF-8")
+            return
+    if not _login(s, c):
+        return
+    if c.will is not None and not s.allowed("write", "exchange", "amq.topic"):
+        _refuse(s, ReasonCode.NOT_AUTHORIZED, "no write access to amq.topic for the will")
+        return
+    assert s.vhost is not None
+    s.client_id = client_id
+    key = s.key
+    now = s.clock()
+    s.mqtt.sweep(now)
+    old = s.mqtt.active.get(key)
+    if old is not None and old is not s:
+        old.taken_over()
+    # a new connection cancels a delayed will of the same client [MQTT-3.1.3-9]
+    s.vhost.delete_queue(will_queue_name(client_id))
+
+    if v5:
+        expiry = c.properties.session_expiry_interval or 0
+    else:
+        expiry = 0 if c.clean_start else cfg.max_session_expiry
+    granted_expiry = min(expiry, cfg.max_session_expiry)
+    if v5 and granted_expiry != expiry:
+        props = _with(props, session_expiry_interval=granted_expiry)
+
+    st = s.mqtt.sessions.get(key)
+    if st is not None and (c.clean_start or st.expired(now)):
+        discard(s, st)
+        st = None
+    if st is None and not c.clean_start:
+        st = _recover(s, client_id)
+    present = st is not None and not c.clean_start
+    if st is None:
+        st = SessionState(s.vhost.name, client_id)
+        s.mqtt.sessions[key] = st
+    st.expiry = granted_expiry
+    st.disconnected_at = None
+    s.st = st
+    s.mqtt.active[key] = s
+
+    s.keepalive = c.keepalive
+    if cfg.max_keepalive and (c.keepalive == 0 or c.keepalive > cfg.max_keepalive):
+        s.keepalive = cfg.max_keepalive
+        if v5:
+            props = _with(props, server_keep_alive=s.keepalive)
+    if v5:
+        cp = c.properties
+        s.client_receive_maximum = cp.receive_maximum or 65535
+        s.client_max_packet = cp.maximum_packet_size
+        s.client_alias_maximum = cp.topic_alias_maximum or 0
+        props = _with(props, topic_alias_maximum=cfg.topic_alias_maximum,
+                      maximum_packet_size=cfg.max_packet_size,
+                      receive_maximum=cfg.receive_maximum)
+    s.will = c.will
+    s.state = State.CONNECTED
+    s.send(Connack(0, present, props))
+    log.info("connection %s: MQTT %s session %s (%s)", s.name,
+             "5.0" if v5 else "3.1.1", client_id, "resumed" if present else "new")
+    if present:
+        resend_inflight(s)
+    queue = s.vhost.queues.get(session_queue_name(client_id))
+    if queue is not None:
+        attach(s, queue)
+    for group, topic_filter, opts in list(st.shared.values()):
+        attach_shared(s, group, topic_filter, opts)
+
+
+def _with(props: Properties, **changes: object) -> Properties:
+    from dataclasses import replace
+
+    return replace(props, **changes)  # type: ignore[arg-type]
+
+
+def _recover(s: MQTTSession, client_id: str) -> SessionState | None:
+    """After a broker restart: the session's durable queue and its bindings."""
+    assert s.vhost is not None
+    queue = s.vhost.queues.get(session_queue_name(client_id))
+    if queue is None:
+        return None
+    from protocols.mqtt.mapping import binding_key_to_filter
+
+    st = SessionState(s.vhost.name, client_id)
+    for binding in queue.bound_by:
+        if binding.source.name != "amq.topic":
+            continue
+        opts = SubOptions.from_args(dict(binding.arguments))
+        if opts is not None:
+            st.subscriptions[binding_key_to_filter(binding.routing_key)] = opts
+    s.mqtt.sessions[s.key] = st
+    return st
+
+
+def discard(s: MQTTSession, st: SessionState) -> None:
+    """End a session for good: its queue, bindings and in-flight messages go."""
+    assert s.vhost is not None
+    for out in st.outgoing.values():
+        if out.entry is not None and not out.entry.queue.deleted:
+            out.entry.queue.requeue([out.entry], s.clock())
+    st.outgoing.clear()
+    s.vhost.delete_queue(session_queue_name(st.client_id))
+    s.mqtt.sessions.pop((st.vhost, st.client_id), None)
+
+
+def ensure_queue(s: MQTTSession) -> Queue:
+    """The session's queue, declared on first use: durable with `x-expires` for a
+    persistent session, transient for a clean one."""
+    assert s.vhost is not None and s.st is not None
+    name = session_queue_name(s.client_id)
+    queue = s.vhost.queues.get(name)
+    if queue is None:
+        persistent = s.st.expiry > 0
+        args = {"x-expires": s.st.expiry * 1000} if persistent else {}
+        queue = s.vhost.declare_queue(name, durable=persistent, arguments=args,
+                                      now=s.clock())
+    if s.consumer is None or s.consumer.queue is not queue:
+        attach(s, queue)
+    return queue
+
+
+def attach(s: MQTTSession, queue: Queue) -> None:
+    s.consumer = MQTTConsumer(s, queue)
+    queue.add_consumer(s.consumer, s.clock())
+
+
+def attach_shared(s: MQTTSession, group: str, topic_filter: str, opts: SubOptions) -> None:
+    """A member of a shared subscription: one more consumer on the group's queue, which
+    hands messages round-robin to its consumers."""
+    assert s.vhost is not None
+    name = shared_queue_name(group, topic_filter)
+    queue = s.vhost.queues.get(name)
+    if queue is None:
+        queue = s.vhost.declare_queue(name, auto_delete=True, now=s.clock())
+        s.vhost.bind(queue, "amq.topic", filter_to_binding_key(topic_filter),
+                     {"x-mqtt-subscription-qos": 2})
+    key = f"$share/{group}/{topic_filter}"
+    old = s.shared_consumers.pop(key, None)
+    if old is not None:
+        s.vhost.cancel(old.queue, old, s.clock())
+    consumer = MQTTConsumer(s, queue, (topic_filter, opts))
+    s.shared_consumers[key] = consumer
+    queue.add_consumer(consumer, s.clock())
+
+
+def end(s: MQTTSession, *, publish_will: bool) -> None:
+    """The connection is gone: detach from the core, keep or end the session, will."""
+    st = s.st
+    vhost = s.vhost
+    if st is None or vhost is None:
+        return
+    now = s.clock()
+    if s.mqtt.active.get(s.key) is s:
+        del s.mqtt.active[s.key]
+    if s.consumer is not None:
+        s.consumer.queue.remove_consumer(s.consumer, now)
+        s.consumer = None
+    for pid, out in list(st.outgoing.items()):
+        # a shared subscription's messages go to another member of the group
+        if out.entry is not None and out.entry.queue.name != session_queue_name(s.client_id):
+            del st.outgoing[pid]
+            out.entry.queue.requeue([out.entry], now)
+    for consumer in list(s.shared_consumers.values()):
+        vhost.cancel(consumer.queue, consumer, now)
+    s.shared_consumers.clear()
+    if publish_will and s.will is not None:
+        _publish_will(s, st.expiry)
+    s.will = None
+    if st.expiry == 0:
+        discard(s, st)
+    else:
+        st.disconnected_at = now
+
+
+def _publish_will(s: MQTTSession, session_expiry: int) -> None:
+    will = s.will
+    assert will is not None and s.vhost is not None
+    delay = min(will.properties.will_delay_interval or 0, session_expiry)
+    if delay <= 0:
+        from dataclasses import replace as _replace
+
+        from protocols.mqtt.handlers import route_publish
+
+        route_publish(s, will.topic, will.payload, will.qos, will.retain,
+                      _replace(will.properties, will_delay_interval=None))
+        return
+    from dataclasses import replace
+
+    from protocols.mqtt.mapping import to_core
+
+    props = replace(will.properties, message_expiry_interval=None, will_delay_interval=None)
+    rk = topic_to_routing_key(will.topic)
+    queue = s.vhost.declare_queue(will_queue_name(s.client_id), arguments={
+        "x-message-ttl": delay * 1000, "x-dead-letter-exchange": "amq.topic",
+        "x-dead-letter-routing-key": rk, "x-expires": delay * 1000 + 60_000},
+        now=s.clock())
+    message = to_core(will.topic, will.payload, will.qos, props, own_queue=None,
+                      message_id=s.vhost.next_message_id())
+    queue.enqueue(message, s.clock())

@@ -1,0 +1,147 @@
+"""What MQTT keeps beyond one connection: sessions by client id, and retained messages.
+
+A `SessionState` is an MQTT session in the spec's sense [MQTT-4.1]: subscriptions, QoS 1/2
+messages sent and not yet acknowledged (kept with their packet ids, to be resent with DUP
+on reconnect [MQTT-4.4.0-1]), QoS 2 packet ids received and not yet released (exactly-once
+dedup), and when it expires. The messages themselves live in the core, in the session's
+queue; a persistent session's queue and bindings are durable, so after a broker restart the
+session comes back from them (its subscriptions are bindings whose arguments carry the
+subscription options), though the in-flight packet ids do not.
+
+`MQTTState` holds one broker's sessions, the connection currently attached to each, and one
+retained store per virtual host. It is found through `state_for(broker)`: it hangs off the
+broker object, not a module global, so two brokers (as in tests) never share it.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from protocols.mqtt.frames import Publish
+from protocols.mqtt.retain import RetainedStore
+
+if TYPE_CHECKING:
+    from gateway.core.broker import Broker
+    from gateway.core.queue import Entry
+
+# binding arguments that carry a subscription's options
+ARG_QOS = "x-mqtt-subscription-qos"
+ARG_NO_LOCAL = "x-mqtt-no-local"
+ARG_RAP = "x-mqtt-retain-as-published"
+ARG_SUB_ID = "x-mqtt-subscription-id"
+
+
+def session_queue_name(client_id: str) -> str:
+    """One queue per session. RabbitMQ's name for the QoS 1 queue of a client; here it holds
+    every QoS, so its permission idiom `^mqtt-subscription-{client_id}qos.*` still applies."""
+    return f"mqtt-subscription-{client_id}qos1"
+
+
+def will_queue_name(client_id: str) -> str:
+    return f"mqtt-will-{client_id}"
+
+
+def shared_queue_name(group: str, topic_filter: str) -> str:
+    return f"mqtt-shared-{group}-{topic_filter}"
+
+
+@dataclass(frozen=True, slots=True)
+class SubOptions:
+    qos: int
+    no_local: bool = False
+    retain_as_published: bool = False
+    subscription_id: int | None = None
+
+    def binding_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {ARG_QOS: self.qos}
+        if self.no_local:
+            args[ARG_NO_LOCAL] = True
+        if self.retain_as_published:
+            args[ARG_RAP] = True
+        if self.subscription_id is not None:
+            args[ARG_SUB_ID] = self.subscription_id
+        return args
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> SubOptions | None:
+        qos = args.get(ARG_QOS)
+        if not isinstance(qos, int) or isinstance(qos, bool) or not 0 <= qos <= 2:
+            return None
+        sub_id = args.get(ARG_SUB_ID)
+        return cls(qos, bool(args.get(ARG_NO_LOCAL)), bool(args.get(ARG_RAP)),
+                   sub_id if isinstance(sub_id, int) else None)
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """A QoS 1/2 PUBLISH sent to the client and not yet completed."""
+
+    packet: Publish
+    entry: Entry | None  # the core entry to settle (None: a retained message)
+    released: bool = False  # QoS 2: PUBREC received, PUBREL sent, waiting for PUBCOMP
+
+
+@dataclass(eq=False)
+class SessionState:
+    vhost: str
+    client_id: str
+    expiry: int = 0  # seconds the session outlives its connection
+    subscriptions: dict[str, SubOptions] = field(default_factory=dict)
+    # shared subscriptions: "$share/group/filter" -> (group, filter, options)
+    shared: dict[str, tuple[str, str, SubOptions]] = field(default_factory=dict)
+    outgoing: dict[int, Outgoing] = field(default_factory=dict)
+    incoming_qos2: set[int] = field(default_factory=set)
+    next_packet_id: int = 1
+    disconnected_at: float | None = None
+
+    def expired(self, now: float) -> bool:
+        return self.disconnected_at is not None and now - self.disconnected_at >= self.expiry
+
+    def allocate_packet_id(self) -> int | None:
+        """A packet id not in use by an unacknowledged outgoing PUBLISH, or None."""
+        if len(self.outgoing) >= 65535:
+            return None
+        pid = self.next_packet_id
+        while pid in self.outgoing:
+            pid = pid % 65535 + 1
+        self.next_packet_id = pid % 65535 + 1
+        return pid
+
+
+class MQTTState:
+    def __init__(self, retained_max_messages: int, retained_max_bytes: int) -> None:
+        self.sessions: dict[tuple[str, str], SessionState] = {}
+        self.active: dict[tuple[str, str], Any] = {}  # (vhost, client id) -> MQTTSession
+        self.retained_max_messages = retained_max_messages
+        self.retained_max_bytes = retained_max_bytes
+        self._retained: dict[str, RetainedStore] = {}
+        self._connects = 0
+
+    def retained(self, vhost: str) -> RetainedStore:
+        store = self._retained.get(vhost)
+        if store is None:
+            store = self._retained[vhost] = RetainedStore(self.retained_max_messages,
+                                                          self.retained_max_bytes)
+        return store
+
+    def sweep(self, now: float) -> None:
+        """Forget expired sessions that nobody reconnected to (every 100 connects)."""
+        self._connects += 1
+        if self._connects % 100:
+            return
+        for key, st in list(self.sessions.items()):
+            if key not in self.active and st.expired(now):
+                del self.sessions[key]
+
+
+_STATES: weakref.WeakKeyDictionary[Broker, MQTTState] = weakref.WeakKeyDictionary()
+
+
+def state_for(broker: Broker, retained_max_messages: int = 100_000,
+              retained_max_bytes: int = 64 * 1024 * 1024) -> MQTTState:
+    state = _STATES.get(broker)
+    if state is None:
+        state = _STATES[broker] = MQTTState(retained_max_messages, retained_max_bytes)
+    return state
