@@ -28,7 +28,17 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy gateway protocols
 
-test: lint typecheck
+# Tools from Debian's packages the tests use, installed where missing: Chromium for the web
+# UI's browser tests (driven by Playwright), rabbitmqadmin (shipped with rabbitmq-server).
+SYSTEM_TOOLS := /usr/bin/chromium /usr/bin/rabbitmqadmin
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+$(SYSTEM_TOOLS):
+	$(SUDO) apt-get update -q
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+		chromium rabbitmq-server
+
+test: lint typecheck | $(SYSTEM_TOOLS)
 	$(BIN)/pytest -q -p no:cacheprovider
 
 bench: $(STAMP)

@@ -61,9 +61,9 @@ class Broker:
     ) -> None:
         self.host = host
         self.config = config  # a --config file, for brokers with non-default settings
-        # every protocol listener on a free port (0), HTTP off; after start: the bound ports
+        # every protocol listener and HTTP on a free port (0); after start: the bound ports
         self.ports: dict[str, int | None] = {"amqp": amqp_port, "mqtt": 0, "stomp": 0,
-                                             "http": None}
+                                             "http": 0}
         self.amqp_port = amqp_port
         self.data_dir = data_dir  # None for an external broker
         self.vhost = vhost
@@ -81,7 +81,7 @@ class Broker:
     @classmethod
     def external(cls, url: str) -> Broker:
         parts = urlsplit(url)
-        return cls(
+        broker = cls(
             parts.hostname or "127.0.0.1",
             parts.port or 5672,
             data_dir=None,
@@ -89,6 +89,8 @@ class Broker:
             user=unquote(parts.username or "guest"),
             password=unquote(parts.password or "guest"),
         )
+        broker.ports["http"] = 15672  # RabbitMQ's management listener
+        return broker
 
     @property
     def is_external(self) -> bool:

@@ -1,4 +1,5 @@
-"""`gateway serve`: start the broker from a config file, with flags that override it."""
+"""`gateway serve`: start the broker from a config file, with flags that override it;
+`gateway ctl` (rabbitmqctl commands over the HTTP API) and `gateway info` (a live view)."""
 
 from __future__ import annotations
 
@@ -28,11 +29,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="directory for durable state")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"])
+    from gateway.cli import ctl, info
+
+    ctl.add_parser(sub)
+    info.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "ctl":
+        from gateway.cli import ctl
+
+        return ctl.run(args)
+    if args.command == "info":
+        from gateway.cli import info
+
+        return info.run(args)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -12,6 +12,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import trio
@@ -151,9 +152,32 @@ class Server:
             self.ports[name] = bound
             log.info("listener %s on %s:%d", name, host, bound)
             listeners.start_soon(self._accept_loop, tcp, conns, factory)
-        for name in ("mqtt", "stomp", "http"):
-            if name not in SESSION_FACTORIES and getattr(self.config.listeners, name) is not None:
-                log.info("listener %s not available yet in this version; skipped", name)
+        await self._start_http(listeners, conns)
+
+    # -- the http listener: management API, web UI, /metrics (gateway/management) ----------
+
+    async def _start_http(self, listeners: trio.Nursery, conns: trio.Nursery) -> None:
+        port = self.config.listeners.http
+        if port is None:
+            return
+        from gateway.management.app import ManagementApp
+        from gateway.server.http import HTTPServer
+
+        host = self.config.listeners.host
+        tcp = await trio.open_tcp_listeners(port, host=host)
+        bound = tcp[0].socket.getsockname()[1]
+        self.ports["http"] = bound
+        log.info("listener http on %s:%d", host, bound)
+        self.management = ManagementApp(self)
+        self.http = HTTPServer(self.management.handle)
+        listeners.start_soon(self.management.run)
+
+        async def handler(stream: trio.SocketStream) -> None:
+            peer = stream.socket.getpeername()
+            await self.http.serve(stream, (peer[0], peer[1]))
+
+        listeners.start_soon(partial(trio.serve_listeners, handler, tcp,
+                                     handler_nursery=conns))
 
     async def _accept_loop(self, tcp: list[trio.SocketListener], conns: trio.Nursery,
                            factory: SessionFactory) -> None:

@@ -1,0 +1,497 @@
+"""`gateway ctl`: the rabbitmqctl commands people use, run against a live broker through its
+HTTP API (so they work on any broker reachable over HTTP, with a broker user's rights).
+
+Output follows rabbitmqctl: an info line ("Listing queues for vhost / ...") unless `-q`,
+then tab-separated rows with a header row (or `--formatter json`). Exit codes follow it
+too: 0 success, 1 the broker refused the operation, 64 a usage error, 69 no broker
+reachable, 77 the credentials were refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+from urllib import error, request
+from urllib.parse import quote
+
+EX_USAGE, EX_UNAVAILABLE, EX_NOPERM, EX_FAILED = 64, 69, 77, 1
+TIMEOUT = 30.0
+
+
+class CtlError(Exception):
+    def __init__(self, message: str, code: int = EX_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def seg(name: str) -> str:
+    return quote(name, safe="")
+
+
+@dataclass
+class Client:
+    base: str  # http://host:port
+    user: str
+    password: str
+
+    def call(self, method: str, path: str, body: Any = None, *,
+             user: tuple[str, str] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = request.Request(self.base + "/api" + path, data=data, method=method)
+        name, password = user or (self.user, self.password)
+        token = base64.b64encode(f"{name}:{password}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with request.urlopen(req, timeout=TIMEOUT) as resp:
+                raw = resp.read()
+        except error.HTTPError as exc:
+            reason = _reason(exc.read())
+            if exc.code == 401:
+                raise CtlError(f"the broker refused the credentials: {reason}",
+                               EX_NOPERM) from None
+            raise CtlError(reason or f"HTTP {exc.code}") from None
+        except (error.URLError, OSError) as exc:
+            why = getattr(exc, "reason", exc)
+            raise CtlError(f"unable to reach the broker's HTTP API at {self.base} ({why}). "
+                           "Is the broker running with its http listener on? (see --port, "
+                           "--host, --config)", EX_UNAVAILABLE) from None
+        return json.loads(raw) if raw.strip() else None
+
+
+def _reason(raw: bytes) -> str:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace").strip()
+    if isinstance(data, dict):
+        return str(data.get("reason") or data.get("error") or data)
+    return str(data)
+
+
+# -- output --------------------------------------------------------------------------------
+
+
+@dataclass
+class Out:
+    quiet: bool
+    formatter: str
+    headers: bool
+    stream: TextIO
+
+    def info(self, text: str) -> None:
+        if not self.quiet and self.formatter != "json":
+            print(text, file=self.stream)
+
+    def table(self, rows: list[dict[str, Any]], columns: list[str]) -> None:
+        if self.formatter == "json":
+            print(json.dumps([{c: r.get(c) for c in columns} for r in rows], indent=1),
+                  file=self.stream)
+            return
+        if self.headers:
+            print("\t".join(columns), file=self.stream)
+        for r in rows:
+            print("\t".join(_cell(r.get(c)) for c in columns), file=self.stream)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def _columns(asked: list[str], default: list[str], known: set[str]) -> list[str]:
+    cols = asked or default
+    unknown = [c for c in cols if c not in known]
+    if unknown:
+        raise CtlError(f"unknown column(s) {', '.join(unknown)}; known: "
+                       f"{', '.join(sorted(known))}", EX_USAGE)
+    return cols
+
+
+# -- commands -------------------------------------------------------------------------------
+
+Command = Callable[[Client, argparse.Namespace, Out], None]
+COMMANDS: dict[str, tuple[Command, Callable[[argparse.ArgumentParser], None], str]] = {}
+
+
+def command(name: str, help: str, args: Callable[[argparse.ArgumentParser], None] = lambda p: None
+            ) -> Callable[[Command], Command]:
+    def register(fn: Command) -> Command:
+        COMMANDS[name] = (fn, args, help)
+        return fn
+
+    return register
+
+
+def _pos(*names: str) -> Callable[[argparse.ArgumentParser], None]:
+    def add(p: argparse.ArgumentParser) -> None:
+        for n in names:
+            p.add_argument(n)
+
+    return add
+
+
+def _cols(p: argparse.ArgumentParser) -> None:
+    p.add_argument("columns", nargs="*", help="columns to show")
+
+
+@command("add_user", "create a user", _pos("username", "password"))
+def add_user(c: Client, a: argparse.Namespace, out: Out) -> None:
+    out.info(f'Adding user "{a.username}" ...')
+    c.call("PUT", f"/users/{seg(a.username)}", {"password": a.password, "tags": ""})
+
+
+@command("delete_user", "delete a user", _pos("username"))
+def delete_user(c: Client, a: argparse.Namespace, out: Out) -> None:
+    out.info(f'Deleting user "{a.username}" ...')
+    c.call("DELETE", f"/users/{seg(a.username)}")
+
+
+@command("change_password", "set a user's password", _pos("username", "password"))
+def change_password(c: Client, a: argparse.Namespace, out: Out) -> None:
+    out.info(f'Changing password for user "{a.username}" ...')
+    user = c.call("GET", f"/users/{seg(a.username)}")
+    c.call("PUT", f"/users/{seg(a.username)}", {"password": a.password,
+                                                 "tags": user.get("tags", [])})
+
+
+@command("authenticate_user", "check a user's password", _pos("username", "password"))
+def authenticate_user(c: Client, a: argparse.Namespace, out: Out) -> None:
+    out.info(f'Authenticating user "{a.username}" ...')
+    try:
+        c.call("GET", "/whoami", user=(a.username, a.password))
+    except CtlError as exc:
+        # a user without management tags is authenticated, only not let into the API
+        if exc.code != EX_NOPERM or "Not management user" not in str(exc):
+            raise CtlError(f'Error: failed to authenticate user "{a.username}"',
+                           EX_NOPERM) from None
+    print("Success", file=out.stream)
+
+
+def _tags_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("username")
+    p.add_argument("tags", nargs="*")
+
+
+@command("set_user_tags", "replace a user's tags", _tags_args)
+def set_user_tags(c: Client, a: argparse.Namespace, out: Out) -> None:
+    out.info(f'Setting tags for user "{a.username}" to [{", ".join(a.tags)}] ...')
+    user = c.call("GET", f"/users/{seg(a.username)}")
+    c.call("PUT", f"/users/{seg(a.username)}", {"password_hash": user.get("password_hash", ""),
+                                                 "tags": a.tags})
+
+
+@command("list_users", "list users and their tags")
+def list_users(c: Client, a: argparse.Namespace, out: Out) -> None:
+    out.info("Listing users ...")
+    rows = [{"user": u["name"], "tags": "[" + ", ".join(u["tags"]) + "]"}
+            for u in c.call("GET", "/users")]
+    out.table(rows, ["user", "tags"])
+
+
+@command("add_vhost", "create a virtual host", _pos("vhost"))
+def add_vhost(c: Client, a: argparse.Namespace, out: Out) -> None:
+    out.info(f'Adding vhost "{a.vhost}" ...')
+    c.call("PUT", f"/vhosts/{seg(a.vhost)}", {})
+
+
+@command("delete_vhost", "delete a virtual host and everything in it", _pos("vhost"))
+def delete_vhost(c: Client, a: argparse.Namespace, out: Out) -> None:
+    out.info(f'Deleting vhost "{a.vhost}" ...')
+    c.call("DELETE", f"/vhosts/{seg(a.vhost)}")
+
+
+@command("list_vhosts", "list virtual hosts", _cols)
+def list_vhosts(c: Client, a: argparse.Namespace, out: Out) -> None:
+    out.info("Listing vhosts ...")
+    rows = c.call("GET", "/vhosts")
+    out.table(rows, _columns(a.columns, ["name"], {"name", "tracing", "messages",
+                                                   "messages_ready", "description"}))
+
+
+@command("set_permissions", "grant a user configure/write/read regexes on a vhost",
+         _pos("username", "conf", "write", "read"))
+def set_permissions(c: Client, a: argparse.Namespace, out: Out) -> None:
+    out.info(f'Setting permissions for user "{a.username}" in vhost "{a.vhost}" ...')
+    c.call("PUT", f"/permissions/{seg(a.vhost)}/{seg(a.username)}",
+           {"configure": a.conf, "write": a.write, "read": a.read})
+
+
+@command("clear_permissions", "revoke a user's permissions on a vhost", _pos("username"))
+def clear_permissions(c: Client, a: argparse.Namespace, out: Out) -> None:
+    out.info(f'Clearing permissions for user "{a.username}" in vhost "{a.vhost}" ...')
+    c.call("DELETE", f"/permissions/{seg(a.vhost)}/{seg(a.username)}")
+
+
+@command("list_permissions", "list the permissions on a vhost")
+def list_permissions(c: Client, a: argparse.Namespace, out: Out) -> None:
+    out.info(f'Listing permissions for vhost "{a.vhost}" ...')
+    rows = c.call("GET", f"/vhosts/{seg(a.vhost)}/permissions")
+    out.table(rows, ["user", "configure", "write", "read"])
+
+
+@command("list_user_permissions", "list a user's permissions", _pos("username"))
+def list_user_permissions(c: Client, a: argparse.Namespace, out: Out) -> None:
+    out.info(f'Listing permissions for user "{a.username}" ...')
+    rows = c.call("GET", f"/users/{seg(a.username)}/permissions")
+    out.table(rows, ["vhost", "configure", "write", "read"])
+
+
+QUEUE_COLUMNS = {"name", "messages", "messages_ready", "messages_unacknowledged", "consumers",
+                 "durable", "auto_delete", "exclusive", "arguments", "policy", "state",
+                 "type", "message_bytes", "memory", "consumer_utilisation", "vhost"}
+
+
+@command("list_queues", "list queues (columns: name messages consumers ...)", _cols)
+def list_queues(c: Client, a: argparse.Namespace, out: Out) -> None:
+    cols = _columns(a.columns, ["name", "messages"], QUEUE_COLUMNS)
+    out.info(f"Timeout: {TIMEOUT:g} seconds ...\nListing queues for vhost {a.vhost} ...")
+    out.table(c.call("GET", f"/queues/{seg(a.vhost)}"), cols)
+
+
+@command("list_exchanges", "list exchanges", _cols)
+def list_exchanges(c: Client, a: argparse.Namespace, out: Out) -> None:
+    cols = _columns(a.columns, ["name", "type"], {"name", "type", "durable", "auto_delete",
+                                                  "internal", "arguments", "policy"})
+    out.info(f"Listing exchanges for vhost {a.vhost} ...")
+    out.table(c.call("GET", f"/exchanges/{seg(a.vhost)}"), cols)
+
+
+@command("list_bindings", "list bindings", _cols)
+def list_bindings(c: Client, a: argparse.Namespace, out: Out) -> None:
+    known = {"source_name", "source_kind", "destination_name", "destination_kind",
+             "routing_key", "arguments"}
+    cols = _columns(a.columns, ["source_name", "source_kind", "destination_name",
+                                "destination_kind", "routing_key", "arguments"], known)
+    out.info(f"Listing bindings for vhost {a.vhost}...")
+    rows = [{"source_name": b["source"], "source_kind": "exchange",
+             "destination_name": b["destination"], "destination_kind": b["destination_type"],
+             "routing_key": b["routing_key"], "arguments": b["arguments"]}
+            for b in c.call("GET", f"/bindings/{seg(a.vhost)}")]
+    out.table(rows, cols)
+
+
+@command("list_connections", "list connections of every protocol", _cols)
+def list_connections(c: Client, a: argparse.Namespace, out: Out) -> None:
+    cols = _columns(a.columns, ["user", "peer_host", "peer_port", "state"],
+                    {"name", "user", "vhost", "protocol", "peer_host", "peer_port", "host",
+                     "port", "state", "channels", "client_properties", "connected_at",
+                     "timeout", "frame_max", "auth_mechanism", "ssl"})
+    out.info("Listing connections ...")
+    out.table(c.call("GET", "/connections"), cols)
+
+
+@command("list_channels", "list AMQP channels", _cols)
+def list_channels(c: Client, a: argparse.Namespace, out: Out) -> None:
+    cols = _columns(a.columns, ["name", "user", "consumer_count", "messages_unacknowledged"],
+                    {"name", "number", "user", "vhost", "consumer_count",
+                     "messages_unacknowledged", "messages_unconfirmed", "prefetch_count",
+                     "global_prefetch_count", "confirm", "transactional", "state"})
+    out.info("Listing channels ...")
+    out.table(c.call("GET", "/channels"), cols)
+
+
+@command("list_consumers", "list consumers", _cols)
+def list_consumers(c: Client, a: argparse.Namespace, out: Out) -> None:
+    known = {"queue_name", "channel_pid", "consumer_tag", "ack_required", "prefetch_count",
+             "active", "arguments", "exclusive"}
+    cols = _columns(a.columns, ["queue_name", "channel_pid", "consumer_tag", "ack_required",
+                                "prefetch_count", "active", "arguments"], known)
+    out.info(f"Listing consumers in vhost {a.vhost} ...")
+    rows = [{**cons, "queue_name": cons["queue"]["name"],
+             "channel_pid": cons.get("channel_details", {}).get("name", "")}
+            for cons in c.call("GET", f"/consumers/{seg(a.vhost)}")]
+    out.table(rows, cols)
+
+
+@command("purge_queue", "remove every ready message of a queue", _pos("queue"))
+def purge_queue(c: Client, a: argparse.Namespace, out: Out) -> None:
+    out.info(f"Purging queue '{a.queue}' in vhost '{a.vhost}' ...")
+    c.call("DELETE", f"/queues/{seg(a.vhost)}/{seg(a.queue)}/contents")
+
+
+def _delete_queue_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("queue")
+    p.add_argument("--if-empty", "-e", action="store_true")
+    p.add_argument("--if-unused", "-u", action="store_true")
+
+
+@command("delete_queue", "delete a queue", _delete_queue_args)
+def delete_queue(c: Client, a: argparse.Namespace, out: Out) -> None:
+    out.info(f"Deleting queue '{a.queue}' on vhost '{a.vhost}' ...")
+    flags = "&".join(f for f, on in (("if-empty=true", a.if_empty),
+                                     ("if-unused=true", a.if_unused)) if on)
+    path = f"/queues/{seg(a.vhost)}/{seg(a.queue)}"
+    c.call("GET", path)  # a queue that does not exist is an error here, as in rabbitmqctl
+    c.call("DELETE", path + (f"?{flags}" if flags else ""))
+
+
+def _policy_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name")
+    p.add_argument("pattern")
+    p.add_argument("definition", help="JSON object, e.g. '{\"max-length\": 10}'")
+    p.add_argument("--priority", type=int, default=0)
+    p.add_argument("--apply-to", default="all", choices=["queues", "exchanges", "all"])
+
+
+@command("set_policy", "set a policy on a vhost", _policy_args)
+def set_policy(c: Client, a: argparse.Namespace, out: Out) -> None:
+    try:
+        definition = json.loads(a.definition)
+    except ValueError as exc:
+        raise CtlError(f"the definition is not JSON: {exc}", EX_USAGE) from None
+    out.info(f'Setting policy "{a.name}" for pattern "{a.pattern}" to "{a.definition}" '
+             f'with priority "{a.priority}" for vhost "{a.vhost}" ...')
+    c.call("PUT", f"/policies/{seg(a.vhost)}/{seg(a.name)}",
+           {"pattern": a.pattern, "definition": definition, "priority": a.priority,
+            "apply-to": a.apply_to})
+
+
+@command("clear_policy", "remove a policy", _pos("name"))
+def clear_policy(c: Client, a: argparse.Namespace, out: Out) -> None:
+    out.info(f'Clearing policy "{a.name}" on vhost "{a.vhost}" ...')
+    c.call("DELETE", f"/policies/{seg(a.vhost)}/{seg(a.name)}")
+
+
+@command("list_policies", "list the policies of a vhost")
+def list_policies(c: Client, a: argparse.Namespace, out: Out) -> None:
+    out.info(f'Listing policies for vhost "{a.vhost}" ...')
+    rows = c.call("GET", f"/policies/{seg(a.vhost)}")
+    out.table(rows, ["vhost", "name", "pattern", "apply-to", "definition", "priority"])
+
+
+@command("status", "the node's status")
+def status(c: Client, a: argparse.Namespace, out: Out) -> None:
+    overview = c.call("GET", "/overview")
+    node = c.call("GET", "/nodes")[0]
+    if out.formatter == "json":
+        print(json.dumps({"overview": overview, "node": node}, indent=1), file=out.stream)
+        return
+    out.info(f"Status of node {overview['node']} ...")
+    totals = overview["object_totals"]
+    lines = [
+        ("Runtime", ""),
+        ("OS PID", node["os_pid"]), ("Product name", overview["product_name"]),
+        ("Product version", overview["product_version"]),
+        ("Uptime (seconds)", node["uptime"] // 1000),
+        ("Memory used (bytes)", node["mem_used"]),
+        ("Message bytes held / watermark", f"{node['message_bytes_held']} / "
+                                            f"{node['mem_limit']}"),
+        ("Memory alarm", node["mem_alarm"]),
+        ("File descriptors", f"{node['fd_used']} / {node['fd_total']}"),
+        ("Free disk space (bytes)", node["disk_free"]),
+        ("Connections", totals["connections"]), ("Channels", totals["channels"]),
+        ("Queues", totals["queues"]), ("Consumers", totals["consumers"]),
+        ("Messages", overview["queue_totals"]["messages"]),
+    ]
+    for label, value in lines:
+        print(f"{label}: {_cell(value)}" if value != "" else f"\n{label}", file=out.stream)
+    print("\nListeners", file=out.stream)
+    for listener in overview["listeners"]:
+        print(f"Interface: {listener['ip_address']}, port: {listener['port']}, "
+              f"protocol: {listener['protocol']}", file=out.stream)
+
+
+@command("export_definitions", "write definitions as JSON to a file ('-' for stdout)",
+         _pos("path"))
+def export_definitions(c: Client, a: argparse.Namespace, out: Out) -> None:
+    data = c.call("GET", "/definitions")
+    text = json.dumps(data, indent=2)
+    if a.path == "-":
+        print(text, file=out.stream)
+        return
+    out.info(f'Exporting definitions in JSON to a file at "{a.path}" ...')
+    Path(a.path).write_text(text + "\n")
+
+
+@command("import_definitions", "load definitions from a JSON file ('-' for stdin)",
+         _pos("path"))
+def import_definitions(c: Client, a: argparse.Namespace, out: Out) -> None:
+    try:
+        text = sys.stdin.read() if a.path == "-" else Path(a.path).read_text()
+        data = json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise CtlError(f"cannot read definitions from {a.path}: {exc}", EX_USAGE) from None
+    out.info(f'Importing definitions in JSON from a file at "{a.path}" ...')
+    c.call("POST", "/definitions", data)
+    out.info("Definitions imported.")
+
+
+@command("close_connection", "close a connection (name as list_connections shows it)",
+         _pos("connection", "reason"))
+def close_connection(c: Client, a: argparse.Namespace, out: Out) -> None:
+    out.info(f"Closing connection {a.connection}, reason: {a.reason}...")
+    req_path = f"/connections/{seg(a.connection)}"
+    c.call("GET", req_path)
+    c.call("DELETE", req_path)
+
+
+# -- entry point ------------------------------------------------------------------------------
+
+
+def add_parser(sub: Any) -> None:
+    ctl = sub.add_parser("ctl", help="rabbitmqctl-style commands against a running broker",
+                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ctl.add_argument("--config", type=Path, default=None,
+                     help="config file to take the http host and port from")
+    ctl.add_argument("--host", default=None, help="broker host (default: the config's)")
+    ctl.add_argument("--port", type=int, default=None, help="HTTP port (default: the config's)")
+    ctl.add_argument("--username", "-U", dest="api_user",
+                     default=os.environ.get("GATEWAY_USER", "guest"),
+                     help="broker user for the HTTP API (env GATEWAY_USER)")
+    ctl.add_argument("--password", "-P", dest="api_password",
+                     default=os.environ.get("GATEWAY_PASSWORD", "guest"),
+                     help="its password (env GATEWAY_PASSWORD)")
+    ctl.add_argument("--vhost", "-p", default="/")
+    ctl.add_argument("--quiet", "-q", action="store_true")
+    ctl.add_argument("--formatter", choices=["table", "json"], default="table")
+    ctl.add_argument("--no-table-headers", action="store_true")
+    cmds = ctl.add_subparsers(dest="ctl_command", required=True, metavar="COMMAND")
+    for name, (_fn, add_args, help_text) in COMMANDS.items():
+        p = cmds.add_parser(name, help=help_text)
+        add_args(p)
+
+
+def endpoint(args: argparse.Namespace) -> tuple[str, int]:
+    if args.host is not None and args.port is not None:
+        return args.host, args.port
+    from gateway.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except (ConfigError, OSError) as exc:
+        raise CtlError(str(exc), EX_USAGE) from None
+    port = args.port if args.port is not None else config.listeners.http
+    if port is None:
+        raise CtlError("the config has the http listener off; give --port", EX_USAGE)
+    host = args.host or config.listeners.host
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return host, port
+
+
+def run(args: argparse.Namespace, stream: TextIO | None = None) -> int:
+    stream = stream or sys.stdout
+    try:
+        host, port = endpoint(args)
+        client = Client(f"http://{host}:{port}", args.api_user, args.api_password)
+        out = Out(args.quiet, args.formatter, not args.no_table_headers, stream)
+        COMMANDS[args.ctl_command][0](client, args, out)
+    except CtlError as exc:
+        text = str(exc)
+        print(text if text.startswith("Error") else f"Error: {text}", file=sys.stderr)
+        return exc.code
+    return 0

@@ -1,0 +1,415 @@
+"""Routes for exchanges, queues and bindings: list, show, declare, delete, purge, and the
+two message operations RabbitMQ's API has (publish to an exchange, get from a queue).
+
+Declaring and deleting check the user's configure permission, publishing write, getting
+read, exactly as an AMQP client of the same user would be checked.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from gateway.core.exchange import Exchange
+from gateway.core.message import Message, Properties
+from gateway.core.queue import Queue
+from gateway.core.vhost import VirtualHost
+from gateway.management import shapes
+from gateway.management.router import ApiError, Ctx, Routes, jsonable, list_result, not_found
+from gateway.server.http import Response
+
+routes = Routes()
+DEFAULT_EXCHANGE_URL = "amq.default"  # the default exchange's name in URLs
+GET_MAX = 1000  # messages one get request may take
+
+
+def _exchange_name(raw: str) -> str:
+    return "" if raw == DEFAULT_EXCHANGE_URL else raw
+
+
+def _bool(body: dict[str, Any], key: str, default: bool = False) -> bool:
+    value = body.get(key, default)
+    if isinstance(value, str):
+        return value.lower() == "true"
+    return bool(value)
+
+
+def _intish(value: Any) -> Any:
+    """rabbitmqadmin sends numbers as strings ("count": "1")."""
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return value
+
+
+def _arguments(body: dict[str, Any]) -> dict[str, Any]:
+    args = body.get("arguments") or {}
+    if not isinstance(args, dict):
+        raise ApiError(400, "arguments must be a JSON object")
+    return args
+
+
+def _check(ctx: Ctx, vh: VirtualHost, permission: str, name: str, kind: str) -> None:
+    ctx.app.auth.check(ctx.user, vh.name, permission,  # type: ignore[arg-type]
+                       name, resource_kind=kind)  # type: ignore[arg-type]
+
+
+def _created(existed: bool) -> Response:
+    return Response(204 if existed else 201, b"")
+
+
+# -- exchanges -----------------------------------------------------------------------------
+
+
+def _exchanges(ctx: Ctx, vhosts: list[VirtualHost]) -> Any:
+    return list_result(ctx, [shapes.exchange(x) for vh in vhosts for x in vh.exchanges.values()])
+
+
+@routes.add("GET", "/exchanges")
+def exchanges(ctx: Ctx) -> Any:
+    return _exchanges(ctx, ctx.app.visible_vhosts(ctx))
+
+
+@routes.add("GET", "/exchanges/{vhost}")
+def vhost_exchanges(ctx: Ctx) -> Any:
+    return _exchanges(ctx, [ctx.app.vhost(ctx, ctx.params["vhost"])])
+
+
+def _get_exchange(ctx: Ctx) -> tuple[VirtualHost, Exchange]:
+    vh = ctx.app.vhost(ctx, ctx.params["vhost"])
+    x = vh.exchanges.get(_exchange_name(ctx.params["name"]))
+    if x is None:
+        raise not_found()
+    return vh, x
+
+
+@routes.add("GET", "/exchanges/{vhost}/{name}")
+def exchange(ctx: Ctx) -> dict[str, Any]:
+    _, x = _get_exchange(ctx)
+    return shapes.exchange(x)
+
+
+@routes.add("PUT", "/exchanges/{vhost}/{name}")
+def declare_exchange(ctx: Ctx) -> Response:
+    vh = ctx.app.vhost(ctx, ctx.params["vhost"])
+    name = _exchange_name(ctx.params["name"])
+    body = ctx.body_json()
+    xtype = body.get("type")
+    if not isinstance(xtype, str):
+        raise ApiError(400, "[{key_missing,type}]")
+    _check(ctx, vh, "configure", name, "exchange")
+    existed = name in vh.exchanges
+    vh.declare_exchange(name, xtype, durable=_bool(body, "durable", True),
+                        auto_delete=_bool(body, "auto_delete"),
+                        internal=_bool(body, "internal"), arguments=_arguments(body))
+    ctx.app.changed()
+    return _created(existed)
+
+
+@routes.add("DELETE", "/exchanges/{vhost}/{name}")
+def delete_exchange(ctx: Ctx) -> None:
+    vh, x = _get_exchange(ctx)
+    _check(ctx, vh, "configure", x.name, "exchange")
+    vh.delete_exchange(x.name, if_unused=ctx.flag("if-unused"))
+    ctx.app.changed()
+
+
+@routes.add("GET", "/exchanges/{vhost}/{name}/bindings/source")
+def exchange_bindings_source(ctx: Ctx) -> Any:
+    vh, x = _get_exchange(ctx)
+    if x.name == "":
+        items = [shapes.default_binding(q) for q in vh.queues.values() if not q.hidden]
+    else:
+        items = [shapes.binding(b, vh.name) for b in x.bindings]
+    return list_result(ctx, items)
+
+
+@routes.add("GET", "/exchanges/{vhost}/{name}/bindings/destination")
+def exchange_bindings_destination(ctx: Ctx) -> Any:
+    vh, x = _get_exchange(ctx)
+    return list_result(ctx, [shapes.binding(b, vh.name) for b in vh.bindings()
+                             if b.destination is x])
+
+
+def properties_from_json(data: Any) -> Properties:
+    if not isinstance(data, dict):
+        raise ApiError(400, "properties must be a JSON object")
+    props = Properties()
+    for key, value in data.items():
+        if key not in Properties.__slots__:
+            raise ApiError(400, f"unknown message property '{key}'")
+        if key == "headers" and not isinstance(value, dict):
+            raise ApiError(400, "headers must be a JSON object")
+        if key in ("delivery_mode", "priority") and not isinstance(value, int):
+            raise ApiError(400, f"{key} must be an integer")
+        setattr(props, key, value)
+    return props
+
+
+def decode_payload(body: dict[str, Any]) -> bytes:
+    payload = body.get("payload", "")
+    if not isinstance(payload, str):
+        raise ApiError(400, "payload must be a string")
+    encoding = body.get("payload_encoding", "string")
+    if encoding == "string":
+        return payload.encode("utf-8")
+    if encoding == "base64":
+        try:
+            return base64.b64decode(payload, validate=True)
+        except binascii.Error:
+            raise ApiError(400, "payload is not valid base64") from None
+    raise ApiError(400, "payload_encoding must be 'string' or 'base64'")
+
+
+@routes.add("POST", "/exchanges/{vhost}/{name}/publish")
+def publish(ctx: Ctx) -> dict[str, Any]:
+    vh, x = _get_exchange(ctx)
+    body = ctx.body_json()
+    routing_key = body.get("routing_key", "")
+    if not isinstance(routing_key, str):
+        raise ApiError(400, "routing_key must be a string")
+    props = properties_from_json(body.get("properties") or {})
+    payload = decode_payload(body)
+    _check(ctx, vh, "write", x.name, "exchange")
+    vh.exchange_for_publish(x.name)
+    message = Message(vh.next_message_id(), x.name, routing_key, props, payload, "management")
+    result = vh.publish(x, routing_key, message, ctx.app.now())
+    ctx.app.changed()
+    return {"routed": result.routed}
+
+
+# -- queues -------------------------------------------------------------------------------
+
+
+def _queues(ctx: Ctx, vhosts: list[VirtualHost]) -> Any:
+    now = ctx.app.now()
+    stats = ctx.app.stats
+    return list_result(ctx, [shapes.queue(q, stats, now) for vh in vhosts
+                             for q in vh.queues.values() if not q.hidden])
+
+
+@routes.add("GET", "/queues")
+def queues(ctx: Ctx) -> Any:
+    return _queues(ctx, ctx.app.visible_vhosts(ctx))
+
+
+@routes.add("GET", "/queues/detailed")
+def queues_detailed(ctx: Ctx) -> Any:
+    return _queues(ctx, ctx.app.visible_vhosts(ctx))
+
+
+@routes.add("GET", "/queues/{vhost}")
+def vhost_queues(ctx: Ctx) -> Any:
+    return _queues(ctx, [ctx.app.vhost(ctx, ctx.params["vhost"])])
+
+
+def get_queue(ctx: Ctx) -> tuple[VirtualHost, Queue]:
+    vh = ctx.app.vhost(ctx, ctx.params["vhost"])
+    q = vh.queues.get(ctx.params["name"])
+    if q is None or q.hidden:
+        raise not_found()
+    return vh, q
+
+
+@routes.add("GET", "/queues/{vhost}/{name}")
+def queue(ctx: Ctx) -> dict[str, Any]:
+    _, q = get_queue(ctx)
+    out = shapes.queue(q, ctx.app.stats, ctx.app.now())
+    out["consumer_details"] = [shapes.consumer(c, q, ctx.app.listening) for c in q.consumers]
+    out["deliveries"] = []
+    out["incoming"] = []
+    return out
+
+
+@routes.add("PUT", "/queues/{vhost}/{name}")
+def declare_queue(ctx: Ctx) -> Response:
+    vh = ctx.app.vhost(ctx, ctx.params["vhost"])
+    name = ctx.params["name"]
+    body = ctx.body_json()
+    args = _arguments(body)
+    qtype = body.get("type") or args.get("x-queue-type")
+    if qtype not in (None, "classic"):
+        raise ApiError(400, f"queue type '{qtype}' is not supported: only classic queues")
+    _check(ctx, vh, "configure", name, "queue")
+    existed = name in vh.queues
+    vh.declare_queue(name, durable=_bool(body, "durable", True),
+                     auto_delete=_bool(body, "auto_delete"), arguments=args,
+                     now=ctx.app.now())
+    ctx.app.changed()
+    return _created(existed)
+
+
+@routes.add("DELETE", "/queues/{vhost}/{name}")
+def delete_queue(ctx: Ctx) -> None:
+    vh, q = get_queue(ctx)
+    _check(ctx, vh, "configure", q.name, "queue")
+    vh.delete_queue(q.name, if_unused=ctx.flag("if-unused"), if_empty=ctx.flag("if-empty"),
+                    owner=q.exclusive_owner)
+    ctx.app.changed()
+
+
+@routes.add("DELETE", "/queues/{vhost}/{name}/contents")
+def purge_queue(ctx: Ctx) -> None:
+    vh, q = get_queue(ctx)
+    _check(ctx, vh, "read", q.name, "queue")
+    q.purge()
+    ctx.app.changed()
+
+
+@routes.add("GET", "/queues/{vhost}/{name}/bindings")
+def queue_bindings(ctx: Ctx) -> Any:
+    vh, q = get_queue(ctx)
+    items = [shapes.default_binding(q)]
+    items += [shapes.binding(b, vh.name) for b in q.bound_by]
+    return list_result(ctx, items)
+
+
+def message_json(entry_message: Message, redelivered: bool, remaining: int,
+                 encoding: str, truncate: int | None) -> dict[str, Any]:
+    body = entry_message.body
+    shown = body[:truncate] if truncate is not None else body
+    payload: str
+    payload_encoding = "string"
+    if encoding == "base64":
+        payload, payload_encoding = base64.b64encode(shown).decode(), "base64"
+    else:
+        try:
+            payload = shown.decode("utf-8")
+        except UnicodeDecodeError:
+            payload, payload_encoding = base64.b64encode(shown).decode(), "base64"
+    props = {k: jsonable(getattr(entry_message.properties, k))
+             for k in Properties.__slots__
+             if getattr(entry_message.properties, k) is not None}
+    return {"payload_bytes": len(body), "redelivered": redelivered,
+            "exchange": entry_message.exchange, "routing_key": entry_message.routing_key,
+            "message_count": remaining, "properties": props, "payload": payload,
+            "payload_encoding": payload_encoding}
+
+
+@routes.add("POST", "/queues/{vhost}/{name}/get")
+def get_messages(ctx: Ctx) -> list[dict[str, Any]]:
+    vh, q = get_queue(ctx)
+    body = ctx.body_json()
+    count = _intish(body.get("count", 1))
+    ackmode = body.get("ackmode", "ack_requeue_true")
+    # rabbitmqadmin 3.x still sends the older requeue flag instead of ackmode
+    if "ackmode" not in body and "requeue" in body:
+        ackmode = "ack_requeue_true" if _bool(body, "requeue") else "ack_requeue_false"
+    encoding = body.get("encoding", "auto")
+    truncate = _intish(body.get("truncate"))
+    if not isinstance(count, int) or not 1 <= count <= GET_MAX:
+        raise ApiError(400, f"count must be an integer from 1 to {GET_MAX}")
+    if ackmode not in ("ack_requeue_true", "ack_requeue_false", "reject_requeue_true",
+                       "reject_requeue_false"):
+        raise ApiError(400, f"unknown ackmode '{ackmode}'")
+    if encoding not in ("auto", "base64"):
+        raise ApiError(400, "encoding must be 'auto' or 'base64'")
+    if truncate is not None and (not isinstance(truncate, int) or truncate < 0):
+        raise ApiError(400, "truncate must be a non-negative integer")
+    _check(ctx, vh, "read", q.name, "queue")
+    now = ctx.app.now()
+    requeue = ackmode.endswith("requeue_true")
+    taken = []
+    out = []
+    for _ in range(count):
+        entry = q.get(no_ack=ackmode == "ack_requeue_false", now=now)
+        if entry is None:
+            break
+        out.append(message_json(entry.message, entry.redelivered, q.message_count,
+                                encoding, truncate))
+        taken.append(entry)
+    if requeue:
+        q.requeue(taken, now)
+    elif ackmode == "reject_requeue_false":
+        for entry in taken:
+            q.reject(entry, now)
+    ctx.app.changed()
+    return out
+
+
+# -- bindings -----------------------------------------------------------------------------
+
+
+@routes.add("GET", "/bindings")
+def bindings(ctx: Ctx) -> Any:
+    return list_result(ctx, [b for vh in ctx.app.visible_vhosts(ctx)
+                             for b in shapes.bindings_of(vh)])
+
+
+@routes.add("GET", "/bindings/{vhost}")
+def vhost_bindings(ctx: Ctx) -> Any:
+    return list_result(ctx, shapes.bindings_of(ctx.app.vhost(ctx, ctx.params["vhost"])))
+
+
+def _ends(ctx: Ctx, kind: str) -> tuple[VirtualHost, Exchange, Queue | Exchange]:
+    vh = ctx.app.vhost(ctx, ctx.params["vhost"])
+    source = vh.exchanges.get(_exchange_name(ctx.params["source"]))
+    dest: Queue | Exchange | None
+    if kind == "q":
+        dest = vh.queues.get(ctx.params["dest"])
+    else:
+        dest = vh.exchanges.get(_exchange_name(ctx.params["dest"]))
+    if source is None or dest is None:
+        raise not_found()
+    return vh, source, dest
+
+
+def _list_between(ctx: Ctx, kind: str) -> Any:
+    vh, source, dest = _ends(ctx, kind)
+    if source.name == "" and isinstance(dest, Queue):
+        return [shapes.default_binding(dest)]
+    return list_result(ctx, [shapes.binding(b, vh.name) for b in source.bindings
+                             if b.destination is dest])
+
+
+def _create_binding(ctx: Ctx, kind: str) -> Response:
+    vh, source, dest = _ends(ctx, kind)
+    body = ctx.body_json()
+    routing_key = body.get("routing_key", "")
+    if not isinstance(routing_key, str):
+        raise ApiError(400, "routing_key must be a string")
+    args = _arguments(body)
+    dest_kind = "queue" if isinstance(dest, Queue) else "exchange"
+    _check(ctx, vh, "write", dest.name, dest_kind)
+    _check(ctx, vh, "read", source.name, "exchange")
+    vh.bind(dest, source.name, routing_key, args)
+    ctx.app.changed()
+    key = shapes.properties_key(routing_key, args)
+    location = f"{ctx.request.path.rstrip('/')}/{_quote(key)}"
+    return Response(201, b"", headers=[("location", location)])
+
+
+def _quote(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(text, safe="~")
+
+
+def _binding_named(ctx: Ctx, kind: str) -> tuple[VirtualHost, Any]:
+    vh, source, dest = _ends(ctx, kind)
+    props = ctx.params["props"]
+    for b in source.bindings:
+        if b.destination is dest and shapes.properties_key(b.routing_key, b.arguments) == props:
+            return vh, b
+    raise not_found()
+
+
+def _delete_binding(ctx: Ctx, kind: str) -> None:
+    vh, b = _binding_named(ctx, kind)
+    dest = b.destination
+    _check(ctx, vh, "write", dest.name, "queue" if isinstance(dest, Queue) else "exchange")
+    _check(ctx, vh, "read", b.source.name, "exchange")
+    vh.unbind(dest, b.source.name, b.routing_key, b.arguments)
+    ctx.app.changed()
+
+
+for _kind in ("q", "e"):
+    def _make(kind: str) -> None:
+        base = f"/bindings/{{vhost}}/e/{{source}}/{kind}/{{dest}}"
+        routes.add("GET", base)(lambda ctx: _list_between(ctx, kind))
+        routes.add("POST", base)(lambda ctx: _create_binding(ctx, kind))
+        routes.add("GET", base + "/{props}")(
+            lambda ctx: shapes.binding(_binding_named(ctx, kind)[1], ctx.params["vhost"]))
+        routes.add("DELETE", base + "/{props}")(lambda ctx: _delete_binding(ctx, kind))
+
+    _make(_kind)

@@ -1,0 +1,267 @@
+"""The management API's table of routes, its errors, and the list conventions RabbitMQ's
+API has (`columns`, `sort`, `sort_reverse`, `page`, `page_size`).
+
+A route is a method, a path pattern of segments (`{name}` captures one segment, decoded
+after splitting, so `%2F` is the vhost `/`), the access a user needs (by tag) and a
+handler. Handlers return a JSON-able value (200), `None` (204), or a `Response`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from gateway.server.http import Request, Response
+
+if TYPE_CHECKING:
+    from gateway.auth.service import User
+    from gateway.management.app import ManagementApp
+
+
+class Access(IntEnum):
+    """What a user's tags let them do, in RabbitMQ's order of privilege."""
+
+    NONE = 0
+    MANAGEMENT = 1  # own vhosts' objects
+    POLICYMAKER = 2  # + policies and parameters of own vhosts
+    MONITORING = 3  # + every vhost, connection, channel and node
+    ADMINISTRATOR = 4  # everything: users, vhosts, permissions
+
+    @staticmethod
+    def of(tags: tuple[str, ...]) -> Access:
+        levels = {"management": Access.MANAGEMENT, "policymaker": Access.POLICYMAKER,
+                  "monitoring": Access.MONITORING, "administrator": Access.ADMINISTRATOR}
+        return max((levels[t] for t in tags if t in levels), default=Access.NONE)
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status and RabbitMQ's `{"error", "reason"}` body."""
+
+    def __init__(self, status: int, reason: str, error: str | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.error = error or {400: "bad_request", 401: "not_authorised",
+                               403: "access_refused", 404: "Object Not Found",
+                               405: "method_not_allowed", 409: "conflict",
+                               501: "not_implemented", 503: "service_unavailable"}.get(
+                                   status, "error")
+
+    def response(self) -> Response:
+        body = json.dumps({"error": self.error, "reason": self.reason}).encode()
+        headers = []
+        if self.status == 401:
+            headers.append(("www-authenticate", 'Basic realm="RabbitMQ Management"'))
+        return Response(self.status, body, headers=headers)
+
+
+def not_found() -> ApiError:
+    return ApiError(404, "Not Found")
+
+
+@dataclass(slots=True)
+class Ctx:
+    """One request as a handler sees it."""
+
+    app: ManagementApp
+    request: Request
+    user: User
+    access: Access
+    params: dict[str, str]
+
+    def body_json(self) -> dict[str, Any]:
+        if not self.request.body.strip():
+            return {}
+        try:
+            value = json.loads(self.request.body)
+        except ValueError as exc:
+            raise ApiError(400, f"request body is not JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise ApiError(400, "request body must be a JSON object")
+        return value
+
+    def query(self, name: str, default: str | None = None) -> str | None:
+        return self.request.query.get(name, default)
+
+    def flag(self, name: str) -> bool:
+        return (self.query(name) or "").lower() == "true"
+
+
+HandlerFn = Callable[[Ctx], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    segments: tuple[str, ...]
+    access: Access
+    handler: HandlerFn
+
+    def match(self, parts: list[str]) -> dict[str, str] | None:
+        if len(parts) != len(self.segments):
+            return None
+        params: dict[str, str] = {}
+        for pattern, part in zip(self.segments, parts, strict=True):
+            if pattern.startswith("{"):
+                params[pattern[1:-1]] = unquote(part)
+            elif pattern != part:
+                return None
+        return params
+
+
+class Routes:
+    """An ordered table of routes; the first that matches method and path wins."""
+
+    def __init__(self) -> None:
+        self.table: list[Route] = []
+
+    def add(self, method: str, path: str, access: Access = Access.MANAGEMENT
+            ) -> Callable[[HandlerFn], HandlerFn]:
+        segments = tuple(path.strip("/").split("/"))
+
+        def register(fn: HandlerFn) -> HandlerFn:
+            self.table.append(Route(method, segments, access, fn))
+            return fn
+
+        return register
+
+    def extend(self, other: Routes) -> None:
+        self.table.extend(other.table)
+
+    def find(self, method: str, raw_path: str) -> tuple[Route, dict[str, str]]:
+        parts = raw_path.strip("/").split("/")
+        allowed = False
+        for route in self.table:
+            params = route.match(parts)
+            if params is None:
+                continue
+            if route.method == method or (method == "HEAD" and route.method == "GET"):
+                return route, params
+            allowed = True
+        if allowed:
+            raise ApiError(405, "Method Not Allowed")
+        raise not_found()
+
+
+# -- JSON ----------------------------------------------------------------------------------
+
+
+def jsonable(value: Any) -> Any:
+    """AMQP field values as JSON: timestamps as integer seconds, bytes as text where they
+    are UTF-8, decimals as numbers."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return int(value.timestamp())
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return bytes(value).hex()
+    return str(value)
+
+
+def dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+# -- list conventions ------------------------------------------------------------------------
+
+
+def _pick(item: dict[str, Any], path: str) -> Any:
+    value: Any = item
+    for key in path.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def _select(item: dict[str, Any], columns: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for col in columns:
+        keys = col.split(".")
+        value = _pick(item, col)
+        if value is None and not _has(item, keys):
+            continue
+        target = out
+        for key in keys[:-1]:
+            target = target.setdefault(key, {})
+        target[keys[-1]] = value
+    return out
+
+
+def _has(item: dict[str, Any], keys: list[str]) -> bool:
+    value: Any = item
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            return False
+        value = value[key]
+    return True
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    if value is None:
+        return (0, 0)
+    if isinstance(value, bool | int | float):
+        return (1, value)
+    return (2, str(value))
+
+
+def list_result(ctx: Ctx, items: list[dict[str, Any]]) -> Any:
+    """Apply `name` filter, `sort`, `sort_reverse`, `columns` and pagination."""
+    total = len(items)
+    name = ctx.query("name")
+    if name:
+        needle = name.lower()
+        if ctx.flag("use_regex"):
+            import re
+
+            try:
+                pattern = re.compile(name)
+            except re.error as exc:
+                raise ApiError(400, f"bad regex: {exc}") from None
+            items = [i for i in items if pattern.search(str(i.get("name", "")))]
+        else:
+            items = [i for i in items if needle in str(i.get("name", "")).lower()]
+    sort = ctx.query("sort")
+    if sort:
+        items = sorted(items, key=lambda i: _sort_key(_pick(i, sort)),
+                       reverse=ctx.flag("sort_reverse"))
+    columns = ctx.query("columns")
+    if columns:
+        cols = [c for c in columns.split(",") if c]
+        items = [_select(i, cols) for i in items]
+    page = ctx.query("page")
+    if page is None:
+        return items
+    try:
+        page_n = int(page)
+        size = int(ctx.query("page_size") or 100)
+    except ValueError:
+        raise ApiError(400, "page and page_size must be integers") from None
+    if page_n < 1 or not 1 <= size <= 500:
+        raise ApiError(400, "page must be >= 1 and page_size 1..500")
+    filtered = len(items)
+    start = (page_n - 1) * size
+    chunk = items[start:start + size]
+    return {"filtered_count": filtered, "item_count": len(chunk), "items": chunk,
+            "page": page_n, "page_count": max(1, math.ceil(filtered / size)),
+            "page_size": size, "total_count": total}

@@ -1,0 +1,262 @@
+"""The JSON shapes of RabbitMQ's management API, made from core objects and sessions.
+
+Sessions of every protocol are read by duck typing: `protocol_name`, `user`, `vhost`,
+`peer`, and where the protocol has them `channels`, `client_properties`, `heartbeat`,
+`frame_max`, `channel_max`. Field names and value forms follow what RabbitMQ 3.10 answers,
+so that rabbitmqadmin, dashboards and scripts written against it read these too.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import socket
+from typing import TYPE_CHECKING, Any
+
+from gateway.management.router import jsonable
+from gateway.management.stats import QUEUE_FIELDS, Stats, protocol_key
+
+if TYPE_CHECKING:
+    from gateway.core.exchange import Binding, Exchange
+    from gateway.core.queue import Queue
+    from gateway.core.vhost import VirtualHost
+
+NODE = f"gateway@{socket.gethostname()}"
+
+
+def details(rate: float) -> dict[str, float]:
+    return {"rate": rate}
+
+
+def vhost_name(session: Any) -> str | None:
+    vh = getattr(session, "vhost", None)
+    if vh is None:
+        return None
+    return str(getattr(vh, "name", vh))
+
+
+def user_name(session: Any) -> str | None:
+    user = getattr(session, "user", None)
+    if user is None:
+        return None
+    return str(getattr(user, "name", user))
+
+
+def protocol_name(session: Any) -> str:
+    name = getattr(session, "protocol_name", None)
+    return str(name) if name else protocol_key(session).upper()
+
+
+# -- queues ---------------------------------------------------------------------------------
+
+
+def policy_of(obj: Any) -> tuple[str | None, dict[str, Any]]:
+    """The name and definition of the policy applied to a queue or exchange, if any."""
+    policy = getattr(obj, "policy", None)
+    if policy is None:
+        return None, {}
+    return str(policy.name), jsonable(dict(policy.definition))
+
+
+def queue(q: Queue, stats: Stats, now: float) -> dict[str, Any]:
+    vh = q.vhost
+    ready, unacked = q.message_count, len(q.unacked)
+    unacked_bytes = sum(len(e.message.body) for e in q.unacked.values())
+    rate = {f: stats.queue_rate(q, f) for f in QUEUE_FIELDS}
+    policy, definition = policy_of(q)
+    consumers = list(q.consumers)
+    sac_tag = None
+    if q.args.single_active_consumer and consumers:
+        sac_tag = consumers[0].tag
+    exclusive_tag = next((c.tag for c in consumers if c.exclusive), None)
+    return {
+        "name": q.name,
+        "vhost": vh.name,
+        "type": "classic",
+        "durable": q.durable,
+        "auto_delete": q.auto_delete,
+        "exclusive": q.exclusive_owner is not None,
+        "arguments": jsonable(q.arguments),
+        "node": NODE,
+        "state": "running",
+        "policy": policy,
+        "effective_policy_definition": definition,
+        "messages": ready + unacked,
+        "messages_details": details(rate["messages_ready"] + rate["messages_unacknowledged"]),
+        "messages_ready": ready,
+        "messages_ready_details": details(rate["messages_ready"]),
+        "messages_unacknowledged": unacked,
+        "messages_unacknowledged_details": details(rate["messages_unacknowledged"]),
+        "message_bytes": q.ready_bytes + unacked_bytes,
+        "message_bytes_ready": q.ready_bytes,
+        "message_bytes_unacknowledged": unacked_bytes,
+        "consumers": len(consumers),
+        "consumer_capacity": 1.0 if consumers else 0.0,
+        "consumer_utilisation": 1.0 if consumers else None,
+        "exclusive_consumer_tag": exclusive_tag,
+        "single_active_consumer_tag": sac_tag,
+        "memory": q.ready_bytes + unacked_bytes,
+        "idle_since": None if consumers else _iso(q.last_used or now),
+        "message_stats": {
+            "publish": q.stats_published, "publish_details": details(rate["publish"]),
+            "deliver_get": q.stats_delivered, "deliver_get_details": details(
+                rate["deliver_get"]),
+            "ack": q.stats_acked, "ack_details": details(rate["ack"]),
+            "redeliver": q.stats_redelivered, "redeliver_details": details(rate["redeliver"]),
+        },
+    }
+
+
+def _iso(t: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
+
+
+def consumer(c: Any, q: Queue, listening: Listening) -> dict[str, Any]:
+    channel = getattr(c, "channel", None)
+    session = getattr(channel, "session", None) or getattr(c, "session", None)
+    out: dict[str, Any] = {
+        "consumer_tag": c.tag,
+        "queue": {"name": q.name, "vhost": q.vhost.name},
+        "ack_required": not c.no_ack,
+        "exclusive": c.exclusive,
+        "prefetch_count": int(getattr(c, "prefetch", 0) or 0),
+        "arguments": {"x-priority": c.priority} if c.priority else {},
+        "active": True,
+        "activity_status": "up",
+        "consumer_timeout": None,
+    }
+    if session is not None:
+        conn = connection_ref(session, listening)
+        number = getattr(channel, "number", 0)
+        out["channel_details"] = {
+            "name": f"{conn['name']} ({number})", "number": number,
+            "connection_name": conn["name"], "peer_host": conn["peer_host"],
+            "peer_port": conn["peer_port"], "node": NODE, "user": user_name(session)}
+    else:
+        out["channel_details"] = {}
+    return out
+
+
+# -- exchanges and bindings -------------------------------------------------------------
+
+
+def exchange(x: Exchange) -> dict[str, Any]:
+    return {
+        "name": x.name,
+        "vhost": x.vhost_name,
+        "type": x.type,
+        "durable": x.durable,
+        "auto_delete": x.auto_delete,
+        "internal": x.internal,
+        "arguments": jsonable(x.arguments),
+        "user_who_performed_action": "rmq-internal",
+        "policy": policy_of(x)[0],
+    }
+
+
+def properties_key(routing_key: str, arguments: dict[str, Any]) -> str:
+    """RabbitMQ's short identity of a binding in URLs: `~` for no key and no arguments,
+    the key alone without arguments, else key~hash-of-arguments."""
+    if not arguments:
+        return routing_key if routing_key else "~"
+    digest = hashlib.sha1(json.dumps(jsonable(arguments), sort_keys=True).encode()).digest()
+    return f"{routing_key}~{base64.urlsafe_b64encode(digest[:9]).decode()}"
+
+
+def binding(b: Binding, vhost: str) -> dict[str, Any]:
+    from gateway.core.queue import Queue
+
+    return {
+        "source": b.source.name,
+        "vhost": vhost,
+        "destination": b.destination.name,
+        "destination_type": "queue" if isinstance(b.destination, Queue) else "exchange",
+        "routing_key": b.routing_key,
+        "arguments": jsonable(b.arguments),
+        "properties_key": properties_key(b.routing_key, b.arguments),
+    }
+
+
+def default_binding(q: Queue) -> dict[str, Any]:
+    """The implicit binding of every queue to the default exchange, by its name."""
+    return {"source": "", "vhost": q.vhost.name, "destination": q.name,
+            "destination_type": "queue", "routing_key": q.name, "arguments": {},
+            "properties_key": q.name}
+
+
+def bindings_of(vh: VirtualHost) -> list[dict[str, Any]]:
+    out = [default_binding(q) for q in vh.queues.values() if not q.hidden]
+    out += [binding(b, vh.name) for b in vh.bindings()]
+    return out
+
+
+# -- connections and channels -------------------------------------------------------------
+
+
+Listening = tuple[str, dict[str, int]]  # the listeners' host, and port by protocol key
+
+
+def connection_ref(session: Any, listening: Listening) -> dict[str, Any]:
+    peer = getattr(session, "peer", ("?", 0))
+    host, ports = listening
+    port = ports.get(protocol_key(session), 0)
+    return {"name": f"{peer[0]}:{peer[1]} -> {host}:{port}", "peer_host": peer[0],
+            "peer_port": peer[1], "host": host, "port": port}
+
+
+def connection(session: Any, stats: Stats, now: float, listening: Listening
+               ) -> dict[str, Any]:
+    ref = connection_ref(session, listening)
+    channels = getattr(session, "channels", None)
+    closed = bool(getattr(session, "closed", False))
+    heartbeat = getattr(session, "heartbeat", None)
+    return {
+        **ref,
+        "vhost": vhost_name(session),
+        "user": user_name(session),
+        "protocol": protocol_name(session),
+        "node": NODE,
+        "type": "network",
+        "state": "closed" if closed else ("running" if user_name(session) else "starting"),
+        "channels": len(channels) if isinstance(channels, dict) else 0,
+        "client_properties": jsonable(getattr(session, "client_properties", {}) or {}),
+        "connected_at": int(stats.connected_at(session, now) * 1000),
+        "timeout": heartbeat if isinstance(heartbeat, int) else 0,
+        "frame_max": int(getattr(session, "frame_max", 0) or 0),
+        "channel_max": int(getattr(session, "channel_max", 0) or 0),
+        "auth_mechanism": str(getattr(session, "_mechanism", "PLAIN")),
+        "ssl": False,
+        "send_pend": int(getattr(session, "pending_output", 0) or 0),
+        "blocked": bool(getattr(session, "read_paused", False)),
+    }
+
+
+def channels_of(session: Any, listening: Listening) -> list[dict[str, Any]]:
+    channels = getattr(session, "channels", None)
+    if not isinstance(channels, dict):
+        return []
+    ref = connection_ref(session, listening)
+    out = []
+    for number, ch in sorted(channels.items()):
+        consumers = getattr(ch, "consumers", {}) or {}
+        out.append({
+            "name": f"{ref['name']} ({number})",
+            "number": number,
+            "node": NODE,
+            "user": user_name(session),
+            "vhost": vhost_name(session),
+            "connection_details": {"name": ref["name"], "peer_host": ref["peer_host"],
+                                   "peer_port": ref["peer_port"]},
+            "consumer_count": len(consumers),
+            "messages_unacknowledged": len(getattr(ch, "unacked", {}) or {}),
+            "messages_unconfirmed": len(getattr(ch, "confirms", ()) or ()),
+            "prefetch_count": int(getattr(ch, "prefetch", 0) or 0),
+            "global_prefetch_count": int(getattr(ch, "global_prefetch", 0) or 0),
+            "confirm": bool(getattr(ch, "confirm", False)),
+            "transactional": bool(getattr(ch, "tx", False)),
+            "state": "running" if getattr(ch, "flow", True) else "flow",
+        })
+    return out

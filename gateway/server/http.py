@@ -1,0 +1,223 @@
+"""HTTP/1.1 on trio with h11: the transport under the management API, the web UI, /metrics,
+and (later) WebSocket upgrades on `/ws`.
+
+Theory of operation
+-------------------
+One `HTTPServer.serve(stream, peer)` call per TCP connection. It reads one request at a
+time (head, then body up to `max_body` bytes), hands a complete `Request` to the
+application's `handle` coroutine and writes the `Response` it returns; with keep-alive it
+loops, otherwise it closes. The application knows nothing of h11 or sockets.
+
+An upgrade request (`Connection: upgrade`) whose path has a registered `UpgradeHandler` is
+not answered here: the handler gets the parsed request, the stream and the bytes already
+read past the request head, and owns the connection from then on (it sends the 101 itself,
+so a WebSocket library can do its own handshake from `Request.head_bytes()`). A path with
+no upgrade handler is served as a plain request, which declines the upgrade.
+
+Bounds: the request head is limited by h11's `max_incomplete_event_size`, the body by
+`max_body` (413 beyond it), and a connection idle between requests longer than
+`idle_timeout` seconds is closed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlsplit
+
+import h11
+import trio
+
+log = logging.getLogger("gateway.http")
+
+READ_SIZE = 65536
+MAX_HEAD = 64 * 1024
+SERVER_NAME = "gateway"
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    target: str  # as sent: path and query, percent-encoded
+    headers: list[tuple[str, str]]  # names lower-case, in order
+    body: bytes = b""
+    peer: tuple[str, int] = ("", 0)
+
+    @property
+    def path(self) -> str:
+        """The raw (still percent-encoded) path: split it before decoding, so that `%2F`
+        inside a segment stays inside it."""
+        return urlsplit(self.target).path or "/"
+
+    @property
+    def query(self) -> dict[str, str]:
+        return dict(parse_qsl(urlsplit(self.target).query, keep_blank_values=True))
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        name = name.lower()
+        for key, value in reversed(self.headers):
+            if key == name:
+                return value
+        return default
+
+    def head_bytes(self) -> bytes:
+        """The request line and headers re-serialised, for a protocol that wants to parse
+        the handshake itself (an upgrade handler)."""
+        lines = [f"{self.method} {self.target} HTTP/1.1"]
+        lines += [f"{k}: {v}" for k, v in self.headers]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+UpgradeHandler = Callable[[Request, trio.abc.Stream, bytes], Awaitable[None]]
+
+
+class _Closed(Exception):
+    """The peer went away or broke the protocol: stop serving this connection."""
+
+
+class HTTPServer:
+    def __init__(self, handle: Handler, *, max_body: int = 16 * 1024 * 1024,
+                 idle_timeout: float = 60.0) -> None:
+        self.handle = handle
+        self.max_body = max_body
+        self.idle_timeout = idle_timeout
+        self.upgrades: dict[str, UpgradeHandler] = {}
+
+    def add_upgrade(self, path: str, handler: UpgradeHandler) -> None:
+        """Let `handler` take over connections that ask to upgrade on `path` (`/ws`)."""
+        self.upgrades[path] = handler
+
+    async def serve(self, stream: trio.abc.Stream, peer: tuple[str, int]) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        try:
+            while True:
+                request: Request | None = None
+                with trio.move_on_after(self.idle_timeout):
+                    request = await self._read_request(conn, stream, peer)
+                if request is None:
+                    return  # closed by the peer, or idle too long between requests
+                if conn.their_state is h11.MIGHT_SWITCH_PROTOCOL:  # type: ignore[attr-defined]
+                    upgrade = self.upgrades.get(request.path)
+                    if upgrade is not None:
+                        trailing, _ = conn.trailing_data
+                        await upgrade(request, stream, bytes(trailing))
+                        return
+                await self._send(conn, stream, request, await self._call(request))
+                if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                    return
+                conn.start_next_cycle()
+        except _Closed:
+            pass
+        except h11.RemoteProtocolError as exc:
+            await self._send_error(conn, stream, exc.error_status_hint, str(exc))
+        except h11.LocalProtocolError as exc:
+            log.debug("HTTP connection from %s:%d ended: %s", peer[0], peer[1], exc)
+        finally:
+            await _close(stream)
+
+    async def _call(self, request: Request) -> Response:
+        try:
+            return await self.handle(request)
+        except Exception:
+            log.exception("HTTP %s %s failed", request.method, request.target)
+            return Response(500, b'{"error":"internal_error","reason":"see the broker log"}')
+
+    async def _read_request(self, conn: h11.Connection, stream: trio.abc.Stream,
+                            peer: tuple[str, int]) -> Request | None:
+        event = await self._next_event(conn, stream)
+        if isinstance(event, h11.ConnectionClosed):
+            return None
+        if not isinstance(event, h11.Request):
+            raise _Closed
+        request = Request(
+            method=event.method.decode("ascii", "replace"),
+            target=event.target.decode("latin-1"),
+            headers=[(k.decode("latin-1").lower(), v.decode("latin-1"))
+                     for k, v in event.headers],
+            peer=peer,
+        )
+        if conn.they_are_waiting_for_100_continue:
+            await self._write(stream, conn.send(h11.InformationalResponse(
+                status_code=100, headers=[])))
+        body = bytearray()
+        while True:
+            event = await self._next_event(conn, stream)
+            if isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > self.max_body:
+                    await self._send_error(conn, stream, 413, "request body too large")
+                    raise _Closed
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            elif event is h11.PAUSED:
+                break  # an upgrade request: its body (if any) is not HTTP's to read
+            else:
+                raise _Closed
+        request.body = bytes(body)
+        return request
+
+    async def _next_event(self, conn: h11.Connection, stream: trio.abc.Stream) -> object:
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                try:
+                    data = await stream.receive_some(READ_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    raise _Closed from None
+                conn.receive_data(bytes(data))
+                continue
+            return event
+
+    async def _send(self, conn: h11.Connection, stream: trio.abc.Stream, request: Request,
+                    response: Response) -> None:
+        headers = [("content-type", response.content_type),
+                   ("content-length", str(len(response.body))),
+                   ("server", SERVER_NAME), *response.headers]
+        wire = conn.send(h11.Response(status_code=response.status, headers=headers))
+        if request.method != "HEAD":
+            wire += conn.send(h11.Data(data=response.body)) if response.body else b""
+        wire += conn.send(h11.EndOfMessage())
+        await self._write(stream, wire)
+
+    async def _send_error(self, conn: h11.Connection, stream: trio.abc.Stream, status: int,
+                          reason: str) -> None:
+        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        body = json.dumps({"error": "bad_request", "reason": reason}).encode()
+        try:
+            wire = conn.send(h11.Response(status_code=status, headers=[
+                ("content-type", "application/json"), ("content-length", str(len(body))),
+                ("connection", "close"), ("server", SERVER_NAME)]))
+            wire += conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
+            await self._write(stream, wire)
+        except (h11.LocalProtocolError, _Closed):
+            pass
+
+    @staticmethod
+    async def _write(stream: trio.abc.Stream, data: bytes | None) -> None:
+        if not data:
+            return
+        try:
+            await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            raise _Closed from None
+
+
+async def _close(stream: trio.abc.Stream) -> None:
+    with trio.move_on_after(1) as scope:
+        scope.shield = True
+        try:
+            await stream.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
