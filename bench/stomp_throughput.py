@@ -4,8 +4,9 @@ One publisher SENDs N messages to `/queue/<name>`; one subscriber on the same de
 receives them (`ack:auto`, or `ack:client` with `prefetch-count` and a cumulative ACK every
 half prefetch). Publisher and subscriber are separate processes speaking raw STOMP 1.2 over
 sockets, so the client side costs the same for both brokers. The figure is messages per
-second from the first SEND to the last MESSAGE; the report gives the median of the runs and
-the ratio gateway / RabbitMQ.
+second from the first SEND to the last MESSAGE; runs alternate between the brokers, and the
+report gives the median of the runs, the ratio gateway / RabbitMQ, and each broker's CPU
+time per message (less sensitive than msg/s to whatever else the machine is doing).
 
 Run:  .venv/bin/python bench/stomp_throughput.py [--messages 50000] [--runs 3] [--size 100]
       [--ack auto,client] [--only gateway|rabbitmq] [--json]
@@ -191,16 +192,29 @@ def one_run(port: int, n: int, size: int, ack: str, prefetch: int, tag: str) -> 
     return n / (times["consumer"] - times["publisher"])
 
 
-def measure(name: str, port: int, args: argparse.Namespace) -> dict[str, list[float]]:
-    results: dict[str, list[float]] = {}
-    one_run(port, min(args.warmup, args.messages), args.size, "auto", args.prefetch, "warm")
+def measure(brokers: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Runs alternate between the brokers, so a change in the machine's load during the
+    benchmark falls on both alike. Besides msg/s, the broker's own CPU time per message is
+    recorded: it depends far less on what else the machine is doing."""
+    results: dict[str, Any] = {name: {"rates": {}, "cpu_us": {}} for name in brokers}
+    for broker in brokers.values():
+        one_run(broker.stomp_port, min(args.warmup, args.messages), args.size, "auto",
+                args.prefetch, "warm")
     for ack in args.ack:
-        rates = [one_run(port, args.messages, args.size, ack, args.prefetch, ack)
-                 for _ in range(args.runs)]
-        results[ack] = rates
-        if not args.json:
-            print(f"{name:9} ack:{ack:7} " + "  ".join(f"{r:9.0f}" for r in rates)
-                  + "  msg/s", file=sys.stderr)
+        for name in brokers:
+            results[name]["rates"][ack] = []
+            results[name]["cpu_us"][ack] = []
+        for _ in range(args.runs):
+            for name, broker in brokers.items():
+                cpu0 = broker.cpu_seconds()
+                rate = one_run(broker.stomp_port, args.messages, args.size, ack,
+                               args.prefetch, ack)
+                cpu1 = broker.cpu_seconds()
+                results[name]["rates"][ack].append(rate)
+                if cpu0 is not None and cpu1 is not None:
+                    results[name]["cpu_us"][ack].append((cpu1 - cpu0) / args.messages * 1e6)
+                if not args.json:
+                    print(f"{name:9} ack:{ack:7} {rate:9.0f} msg/s", file=sys.stderr)
     return results
 
 
@@ -217,37 +231,43 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     assert LISTENER_RE  # the gateway's listener lines are parsed by bench/brokers.py
     report: dict[str, Any] = {"messages": args.messages, "size": args.size, "runs": args.runs}
-    for cls in (StompRabbitMQ, StompGateway):
-        if args.only and cls.name != args.only:
-            continue
-        broker = cls()
-        try:
+    brokers: dict[str, Any] = {}
+    try:
+        for cls in (StompRabbitMQ, StompGateway):
+            if args.only and cls.name != args.only:
+                continue
+            broker = cls()
+            brokers[cls.name] = broker
             broker.start()
-            port = broker.stomp_port
-            report[cls.name] = {"version": broker.version,
-                                "rates": measure(cls.name, port, args)}
-        finally:
+        for name, result in measure(brokers, args).items():
+            report[name] = {"version": brokers[name].version, **result}
+    finally:
+        for broker in brokers.values():
             broker.stop()
     summary: dict[str, Any] = {}
     for ack in args.ack:
-        row = {}
+        row: dict[str, float] = {}
         for name in ("rabbitmq", "gateway"):
             if name in report:
                 row[name] = statistics.median(report[name]["rates"][ack])
-        if len(row) == 2:
+                cpu = report[name]["cpu_us"][ack]
+                if cpu:
+                    row[name + "_cpu_us"] = statistics.median(cpu)
+        if "rabbitmq" in row and "gateway" in row:
             row["ratio"] = row["gateway"] / row["rabbitmq"]
         summary[ack] = row
     report["median"] = summary
     if args.json:
         print(json.dumps(report, indent=2))
     else:
+        nan = float("nan")
         print(f"\nSEND /queue/x -> one subscriber, {args.messages} messages of {args.size} "
-              f"bytes, median of {args.runs}")
-        print(f"{'ack':8} {'rabbitmq':>12} {'gateway':>12} {'ratio':>7}")
+              f"bytes, median of {args.runs} (broker CPU us per message in brackets)")
+        print(f"{'ack':8} {'rabbitmq':>20} {'gateway':>20} {'ratio':>7}")
         for ack, row in summary.items():
-            print(f"{ack:8} {row.get('rabbitmq', float('nan')):12.0f} "
-                  f"{row.get('gateway', float('nan')):12.0f} "
-                  f"{row.get('ratio', float('nan')):7.2f}")
+            cells = [f"{row.get(n, nan):10.0f} ({row.get(n + '_cpu_us', nan):5.1f} us)"
+                     for n in ("rabbitmq", "gateway")]
+            print(f"{ack:8} {cells[0]:>20} {cells[1]:>20} {row.get('ratio', nan):7.2f}")
     return 0
 
 

@@ -47,6 +47,8 @@ Handler = Callable[["StompSession", Frame], After]
 DEFAULT_VHOST: Final = "/"
 MAX_TRANSACTIONS: Final = 16  # open at once on one connection (RabbitMQ's limit)
 MAX_TX_ACTIONS: Final = 10000  # frames buffered in one transaction
+MAX_TX_BYTES: Final = 64 * 1024 * 1024  # SEND bodies buffered in all open transactions
+MAX_TARGETS: Final = 1024  # SEND destinations remembered per connection
 _ACK_MODES: Final = {m.value: m for m in AckMode}
 
 
@@ -217,6 +219,8 @@ def send(s: StompSession, frame: Frame) -> After:
         dest = parse_destination(destination)
         target = _publish_target(s, dest, frame)
         if dest.kind is not Kind.TEMP_QUEUE:  # a temp queue may be gone and made anew
+            if len(s.targets) >= MAX_TARGETS:
+                s.targets.clear()
             s.targets[destination] = target
     vh = _vh(s)
     props = properties_from_headers(frame.headers)
@@ -359,11 +363,7 @@ def begin(s: StompSession, frame: Frame) -> After:
 
 
 def _end_tx(s: StompSession, frame: Frame) -> list[Frame]:
-    tx = _required(frame, "transaction")
-    actions = s.transactions.pop(tx, None)
-    if actions is None:
-        raise StompError("Bad transaction", f"Invalid transaction identifier: {tx}")
-    return actions
+    return s.end_transaction(_required(frame, "transaction"))
 
 
 def commit(s: StompSession, frame: Frame) -> After:

@@ -138,6 +138,7 @@ class StompSession:
         self.subscriptions: dict[str, Subscription] = {}
         self.ack_ids: dict[str, tuple[Subscription, int]] = {}
         self.transactions: dict[str, list[Frame]] = {}
+        self.tx_bytes = 0  # bytes of SEND bodies buffered in open transactions
         self.temp_queues: dict[str, Queue] = {}
         self.declared: set[str] = set()  # /queue/ names declared by a SEND already
         self.targets: dict[str, tuple[str, str]] = {}  # SEND destination -> (exchange, key)
@@ -289,6 +290,7 @@ class StompSession:
         for sub in list(self.subscriptions.values()):
             self.end_subscription(sub, now)
         self.transactions.clear()
+        self.tx_bytes = 0
         self.receipts.clear()
         if self.vhost is not None:
             self.vhost.connection_closed(self)
@@ -344,7 +346,19 @@ class StompSession:
         if len(actions) >= handlers.MAX_TX_ACTIONS:
             raise StompError("Bad transaction", f"Transaction {tx} has more than "
                              f"{handlers.MAX_TX_ACTIONS} frames")
+        size = self.tx_bytes + len(frame.body)
+        if size > handlers.MAX_TX_BYTES:
+            raise StompError("Bad transaction", "Open transactions of this connection hold "
+                             f"more than {handlers.MAX_TX_BYTES} bytes of message bodies")
+        self.tx_bytes = size
         actions.append(frame)
+
+    def end_transaction(self, tx: str) -> list[Frame]:
+        actions = self.transactions.pop(tx, None)
+        if actions is None:
+            raise StompError("Bad transaction", f"Invalid transaction identifier: {tx}")
+        self.tx_bytes -= sum(len(f.body) for f in actions)
+        return actions
 
     @property
     def _cache_key(self) -> str:

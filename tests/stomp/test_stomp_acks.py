@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from test_stomp_helpers import Client, LaggingStore
 
+from protocols.stomp import handlers
 from protocols.stomp.frames import Command, Frame
 
 C = Command
@@ -167,6 +168,27 @@ def test_unknown_transaction(frame: tuple[Command, dict[str, str]]) -> None:
     c.send(*frame)
     err = c.error()
     assert err.headers["message"] == "Bad transaction" and b"nope" in err.body
+
+
+def test_transactions_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(handlers, "MAX_TX_BYTES", 1000)
+    c = Client()
+    c.connect()
+    c.send(C.BEGIN, {"transaction": "t"})
+    c.send(C.SEND, {"destination": "/queue/a", "transaction": "t"}, b"x" * 600)
+    c.send(C.ABORT, {"transaction": "t"})
+    assert c.session.tx_bytes == 0
+    c.send(C.BEGIN, {"transaction": "t2"})
+    c.send(C.SEND, {"destination": "/queue/a", "transaction": "t2"}, b"x" * 600)
+    c.send(C.SEND, {"destination": "/queue/a", "transaction": "t2"}, b"x" * 600)
+    err = c.error()
+    assert err.headers["message"] == "Bad transaction" and b"1000 bytes" in err.body
+    many = Client()
+    many.connect()
+    for i in range(handlers.MAX_TRANSACTIONS):
+        many.send(C.BEGIN, {"transaction": f"t{i}"})
+    many.send(C.BEGIN, {"transaction": "one-too-many"})
+    assert many.error().headers["message"] == "Bad transaction"
 
 
 def test_begin_twice_and_begin_without_name() -> None:

@@ -280,3 +280,34 @@ def test_ack_of_unknown_message_is_an_error(peers: Peers, version: str) -> None:
     err = p.error()
     assert err.headers["message"] == "Bad ACK" and b"no-such-message" in err.body
     p.wait_disconnected()
+
+
+def test_durable_subscription_and_persistent_messages_survive_a_restart(
+        fresh_broker: Any) -> None:
+    opened: list[Peer] = []
+
+    def connect() -> Peer:
+        peer = Peer(fresh_broker.ports["stomp"], "1.2")
+        opened.append(peer)
+        peer.connect()
+        return peer
+
+    try:
+        p = connect()
+        p.subscribe("/topic/restart.news", "keep", durable="true", **{"auto-delete": "false"})
+        p.conn.disconnect(receipt="away")
+        p.receipt("away")
+        sender = connect()
+        sender.conn.send("/topic/restart.news", "kept",
+                         headers={"persistent": "true", "receipt": "stored"})
+        sender.receipt("stored")  # the receipt means it is on disk
+        fresh_broker.restart(kill=True)
+        back = connect()
+        back.subscribe("/topic/restart.news", "keep", durable="true",
+                       **{"auto-delete": "false"})
+        msg = back.message()
+        assert msg.body == b"kept" and msg.headers["persistent"] == "true"
+        assert msg.headers["redelivered"] == "true"
+    finally:
+        for peer in opened:
+            peer.close()
