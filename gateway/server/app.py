@@ -170,6 +170,9 @@ class Server:
         log.info("listener http on %s:%d", host, bound)
         self.management = ManagementApp(self)
         self.http = HTTPServer(self.management.handle)
+        from gateway.server.websocket import WebSocketFront
+
+        self.http.add_upgrade("/ws", WebSocketFront(self).handle)  # WAMP, MQTT, STOMP
         listeners.start_soon(self.management.run)
 
         async def handler(stream: trio.SocketStream) -> None:

@@ -1,0 +1,420 @@
+"""WebSocket on trio with wsproto: the handshake, then any protocol session over messages.
+
+Theory of operation
+-------------------
+`WebSocketFront.handle` is the HTTP server's upgrade hook for `/ws` (it gets the parsed
+request, the stream and the bytes read past the request head); `serve` does the same from
+raw head bytes. The handshake is wsproto's, fed the request head again: the subprotocol is
+the first one the client offers that we speak (`SUBPROTOCOLS`), permessage-deflate is
+accepted when offered, and a request we cannot accept gets an HTTP 400 whose body says why.
+Then one nursery per connection runs a reader, a writer and a ticker around the session:
+
+- WAMP (`wamp.2.json` in text messages, `wamp.2.msgpack` in binary ones): one WebSocket
+  message is one WAMP message, handed whole to `WampSession.receive_message`;
+- MQTT (`mqtt`) and STOMP (`v10.stomp`, `v11.stomp`, `v12.stomp`): their sessions take a
+  byte stream, so each message's payload is fed to `receive_data` in order, and what they
+  produce goes out as one message per write (MQTT binary; STOMP text when it is UTF-8, as
+  browsers' STOMP clients expect, else binary). Their sessions come from
+  `gateway.server.factories`, the same as on their own ports.
+
+Fragmented messages are reassembled up to `max_message_size` (close 1009 beyond it, before
+more is buffered); pings are answered; a silent peer is pinged after `ping_interval` seconds
+and dropped after twice that; wsproto's parse errors close with their code (1002, 1007).
+A session that ends (WAMP ABORT or GOODBYE answered, MQTT DISCONNECT, STOMP ERROR) closes
+the WebSocket with 1000 once its last message is written; broker shutdown with 1001.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    Pong,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+from wsproto.extensions import Extension, PerMessageDeflate
+from wsproto.utilities import RemoteProtocolError
+
+from gateway.auth.service import is_loopback
+from gateway.server.factories import SESSION_FACTORIES
+from protocols.wamp.codec import Serializer
+from protocols.wamp.router import WampRouter
+from protocols.wamp.session import WampSession
+
+if TYPE_CHECKING:
+    from gateway.server.app import Server
+
+log = logging.getLogger("gateway.websocket")
+
+READ_SIZE: Final = 65536
+WAMP: Final = {"wamp.2.json": Serializer.JSON, "wamp.2.msgpack": Serializer.MSGPACK}
+STREAM: Final = {"mqtt": "mqtt", "v12.stomp": "stomp", "v11.stomp": "stomp",
+                 "v10.stomp": "stomp"}
+SUBPROTOCOLS: Final = (*WAMP, *STREAM)
+
+
+class CloseCode:
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+
+
+@dataclass(frozen=True)
+class WebSocketOptions:
+    path: str = "/ws"
+    max_message_size: int = 16 * 1024 * 1024
+    ping_interval: float = 30.0  # idle seconds before we ping; silent for twice: dropped
+    high_water: int = 1024 * 1024  # outbound bytes before the reader pauses
+    wamp_disclose: bool = False  # disclose publishers and callers without disclose_me
+
+
+class UpgradeRequest(Protocol):
+    """What the HTTP server's upgrade hook passes (`gateway.server.http.Request`)."""
+
+    peer: tuple[str, int]
+
+    def head_bytes(self) -> bytes: ...
+
+
+class HandshakeRefused(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def choose_subprotocol(offered: list[str], available: set[str]) -> str | None:
+    """The first subprotocol the client offers that we speak (never `.batched`)."""
+    for name in offered:
+        if name in available:
+            return name
+    return None
+
+
+_routers: weakref.WeakKeyDictionary[Any, WampRouter] = weakref.WeakKeyDictionary()
+
+
+def wamp_router(server: Server) -> WampRouter:
+    """The WAMP state of one server (realms, registrations), made on first use."""
+    router = _routers.get(server)
+    if router is None:
+        router = _routers[server] = WampRouter()
+    return router
+
+
+def wamp_session(server: Server, peer: tuple[str, int], wake: Callable[[], None],
+                 serializer: Serializer, options: WebSocketOptions) -> WampSession:
+    # WAMP-CRA needs each user's secret on the router side; the auth service may offer it
+    # (`wampcra_secret(name)`); without it only ticket and anonymous logins are available
+    cra = getattr(server.auth, "wampcra_secret", None)
+    kwargs: dict[str, Any] = {"cra_lookup": cra} if callable(cra) else {}
+    return WampSession(
+        server.broker, server.auth, wamp_router(server), serializer, peer=peer,
+        loopback=is_loopback(peer[0]), clock=server.clock, wake=wake,
+        loopback_users=server.config.auth.loopback_users,
+        max_message_size=options.max_message_size, high_water=options.high_water,
+        disclose=options.wamp_disclose, **kwargs)
+
+
+class WebSocketFront:
+    """Serves WebSocket connections for one server."""
+
+    def __init__(self, server: Server, options: WebSocketOptions | None = None) -> None:
+        self.server = server
+        self.options = options or WebSocketOptions()
+
+    def available(self) -> set[str]:
+        names = set(WAMP)
+        names.update(n for n, proto in STREAM.items() if proto in SESSION_FACTORIES)
+        return names
+
+    async def handle(self, request: UpgradeRequest, stream: trio.abc.Stream,
+                     trailing: bytes) -> None:
+        """The HTTP server's upgrade hook (`HTTPServer.add_upgrade("/ws", front.handle)`)."""
+        await self.serve(stream, request.head_bytes() + trailing, request.peer)
+
+    async def serve(self, stream: trio.abc.Stream, data: bytes, peer: tuple[str, int]
+                    ) -> None:
+        """Handshake from `data` (the request head and whatever followed it), then run."""
+        ws = WSConnection(ConnectionType.SERVER)
+        try:
+            ws.receive_data(data)
+            request = next((e for e in ws.events() if isinstance(e, Request)), None)
+            if request is None:
+                raise HandshakeRefused("incomplete WebSocket handshake request")
+            subprotocol = self._check(request)
+        except RemoteProtocolError as exc:
+            await _refuse(stream, str(exc))
+            return
+        except HandshakeRefused as exc:
+            await _send(stream, ws.send(RejectConnection(
+                status_code=400, has_body=True, headers=[
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(exc.reason.encode())).encode())])))
+            await _send(stream, ws.send(RejectData(data=exc.reason.encode())))
+            return
+        extensions: list[Extension] = [PerMessageDeflate()] if _offers_deflate(request) else []
+        wire = ws.send(AcceptConnection(subprotocol=subprotocol, extensions=extensions))
+        if not await _send(stream, wire):
+            return
+        conn = WebSocketConnection(self, stream, ws, subprotocol, peer)
+        await conn.run()
+
+    def _check(self, request: Request) -> str:
+        path = request.target.split("?", 1)[0]
+        if path != self.options.path:
+            raise HandshakeRefused(f"no WebSocket endpoint at {path}")
+        chosen = choose_subprotocol(list(request.subprotocols), self.available())
+        if chosen is None:
+            offered = ", ".join(request.subprotocols) or "none"
+            raise HandshakeRefused(
+                f"no supported subprotocol offered (offered: {offered}; supported: "
+                f"{', '.join(sorted(self.available()))})")
+        return chosen
+
+
+def _offers_deflate(request: Request) -> bool:
+    return any((e if isinstance(e, str) else e.name).split(";", 1)[0].strip()
+               == "permessage-deflate" for e in request.extensions)
+
+
+async def _send(stream: trio.abc.Stream, data: bytes) -> bool:
+    if not data:
+        return True
+    try:
+        await stream.send_all(data)
+        return True
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        return False
+
+
+async def _refuse(stream: trio.abc.Stream, reason: str) -> None:
+    body = reason.encode()
+    await _send(stream, b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8"
+                        b"\r\nconnection: close\r\ncontent-length: " + str(len(body)).encode()
+                + b"\r\n\r\n" + body)
+
+
+class WebSocketConnection:
+    """One accepted WebSocket and the protocol session it carries."""
+
+    def __init__(self, front: WebSocketFront, stream: trio.abc.Stream, ws: WSConnection,
+                 subprotocol: str, peer: tuple[str, int]) -> None:
+        self.front = front
+        self.stream = stream
+        self.ws = ws
+        self.subprotocol = subprotocol
+        self.peer = peer
+        self.options = front.options
+        server = front.server
+        self.clock = server.clock
+        self.wamp: WampSession | None = None
+        if subprotocol in WAMP:
+            self.wamp = wamp_session(server, peer, self.wake, WAMP[subprotocol], self.options)
+            self.session: Any = self.wamp
+        else:
+            self.session = SESSION_FACTORIES[STREAM[subprotocol]](server, peer, self.wake)
+        self.text_out = subprotocol.endswith(".stomp")
+        self._wakeup = trio.Event()
+        self._drained = trio.Event()
+        self._out = bytearray()  # WebSocket frames ready to write
+        self._parts: list[bytes | str] = []
+        self._size = 0
+        self._close_sent = False
+        self.last_recv = self.clock()
+        self._pinged = False
+        self._cancel: trio.CancelScope | None = None
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        server = self.front.server
+        server.sessions.add(self.session)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._cancel = nursery.cancel_scope
+                nursery.start_soon(self._reader)
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._ticker)
+        except Exception:
+            log.exception("websocket connection %s:%s failed", *self.peer)
+        finally:
+            self.session.connection_lost()
+            server.sessions.discard(self.session)
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                try:
+                    await self.stream.aclose()
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass
+
+    # -- output --------------------------------------------------------------------------------
+
+    def _close(self, code: int, reason: str = "") -> None:
+        if not self._close_sent and self.ws.state is ConnectionState.OPEN:
+            self._out += self.ws.send(CloseConnection(code=code, reason=reason))
+        self._close_sent = True
+        self.wake()
+
+    def _collect(self) -> None:
+        """Move the session's output into WebSocket frames."""
+        if self._close_sent or self.ws.state is not ConnectionState.OPEN:
+            if self.wamp is not None:
+                self.wamp.messages_to_send()
+            else:
+                self.session.data_to_send()
+            return
+        if self.wamp is not None:
+            for msg in self.wamp.messages_to_send():
+                if isinstance(msg, str):
+                    self._out += self.ws.send(TextMessage(data=msg))
+                else:
+                    self._out += self.ws.send(BytesMessage(data=msg))
+        else:
+            data = self.session.data_to_send()
+            if data:
+                if self.text_out:
+                    try:
+                        self._out += self.ws.send(TextMessage(data=data.decode("utf-8")))
+                    except UnicodeDecodeError:
+                        self._out += self.ws.send(BytesMessage(data=data))
+                else:
+                    self._out += self.ws.send(BytesMessage(data=data))
+        if self.session.closed and not self.session.pending_output:
+            shutting_down = getattr(self.session, "close_reason", None) == "broker shutdown"
+            self._close(CloseCode.GOING_AWAY if shutting_down else CloseCode.NORMAL)
+
+    async def _writer(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            self._collect()
+            if self._out:
+                data = bytes(self._out)
+                self._out.clear()
+                if not await _send(self.stream, data):
+                    self._stop()
+                    return
+            self.session.output_drained()
+            self._drained.set()
+            if self._close_sent and self.ws.state is not ConnectionState.OPEN \
+                    and self.ws.state is not ConnectionState.LOCAL_CLOSING:
+                self._stop()
+                return
+            if self._close_sent and self.ws.state is ConnectionState.LOCAL_CLOSING:
+                # wait a moment for the peer's close frame, then go
+                assert self._cancel is not None
+                self._cancel.deadline = min(self._cancel.deadline,
+                                            trio.current_time() + 2)
+
+    def _stop(self) -> None:
+        if self._cancel is not None:
+            self._cancel.cancel()
+
+    # -- input ---------------------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        session = self.session
+        while True:
+            while session.pending_output > self.options.high_water and not session.closed:
+                self._drained = trio.Event()
+                await self._drained.wait()
+            try:
+                data = await self.stream.receive_some(READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                data = b""
+            if not data:
+                session.connection_lost()
+                self._stop()
+                return
+            self.last_recv = self.clock()
+            self._pinged = False
+            self.ws.receive_data(bytes(data))
+            for event in self.ws.events():
+                self._on_event(event)
+            self.front.server.durability.kick()  # receipts/acks waiting for the disk
+            self.wake()
+            if self.ws.state in (ConnectionState.CLOSED, ConnectionState.REMOTE_CLOSING):
+                return
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, TextMessage | BytesMessage):
+            if self._close_sent:
+                return
+            self._size += len(event.data)
+            if self._size > self.options.max_message_size:
+                self._parts.clear()
+                self._close(CloseCode.TOO_BIG, "message too big")
+                self.session.connection_lost()
+                return
+            self._parts.append(event.data if isinstance(event.data, str)
+                               else bytes(event.data))
+            if event.message_finished:
+                parts, self._parts, self._size = self._parts, [], 0
+                self._deliver(parts)
+        elif isinstance(event, Ping):
+            self._out += self.ws.send(event.response())
+        elif isinstance(event, Pong):
+            pass
+        elif isinstance(event, CloseConnection):
+            if self.ws.state is ConnectionState.REMOTE_CLOSING:
+                self._out += self.ws.send(event.response())
+                self._close_sent = True
+            else:  # a parse error: wsproto reports the code to close with
+                self._close(event.code, event.reason or "")
+            self.session.connection_lost()
+
+    def _deliver(self, parts: list[bytes | str]) -> None:
+        if isinstance(parts[0], str):
+            text = "".join(p for p in parts if isinstance(p, str))
+            if self.wamp is not None:
+                self.wamp.receive_message(text)
+            else:
+                self.session.receive_data(text.encode("utf-8"))
+        else:
+            data = b"".join(p for p in parts if isinstance(p, bytes))
+            if self.wamp is not None:
+                self.wamp.receive_message(data)
+            else:
+                self.session.receive_data(data)
+
+    # -- time ----------------------------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        while True:
+            now = self.clock()
+            wait = 1.0
+            if self.wamp is not None:
+                deadline = self.wamp.next_deadline()
+                if deadline is not None:
+                    wait = max(0.0, min(wait, deadline - now))
+            await trio.sleep(wait)
+            now = self.clock()
+            self.session.timer(now)
+            idle = now - self.last_recv
+            if idle > 2 * self.options.ping_interval:
+                log.info("websocket %s:%s silent for %.0f s, closing", *self.peer, idle)
+                self.session.connection_lost()
+                self._close(CloseCode.GOING_AWAY, "ping timeout")
+            elif idle > self.options.ping_interval and not self._pinged \
+                    and self.ws.state is ConnectionState.OPEN:
+                self._pinged = True
+                self._out += self.ws.send(Ping(payload=b"gateway"))
+            if self.session.pending_output or self.session.closed or self._out:
+                self.wake()

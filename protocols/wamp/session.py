@@ -1,0 +1,480 @@
+"""One WAMP session (and the transport it rides on): messages in -> core calls, and back.
+
+Theory of operation
+-------------------
+The WebSocket layer hands every received WebSocket message to `receive_message`; the codec
+turns it into a typed message, which is handled to completion, synchronously, against the
+core (`handlers.py` has one function per message type; `handlers.TABLE` is the table of
+contents). What must go to the client is encoded at once and queued as whole messages for
+the writer (`messages_to_send`); `wake` tells it there is something new when another
+connection's publish produced it. No I/O and no awaits happen here.
+
+States and the messages each accepts (`ACCEPTS`, the transition table):
+
+    HANDSHAKE  --HELLO, no auth (anonymous)--> ESTABLISHED
+    HANDSHAKE  --HELLO, ticket or wampcra--> CHALLENGED --AUTHENTICATE ok--> ESTABLISHED
+    ESTABLISHED --GOODBYE from the client (we echo goodbye_and_out)--> HANDSHAKE
+    ESTABLISHED --we send GOODBYE (shutdown)--> CLOSING --GOODBYE--> CLOSED
+    any --ABORT either way, a protocol violation, the transport lost--> CLOSED
+
+A message that its state does not accept, or one the codec cannot read, is a protocol
+violation (spec "Protocol Errors"): ABORT `wamp.error.protocol_violation`, everything the
+session held is released, and the transport closes. A `BrokerError` from the core or auth
+becomes an ERROR to that request alone, with a standard URI (`ERROR_URIS`).
+
+Leaving the session (GOODBYE, ABORT, transport loss) releases what it held at once, so a
+callee that reconnects does not meet its own stale registration (crossbar's #456): its
+subscription queues are deleted, its registrations dropped, calls it was running answered
+with `wamp.error.canceled` (or requeued when an AMQP client sent them), and its own calls
+forgotten.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+from collections import deque
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from enum import Enum, auto
+from typing import TYPE_CHECKING, Any, Final
+
+from gateway.core.errors import BrokerError, ReplyCode
+from protocols.wamp.codec import Serializer, WampCodec
+from protocols.wamp.frames import (
+    Abort,
+    Authenticate,
+    Challenge,
+    Goodbye,
+    Hello,
+    Message,
+    MessageType,
+    ProtocolViolation,
+    Welcome,
+)
+from protocols.wamp.handlers import TABLE
+from protocols.wamp.router import Realm, WampRouter
+from protocols.wamp.rpc import RpcState
+from protocols.wamp.subscriptions import SubscriptionState
+
+if TYPE_CHECKING:
+    from gateway.auth.service import AuthService, User
+    from gateway.core.broker import Broker
+    from gateway.core.vhost import VirtualHost
+
+log = logging.getLogger("gateway.wamp")
+
+HELLO_TIMEOUT: Final = 10.0  # seconds a client has to establish a session
+
+
+class State(Enum):
+    HANDSHAKE = auto()
+    CHALLENGED = auto()
+    ESTABLISHED = auto()
+    CLOSING = auto()
+    CLOSED = auto()
+
+
+T = MessageType
+_SESSION_MESSAGES: Final = frozenset({
+    T.PUBLISH, T.SUBSCRIBE, T.UNSUBSCRIBE, T.CALL, T.CANCEL, T.REGISTER, T.UNREGISTER,
+    T.YIELD, T.ERROR, T.GOODBYE, T.ABORT,
+})
+ACCEPTS: Final[dict[State, frozenset[MessageType]]] = {
+    State.HANDSHAKE: frozenset({T.HELLO, T.ABORT}),
+    State.CHALLENGED: frozenset({T.AUTHENTICATE, T.ABORT}),
+    State.ESTABLISHED: _SESSION_MESSAGES,
+    # after our GOODBYE, only the client's GOODBYE matters; the rest is dropped
+    State.CLOSING: _SESSION_MESSAGES,
+    State.CLOSED: frozenset(),
+}
+
+# What WELCOME announces: exactly what this router implements (spec "Feature Announcement")
+ROLES: Final[dict[str, dict[str, dict[str, bool]]]] = {
+    "broker": {"features": {
+        "publisher_exclusion": True,
+        "publisher_identification": True,
+        "pattern_based_subscription": True,
+        "subscriber_blackwhite_listing": True,
+    }},
+    "dealer": {"features": {
+        "caller_identification": True,
+        "call_canceling": True,
+        "call_timeout": True,
+        "progressive_call_results": True,
+        "shared_registration": True,
+    }},
+}
+
+# BrokerError reply code -> WAMP error URI
+ERROR_URIS: Final[dict[ReplyCode, str]] = {
+    ReplyCode.ACCESS_REFUSED: "wamp.error.not_authorized",
+    ReplyCode.NOT_ALLOWED: "wamp.error.not_authorized",
+    ReplyCode.NOT_FOUND: "wamp.error.no_such_procedure",
+    ReplyCode.RESOURCE_LOCKED: "wamp.error.procedure_already_exists",
+    ReplyCode.PRECONDITION_FAILED: "wamp.error.invalid_argument",
+}
+
+AUTH_METHODS: Final = ("ticket", "wampcra", "anonymous")
+AUTH_PROVIDER: Final = "gateway"
+
+# (secret, salt, iterations, keylen) of a user for WAMP-CRA, or None: WAMP-CRA needs the
+# secret (or a PBKDF2 key of it) on the router side, which a password hash cannot give
+CraSecret = tuple[str, str | None, int, int]
+CraLookup = Callable[[str], CraSecret | None]
+
+
+def _no_cra(_: str) -> CraSecret | None:
+    return None
+
+
+def cra_signature(key: bytes, challenge: str) -> str:
+    return base64.b64encode(
+        hmac.new(key, challenge.encode("utf-8"), hashlib.sha256).digest()).decode("ascii")
+
+
+def derive_cra_key(secret: str, salt: str, iterations: int, keylen: int) -> bytes:
+    """The salted WAMP-CRA key as clients derive it: base64 of PBKDF2-HMAC-SHA256."""
+    raw = hashlib.pbkdf2_hmac("sha256", secret.encode("utf-8"), salt.encode("utf-8"),
+                              iterations, keylen)
+    return base64.b64encode(raw)
+
+
+class WampSession:
+    protocol_name = "WAMP 2 (WebSocket)"  # as the management API lists connections
+
+    def __init__(
+        self,
+        broker: Broker,
+        auth: AuthService,
+        router: WampRouter,
+        serializer: Serializer,
+        *,
+        peer: tuple[str, int],
+        loopback: bool,
+        clock: Callable[[], float],
+        wake: Callable[[], None] = lambda: None,
+        allow_anonymous: bool = True,
+        anonymous_user: str = "guest",
+        loopback_users: Iterable[str] = ("guest",),
+        cra_lookup: CraLookup = _no_cra,
+        disclose: bool = False,
+        max_message_size: int = 16 * 1024 * 1024,
+        high_water: int = 1024 * 1024,
+    ) -> None:
+        self.broker = broker
+        self.auth = auth
+        self.router = router
+        self.codec = WampCodec(serializer, max_message_size=max_message_size)
+        self.serializer = serializer
+        self.peer = peer
+        self.loopback = loopback
+        self.clock = clock
+        self.wake = wake
+        self.allow_anonymous = allow_anonymous
+        self.anonymous_user = anonymous_user
+        self.loopback_users = frozenset(loopback_users)
+        self.cra_lookup = cra_lookup
+        # disclose every publisher and caller to subscribers and callees, as if each had
+        # asked with `disclose_me` (recent autobahn clients cannot ask)
+        self.disclose = disclose
+        self.high_water = high_water
+        self.state = State.HANDSHAKE
+        self.started = clock()
+        self.session_id = 0
+        self.realm: Realm | None = None
+        self.vhost: VirtualHost | None = None
+        self.user: User | None = None
+        self.authid = ""
+        self.authrole = ""
+        self.authmethod = ""
+        self.client_roles: dict[str, Any] = {}
+        self._pending_auth: tuple[str, Hello, str] | None = None  # method, hello, expected
+        self._out: deque[bytes | str] = deque()
+        self._out_size = 0
+        self.output_blocked = False
+        self.alarm = False
+        self.read_paused = False
+        self.close_reason: str | None = None
+        self.subs = SubscriptionState(self)
+        self.rpc = RpcState(self)
+
+    # -- I/O boundary ----------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    @property
+    def pending_output(self) -> int:
+        return self._out_size
+
+    @property
+    def name(self) -> str:
+        return f"{self.peer[0]}:{self.peer[1]}"
+
+    def messages_to_send(self) -> list[bytes | str]:
+        out = list(self._out)
+        self._out.clear()
+        self._out_size = 0
+        return out
+
+    def output_drained(self) -> None:
+        if self.output_blocked and self._out_size < self.high_water // 2:
+            self.output_blocked = False
+            self.subs.kick()
+            self.rpc.kick()
+
+    def send(self, msg: Message) -> bool:
+        """Queue one message; False when the serializer cannot carry its values."""
+        try:
+            data = self.codec.encode(msg)
+        except ValueError as exc:
+            log.warning("wamp session %d: cannot send %s: %s", self.session_id,
+                        msg.TYPE.name, exc)
+            return False
+        self._out.append(data)
+        self._out_size += len(data)
+        if self._out_size >= self.high_water:
+            self.output_blocked = True
+        if len(self._out) == 1:
+            self.wake()
+        return True
+
+    def receive_message(self, data: bytes | str) -> None:
+        if self.state is State.CLOSED:
+            return
+        try:
+            msg = self.codec.decode(data)
+            if msg.TYPE not in ACCEPTS[self.state]:
+                raise ProtocolViolation(f"{msg.TYPE.name} is not allowed in state "
+                                        f"{self.state.name}")
+            self._dispatch(msg)
+        except ProtocolViolation as exc:
+            self.abort("wamp.error.protocol_violation", exc.text)
+
+    def _dispatch(self, msg: Message) -> None:
+        if isinstance(msg, Hello):
+            self._on_hello(msg)
+        elif isinstance(msg, Authenticate):
+            self._on_authenticate(msg)
+        elif isinstance(msg, Abort):
+            log.info("wamp session %d: client aborted: %s", self.session_id, msg.reason)
+            self._leave()
+            self.state = State.CLOSED
+        elif isinstance(msg, Goodbye):
+            self._on_goodbye(msg)
+        elif self.state is State.ESTABLISHED:
+            if self.alarm and msg.TYPE in (T.PUBLISH, T.CALL, T.YIELD):
+                self.read_paused = True
+            TABLE[msg.TYPE](self, msg)
+
+    def timer(self, now: float) -> None:
+        if self.state in (State.HANDSHAKE, State.CHALLENGED) and self.session_id == 0 \
+                and now - self.started > HELLO_TIMEOUT:
+            self.abort("wamp.error.timeout", "no HELLO in time")
+            return
+        if self.state is State.ESTABLISHED:
+            self.rpc.expire(now)
+
+    def next_deadline(self) -> float | None:
+        """The earliest time `timer` has something to do (a call timeout), if any."""
+        return self.rpc.next_deadline()
+
+    def connection_lost(self) -> None:
+        if self.state is not State.CLOSED:
+            self._leave()
+            self.state = State.CLOSED
+
+    def shutdown(self) -> None:
+        """Broker shutdown: GOODBYE `wamp.close.system_shutdown`, then close."""
+        if self.state is State.ESTABLISHED:
+            self.send(Goodbye({"message": "broker shutdown"}, "wamp.close.system_shutdown"))
+            self._leave()
+            self.state = State.CLOSING
+        elif self.state is not State.CLOSING:
+            self.abort("wamp.close.system_shutdown", "broker shutdown")
+
+    def vhost_deleted(self, name: str) -> None:
+        if self.state is State.ESTABLISHED:
+            self.send(Goodbye({"message": f"realm {name} deleted"}, "wamp.close.close_realm"))
+            self._leave()
+            self.state = State.CLOSING
+
+    def memory_alarm(self, on: bool) -> None:
+        self.alarm = on
+        if not on:
+            self.read_paused = False
+
+    def flush_confirms(self) -> None:
+        """Nothing in WAMP waits for the disk (its messages are transient)."""
+
+    def abort(self, reason: str, message: str) -> None:
+        if self.state is State.CLOSED:
+            return
+        log.info("wamp session %s: abort %s: %s", self.name, reason, message)
+        self.send(Abort({"message": message}, reason))
+        self.close_reason = message
+        self._leave()
+        self.state = State.CLOSED
+
+    # -- joining -----------------------------------------------------------------------------
+
+    def _on_hello(self, msg: Hello) -> None:
+        roles = msg.details.get("roles")
+        if not isinstance(roles, dict) or not roles or not set(roles) <= {
+                "publisher", "subscriber", "caller", "callee"}:
+            raise ProtocolViolation("HELLO.Details.roles must name publisher, subscriber, "
+                                    "caller and/or callee")
+        self.client_roles = roles
+        realm = msg.realm
+        if not self.auth.vhost_exists(realm):
+            self.abort("wamp.error.no_such_realm", f"no realm (vhost) '{realm}'")
+            return
+        methods = msg.details.get("authmethods")
+        authid = msg.details.get("authid")
+        if methods is None:
+            methods = ["anonymous"]
+        if not isinstance(methods, list) or not isinstance(authid, str | None):
+            raise ProtocolViolation("HELLO.Details.authmethods must be a list, authid a "
+                                    "string")
+        for method in methods:
+            if method == "anonymous" and self.allow_anonymous:
+                self._login_anonymous(msg)
+                return
+            if method == "ticket" and authid:
+                self._pending_auth = ("ticket", msg, authid)
+                self.state = State.CHALLENGED
+                self.send(Challenge("ticket", {}))
+                return
+            if method == "wampcra" and authid and self.cra_lookup is not _no_cra:
+                self._challenge_cra(msg, authid)
+                return
+        self.abort("wamp.error.no_matching_auth_method" if methods != ["anonymous"]
+                   else "wamp.error.not_authorized",
+                   f"none of the authentication methods {methods} is available")
+
+    def _login_anonymous(self, hello: Hello) -> None:
+        user = self.auth.user(self.anonymous_user)
+        if user is None or (user.name in self.loopback_users and not self.loopback):
+            self.abort("wamp.error.not_authorized", "anonymous login refused")
+            return
+        self._join(hello, user, user.name, "anonymous")
+
+    def _challenge_cra(self, hello: Hello, authid: str) -> None:
+        self.session_id = self.router.realm(hello.realm).new_session_id()
+        found = self.cra_lookup(authid) if self.auth.user(authid) is not None else None
+        secret, salt, iterations, keylen = found or (secrets.token_hex(16), None, 0, 0)
+        challenge = json.dumps({
+            "authid": authid, "authrole": self._role_of(self.auth.user(authid)),
+            "authmethod": "wampcra", "authprovider": AUTH_PROVIDER,
+            "nonce": secrets.token_urlsafe(24),
+            "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "session": self.session_id,
+        }, separators=(",", ":"))
+        extra: dict[str, Any] = {"challenge": challenge}
+        if salt is not None:
+            key = derive_cra_key(secret, salt, iterations, keylen)
+            extra.update(salt=salt, iterations=iterations, keylen=keylen)
+        else:
+            key = secret.encode("utf-8")
+        expected = cra_signature(key, challenge) if found else ""
+        self._pending_auth = ("wampcra", hello, expected)
+        self.state = State.CHALLENGED
+        self.send(Challenge("wampcra", extra))
+
+    def _on_authenticate(self, msg: Authenticate) -> None:
+        assert self._pending_auth is not None
+        method, hello, expected = self._pending_auth
+        self._pending_auth = None
+        authid = hello.details.get("authid")
+        assert isinstance(authid, str)
+        if method == "ticket":
+            try:
+                user = self.auth.authenticate(authid, msg.signature, loopback=self.loopback,
+                                              mechanism="WAMP-ticket")
+            except BrokerError as err:
+                log.info("wamp session %s: login refused: %s", self.name,
+                         getattr(err, "reason", err.text))
+                self.abort("wamp.error.authentication_failed", err.text)
+                return
+        else:
+            found = self.auth.user(authid)
+            if found is None or not expected or not hmac.compare_digest(
+                    expected.encode(), msg.signature.encode("utf-8", "replace")):
+                self.abort("wamp.error.authentication_failed", "WAMP-CRA signature refused")
+                return
+            if authid in self.loopback_users and not self.loopback:
+                self.abort("wamp.error.authentication_failed",
+                           f"user '{authid}' can only connect via localhost")
+                return
+            user = found
+        self._join(hello, user, authid, method)
+
+    @staticmethod
+    def _role_of(user: User | None) -> str:
+        if user is None:
+            return "user"
+        return "administrator" if "administrator" in user.tags else "user"
+
+    def _join(self, hello: Hello, user: User, authid: str, method: str) -> None:
+        try:
+            self.auth.check_vhost(user, hello.realm)
+        except BrokerError as err:
+            self.abort("wamp.error.not_authorized", err.text)
+            return
+        self.user = user
+        self.vhost = self.broker.vhost(hello.realm)
+        self.realm = self.router.realm(hello.realm)
+        if not self.session_id:
+            self.session_id = self.realm.new_session_id()
+        self.realm.sessions[self.session_id] = self
+        self.authid = authid
+        self.authrole = "anonymous" if method == "anonymous" else self._role_of(user)
+        self.authmethod = method
+        self.state = State.ESTABLISHED
+        self.send(Welcome(self.session_id, {
+            "roles": ROLES,
+            "realm": hello.realm,
+            "authid": self.authid,
+            "authrole": self.authrole,
+            "authmethod": method,
+            "authprovider": AUTH_PROVIDER,
+            "agent": "gateway",
+        }))
+
+    # -- leaving ---------------------------------------------------------------------------
+
+    def _on_goodbye(self, msg: Goodbye) -> None:
+        if self.state is State.CLOSING:  # the client's answer to ours
+            self.state = State.CLOSED
+            return
+        self.send(Goodbye({}, "wamp.close.goodbye_and_out"))
+        self._leave()
+        self.state = State.HANDSHAKE  # the transport may carry a new session (spec)
+        self.started = self.clock()
+
+    def _leave(self) -> None:
+        """Release everything the session held (subscriptions, registrations, calls)."""
+        if self.realm is None:
+            self.session_id = 0
+            return
+        self.rpc.release()
+        self.subs.release()
+        self.realm.sessions.pop(self.session_id, None)
+        self.realm = None
+        self.session_id = 0
+
+    # -- helpers for handlers ----------------------------------------------------------------
+
+    def error_uri(self, err: BrokerError, default: str) -> str:
+        return ERROR_URIS.get(err.code, default)
+
+    def check(self, permission: str, kind: str, name: str) -> None:
+        assert self.user is not None and self.vhost is not None
+        self.auth.check(self.user, self.vhost.name, permission,  # type: ignore[arg-type]
+                        name, resource_kind=kind)  # type: ignore[arg-type]

@@ -1,0 +1,105 @@
+"""An in-process gateway for WebSocket tests: the real `Server` (core, store, AMQP, MQTT
+and STOMP listeners on free ports) plus a small listener that hands each connection's
+HTTP request head to `WebSocketFront.serve`, as the HTTP server's `/ws` upgrade hook does.
+
+Clients run in threads (autobahn's asyncio, pika, paho), so tests wait for them with
+`trio.to_thread.run_sync` under a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from gateway.config import load_config, with_overrides
+from gateway.server.app import Server
+from gateway.server.websocket import WebSocketFront, WebSocketOptions
+
+MAX_HEAD = 64 * 1024
+T = TypeVar("T")
+
+
+@dataclass
+class Gateway:
+    server: Server
+    front: WebSocketFront
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.ports['ws']}/ws"
+
+    @property
+    def amqp_url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.ports['amqp']}/%2F"
+
+
+async def _handoff(front: WebSocketFront, stream: trio.SocketStream) -> None:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        if len(data) > MAX_HEAD:
+            await stream.aclose()
+            return
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            await stream.aclose()
+            return
+        data += chunk
+    peer = stream.socket.getpeername()
+    await front.serve(stream, data, (peer[0], peer[1]))
+
+
+@asynccontextmanager
+async def running_gateway(tmp_path: Path, options: WebSocketOptions | None = None
+                          ) -> AsyncIterator[Gateway]:
+    config = with_overrides(load_config(), host="127.0.0.1", amqp_port=0, mqtt_port=0,
+                            stomp_port=0, http_port=None, data_dir=tmp_path / "data")
+    server = Server(config)
+    front = WebSocketFront(server, options)
+    async with trio.open_nursery() as nursery:
+        ports = await nursery.start(server.serve)
+        listeners = await nursery.start(
+            partial(trio.serve_tcp, lambda s: _handoff(front, s), 0, host="127.0.0.1"))
+        gw = Gateway(server, front, dict(ports))
+        gw.ports["ws"] = listeners[0].socket.getsockname()[1]
+        try:
+            yield gw
+        finally:
+            await server.shutdown()
+            nursery.cancel_scope.cancel()
+
+
+async def in_thread(fn: Callable[[], T], timeout: float = 20.0) -> T:
+    """Run a blocking client function in a thread, under a deadline."""
+    with trio.fail_after(timeout):
+        return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
+
+
+async def in_asyncio(main: Callable[[], Awaitable[T]], timeout: float = 20.0) -> T:
+    """Run an asyncio coroutine function (autobahn, websockets) on its own loop in a thread."""
+
+    def run() -> T:
+        return asyncio.run(asyncio.wait_for(main(), timeout))  # type: ignore[arg-type]
+
+    return await in_thread(run, timeout + 5)
+
+
+def poll(check: Callable[[], Any], deadline: float = 10.0, step: float = 0.01) -> Any:
+    """Blocking bounded poll for threads: `check()` until truthy or the deadline."""
+    import time
+
+    end = time.monotonic() + deadline
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise TimeoutError("condition not met in time")
+        time.sleep(step)
