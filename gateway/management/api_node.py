@@ -15,7 +15,6 @@ from gateway.core.exchange import EXCHANGE_TYPES
 from gateway.management import shapes
 from gateway.management.router import Access, ApiError, Ctx, Routes, list_result, not_found
 from gateway.management.shapes import NODE, details
-from gateway.management.stats import protocol_key
 
 if TYPE_CHECKING:
     from gateway.management.app import ManagementApp
@@ -174,6 +173,22 @@ def node(ctx: Ctx) -> dict[str, Any]:
 @routes.add("GET", "/extensions")
 def extensions(ctx: Ctx) -> list[Any]:
     return []
+
+
+@routes.add("GET", "/cluster-name")
+def cluster_name(ctx: Ctx) -> dict[str, str]:
+    return {"name": NODE}
+
+
+# Objects this broker does not have: answered as empty lists, as a RabbitMQ with none
+# configured answers, so tools that read them (rabbitmqadmin list ..., exporters) work.
+def _none(ctx: Ctx) -> list[Any]:
+    return []
+
+
+for _path in ("/feature-flags", "/parameters", "/global-parameters", "/topic-permissions",
+              "/vhost-limits", "/operator-policies", "/federation-links", "/shovels"):
+    routes.add("GET", _path)(_none)
 
 
 # -- connections, channels, consumers ------------------------------------------------------
@@ -354,4 +369,3 @@ def aliveness(ctx: Ctx) -> Any:
     return {"status": "ok"}
 
 
-__all__ = ["protocol_key", "routes"]

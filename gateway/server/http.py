@@ -88,10 +88,12 @@ class _Closed(Exception):
 
 class HTTPServer:
     def __init__(self, handle: Handler, *, max_body: int = 16 * 1024 * 1024,
-                 idle_timeout: float = 60.0) -> None:
+                 idle_timeout: float = 60.0, max_connections: int = 256) -> None:
         self.handle = handle
         self.max_body = max_body
         self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.open = 0  # connections being served as HTTP (upgraded ones not counted)
         self.upgrades: dict[str, UpgradeHandler] = {}
 
     def add_upgrade(self, path: str, handler: UpgradeHandler) -> None:
@@ -100,6 +102,13 @@ class HTTPServer:
 
     async def serve(self, stream: trio.abc.Stream, peer: tuple[str, int]) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        if self.open >= self.max_connections:
+            log.warning("HTTP connection from %s refused: %d open", peer[0], self.open)
+            await self._send_error(conn, stream, 503, "too many HTTP connections")
+            await _close(stream)
+            return
+        self.open += 1
+        counted = True
         try:
             while True:
                 request: Request | None = None
@@ -111,6 +120,8 @@ class HTTPServer:
                     upgrade = self.upgrades.get(request.path)
                     if upgrade is not None:
                         trailing, _ = conn.trailing_data
+                        self.open -= 1  # no longer HTTP: the protocol's limits apply
+                        counted = False
                         await upgrade(request, stream, bytes(trailing))
                         return
                 await self._send(conn, stream, request, await self._call(request))
@@ -124,6 +135,8 @@ class HTTPServer:
         except h11.LocalProtocolError as exc:
             log.debug("HTTP connection from %s:%d ended: %s", peer[0], peer[1], exc)
         finally:
+            if counted:
+                self.open -= 1
             await _close(stream)
 
     async def _call(self, request: Request) -> Response:
@@ -194,7 +207,9 @@ class HTTPServer:
                           reason: str) -> None:
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
-        body = json.dumps({"error": "bad_request", "reason": reason}).encode()
+        error = {413: "payload_too_large", 503: "service_unavailable"}.get(status,
+                                                                           "bad_request")
+        body = json.dumps({"error": error, "reason": reason}).encode()
         try:
             wire = conn.send(h11.Response(status_code=status, headers=[
                 ("content-type", "application/json"), ("content-length", str(len(body))),

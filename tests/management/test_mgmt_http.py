@@ -170,3 +170,22 @@ async def test_upgrade_on_a_path_without_a_hook_is_served_as_plain_http() -> Non
                                   b"Upgrade: websocket\r\n\r\n")
             assert await read_responses(stream, 1) == [(200, b"GET /other {} 0")]
             await stream.aclose()
+
+
+async def test_connections_over_the_cap_get_503() -> None:
+    with trio.fail_after(DEADLINE):
+        server = HTTPServer(echo, max_connections=1)
+        async with serving(server) as port:
+            first = await trio.open_tcp_stream("127.0.0.1", port)
+            await first.send_all(b"GET /1 HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert await read_responses(first, 1) == [(200, b"GET /1 {} 0")]
+            second = await trio.open_tcp_stream("127.0.0.1", port)
+            refused = await read_until_closed(second)
+            assert refused.startswith(b"HTTP/1.1 503 ")
+            assert b"too many HTTP connections" in refused
+            await first.aclose()
+            while server.open:  # the first one's handler notices the close
+                await trio.sleep(0.01)
+            third = await trio.open_tcp_stream("127.0.0.1", port)
+            await third.send_all(b"GET /3 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            assert (await read_until_closed(third)).endswith(b"GET /3 {} 0")
