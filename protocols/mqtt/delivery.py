@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from protocols.mqtt.codec import encode_packet
-from protocols.mqtt.frames import MQTT_5, Properties, Publish, PubRel
+from protocols.mqtt.frames import MQTT_5, NO_PROPERTIES, Properties, Publish, PubRel
 from protocols.mqtt.mapping import from_core, published_qos, routing_key_to_topic, topic_matches
 from protocols.mqtt.state import Outgoing, SubOptions
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 FROM_KEY = "mqtt.from"  # Message.cache: (vhost, client id) of the MQTT publisher
 RETAIN_KEY = "mqtt.retain"  # Message.cache: the PUBLISH had the retain flag
+TOPIC_KEY = "mqtt.topic"  # Message.cache: the topic of its routing key, computed once
 
 
 class MQTTConsumer:
@@ -83,7 +84,9 @@ def deliver(s: MQTTSession, consumer: MQTTConsumer, entry: Entry) -> None:
         topic = s.reply_topic(msg.properties.correlation_id)
         subs = [SubOptions(min(1, published_qos(msg)))] if topic else []
     else:
-        topic = routing_key_to_topic(msg.routing_key)
+        topic = msg.cache.get(TOPIC_KEY)
+        if topic is None:
+            topic = msg.cache[TOPIC_KEY] = routing_key_to_topic(msg.routing_key)
         subs = _matching(s, consumer, topic, msg.cache.get(FROM_KEY) == s.key)
     expiry = None
     if entry.expires_at is not None:
@@ -95,7 +98,7 @@ def deliver(s: MQTTSession, consumer: MQTTConsumer, entry: Entry) -> None:
         return
     qos = min(published_qos(msg), max(o.qos for o in subs))
     retain = bool(msg.cache.get(RETAIN_KEY)) and any(o.retain_as_published for o in subs)
-    props = from_core(msg) if s.version == MQTT_5 else Properties()
+    props = from_core(msg) if s.version == MQTT_5 else NO_PROPERTIES
     if s.version == MQTT_5:
         ids = tuple(o.subscription_id for o in subs if o.subscription_id is not None)
         if ids or expiry is not None:

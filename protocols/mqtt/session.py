@@ -148,6 +148,19 @@ class MQTTSession:
         return self._out_size
 
     @property
+    def protocol_name(self) -> str:
+        """As the management API lists connections (RabbitMQ: "MQTT 3.1.1")."""
+        return {3: "MQTT 3.1", 4: "MQTT 3.1.1", 5: "MQTT 5.0"}.get(self.version or 4, "MQTT")
+
+    @property
+    def client_properties(self) -> dict[str, str]:
+        return {"client_id": self.client_id} if self.client_id else {}
+
+    @property
+    def heartbeat(self) -> int:
+        return self.keepalive
+
+    @property
     def name(self) -> str:
         return f"{self.peer[0]}:{self.peer[1]} ({self.client_id or '-'})"
 

@@ -233,3 +233,28 @@ def test_mqtt5_assigned_client_id_and_no_subscribers(peer: MakePeer,
     info = c.client.publish(unique("nobody-listens"), b"x", 1)
     info.wait_for_publish(TIMEOUT)
     assert info.is_published()
+
+
+def test_persistent_session_survives_a_broker_restart(fresh_broker: Any,
+                                                      unique: Callable[[str], str]) -> None:
+    """Subscriptions are durable bindings and QoS 1 messages persistent: after kill -9 and
+    a restart the session is still there with what was published for it."""
+    topic, cid = unique("durable"), unique("survivor")
+    sub = Peer(fresh_broker.ports["mqtt"], cid, V311, clean=False)
+    sub.subscribe(topic, 1)
+    sub.close()
+    pub = Peer(fresh_broker.ports["mqtt"], unique("pub"))
+    pub.publish(topic, b"kept on disk", 1)  # PUBACK: the store has it
+    pub.close()
+    fresh_broker.restart(kill=True)
+    back = Peer(fresh_broker.ports["mqtt"], cid, V311, clean=False)
+    try:
+        assert back.session_present
+        msg = back.message()
+        assert (msg.topic, msg.payload, msg.qos) == (topic, b"kept on disk", 1)
+        pub = Peer(fresh_broker.ports["mqtt"], unique("pub2"))
+        pub.publish(topic, b"after restart", 1)  # the subscription came back too
+        assert back.message().payload == b"after restart"
+        pub.close()
+    finally:
+        back.close()

@@ -570,3 +570,12 @@ def test_slow_reader_is_held_back_not_buffered() -> None:
             break
     delivered += len(sub.received())
     assert delivered == 100 and queue.message_count == 0
+
+
+def test_what_the_management_api_lists() -> None:
+    c = World().client(MQTT_5)
+    c.connect("listed", keepalive=30)
+    s = c.session
+    assert (s.protocol_name, s.client_properties, s.heartbeat) == (
+        "MQTT 5.0", {"client_id": "listed"}, 30)
+    assert s.user is not None and s.user.name == "guest" and s.vhost is not None
