@@ -153,7 +153,8 @@ class BrokerCollector(Collector):
         for origin in origins:
             label = PROTOCOL_LABEL.get(origin, origin)
             received.add_metric([label], stats.received.get(origin, 0))
-            routed.add_metric([label], stats.routed.get(origin, 0))
+            routed.add_metric([label], stats.received.get(origin, 0)
+                              - stats.unroutable.get(origin, 0))
             dropped.add_metric([label], stats.unroutable.get(origin, 0))
         yield received
         yield routed

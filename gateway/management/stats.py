@@ -69,9 +69,9 @@ class Stats:
         self.seen: dict[Any, tuple[float, str]] = {}  # session -> (first seen, protocol)
         self.opened: Counter[str] = Counter()
         self.closed: Counter[str] = Counter()
-        self.received: Counter[str] = Counter()  # messages published, by origin protocol
-        self.routed: Counter[str] = Counter()
-        self.unroutable: Counter[str] = Counter()
+        # messages published, by origin protocol (counted by trace.Tracer's wrapper)
+        self.received: dict[str, int] = {}
+        self.unroutable: dict[str, int] = {}
 
     # -- sampling --------------------------------------------------------------------------
 
@@ -130,10 +130,3 @@ class Stats:
     def connected_at(self, session: Any, now: float) -> float:
         seen = self.seen.get(session)
         return seen[0] if seen is not None else now
-
-    def count_publish(self, origin: str, routed: bool) -> None:
-        self.received[origin] += 1
-        if routed:
-            self.routed[origin] += 1
-        else:
-            self.unroutable[origin] += 1

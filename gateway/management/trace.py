@@ -95,18 +95,21 @@ class Tracer:
         original: Publish = vh.publish
         self._wrapped[vh] = original
         on = self._on
-        count = self.stats.count_publish
+        received = self.stats.received
+        unroutable = self.stats.unroutable
 
         def publish(exchange: Exchange, routing_key: str, message: Message,
                     now: float) -> PublishResult:
-            if vh.name not in on:
+            if vh.name in on:
+                before = self._before(vh, exchange, routing_key, message)
                 result = original(exchange, routing_key, message, now)
-                count(message.origin, result.routed)
-                return result
-            before = self._before(vh, exchange, routing_key, message)
-            result = original(exchange, routing_key, message, now)
-            count(message.origin, result.routed)
-            self._after(vh, before, result, now)
+                self._after(vh, before, result, now)
+            else:
+                result = original(exchange, routing_key, message, now)
+            origin = message.origin
+            received[origin] = received.get(origin, 0) + 1
+            if not result.routed:
+                unroutable[origin] = unroutable.get(origin, 0) + 1
             return result
 
         vh.publish = publish  # type: ignore[method-assign]

@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -222,3 +223,27 @@ def test_info_prints_queues_with_depth_bars(broker: Any, capsys: pytest.CaptureF
         api.delete(f"/queues/%2F/{q(deep)}")
         api.delete(f"/queues/%2F/{q(shallow)}")
         api.close()
+
+
+def test_info_refreshes_in_place_until_stopped(broker: Any) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "info", "--interval", "0.2", "--host", broker.host,
+         "--port", str(broker.ports["http"])],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None
+    seen = b""
+    watchdog = threading.Timer(20.0, process.kill)  # a hung view cannot hang the suite
+    watchdog.start()
+    try:
+        # three frames, each starting with the clear-screen sequence
+        while seen.count(b"\x1b[H\x1b[2J") < 3 and len(seen) < 1_000_000:
+            chunk = process.stdout.read1(65536)
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        watchdog.cancel()
+        process.terminate()
+        process.wait(10)
+    assert seen.count(b"\x1b[H\x1b[2J") >= 3, seen[-500:]
+    assert b"QUEUE" in seen and b"connections:" in seen
