@@ -254,9 +254,38 @@ _FIXED_311: Final[dict[int, int]] = {
     PacketType.PINGRESP: 0, PacketType.DISCONNECT: 0}
 
 
+def _publish_311(flags: int, body: bytes) -> Publish | None:
+    """A well-formed 3.1.1 PUBLISH, decoded without the general machinery; None for
+    anything unusual, which the general decoder then takes (and refuses, if it must)."""
+    qos = (flags >> 1) & 0x03
+    if qos == 3 or (flags & 0x08 and not qos) or len(body) < 2:
+        return None
+    end = 2 + ((body[0] << 8) | body[1])
+    start = end + 2 if qos else end
+    if start > len(body) or end == 2:
+        return None
+    try:
+        topic = body[2:end].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if "\x00" in topic or "+" in topic or "#" in topic:
+        return None
+    pid = None
+    if qos:
+        pid = (body[end] << 8) | body[end + 1]
+        if not pid:
+            return None
+    return Publish(topic, body[start:], qos, bool(flags & 1), bool(flags & 0x08), pid,
+                   NO_PROPERTIES)
+
+
 def decode_packet(first: int, body: bytes, version: int | None) -> Packet:
     """One whole packet from its first byte and its body (everything after the length)."""
     ptype, flags = first >> 4, first & 0x0F
+    if ptype == PacketType.PUBLISH and version == MQTT_311:
+        fast = _publish_311(flags, body)
+        if fast is not None:
+            return fast
     if ptype == 0:
         raise malformed("packet type 0 is reserved")
     if ptype != PacketType.PUBLISH and flags != _REQUIRED_FLAGS.get(ptype, 0):

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 FROM_KEY = "mqtt.from"  # Message.cache: (vhost, client id) of the MQTT publisher
 RETAIN_KEY = "mqtt.retain"  # Message.cache: the PUBLISH had the retain flag
 TOPIC_KEY = "mqtt.topic"  # Message.cache: the topic of its routing key, computed once
+QOS0_KEY = "mqtt.q0"  # Message.cache: its QoS 0 PUBLISH without properties, encoded
+QOS0_KEY_RETAIN = "mqtt.q0r"
 
 
 class MQTTConsumer:
@@ -87,7 +89,7 @@ def deliver(s: MQTTSession, consumer: MQTTConsumer, entry: Entry) -> None:
         topic = msg.cache.get(TOPIC_KEY)
         if topic is None:
             topic = msg.cache[TOPIC_KEY] = routing_key_to_topic(msg.routing_key)
-        subs = _matching(s, consumer, topic, msg.cache.get(FROM_KEY) == s.key)
+        subs = _matching(s, consumer, topic, msg.cache.get(FROM_KEY) == s.key_cached)
     expiry = None
     if entry.expires_at is not None:
         expiry = math.ceil(entry.expires_at - now)
@@ -116,6 +118,19 @@ def send_publish(s: MQTTSession, topic: str, payload: bytes, qos: int, retain: b
     A QoS 0 entry is settled here."""
     st = s.st
     assert st is not None
+    if not qos and entry is not None and props is NO_PROPERTIES and (
+            s.version != MQTT_5 or not s.client_alias_maximum):
+        # the common QoS 0 case: encoded once per message, whatever its fan-out
+        key = QOS0_KEY_RETAIN if retain else QOS0_KEY
+        data = entry.message.cache.get(key)
+        if data is None:
+            data = entry.message.cache[key] = encode_packet(
+                Publish(topic, payload, 0, retain), s.version or 4)
+        if s.client_max_packet is not None and len(data) > s.client_max_packet:
+            return False
+        entry.queue.ack(entry)
+        s.emit(data)
+        return True
     pid = None
     if qos:
         pid = st.allocate_packet_id()

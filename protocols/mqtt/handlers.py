@@ -71,10 +71,10 @@ def route_publish(s: MQTTSession, topic: str, payload: bytes, qos: int, retain: 
             if props.correlation_data is not None else None, props.response_topic)
         own: str | None = sessions.ensure_queue(s).name
     else:
-        own = session_queue_name(s.client_id)
+        own = None
     message = to_core(topic, payload, qos, props, own_queue=own,
                       message_id=vh.next_message_id())
-    message.cache[FROM_KEY] = s.key
+    message.cache[FROM_KEY] = s.key_cached
     if retain:
         message.cache[RETAIN_KEY] = True
         expires = (now + props.message_expiry_interval

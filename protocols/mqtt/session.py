@@ -128,6 +128,7 @@ class MQTTSession:
         self.read_paused = False
         self._ended = False
         self._linger_until = 0.0
+        self._key: tuple[str, str] | None = None
 
     # -- I/O boundary ----------------------------------------------------------------------
 
@@ -138,6 +139,14 @@ class MQTTSession:
     @property
     def key(self) -> tuple[str, str]:
         return (self.vhost.name if self.vhost else "", self.client_id)
+
+    @property
+    def key_cached(self) -> tuple[str, str]:
+        """`key`, built once the session is connected (it no longer changes then)."""
+        k = self._key
+        if k is None or k[1] != self.client_id:
+            k = self._key = self.key
+        return k
 
     @property
     def closed(self) -> bool:

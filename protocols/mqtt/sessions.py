@@ -113,6 +113,11 @@ def connect(s: MQTTSession, c: Connect) -> None:
         except UnicodeDecodeError:
             _refuse(s, ReasonCode.PAYLOAD_FORMAT_INVALID, "will payload is not UTF-8")
             return
+    if v5 and c.properties.authentication_method is not None:
+        # no enhanced authentication method is offered [MQTT-4.12.0-1]
+        _refuse(s, ReasonCode.BAD_AUTHENTICATION_METHOD,
+                f"authentication method {c.properties.authentication_method!r} not supported")
+        return
     if not _login(s, c):
         return
     if c.will is not None and not s.allowed("write", "exchange", "amq.topic"):

@@ -375,3 +375,20 @@ def test_publish_round_trip(topic: str, payload: bytes, qos: int, retain: bool,
     pkt = Publish(topic, payload, qos, retain, False, 17 if qos else None,
                   Properties(user_properties=tuple(users)))
     assert decode_all(encode_packet(pkt, MQTT_5), MQTT_5) == [pkt]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(0, 15), st.binary(max_size=24))
+def test_fast_311_publish_decoder_agrees_with_the_general_one(flags: int, body: bytes
+                                                              ) -> None:
+    from protocols.mqtt import codec
+
+    fast = codec._publish_311(flags, body)
+    r = codec.Reader(body)
+    try:
+        general: Publish | None = codec._decode_publish(r, flags, MQTT_311)
+        if r.left:
+            general = None
+    except ProtocolError:
+        general = None
+    assert fast is None or fast == general

@@ -579,3 +579,22 @@ def test_what_the_management_api_lists() -> None:
     assert (s.protocol_name, s.client_properties, s.heartbeat) == (
         "MQTT 5.0", {"client_id": "listed"}, 30)
     assert s.user is not None and s.user.name == "guest" and s.vhost is not None
+
+
+def test_enhanced_authentication_is_refused() -> None:
+    c = World().client(MQTT_5)
+    ack = c.connect(properties=Properties(authentication_method="SCRAM-SHA-1"))
+    assert ack.reason_code == ReasonCode.BAD_AUTHENTICATION_METHOD and c.closed
+
+
+def test_publisher_paused_during_memory_alarm() -> None:
+    w = World()
+    c = w.client()
+    c.connect()
+    c.session.memory_alarm(True)
+    c.send(PingReq())
+    assert not c.session.read_paused  # only publishing pauses the reader
+    c.send(Publish("t", b"x", 0))
+    assert c.session.read_paused
+    c.session.memory_alarm(False)
+    assert not c.session.read_paused
