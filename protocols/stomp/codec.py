@@ -287,7 +287,8 @@ class StompCodec:
         buf = self._buf
         pos = self._pos
         end = buf.find(b"\n\n", pos - 1)  # pos - 1 is the command line's LF
-        crlf = buf.find(b"\n\r\n", pos - 1, end if end >= 0 else len(buf))
+        # a CR LF blank line may start before the first LF LF (which it can overlap)
+        crlf = buf.find(b"\n\r\n", pos - 1, end + 2 if end >= 0 else len(buf))
         if crlf >= 0:
             end, skip = crlf, 3
         elif end >= 0:

@@ -80,6 +80,16 @@ def test_crlf_line_endings_stomp_1_2() -> None:
     assert frame == Frame(Command.SEND, {"destination": "/queue/a", "x": "y"}, b"body")
 
 
+@pytest.mark.parametrize("cut", [None, 5, 9, 10, 11, 12])
+def test_crlf_blank_line_then_a_body_starting_with_lf(cut: int | None) -> None:
+    data = b"SEND\nk:v\r\n\r\n\nbody\x00"
+    codec = v(Version.V1_2)
+    events = decode_all(data if cut is None else data[:cut], codec)
+    if cut is not None:
+        events += decode_all(data[cut:], codec)
+    assert events == [Frame(Command.SEND, {"k": "v"}, b"\nbody")]
+
+
 def test_repeated_header_first_wins() -> None:
     (frame,) = decode_all(b"SEND\nfoo:World\nfoo:Hello\n\n\x00")
     assert isinstance(frame, Frame) and frame.headers == {"foo": "World"}
