@@ -131,17 +131,35 @@ def exchange_bindings_destination(ctx: Ctx) -> Any:
                              if b.destination is x])
 
 
+_STR_PROPERTIES = ("content_type", "content_encoding", "correlation_id", "reply_to",
+                   "expiration", "message_id", "type", "user_id", "app_id", "cluster_id")
+
+
 def properties_from_json(data: Any) -> Properties:
+    """AMQP basic properties from the API's JSON, checked so that every protocol can
+    carry them afterwards (a number where AMQP wants a short string is refused here)."""
     if not isinstance(data, dict):
         raise ApiError(400, "properties must be a JSON object")
     props = Properties()
     for key, value in data.items():
         if key not in Properties.__slots__:
             raise ApiError(400, f"unknown message property '{key}'")
-        if key == "headers" and not isinstance(value, dict):
-            raise ApiError(400, "headers must be a JSON object")
-        if key in ("delivery_mode", "priority") and not isinstance(value, int):
-            raise ApiError(400, f"{key} must be an integer")
+        if value is None:
+            continue
+        if key == "headers":
+            if not isinstance(value, dict):
+                raise ApiError(400, "headers must be a JSON object")
+        elif key in _STR_PROPERTIES:
+            if not isinstance(value, str) or len(value.encode()) > 255:
+                raise ApiError(400, f"{key} must be a string of at most 255 bytes")
+        elif key in ("delivery_mode", "priority", "timestamp"):
+            high = {"delivery_mode": 2, "priority": 255, "timestamp": 253402300799}[key]
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+                raise ApiError(400, f"{key} must be an integer from 0 to {high}")
+            if key == "timestamp":
+                from datetime import UTC, datetime
+
+                value = datetime.fromtimestamp(value, UTC)
         setattr(props, key, value)
     return props
 

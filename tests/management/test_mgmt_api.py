@@ -94,7 +94,8 @@ def test_queue_declare_show_list_and_delete(api: Api, unique: Callable[[str], st
     assert api.get(path).status_code == 404
 
 
-def test_publish_get_browse_and_purge(api: Api, unique: Callable[[str], str]) -> None:
+def test_publish_get_browse_and_purge(api: Api, broker: Any,
+                                      unique: Callable[[str], str]) -> None:
     name = unique("mgmt-msgs")
     assert api.put(f"/queues/%2F/{q(name)}", {"durable": False}).status_code == 201
     for i in range(3):
@@ -138,6 +139,23 @@ def test_publish_get_browse_and_purge(api: Api, unique: Callable[[str], str]) ->
                                                     "encoding": "auto"}).json() == []
     bad = api.post(f"/queues/%2F/{q(name)}/get", {"count": 1, "ackmode": "nonsense"})
     assert bad.status_code == 400
+    # properties every protocol can carry, or a 400 before anything is published
+    for wrong in ({"content_type": 5}, {"delivery_mode": 3}, {"headers": []},
+                  {"no_such_property": "x"}):
+        refused = api.post("/exchanges/%2F/amq.default/publish", {
+            "routing_key": name, "payload": "x", "payload_encoding": "string",
+            "properties": wrong})
+        assert refused.status_code == 400, wrong
+    stamped = api.post("/exchanges/%2F/amq.default/publish", {
+        "routing_key": name, "payload": "t", "payload_encoding": "string",
+        "properties": {"timestamp": 1700000000, "priority": 3}})
+    assert stamped.json() == {"routed": True}
+    conn = pika.BlockingConnection(pika.URLParameters(broker.url))
+    try:
+        method, props, body = conn.channel().basic_get(name, auto_ack=True)
+        assert body == b"t" and props.timestamp == 1700000000 and props.priority == 3
+    finally:
+        conn.close()
     api.delete(f"/queues/%2F/{q(name)}")
 
 
