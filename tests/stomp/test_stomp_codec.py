@@ -161,7 +161,7 @@ header_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
 @given(st.lists(st.tuples(header_text.filter(lambda k: k not in ("", "content-length")),
                           header_text), max_size=6),
        st.binary(max_size=64), st.sampled_from([Version.V1_1, Version.V1_2]))
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 def test_encode_decode_round_trip(headers: list[tuple[str, str]], body: bytes,
                                   version: Version) -> None:
     codec = StompCodec(accept=frozenset(Command))
@@ -331,7 +331,7 @@ def test_byte_by_byte() -> None:
     [b"SEND\n", b"content-length:3\n", b"\n", b"\x00", b"a:b\\c\n", b"\r\n", b"CONNECT\n",
      b"content-length:99999999\n", b"\xff", b"k:\\r\n"])), max_size=12),
     st.sampled_from([None, Version.V1_0, Version.V1_1, Version.V1_2]))
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 def test_fuzz_only_protocol_errors_escape(chunks: list[bytes], version: Version | None
                                           ) -> None:
     codec = StompCodec(max_frame_size=2048, max_headers=5, max_header_length=64)
