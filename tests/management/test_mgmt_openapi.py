@@ -16,7 +16,7 @@ from schemathesis import checks as st_checks
 from gateway.management.openapi import build, render
 
 STATIC = Path(__file__).resolve().parents[2] / "gateway" / "management" / "static"
-EXAMPLES_PER_OPERATION = 8
+EXAMPLES_PER_OPERATION = 4
 
 
 def check_operation(operation: Any, base: str, headers: dict[str, str],
