@@ -348,7 +348,7 @@ def test_fuzz_only_protocol_errors_escape(data: bytes, version: int | None) -> N
         pass
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.integers(0, 22), st.integers(0, 200), st.integers(0, 255),
        st.sampled_from([MQTT_311, MQTT_5]))
 def test_fuzz_mutated_valid_packets(index: int, offset: int, byte: int, version: int) -> None:

@@ -64,13 +64,13 @@ level = st.text(st.characters(blacklist_characters="/+#\x00", blacklist_categori
 topics = st.lists(level, min_size=1, max_size=5).map("/".join).filter(bool)  # "" is no topic
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(topics)
 def test_escaping_is_reversible(topic: str) -> None:
     assert routing_key_to_topic(topic_to_routing_key(topic)) == topic
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(st.text("ab/-", max_size=4), min_size=1, max_size=4).map(".".join))
 def test_amqp_keys_come_back(key: str) -> None:
     """AMQP -> MQTT -> AMQP keeps a key whose words hold no `%` or `*` (a `*` in an AMQP
@@ -82,7 +82,7 @@ filters = st.lists(st.one_of(level, st.just("+")), min_size=1, max_size=4).flatm
     lambda levels: st.sampled_from(["/".join(levels), "/".join(levels) + "/#"]))
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(filters, topics)
 def test_trie_matching_agrees_with_mqtt_matching(topic_filter: str, topic: str) -> None:
     """A binding made from the filter routes a topic's key iff MQTT says the filter matches
