@@ -214,7 +214,14 @@ def _publish_target(s: StompSession, dest: Destination, frame: Frame) -> tuple[s
 
 def send(s: StompSession, frame: Frame) -> After:
     destination = _required(frame, "destination")
+    vh = _vh(s)
     target = s.targets.get(destination)
+    if target is not None and target[1] not in vh.queues and destination.startswith(
+            Kind.QUEUE.value):
+        # deleted since this connection declared it: declare it again rather than let
+        # the messages go nowhere (RabbitMQ's plugin remembers and drops them)
+        s.declared.discard(target[1])
+        target = None
     if target is None:
         dest = parse_destination(destination)
         target = _publish_target(s, dest, frame)
@@ -222,7 +229,6 @@ def send(s: StompSession, frame: Frame) -> After:
             if len(s.targets) >= MAX_TARGETS:
                 s.targets.clear()
             s.targets[destination] = target
-    vh = _vh(s)
     props = properties_from_headers(frame.headers)
     assert s.user is not None
     validate_publish(props, s.user.name)

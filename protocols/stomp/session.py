@@ -458,12 +458,22 @@ class StompSession:
             q.dispatch(now)
 
     def subscription_cancelled(self, sub: Subscription) -> None:
-        """The queue of a subscription was deleted under it."""
-        if self.subscriptions.get(sub.id) is sub:
-            del self.subscriptions[sub.id]
-            for _, mid in sub.unacked.values():
-                self.ack_ids.pop(mid, None)
-            sub.unacked.clear()
+        """The queue of a subscription was deleted under it. As RabbitMQ does, the client
+        is told by an ERROR naming the subscription, and the connection stays open: the
+        spec's close-after-ERROR would punish the client for another's deletion."""
+        if self.subscriptions.get(sub.id) is not sub:
+            return
+        del self.subscriptions[sub.id]
+        for _, mid in sub.unacked.values():
+            self.ack_ids.pop(mid, None)
+        sub.unacked.clear()
+        if self.state is State.CONNECTED and not sub.id.startswith("/temp-queue/"):
+            self.send_frame(Command.ERROR, [
+                ("message", "Server cancelled subscription"), ("subscription", sub.id),
+                ("content-type", "text/plain")],
+                f"The server has cancelled subscription '{sub.id}' to {sub.destination}: "
+                "its queue was deleted. No more messages will be delivered for it.\n"
+                .encode())
 
     def end_subscription(self, sub: Subscription, now: float) -> None:
         """UNSUBSCRIBE or disconnect: stop consuming, then requeue what was not acked."""

@@ -453,3 +453,25 @@ def test_vhost_deleted_sends_an_error() -> None:
     c.session.vhost_deleted("/")
     err = c.error()
     assert err.headers["message"] == "Virtual host deleted" and b"'/'" in err.body
+
+
+def test_queue_deleted_under_a_subscription_is_reported_without_closing() -> None:
+    c = Client()
+    c.connect()
+    c.send(C.SUBSCRIBE, {"destination": "/queue/doomed", "id": "d"})
+    c.broker.vhost("/").delete_queue("doomed")
+    err = c.one(C.ERROR)
+    assert err.headers["message"] == "Server cancelled subscription"
+    assert err.headers["subscription"] == "d" and b"/queue/doomed" in err.body
+    assert not c.session.closed and c.session.subscriptions == {}
+    c.send(C.SEND, {"destination": "/queue/other", "receipt": "still"}, b"x")
+    assert c.one(C.RECEIPT).headers["receipt-id"] == "still"
+
+
+def test_send_declares_a_queue_again_after_it_was_deleted() -> None:
+    c = Client()
+    c.connect()
+    c.send(C.SEND, {"destination": "/queue/again"}, b"1")
+    c.broker.vhost("/").delete_queue("again")
+    c.send(C.SEND, {"destination": "/queue/again"}, b"2")
+    assert ready(c, "again") == 1
