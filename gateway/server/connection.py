@@ -17,6 +17,7 @@ import trio
 log = logging.getLogger("gateway.server")
 
 READ_SIZE = 65536
+LINGER = 1.0  # seconds a closed connection waits for the peer to hang up
 
 
 class Session(Protocol):
@@ -63,6 +64,7 @@ class Connection:
         self._wakeup = trio.Event()
         self._drained = trio.Event()
         self._resumed = trio.Event()
+        self._reader_done = trio.Event()
         self._cancel: trio.CancelScope | None = None
 
     def wake(self) -> None:
@@ -97,26 +99,33 @@ class Connection:
     async def _reader(self) -> None:
         session = self.session
         assert session is not None
-        while not session.closed:
-            while session.pending_output > self.high_water and not session.closed:
-                self._drained = trio.Event()
-                await self._drained.wait()
-            while session.read_paused and not session.closed:
-                self._resumed = trio.Event()
-                await self._resumed.wait()
-            try:
-                data = await self.stream.receive_some(READ_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                data = b""
-            if not data:
-                session.connection_lost()
-                self.wake()
-                return
-            session.receive_data(data)
-            self.after_input()
-            if session.pending_output:
-                self.wake()
-        self.wake()
+        try:
+            while True:
+                while session.pending_output > self.high_water and not session.closed:
+                    self._drained = trio.Event()
+                    await self._drained.wait()
+                while session.read_paused and not session.closed:
+                    self._resumed = trio.Event()
+                    await self._resumed.wait()
+                try:
+                    data = await self.stream.receive_some(READ_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    data = b""
+                if not data:
+                    session.connection_lost()
+                    self.wake()
+                    return
+                if session.closed:
+                    # after our close: read and drop until the peer closes too, so a
+                    # client still sending sees our close frame rather than a reset
+                    self.wake()
+                    continue
+                session.receive_data(data)
+                self.after_input()
+                if session.pending_output or session.closed:
+                    self.wake()
+        finally:
+            self._reader_done.set()
 
     async def _writer(self) -> None:
         session = self.session
@@ -135,7 +144,17 @@ class Connection:
             session.output_drained()
             self._drained.set()
             if session.closed and not session.pending_output:
-                # give the peer a moment to read our close before the socket goes
+                # half-close, then give the peer a moment to read our close and hang up
+                # (the reader drops what it still sends) before the socket goes
+                with trio.move_on_after(LINGER):
+                    send_eof = getattr(self.stream, "send_eof", None)
+                    if send_eof is not None:
+                        try:
+                            await send_eof()
+                        except (trio.BrokenResourceError, trio.ClosedResourceError,
+                                OSError):
+                            pass
+                    await self._reader_done.wait()
                 self.stop()
                 return
 
