@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.websocket")
 
 READ_SIZE: Final = 65536
+ALARM_POLL: Final = 0.1  # seconds between looks at the memory alarm while paused
 WAMP: Final = {"wamp.2.json": Serializer.JSON, "wamp.2.msgpack": Serializer.MSGPACK}
 STREAM: Final = {"mqtt": "mqtt", "v12.stomp": "stomp", "v11.stomp": "stomp",
                  "v10.stomp": "stomp"}
@@ -329,12 +330,24 @@ class WebSocketConnection:
 
     # -- input ---------------------------------------------------------------------------------
 
+    def _sync_alarm(self) -> None:
+        alarm = self.front.server.memory_alarm
+        if self.session.alarm != alarm:
+            self.session.memory_alarm(alarm)
+            self.wake()
+
     async def _reader(self) -> None:
         session = self.session
         while True:
             while session.pending_output > self.options.high_water and not session.closed:
                 self._drained = trio.Event()
                 await self._drained.wait()
+            # the broker's memory alarm: a session that published meanwhile is not read
+            # until it clears (the server tells only its own TCP connections, so look)
+            self._sync_alarm()
+            while session.read_paused and not session.closed:
+                await trio.sleep(ALARM_POLL)
+                self._sync_alarm()
             try:
                 data = await self.stream.receive_some(READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):

@@ -211,7 +211,11 @@ def _json_default(value: Any) -> Any:
 
 
 def _json_loads(data: bytes | str) -> Any:
-    return _unbinary(json.loads(data, parse_constant=_reject_constant))
+    value = json.loads(data, parse_constant=_reject_constant)
+    # a NUL can only be in a JSON string escaped (raw control characters are refused), so
+    # without the escape there is no binary value to convert
+    marker: bytes | str = b"\\u0000" if isinstance(data, bytes | bytearray) else "\\u0000"
+    return _unbinary(value) if marker in data else value  # type: ignore[operator]
 
 
 def _json_dumps(items: list[Any]) -> str:

@@ -282,3 +282,15 @@ def test_event_from_amqp_gets_one_publication_id_for_all_subscribers(world: Worl
     [[_, _, pub_a, details, args]] = a.out()
     [[_, _, pub_b, _, _]] = b.out()
     assert pub_a == pub_b and details == {"topic": "com.y.x"} and args == [[1, 2]]
+
+
+def test_publishing_during_the_memory_alarm_pauses_reading(world: World) -> None:
+    p = world.peer()
+    p.join()
+    p.session.memory_alarm(True)
+    p.send(32, 1, {}, "com.t")
+    assert not p.session.read_paused  # subscribing is not publishing
+    p.send(16, 2, {}, "com.t")
+    assert p.session.read_paused
+    p.session.memory_alarm(False)
+    assert not p.session.read_paused
