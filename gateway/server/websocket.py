@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.websocket")
 
 READ_SIZE: Final = 65536
+MAX_HEAD: Final = 64 * 1024
 ALARM_POLL: Final = 0.1  # seconds between looks at the memory alarm while paused
 WAMP: Final = {"wamp.2.json": Serializer.JSON, "wamp.2.msgpack": Serializer.MSGPACK}
 STREAM: Final = {"mqtt": "mqtt", "v12.stomp": "stomp", "v11.stomp": "stomp",
@@ -84,6 +85,19 @@ class WebSocketOptions:
     ping_interval: float = 30.0  # idle seconds before we ping; silent for twice: dropped
     high_water: int = 1024 * 1024  # outbound bytes before the reader pauses
     wamp_disclose: bool = False  # disclose publishers and callers without disclose_me
+    # which subprotocols this endpoint speaks (None: all), and the one used when a client
+    # offers none (RabbitMQ's Web-STOMP accepts such clients; None: refuse them)
+    subprotocols: tuple[str, ...] | None = None
+    default_subprotocol: str | None = None
+    handshake_timeout: float = 10.0  # seconds for the request head on a listener of its own
+
+
+STOMP_SUBPROTOCOLS: Final = ("v12.stomp", "v11.stomp", "v10.stomp")
+# RabbitMQ's Web-STOMP (port 15674) and Web-MQTT (port 15675) endpoints, both on `/ws`, so
+# browser apps written for them only change the host
+WEB_STOMP: Final = WebSocketOptions(subprotocols=STOMP_SUBPROTOCOLS,
+                                    default_subprotocol="v12.stomp")
+WEB_MQTT: Final = WebSocketOptions(subprotocols=("mqtt",), default_subprotocol="mqtt")
 
 
 class UpgradeRequest(Protocol):
@@ -143,7 +157,40 @@ class WebSocketFront:
     def available(self) -> set[str]:
         names = set(WAMP)
         names.update(n for n, proto in STREAM.items() if proto in SESSION_FACTORIES)
+        if self.options.subprotocols is not None:
+            names &= set(self.options.subprotocols)
         return names
+
+    async def serve_stream(self, stream: trio.SocketStream) -> None:
+        """A connection on a listener of its own (RabbitMQ's Web-STOMP/Web-MQTT ports): read
+        the request head (bounded in size and time), then `serve`."""
+        data = b""
+        with trio.move_on_after(self.options.handshake_timeout):
+            while b"\r\n\r\n" not in data and len(data) <= MAX_HEAD:
+                try:
+                    chunk = await stream.receive_some(READ_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    chunk = b""
+                if not chunk:
+                    break
+                data += chunk
+        if b"\r\n\r\n" not in data:
+            if len(data) > MAX_HEAD:
+                await _refuse(stream, "request head too large")
+            await _close(stream)
+            return
+        peer = stream.socket.getpeername()
+        try:
+            await self.serve(stream, data, (peer[0], peer[1]))
+        finally:
+            await _close(stream)
+
+    async def listen(self, host: str, port: int, *,
+                     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve WebSocket alone on `host:port`; reports the bound port when started."""
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(self.serve_stream, listeners)
 
     async def handle(self, request: UpgradeRequest, stream: trio.abc.Stream,
                      trailing: bytes) -> None:
@@ -159,7 +206,9 @@ class WebSocketFront:
             request = next((e for e in ws.events() if isinstance(e, Request)), None)
             if request is None:
                 raise HandshakeRefused("incomplete WebSocket handshake request")
-            subprotocol = self._check(request)
+            chosen = self._check(request)
+            # a client that offered none gets the endpoint's default, not echoed back
+            subprotocol = chosen if chosen in request.subprotocols else None
         except RemoteProtocolError as exc:
             await _refuse(stream, str(exc))
             return
@@ -174,7 +223,7 @@ class WebSocketFront:
         wire = ws.send(AcceptConnection(subprotocol=subprotocol, extensions=extensions))
         if not await _send(stream, wire):
             return
-        conn = WebSocketConnection(self, stream, ws, subprotocol, peer)
+        conn = WebSocketConnection(self, stream, ws, chosen, peer)
         await conn.run()
 
     def _check(self, request: Request) -> str:
@@ -182,6 +231,8 @@ class WebSocketFront:
         if path != self.options.path:
             raise HandshakeRefused(f"no WebSocket endpoint at {path}")
         chosen = choose_subprotocol(list(request.subprotocols), self.available())
+        if chosen is None and not request.subprotocols:
+            chosen = self.options.default_subprotocol
         if chosen is None:
             offered = ", ".join(request.subprotocols) or "none"
             raise HandshakeRefused(
@@ -203,6 +254,14 @@ async def _send(stream: trio.abc.Stream, data: bytes) -> bool:
         return True
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         return False
+
+
+async def _close(stream: trio.abc.Stream) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(1):
+        try:
+            await stream.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
 
 
 async def _refuse(stream: trio.abc.Stream, reason: str) -> None:

@@ -193,6 +193,7 @@ class WampSession:
         self.authrole = ""
         self.authmethod = ""
         self.client_roles: dict[str, Any] = {}
+        self.client_properties: dict[str, Any] = {}
         self._pending_auth: tuple[str, Hello, str] | None = None  # method, hello, expected
         self._out: deque[bytes | str] = deque()
         self._out_size = 0
@@ -331,6 +332,10 @@ class WampSession:
             raise ProtocolViolation("HELLO.Details.roles must name publisher, subscriber, "
                                     "caller and/or callee")
         self.client_roles = roles
+        agent = msg.details.get("agent")
+        # what the management API shows of the client (as AMQP's client properties)
+        self.client_properties = {"roles": sorted(roles), "product": agent
+                                  if isinstance(agent, str) else "unknown WAMP client"}
         realm = msg.realm
         if not self.auth.vhost_exists(realm):
             self.abort("wamp.error.no_such_realm", f"no realm (vhost) '{realm}'")

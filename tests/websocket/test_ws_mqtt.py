@@ -99,3 +99,28 @@ async def test_mqtt_over_websocket_meets_wamp_both_ways(gw: Gateway) -> None:
         nursery.start_soon(run, "wamp", in_asyncio, wamp_side)
     assert results["mqtt"] == [("com/example/temp", b"hot")]
     assert results["wamp"] == ("from mqtt",)
+
+
+async def test_web_mqtt_endpoint(tmp_path: Path) -> None:
+    from gateway.server.websocket import WEB_MQTT
+
+    async with running_gateway(tmp_path, WEB_MQTT) as gw:
+        def run() -> list[Any]:
+            c = paho_client(gw, mqtt.MQTTv311)
+            got: list[Any] = []
+            subscribed = threading.Event()
+            c.on_message = lambda cl, ud, msg: got.append((msg.topic, msg.payload))
+            c.on_subscribe = lambda *a: subscribed.set()
+            c.connect("127.0.0.1", gw.ports["ws"])
+            c.loop_start()
+            try:
+                c.subscribe("web/mqtt", qos=0)
+                subscribed.wait(5)
+                c.publish("web/mqtt", b"ok", qos=0)
+                poll(lambda: got)
+            finally:
+                c.disconnect()
+                c.loop_stop()
+            return got
+
+        assert await in_thread(run) == [("web/mqtt", b"ok")]

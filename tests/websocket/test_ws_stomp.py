@@ -96,3 +96,24 @@ async def test_stomp_over_websocket_meets_pika(gw: Gateway) -> None:
         nursery.start_soon(run, "stomp", in_asyncio, stomp_side)
         nursery.start_soon(run, "amqp", in_thread, amqp)
     assert results == {"stomp": "from pika", "amqp": b"from stomp"}
+
+
+async def test_web_stomp_endpoint_takes_clients_without_a_subprotocol(tmp_path: Path) -> None:
+    from gateway.server.websocket import WEB_STOMP
+
+    async with running_gateway(tmp_path, WEB_STOMP) as gw:
+        async def main() -> list[Any]:
+            async with websockets.connect(gw.ws_url) as ws:  # offers no subprotocol
+                assert ws.subprotocol is None
+                await ws.send(frame("CONNECT", {"accept-version": "1.2", "host": "/",
+                                                "login": "guest", "passcode": "guest"}))
+                connected = parse(await ws.recv())
+            refused = None
+            try:
+                async with websockets.connect(gw.ws_url, subprotocols=["wamp.2.json"]):
+                    pass
+            except websockets.InvalidStatus as exc:
+                refused = exc.response.status_code
+            return [connected[0], connected[1]["version"], refused]
+
+        assert await in_asyncio(main) == ["CONNECTED", "1.2", 400]

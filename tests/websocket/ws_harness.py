@@ -1,6 +1,7 @@
 """An in-process gateway for WebSocket tests: the real `Server` (core, store, AMQP, MQTT
-and STOMP listeners on free ports) plus a small listener that hands each connection's
-HTTP request head to `WebSocketFront.serve`, as the HTTP server's `/ws` upgrade hook does.
+and STOMP listeners on free ports) plus a WebSocket listener of its own
+(`WebSocketFront.listen`, as for RabbitMQ's Web-STOMP/Web-MQTT ports); the shared HTTP
+port's `/ws` is tested through `gateway serve` in `test_ws_http_port.py`.
 
 Clients run in threads (autobahn's asyncio, pika, paho), so tests wait for them with
 `trio.to_thread.run_sync` under a deadline.
@@ -12,7 +13,6 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,7 +22,6 @@ from gateway.config import load_config, with_overrides
 from gateway.server.app import Server
 from gateway.server.websocket import WebSocketFront, WebSocketOptions
 
-MAX_HEAD = 64 * 1024
 T = TypeVar("T")
 
 
@@ -41,21 +40,6 @@ class Gateway:
         return f"amqp://guest:guest@127.0.0.1:{self.ports['amqp']}/%2F"
 
 
-async def _handoff(front: WebSocketFront, stream: trio.SocketStream) -> None:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        if len(data) > MAX_HEAD:
-            await stream.aclose()
-            return
-        chunk = await stream.receive_some(65536)
-        if not chunk:
-            await stream.aclose()
-            return
-        data += chunk
-    peer = stream.socket.getpeername()
-    await front.serve(stream, data, (peer[0], peer[1]))
-
-
 @asynccontextmanager
 async def running_gateway(tmp_path: Path, options: WebSocketOptions | None = None
                           ) -> AsyncIterator[Gateway]:
@@ -65,10 +49,9 @@ async def running_gateway(tmp_path: Path, options: WebSocketOptions | None = Non
     front = WebSocketFront(server, options)
     async with trio.open_nursery() as nursery:
         ports = await nursery.start(server.serve)
-        listeners = await nursery.start(
-            partial(trio.serve_tcp, lambda s: _handoff(front, s), 0, host="127.0.0.1"))
+        ws_port = await nursery.start(front.listen, "127.0.0.1", 0)
         gw = Gateway(server, front, dict(ports))
-        gw.ports["ws"] = listeners[0].socket.getsockname()[1]
+        gw.ports["ws"] = ws_port
         try:
             yield gw
         finally:
