@@ -136,7 +136,10 @@ def send_publish(s: MQTTSession, topic: str, payload: bytes, qos: int, retain: b
         pid = st.allocate_packet_id()
         if pid is None:
             return False
-    packet = Publish(topic, payload, qos, retain, False, pid, props)
+    # a message the queue had handed out before (requeued, or recovered after a restart,
+    # when the in-flight packet ids are gone) goes out again with DUP set [MQTT-3.3.1-1]
+    dup = pid is not None and entry is not None and entry.redelivered
+    packet = Publish(topic, payload, qos, retain, dup, pid, props)
     wire = _with_alias(s, packet)
     data = encode_packet(wire, s.version or 4)
     if s.client_max_packet is not None and len(data) > s.client_max_packet:
