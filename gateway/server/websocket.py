@@ -201,8 +201,11 @@ class WebSocketFront:
                     ) -> None:
         """Handshake from `data` (the request head and whatever followed it), then run."""
         ws = WSConnection(ConnectionType.SERVER)
+        # wsproto's server handshake drops what follows the request head, so keep the
+        # frames that came with it and feed them once the connection is open
+        head, sep, rest = data.partition(b"\r\n\r\n")
         try:
-            ws.receive_data(data)
+            ws.receive_data(head + sep)
             request = next((e for e in ws.events() if isinstance(e, Request)), None)
             if request is None:
                 raise HandshakeRefused("incomplete WebSocket handshake request")
@@ -223,6 +226,8 @@ class WebSocketFront:
         wire = ws.send(AcceptConnection(subprotocol=subprotocol, extensions=extensions))
         if not await _send(stream, wire):
             return
+        if rest:
+            ws.receive_data(rest)
         conn = WebSocketConnection(self, stream, ws, chosen, peer)
         await conn.run()
 
@@ -397,6 +402,10 @@ class WebSocketConnection:
 
     async def _reader(self) -> None:
         session = self.session
+        # frames that came with the handshake (wsproto keeps them past the request head)
+        for event in self.ws.events():
+            self._on_event(event)
+        self.wake()
         while True:
             while session.pending_output > self.options.high_water and not session.closed:
                 self._drained = trio.Event()

@@ -198,3 +198,47 @@ async def test_client_close_is_answered(gw: Gateway) -> None:
         await client.send(CloseConnection(code=1000, reason="bye"))
         close = await client.message()
     assert isinstance(close, CloseConnection) and close.code == 1000
+
+
+async def test_handshake_and_frames_arriving_one_byte_at_a_time(gw: Gateway) -> None:
+    ws = WSConnection(ConnectionType.CLIENT)
+    wire = ws.send(Request(host="127.0.0.1", target="/ws", subprotocols=["wamp.2.json"]))
+    with trio.fail_after(DEADLINE):
+        stream = await trio.open_tcp_stream("127.0.0.1", gw.ports["ws"])
+        stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, True)
+        for i in range(len(wire)):
+            await stream.send_all(wire[i:i + 1])
+        client = Client(stream, ws)
+        assert isinstance(await client.next(), AcceptConnection)
+        frame = ws.send(TextMessage(data=HELLO))
+        for i in range(len(frame)):
+            await stream.send_all(frame[i:i + 1])
+            await trio.sleep(0)
+        welcome = json.loads(await client.message())
+    assert welcome[0] == 2
+
+
+async def test_frame_sent_together_with_the_handshake_is_not_lost(gw: Gateway) -> None:
+    payload = HELLO.encode()
+    assert len(payload) < 126
+    frame = bytes([0x81, 0x80 | len(payload)]) + b"\0\0\0\0" + payload  # zero mask key
+    with trio.fail_after(DEADLINE):
+        client = await connect(gw, ["wamp.2.json"], extra=frame)
+        welcome = json.loads(await client.message())
+    assert welcome[0] == 2
+
+
+async def test_silent_client_is_pinged_then_dropped(tmp_path: Path) -> None:
+    async with running_gateway(tmp_path, WebSocketOptions(ping_interval=0.6)) as gw:
+        with trio.fail_after(DEADLINE):
+            client = await connect(gw, ["wamp.2.json"])
+            await client.send(TextMessage(data=HELLO))
+            assert json.loads(await client.message())[0] == 2
+            ping = await client.next()  # not answered: this client stays silent
+            close = await client.message()
+            assert isinstance(ping, Ping)
+            assert isinstance(close, CloseConnection) and close.code == 1001
+            await client.send(close.response())
+            while gw.server.sessions:  # the session goes with its transport
+                await trio.sleep(0.01)
+        assert not gw.server.sessions
