@@ -109,9 +109,10 @@ class UpgradeRequest(Protocol):
 
 
 class HandshakeRefused(Exception):
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, status: int = 400) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.status = status
 
 
 def choose_subprotocol(offered: list[str], available: set[str]) -> str | None:
@@ -217,7 +218,7 @@ class WebSocketFront:
             return
         except HandshakeRefused as exc:
             await _send(stream, ws.send(RejectConnection(
-                status_code=400, has_body=True, headers=[
+                status_code=exc.status, has_body=True, headers=[
                     (b"content-type", b"text/plain; charset=utf-8"),
                     (b"content-length", str(len(exc.reason.encode())).encode())])))
             await _send(stream, ws.send(RejectData(data=exc.reason.encode())))
@@ -235,6 +236,10 @@ class WebSocketFront:
         path = request.target.split("?", 1)[0]
         if path != self.options.path:
             raise HandshakeRefused(f"no WebSocket endpoint at {path}")
+        server = self.server
+        limit = server.config.limits.max_connections
+        if len(server.connections) + len(server.sessions) - _tcp_sessions(server) >= limit:
+            raise HandshakeRefused(f"connection limit reached (max_connections {limit})", 503)
         chosen = choose_subprotocol(list(request.subprotocols), self.available())
         if chosen is None and not request.subprotocols:
             chosen = self.options.default_subprotocol
@@ -244,6 +249,11 @@ class WebSocketFront:
                 f"no supported subprotocol offered (offered: {offered}; supported: "
                 f"{', '.join(sorted(self.available()))})")
         return chosen
+
+
+def _tcp_sessions(server: Server) -> int:
+    """Sessions that are counted in `server.connections` already (TCP listeners')."""
+    return sum(1 for c in server.connections if c.session is not None)
 
 
 def _offers_deflate(request: Request) -> bool:

@@ -242,3 +242,13 @@ async def test_silent_client_is_pinged_then_dropped(tmp_path: Path) -> None:
             while gw.server.sessions:  # the session goes with its transport
                 await trio.sleep(0.01)
         assert not gw.server.sessions
+
+
+async def test_connection_limit_refuses_with_a_reason(tmp_path: Path) -> None:
+    async with running_gateway(tmp_path, max_connections=1) as gw:
+        with trio.fail_after(DEADLINE):
+            first = await connect(gw, ["wamp.2.json"])
+            await first.send(TextMessage(data=HELLO))
+            assert json.loads(await first.message())[0] == 2
+            status, reason = await connect(gw, ["wamp.2.json"])
+    assert (status, reason) == (503, "connection limit reached (max_connections 1)")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,10 +41,13 @@ class Gateway:
 
 
 @asynccontextmanager
-async def running_gateway(tmp_path: Path, options: WebSocketOptions | None = None
-                          ) -> AsyncIterator[Gateway]:
+async def running_gateway(tmp_path: Path, options: WebSocketOptions | None = None,
+                          max_connections: int | None = None) -> AsyncIterator[Gateway]:
     config = with_overrides(load_config(), host="127.0.0.1", amqp_port=0, mqtt_port=0,
                             stomp_port=0, http_port=None, data_dir=tmp_path / "data")
+    if max_connections is not None:
+        config = replace(config, limits=replace(config.limits,
+                                                max_connections=max_connections))
     server = Server(config)
     front = WebSocketFront(server, options)
     async with trio.open_nursery() as nursery:
