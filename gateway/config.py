@@ -101,6 +101,10 @@ class Listeners:
     mqtt: int | None
     stomp: int | None
     http: int | None
+    # WebSocket-only listeners as RabbitMQ's Web-STOMP and Web-MQTT plugins have them
+    # (path /ws); the HTTP port's /ws serves every WebSocket protocol already
+    web_stomp: int | None = None
+    web_mqtt: int | None = None
 
     def ports(self) -> dict[str, int | None]:
         """Each protocol's port (None = no listener), in a fixed order."""
@@ -272,8 +276,8 @@ def with_overrides(
                 source, f"listeners.{name}", f"port must be 0-{_MAX_PORT} or off, got {port!r}"
             )
         ports[name] = port
-    listeners = Listeners(
-        host=listeners.host,
+    listeners = replace(
+        listeners,
         amqp=ports["amqp"],
         mqtt=ports["mqtt"],
         stomp=ports["stomp"],
@@ -422,6 +426,8 @@ def _build(document: _Doc, source: str) -> Config:
         mqtt=listeners_t.port("mqtt"),
         stomp=listeners_t.port("stomp"),
         http=listeners_t.port("http"),
+        web_stomp=listeners_t.port("web_stomp"),
+        web_mqtt=listeners_t.port("web_mqtt"),
     )
     listeners_t.done()
 

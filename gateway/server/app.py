@@ -153,6 +153,7 @@ class Server:
             log.info("listener %s on %s:%d", name, host, bound)
             listeners.start_soon(self._accept_loop, tcp, conns, factory)
         await self._start_http(listeners, conns)
+        await self._start_web_plugins(listeners)
 
     # -- the http listener: management API, web UI, /metrics (gateway/management) ----------
 
@@ -181,6 +182,20 @@ class Server:
 
         listeners.start_soon(partial(trio.serve_listeners, handler, tcp,
                                      handler_nursery=conns))
+
+    async def _start_web_plugins(self, listeners: trio.Nursery) -> None:
+        """RabbitMQ-style WebSocket-only ports (Web-STOMP, Web-MQTT), when configured."""
+        from gateway.server.websocket import WEB_MQTT, WEB_STOMP, WebSocketFront
+
+        host = self.config.listeners.host
+        for name, options in (("web_stomp", WEB_STOMP), ("web_mqtt", WEB_MQTT)):
+            port = getattr(self.config.listeners, name)
+            if port is None:
+                continue
+            front = WebSocketFront(self, options)
+            bound = await listeners.start(partial(front.listen, host, port))
+            self.ports[name] = bound
+            log.info("listener %s on %s:%d", name, host, bound)
 
     async def _accept_loop(self, tcp: list[trio.SocketListener], conns: trio.Nursery,
                            factory: SessionFactory) -> None:
