@@ -38,7 +38,14 @@ $(SYSTEM_TOOLS):
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 		chromium rabbitmq-server
 
-test: lint typecheck | $(SYSTEM_TOOLS)
+# autobahn-js and mqtt.js for the WebSocket browser test, from the npm registry (no lockfile)
+BROWSER_LIBS := tests/websocket/node_modules/.installed
+
+$(BROWSER_LIBS): tests/websocket/package.json
+	cd tests/websocket && npm install --no-package-lock --no-audit --no-fund --silent
+	touch $(BROWSER_LIBS)
+
+test: lint typecheck | $(SYSTEM_TOOLS) $(BROWSER_LIBS)
 	$(BIN)/pytest -q -p no:cacheprovider
 
 bench: $(STAMP)

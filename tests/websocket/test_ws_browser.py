@@ -4,7 +4,8 @@ page publishes and pika receives, pika publishes and the page receives, through
 `gateway serve`'s shared HTTP port.
 
 The broker's HTTP server has no test pages, so Playwright answers the page's own URL and
-its two scripts (vendored in `static/`) itself; every WebSocket goes to the broker.
+its two scripts (installed from the npm registry by `make test`) itself; every
+WebSocket goes to the broker.
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--disable-sync", "--no-first-run",
         # the page comes from Playwright, not from the loopback network: let it reach 127.0.0.1
         "--disable-features=LocalNetworkAccessChecks"]
-STATIC = Path(__file__).resolve().parent / "static"
+# autobahn-js and mqtt.js from the npm registry, installed by `make test` from
+# tests/websocket/package.json into node_modules (not kept in the repository)
+NODE_MODULES = Path(__file__).resolve().parent / "node_modules"
+SCRIPTS = {
+    "autobahn.min.js": NODE_MODULES / "autobahn-browser" / "autobahn.min.js",
+    "mqtt.min.js": NODE_MODULES / "mqtt" / "dist" / "mqtt.min.js",
+}
 TIMEOUT_MS = 15_000
 
 PAGE = """<!doctype html><html><head><meta charset="utf-8">
@@ -80,7 +87,7 @@ def test_browser_wamp_and_mqtt_over_websocket_meet_pika(browser: Browser, broker
         else:
             name = url.rsplit("/", 1)[1]
             route.fulfill(status=200, content_type="application/javascript",
-                          body=(STATIC / name).read_bytes())
+                          body=SCRIPTS[name].read_bytes())
 
     context = browser.new_context()
     page = context.new_page()
