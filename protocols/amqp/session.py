@@ -56,6 +56,7 @@ from protocols.amqp.frames import (
     ProtocolHeaderReceived,
 )
 from protocols.amqp.mapping import encoded_properties, parse_credentials
+from protocols.outbox import Outbox
 
 if TYPE_CHECKING:
     from gateway.auth.service import AuthService, User
@@ -81,7 +82,7 @@ def reply_text(err: BrokerError) -> str:
     return err.text if err.text.startswith(prefix) else prefix + err.text
 
 
-class AMQPSession:
+class AMQPSession(Outbox):
     protocol_name = "AMQP 0-9-1"  # as the management API lists connections
 
     def __init__(
@@ -118,11 +119,8 @@ class AMQPSession:
         self.vhost: VirtualHost | None = None
         self.client_properties: dict[str, Any] = {}
         self.cancel_notify = False
-        self._out: list[bytes] = []
-        self._out_size = 0
-        self.output_blocked = False
         self.last_recv = clock()
-        self.last_send = self.last_recv
+        self.init_outbox()
         self.close_reason: str | None = None
         self._confirm_channels: set[Channel] = set()
         self._mechanism = "PLAIN"
@@ -136,44 +134,21 @@ class AMQPSession:
     def closed(self) -> bool:
         return self.state is State.CLOSED
 
-    @property
-    def pending_output(self) -> int:
-        return self._out_size
-
-    def data_to_send(self) -> bytes:
-        data = b"".join(self._out)
-        self._out.clear()
-        self._out_size = 0
-        if data:
-            self.last_send = self.clock()
-        return data
-
-    def output_drained(self) -> None:
-        """The writer flushed the buffer: consumers held back by it may take again."""
-        if self.output_blocked and self._out_size < self.high_water // 2:
-            self.output_blocked = False
-            now = self.clock()
-            for ch in list(self.channels.values()):
-                ch.kick(now)
-
-    def _emit(self, data: bytes) -> None:
-        self._out.append(data)
-        self._out_size += len(data)
-        if self._out_size >= self.high_water:
-            self.output_blocked = True
-        if len(self._out) == 1:
-            self.wake()
+    def credit_returned(self) -> None:
+        now = self.clock()
+        for ch in list(self.channels.values()):
+            ch.kick(now)
 
     def send_method(self, channel: int, method: base.Frame) -> None:
-        self._emit(self.codec.encode_method(channel, method))
+        self.emit(self.codec.encode_method(channel, method))
 
     def send_content(self, channel: int, method: base.Frame, message: Message) -> None:
-        self._emit(self.codec.encode_content(channel, method, encoded_properties(message),
+        self.emit(self.codec.encode_content(channel, method, encoded_properties(message),
                                              message.body))
 
     def send_delivery(self, channel: int, consumer_tag: str, delivery_tag: int,
                       redelivered: bool, message: Message) -> None:
-        self._emit(self.codec.encode_delivery(
+        self.emit(self.codec.encode_delivery(
             channel, consumer_tag, delivery_tag, redelivered, message.exchange,
             message.routing_key, encoded_properties(message), message.body))
 
@@ -188,7 +163,7 @@ class AMQPSession:
             try:
                 event = next_event()
             except BadProtocolHeader:
-                self._emit(PROTOCOL_HEADER)
+                self.emit(PROTOCOL_HEADER)
                 self._finish()
                 break
             except ProtocolError as exc:
@@ -218,7 +193,7 @@ class AMQPSession:
             self._finish()
             return
         if now - self.last_send >= self.heartbeat / 2:
-            self._emit(self.codec.encode_heartbeat())
+            self.emit(self.codec.encode_heartbeat())
             self.last_send = now
 
     def connection_lost(self) -> None:

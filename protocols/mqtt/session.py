@@ -51,6 +51,7 @@ from protocols.mqtt.frames import (
     Will,
 )
 from protocols.mqtt.state import MQTTState, SessionState, state_for
+from protocols.outbox import Outbox
 
 if TYPE_CHECKING:
     from gateway.auth.service import AuthService, Permission, ResourceKind, User
@@ -71,7 +72,7 @@ class State(Enum):
     CLOSED = auto()
 
 
-class MQTTSession:
+class MQTTSession(Outbox):
     def __init__(
         self,
         broker: Broker,
@@ -94,6 +95,7 @@ class MQTTSession:
         self.clock = clock
         self.wake = wake
         self.high_water = high_water
+        self.init_outbox()
         self.codec = MQTTCodec(max_packet_size=config.max_packet_size)
         self.mqtt: MQTTState = state_for(broker, config.retained_max_messages,
                                          config.retained_max_bytes)
@@ -121,9 +123,6 @@ class MQTTSession:
         self._reply_topics: dict[str, str] = {}
         self._last_reply_topic: str | None = None
         self._permissions: dict[tuple[str, str, str], bool] = {}
-        self._out: list[bytes] = []
-        self._out_size = 0
-        self.output_blocked = False
         self.alarm = False
         self.read_paused = False
         self._ended = False
@@ -153,10 +152,6 @@ class MQTTSession:
         return self.state is State.CLOSED
 
     @property
-    def pending_output(self) -> int:
-        return self._out_size
-
-    @property
     def protocol_name(self) -> str:
         """As the management API lists connections (RabbitMQ: "MQTT 3.1.1")."""
         return {3: "MQTT 3.1", 4: "MQTT 3.1.1", 5: "MQTT 5.0"}.get(self.version or 4, "MQTT")
@@ -173,25 +168,9 @@ class MQTTSession:
     def name(self) -> str:
         return f"{self.peer[0]}:{self.peer[1]} ({self.client_id or '-'})"
 
-    def data_to_send(self) -> bytes:
-        data = b"".join(self._out)
-        self._out.clear()
-        self._out_size = 0
-        return data
-
-    def output_drained(self) -> None:
-        if self.output_blocked and self._out_size < self.high_water // 2:
-            self.output_blocked = False
-            if self.state is State.CONNECTED:
-                kick(self)
-
-    def emit(self, data: bytes) -> None:
-        self._out.append(data)
-        self._out_size += len(data)
-        if self._out_size >= self.high_water:
-            self.output_blocked = True
-        if len(self._out) == 1:
-            self.wake()
+    def credit_returned(self) -> None:
+        if self.state is State.CONNECTED:
+            kick(self)
 
     def send(self, packet: Packet) -> None:
         self.emit(encode_packet(packet, self.version or 4))

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 
 from gateway.core.errors import BrokerError
 from gateway.core.queue import Entry, Queue
+from protocols.outbox import Outbox
 from protocols.stomp import handlers
 from protocols.stomp.codec import StompCodec, encode_frame, encode_headers
 from protocols.stomp.frames import (
@@ -99,7 +100,7 @@ def error_message(err: BrokerError) -> str:
     return err.code.name.lower()
 
 
-class StompSession:
+class StompSession(Outbox):
     def __init__(
         self,
         broker: Broker,
@@ -146,12 +147,9 @@ class StompSession:
         self.receipts: deque[Receipt] = deque()
         self._dest_blocks: dict[str, bytes] = {}  # encoded `destination` lines, by value
         self._next_tag = 1
-        self._out: list[bytes] = []
-        self._out_size = 0
-        self.output_blocked = False
         self.started = clock()
         self.last_recv = self.started
-        self.last_send = self.started
+        self.init_outbox()
         self.send_interval = 0.0  # seconds between our heart-beats (0: none)
         self.recv_interval = 0.0  # seconds the client promised between its bytes (0: none)
         self.close_reason: str | None = None
@@ -173,35 +171,12 @@ class StompSession:
     def closed(self) -> bool:
         return self.state is State.CLOSED
 
-    @property
-    def pending_output(self) -> int:
-        return self._out_size
-
-    def data_to_send(self) -> bytes:
-        data = b"".join(self._out)
-        self._out.clear()
-        self._out_size = 0
-        if data:
-            self.last_send = self.clock()
-        return data
-
-    def output_drained(self) -> None:
-        """The writer flushed the buffer: subscriptions held back by it may take again."""
-        if self.output_blocked and self._out_size < self.high_water // 2:
-            self.output_blocked = False
-            self.kick()
-
-    def _emit(self, data: bytes) -> None:
-        self._out.append(data)
-        self._out_size += len(data)
-        if self._out_size >= self.high_water:
-            self.output_blocked = True
-        if len(self._out) == 1:
-            self.wake()
+    def credit_returned(self) -> None:
+        self.kick()
 
     def send_frame(self, command: Command, headers: list[tuple[str, str]],
                    body: bytes = b"") -> None:
-        self._emit(encode_frame(command, headers, body, self.version))
+        self.emit(encode_frame(command, headers, body, self.version))
 
     def receive_data(self, data: bytes | bytearray) -> None:
         if self.state is State.CLOSED or self.state is State.DISCONNECTING:
@@ -237,7 +212,7 @@ class StompSession:
             self._finish()
             return
         if self.send_interval and now - self.last_send >= self.send_interval / 2:
-            self._emit(self.codec.heartbeat())
+            self.emit(self.codec.heartbeat())
             self.last_send = now
 
     def connection_lost(self) -> None:
@@ -424,7 +399,7 @@ class StompSession:
         wire_id = sub.wire_id_prefix + b"%d" % tag
         ack = b"ack:%s\n" % wire_id if sub.ack_header else b""
         body = msg.body
-        self._emit(b"".join((
+        self.emit(b"".join((
             sub.wire_head, b"message-id:", wire_id,
             b"\nredelivered:true\n" if entry.redelivered else b"\nredelivered:false\n",
             ack, block, b"content-length:%d\n\n" % len(body), body, b"\x00")))
