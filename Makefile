@@ -2,6 +2,7 @@
 #   make run    start the broker with the embedded default config (AMQP on 127.0.0.1:5672)
 #   make test   ruff, mypy and the whole test suite (what .ci/run runs)
 #   make bench  throughput benchmark (bench/run.py)
+#   make cert   a development CA, server and client certificate in certs/ (docs/tls.md)
 #   make clean  remove caches and build output (keeps .venv and data/)
 
 PYTHON ?= python3
@@ -9,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench clean distclean
+.PHONY: run test lint typecheck bench cert clean distclean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +51,12 @@ test: lint typecheck | $(SYSTEM_TOOLS) $(BROWSER_LIBS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# the client certificate's CN is the broker user it logs in as (make cert CERT_CN=alice)
+CERT_DIR ?= certs
+CERT_CN ?= guest
+cert: $(STAMP)
+	$(BIN)/gateway ctl generate_cert $(CERT_DIR) --client-cn $(CERT_CN)
 
 clean:
 	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

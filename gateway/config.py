@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from importlib import resources
 from pathlib import Path
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 from gateway.auth.passwords import hash_password, is_password_hash
 
@@ -52,6 +52,9 @@ __all__ = [
     "PortError",
     "StompConfig",
     "StoreConfig",
+    "TLSConfig",
+    "TLS_LISTENERS",
+    "TLS_VERSIONS",
     "UserConfig",
     "default_config_text",
     "load_config",
@@ -67,7 +70,13 @@ _AMQP_LONG_MAX: Final = 0xFFFFFFFF
 _AMQP_SHORT_MAX: Final = 0xFFFF
 _MAX_MESSAGE_SIZE: Final = 512 * 1024 * 1024  # RabbitMQ's hard ceiling as well
 _USER_TABLES: Final = ("users", "vhosts", "permissions")
-_SECTIONS: Final = ("listeners", "store", "definitions", "amqp", "stomp", "limits", "auth", "mqtt")
+_SECTIONS: Final = ("listeners", "store", "definitions", "amqp", "stomp", "limits", "auth", "mqtt",
+                    "tls")
+# the TLS listeners (RabbitMQ's ports: 5671, 8883, 61614, 15671, 15673, 15676), all off by
+# default; each needs [tls] certfile and keyfile
+TLS_LISTENERS: Final = ("amqps", "mqtts", "stomps", "https", "web_stomp_tls", "web_mqtt_tls")
+TLS_VERSIONS: Final = ("TLSv1.2", "TLSv1.3")
+_VERIFY_MODES: Final = ("none", "peer", "require")
 
 
 class ConfigError(Exception):
@@ -105,10 +114,21 @@ class Listeners:
     # (path /ws); the HTTP port's /ws serves every WebSocket protocol already
     web_stomp: int | None = None
     web_mqtt: int | None = None
+    # the same over TLS (see TLS_LISTENERS and [tls]); https serves what http serves
+    amqps: int | None = None
+    mqtts: int | None = None
+    stomps: int | None = None
+    https: int | None = None
+    web_stomp_tls: int | None = None
+    web_mqtt_tls: int | None = None
 
     def ports(self) -> dict[str, int | None]:
         """Each protocol's port (None = no listener), in a fixed order."""
         return {"amqp": self.amqp, "mqtt": self.mqtt, "stomp": self.stomp, "http": self.http}
+
+    def tls_ports(self) -> dict[str, int | None]:
+        """Each TLS listener's port (None = no listener), in TLS_LISTENERS order."""
+        return {name: getattr(self, name) for name in TLS_LISTENERS}
 
 
 @dataclass(frozen=True)
@@ -140,6 +160,9 @@ class StompConfig:
     heartbeat_min: int
     allow_anonymous: bool
     anonymous_user: str
+    # a client on a TLS port with a verified certificate and no login header logs in as the
+    # certificate's common name (RabbitMQ's stomp.ssl_cert_login)
+    ssl_cert_login: bool = False
 
 
 @dataclass(frozen=True)
@@ -154,6 +177,21 @@ class MQTTConfig:
     receive_maximum: int
     retained_max_messages: int
     retained_max_bytes: int
+    # a client on a TLS port with a verified certificate and no user name logs in as the
+    # certificate's common name (RabbitMQ's mqtt.ssl_cert_login)
+    ssl_cert_login: bool = False
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """The [tls] section: one server certificate for every TLS listener."""
+
+    certfile: Path | None = None  # PEM: the server certificate (and its chain)
+    keyfile: Path | None = None  # PEM: its private key
+    cafile: Path | None = None  # PEM: CAs a client certificate must be signed by
+    verify: str = "none"  # "none", "peer" (ask, check if given), "require" (must give one)
+    minimum_version: str = "TLSv1.2"
+    handshake_timeout: float = 10.0  # seconds for a client to finish the TLS handshake
 
 
 @dataclass(frozen=True)
@@ -198,6 +236,7 @@ class Config:
     auth: AuthConfig
     mqtt: MQTTConfig
     definitions: DefinitionsConfig = DefinitionsConfig()
+    tls: TLSConfig = TLSConfig()
 
 
 # --------------------------------------------------------------------------- public API
@@ -251,12 +290,14 @@ def with_overrides(
     stomp_port: int | None | Keep = KEEP,
     http_port: int | None | Keep = KEEP,
     data_dir: Path | str | None = None,
+    tls_ports: Mapping[str, int | None | Keep] | None = None,
 ) -> Config:
     """The config with command-line values applied.
 
     For a port, None means "off" (no listener), so "not given" is `KEEP`; use `KEEP` as the
     argparse default of the port flags (argparse does not pass non-string defaults through
-    the `type` function). For host and data_dir, None means "not given".
+    the `type` function). For host and data_dir, None means "not given". `tls_ports` gives
+    TLS listeners by name (`{"amqps": 0}`); turning one on needs the file's [tls] section.
     """
     source = "command line"
     listeners = config.listeners
@@ -264,8 +305,9 @@ def with_overrides(
         if not host.strip():
             raise ConfigError(source, "listeners.host", "must not be empty")
         listeners = replace(listeners, host=host)
-    requested = {"amqp": amqp_port, "mqtt": mqtt_port, "stomp": stomp_port, "http": http_port}
-    ports = listeners.ports()
+    requested = {"amqp": amqp_port, "mqtt": mqtt_port, "stomp": stomp_port, "http": http_port,
+                 **(tls_ports or {})}
+    ports = {**listeners.ports(), **listeners.tls_ports()}
     for name, port in requested.items():
         if isinstance(port, Keep):
             continue
@@ -276,13 +318,12 @@ def with_overrides(
                 source, f"listeners.{name}", f"port must be 0-{_MAX_PORT} or off, got {port!r}"
             )
         ports[name] = port
-    listeners = replace(
-        listeners,
-        amqp=ports["amqp"],
-        mqtt=ports["mqtt"],
-        stomp=ports["stomp"],
-        http=ports["http"],
-    )
+    unknown = sorted(set(ports) - set(listeners.ports()) - set(TLS_LISTENERS))
+    if unknown:
+        raise ConfigError(source, f"listeners.{unknown[0]}", "no such listener")
+    changes: dict[str, Any] = dict(ports)
+    listeners = replace(listeners, **changes)
+    _check_tls(config.tls, listeners, source)
     store = config.store
     if data_dir is not None:
         if not str(data_dir).strip():
@@ -428,6 +469,7 @@ def _build(document: _Doc, source: str) -> Config:
         http=listeners_t.port("http"),
         web_stomp=listeners_t.port("web_stomp"),
         web_mqtt=listeners_t.port("web_mqtt"),
+        **{name: listeners_t.port(name) for name in TLS_LISTENERS},
     )
     listeners_t.done()
 
@@ -461,6 +503,7 @@ def _build(document: _Doc, source: str) -> Config:
         heartbeat_min=stomp_t.integer("heartbeat_min", 0, 3_600_000),
         allow_anonymous=stomp_t.boolean("allow_anonymous"),
         anonymous_user=stomp_t.string("anonymous_user"),
+        ssl_cert_login=stomp_t.boolean("ssl_cert_login"),
     )
     stomp_t.done()
 
@@ -485,14 +528,52 @@ def _build(document: _Doc, source: str) -> Config:
         receive_maximum=mqtt_t.integer("receive_maximum", 1, _AMQP_SHORT_MAX),
         retained_max_messages=mqtt_t.integer("retained_max_messages", 0, 2**40),
         retained_max_bytes=mqtt_t.integer("retained_max_bytes", 0, 2**50),
+        ssl_cert_login=mqtt_t.boolean("ssl_cert_login"),
     )
     mqtt_t.done()
 
+    tls = _build_tls(root)
+    _check_tls(tls, listeners, source)
     auth = _build_auth(root)
     root.done()
     return Config(listeners=listeners, store=store, amqp=amqp, stomp=stomp, limits=limits,
                   auth=auth, mqtt=mqtt,
-                  definitions=definitions)
+                  definitions=definitions, tls=tls)
+
+
+def _build_tls(root: _Table) -> TLSConfig:
+    tls_t = root.table("tls")
+
+    def path(name: str) -> Path | None:
+        text = tls_t.string(name, allow_empty=True)
+        return Path(text).expanduser() if text.strip() else None
+
+    verify = tls_t.string("verify")
+    if verify not in _VERIFY_MODES:
+        raise tls_t.error("verify", f"must be one of {', '.join(_VERIFY_MODES)}, got {verify!r}")
+    version = tls_t.string("minimum_version")
+    if version not in TLS_VERSIONS:
+        raise tls_t.error("minimum_version",
+                          f"must be one of {', '.join(TLS_VERSIONS)}, got {version!r}")
+    timeout = tls_t.integer("handshake_timeout", 1, 3600)
+    tls = TLSConfig(certfile=path("certfile"), keyfile=path("keyfile"), cafile=path("cafile"),
+                    verify=verify, minimum_version=version, handshake_timeout=float(timeout))
+    tls_t.done()
+    return tls
+
+
+def _check_tls(tls: TLSConfig, listeners: Listeners, source: str) -> None:
+    """A TLS listener needs a certificate and key; checking clients needs a CA file."""
+    on = [name for name, port in listeners.tls_ports().items() if port is not None]
+    if not on:
+        return
+    for name in ("certfile", "keyfile"):
+        if getattr(tls, name) is None:
+            raise ConfigError(source, f"tls.{name}",
+                              f"must be set: the TLS listener listeners.{on[0]} is on")
+    if tls.verify != "none" and tls.cafile is None:
+        raise ConfigError(source, "tls.cafile",
+                          f'must be set to check client certificates (verify = "{tls.verify}")')
 
 
 def _build_auth(root: _Table) -> AuthConfig:

@@ -324,6 +324,19 @@ class AuthService:
             raise LoginRefused(mechanism, f"user '{username}' can only connect via localhost")
         return found
 
+    def authenticate_certificate(self, username: str, *, loopback: bool,
+                                 mechanism: str = "EXTERNAL") -> User:
+        """The user a verified client certificate names (RabbitMQ's
+        rabbitmq_auth_mechanism_ssl): no password is checked, but the user must exist and
+        the loopback rule applies. Raises `LoginRefused` otherwise."""
+        found = self._users.get(username)
+        if found is None:
+            raise LoginRefused(mechanism, f"user '{username}' (from a client certificate) "
+                                          "does not exist")
+        if username in self._loopback_users and not loopback:
+            raise LoginRefused(mechanism, f"user '{username}' can only connect via localhost")
+        return found
+
     def check_vhost(self, user: User, vhost: str) -> None:
         """Raises `NotAllowed` (530) unless the vhost exists and the user has a permission
         row on it."""

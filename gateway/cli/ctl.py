@@ -463,6 +463,37 @@ def add_parser(sub: Any) -> None:
     for name, (_fn, add_args, help_text) in COMMANDS.items():
         p = cmds.add_parser(name, help=help_text)
         add_args(p)
+    cert = cmds.add_parser(
+        "generate_cert", help="write a development CA, server and client certificate (no "
+        "broker needed)")
+    cert.add_argument("directory", type=Path)
+    cert.add_argument("--client-cn", default="guest",
+                      help="the client certificate's common name: the broker user it logs "
+                      "in as with EXTERNAL or ssl_cert_login (default: guest)")
+    cert.add_argument("--host", dest="cert_hosts", action="append", default=None,
+                      help="a name or address the server certificate is for (repeatable; "
+                      "default: localhost, 127.0.0.1, ::1)")
+    cert.add_argument("--days", type=int, default=365, help="validity (default: 365)")
+
+
+def generate_cert(args: argparse.Namespace, out: Out) -> None:
+    """Local: `gateway ctl generate_cert DIR` writes PEM files and the [tls] to use them."""
+    from gateway.cli.certs import DEFAULT_HOSTS, generate
+
+    if args.days < 1:
+        raise CtlError("--days must be at least 1", EX_USAGE)
+    try:
+        files = generate(args.directory, client_cn=args.client_cn,
+                         hosts=args.cert_hosts or DEFAULT_HOSTS, days=args.days)
+    except OSError as exc:
+        raise CtlError(f"cannot write certificates to {args.directory}: {exc}") from None
+    out.info(f"Wrote a development CA, a server certificate and a client certificate "
+             f"(CN={args.client_cn}) to {args.directory}. For conf/gateway.toml:")
+    pem = {"certfile": files.server_certificate, "keyfile": files.server_key,
+           "cafile": files.ca_certificate}
+    print("[tls]", file=out.stream)
+    for key, path in pem.items():  # a JSON string is a TOML basic string
+        print(f"{key} = {json.dumps(str(path.resolve()))}", file=out.stream)
 
 
 def endpoint(args: argparse.Namespace) -> tuple[str, int]:
@@ -486,6 +517,9 @@ def endpoint(args: argparse.Namespace) -> tuple[str, int]:
 def run(args: argparse.Namespace, stream: TextIO | None = None) -> int:
     stream = stream or sys.stdout
     try:
+        if args.ctl_command == "generate_cert":
+            generate_cert(args, Out(args.quiet, args.formatter, True, stream))
+            return 0
         host, port = endpoint(args)
         client = Client(f"http://{host}:{port}", args.api_user, args.api_password)
         out = Out(args.quiet, args.formatter, not args.no_table_headers, stream)

@@ -11,7 +11,14 @@ from pathlib import Path
 import trio
 
 import gateway
-from gateway.config import KEEP, ConfigError, load_config, parse_port, with_overrides
+from gateway.config import (
+    KEEP,
+    TLS_LISTENERS,
+    ConfigError,
+    load_config,
+    parse_port,
+    with_overrides,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     for proto in ("amqp", "mqtt", "stomp", "http"):
         serve.add_argument(f"--{proto}-port", type=parse_port, default=KEEP,
                            help=f"{proto.upper()} port; 0 picks a free port, 'off' disables")
+    for name in TLS_LISTENERS:
+        serve.add_argument(f"--{name.replace('_', '-')}-port", type=parse_port, default=KEEP,
+                           dest=f"{name}_port",
+                           help=f"{name} (TLS) port; needs [tls] in the config file")
     serve.add_argument("--data-dir", type=Path, default=None,
                        help="directory for durable state")
     serve.add_argument("--log-level", default="info",
@@ -55,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         config = with_overrides(
             load_config(args.config), host=args.host, amqp_port=args.amqp_port,
             mqtt_port=args.mqtt_port, stomp_port=args.stomp_port, http_port=args.http_port,
-            data_dir=args.data_dir)
+            data_dir=args.data_dir,
+            tls_ports={name: getattr(args, f"{name}_port") for name in TLS_LISTENERS})
     except (ConfigError, OSError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
@@ -63,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         trio.run(run_server, config)
+    except ConfigError as exc:  # a TLS certificate or key that cannot be loaded
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1

@@ -21,7 +21,11 @@ if TYPE_CHECKING:
 
 routes = Routes()
 STARTED = time.time()
-PROTOCOL_LABELS = {"amqp": "amqp", "mqtt": "mqtt", "stomp": "stomp", "http": "http"}
+PROTOCOL_LABELS = {"amqp": "amqp", "mqtt": "mqtt", "stomp": "stomp", "http": "http",
+                   # RabbitMQ's names for its TLS listeners
+                   "amqps": "amqp/ssl", "mqtts": "mqtt/ssl", "stomps": "stomp/ssl",
+                   "https": "https", "web_stomp_tls": "https/web-stomp",
+                   "web_mqtt_tls": "https/web-mqtt"}
 # what a session must offer to be closed from the API
 CLOSE_TEXT = "CONNECTION_FORCED - Closed via management plugin"
 

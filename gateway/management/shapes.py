@@ -202,7 +202,10 @@ Listening = tuple[str, dict[str, int]]  # the listeners' host, and port by proto
 def connection_ref(session: Any, listening: Listening) -> dict[str, Any]:
     peer = getattr(session, "peer", ("?", 0))
     host, ports = listening
-    port = ports.get(protocol_key(session), 0)
+    key = protocol_key(session)
+    if getattr(session, "tls", None) is not None:
+        key += "s"  # amqps, mqtts, stomps
+    port = ports.get(key, 0)
     return {"name": f"{peer[0]}:{peer[1]} -> {host}:{port}", "peer_host": peer[0],
             "peer_port": peer[1], "host": host, "port": port}
 
@@ -228,10 +231,19 @@ def connection(session: Any, stats: Stats, now: float, listening: Listening
         "frame_max": int(getattr(session, "frame_max", 0) or 0),
         "channel_max": int(getattr(session, "channel_max", 0) or 0),
         "auth_mechanism": str(getattr(session, "_mechanism", "PLAIN")),
-        "ssl": False,
+        **ssl_fields(getattr(session, "tls", None)),
         "send_pend": int(getattr(session, "pending_output", 0) or 0),
         "blocked": bool(getattr(session, "read_paused", False)),
     }
+
+
+def ssl_fields(tls: Any) -> dict[str, Any]:
+    """RabbitMQ's TLS fields of a connection (`protocols.tls.TLSPeer`, None on plain TCP)."""
+    if tls is None:
+        return {"ssl": False, "ssl_protocol": None, "ssl_cipher": None,
+                "peer_cert_subject": None}
+    return {"ssl": True, "ssl_protocol": tls.version, "ssl_cipher": tls.cipher,
+            "peer_cert_subject": tls.cert_subject or None}
 
 
 def channels_of(session: Any, listening: Listening) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Callable
 from functools import partial
@@ -23,6 +24,7 @@ from gateway.config import Config
 from gateway.core.broker import Broker
 from gateway.server.connection import Connection
 from gateway.server.factories import SESSION_FACTORIES, SessionFactory
+from gateway.server.tls import handshake, peer_info, server_context
 from gateway.store.base import Store
 from gateway.store.disk import DiskStore
 
@@ -73,6 +75,10 @@ class Server:
     def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.clock = clock
+        # first, before the store opens: a certificate that cannot be loaded stops
+        # `gateway serve` with a ConfigError naming the file
+        tls_on = any(port is not None for port in config.listeners.tls_ports().values())
+        self.ssl_context: ssl.SSLContext | None = server_context(config.tls) if tls_on else None
         data_dir = config.store.data_dir
         self.store: Store = DiskStore(data_dir, fsync=config.store.fsync)
         self.auth = AuthService(config.auth)
@@ -142,33 +148,44 @@ class Server:
             await trio.sleep(0.01)
 
     async def _start_listeners(self, listeners: trio.Nursery, conns: trio.Nursery) -> None:
-        host = self.config.listeners.host
         for name, factory in SESSION_FACTORIES.items():
-            port = getattr(self.config.listeners, name)
-            if port is None:
-                continue
-            tcp = await trio.open_tcp_listeners(port, host=host)
-            bound = tcp[0].socket.getsockname()[1]
-            self.ports[name] = bound
-            log.info("listener %s on %s:%d", name, host, bound)
-            listeners.start_soon(self._accept_loop, tcp, conns, factory)
+            for key, tls in ((name, False), (name + "s", True)):  # amqp, then amqps
+                tcp = await self._open(key)
+                if tcp is not None:
+                    listeners.start_soon(self._accept_loop, tcp, conns, factory, tls)
         await self._start_http(listeners, conns)
         await self._start_web_plugins(listeners)
+
+    async def _open(self, name: str) -> list[trio.SocketListener] | None:
+        """Bind the listener `name` when its port is configured, and log it."""
+        port = getattr(self.config.listeners, name)
+        if port is None:
+            return None
+        host = self.config.listeners.host
+        tcp = await trio.open_tcp_listeners(port, host=host)
+        bound = tcp[0].socket.getsockname()[1]
+        self.ports[name] = bound
+        log.info("listener %s on %s:%d", name, host, bound)
+        return tcp
+
+    async def secure(self, stream: trio.SocketStream, *, https: bool = False
+                     ) -> trio.SSLStream[trio.SocketStream] | None:
+        """TLS over an accepted stream (None: the handshake failed or timed out, and the
+        stream is closed)."""
+        assert self.ssl_context is not None
+        return await handshake(stream, self.ssl_context, self.config.tls.handshake_timeout,
+                               https=https)
 
     # -- the http listener: management API, web UI, /metrics (gateway/management) ----------
 
     async def _start_http(self, listeners: trio.Nursery, conns: trio.Nursery) -> None:
-        port = self.config.listeners.http
-        if port is None:
+        """The http listener and its TLS twin https: one management app and /ws for both."""
+        plain, secure = await self._open("http"), await self._open("https")
+        if plain is None and secure is None:
             return
         from gateway.management.app import ManagementApp
         from gateway.server.http import HTTPServer
 
-        host = self.config.listeners.host
-        tcp = await trio.open_tcp_listeners(port, host=host)
-        bound = tcp[0].socket.getsockname()[1]
-        self.ports["http"] = bound
-        log.info("listener http on %s:%d", host, bound)
         self.management = ManagementApp(self)
         self.http = HTTPServer(self.management.handle)
         from gateway.server.websocket import WebSocketFront
@@ -180,31 +197,37 @@ class Server:
             peer = stream.socket.getpeername()
             await self.http.serve(stream, (peer[0], peer[1]))
 
-        listeners.start_soon(partial(trio.serve_listeners, handler, tcp,
-                                     handler_nursery=conns))
+        async def tls_handler(stream: trio.SocketStream) -> None:
+            peer = stream.socket.getpeername()
+            tls = await self.secure(stream, https=True)
+            if tls is not None:
+                await self.http.serve(tls, (peer[0], peer[1]))
+
+        for tcp, serve in ((plain, handler), (secure, tls_handler)):
+            if tcp is not None:
+                listeners.start_soon(partial(trio.serve_listeners, serve, tcp,
+                                             handler_nursery=conns))
 
     async def _start_web_plugins(self, listeners: trio.Nursery) -> None:
         """RabbitMQ-style WebSocket-only ports (Web-STOMP, Web-MQTT), when configured."""
         from gateway.server.websocket import WEB_MQTT, WEB_STOMP, WebSocketFront
 
-        host = self.config.listeners.host
         for name, options in (("web_stomp", WEB_STOMP), ("web_mqtt", WEB_MQTT)):
-            port = getattr(self.config.listeners, name)
-            if port is None:
-                continue
-            front = WebSocketFront(self, options)
-            bound = await listeners.start(partial(front.listen, host, port))
-            self.ports[name] = bound
-            log.info("listener %s on %s:%d", name, host, bound)
+            for key, tls in ((name, False), (name + "_tls", True)):
+                tcp = await self._open(key)
+                if tcp is not None:
+                    front = WebSocketFront(self, options)
+                    listeners.start_soon(front.listen, tcp, tls)
 
     async def _accept_loop(self, tcp: list[trio.SocketListener], conns: trio.Nursery,
-                           factory: SessionFactory) -> None:
+                           factory: SessionFactory, tls: bool) -> None:
         async def handler(stream: trio.SocketStream) -> None:
-            await self._serve(stream, factory)
+            await self._serve(stream, factory, tls)
 
         await trio.serve_listeners(handler, tcp, handler_nursery=conns)
 
-    async def _serve(self, stream: trio.SocketStream, factory: SessionFactory) -> None:
+    async def _serve(self, stream: trio.SocketStream, factory: SessionFactory,
+                     tls: bool = False) -> None:
         if len(self.connections) >= self.config.limits.max_connections:
             log.warning("connection refused: max_connections (%d) reached",
                         self.config.limits.max_connections)
@@ -215,9 +238,15 @@ class Server:
             stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, True)
         except OSError:
             pass
-        conn = Connection(stream, self.config.limits.connection_buffer, self.clock,
+        wire: trio.abc.Stream = stream
+        if tls:
+            secured = await self.secure(stream)
+            if secured is None:
+                return
+            wire = secured
+        conn = Connection(wire, self.config.limits.connection_buffer, self.clock,
                           self._after_input)
-        session = factory(self, (peer[0], peer[1]), conn.wake)
+        session = factory(self, (peer[0], peer[1]), conn.wake, peer_info(wire))
         self.connections.add(conn)
         self.sessions.add(session)
         session.memory_alarm(self.memory_alarm)

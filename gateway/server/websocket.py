@@ -52,6 +52,7 @@ from wsproto.utilities import RemoteProtocolError
 
 from gateway.auth.service import is_loopback
 from gateway.server.factories import SESSION_FACTORIES
+from gateway.server.tls import peer_info
 from protocols.wamp.codec import Serializer
 from protocols.wamp.router import WampRouter
 from protocols.wamp.session import WampSession
@@ -162,7 +163,7 @@ class WebSocketFront:
             names &= set(self.options.subprotocols)
         return names
 
-    async def serve_stream(self, stream: trio.SocketStream) -> None:
+    async def serve_stream(self, stream: trio.abc.Stream) -> None:
         """A connection on a listener of its own (RabbitMQ's Web-STOMP/Web-MQTT ports): read
         the request head (bounded in size and time), then `serve`."""
         data = b""
@@ -180,18 +181,22 @@ class WebSocketFront:
                 await _refuse(stream, "request head too large")
             await _close(stream)
             return
-        peer = stream.socket.getpeername()
+        transport = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+        assert isinstance(transport, trio.SocketStream)
+        peer = transport.socket.getpeername()
         try:
             await self.serve(stream, data, (peer[0], peer[1]))
         finally:
             await _close(stream)
 
-    async def listen(self, host: str, port: int, *,
-                     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve WebSocket alone on `host:port`; reports the bound port when started."""
-        listeners = await trio.open_tcp_listeners(port, host=host)
-        task_status.started(listeners[0].socket.getsockname()[1])
-        await trio.serve_listeners(self.serve_stream, listeners)
+    async def listen(self, listeners: list[trio.SocketListener], tls: bool = False) -> None:
+        """Serve WebSocket alone on bound listeners (over TLS: wss)."""
+        async def secure(stream: trio.SocketStream) -> None:
+            wrapped = await self.server.secure(stream, https=True)
+            if wrapped is not None:
+                await self.serve_stream(wrapped)
+
+        await trio.serve_listeners(secure if tls else self.serve_stream, listeners)
 
     async def handle(self, request: UpgradeRequest, stream: trio.abc.Stream,
                      trailing: bytes) -> None:
@@ -304,7 +309,8 @@ class WebSocketConnection:
             self.wamp = wamp_session(server, peer, self.wake, WAMP[subprotocol], self.options)
             self.session: Any = self.wamp
         else:
-            self.session = SESSION_FACTORIES[STREAM[subprotocol]](server, peer, self.wake)
+            self.session = SESSION_FACTORIES[STREAM[subprotocol]](server, peer, self.wake,
+                                                                  peer_info(stream))
         self.text_out = subprotocol.endswith(".stomp")
         self._wakeup = trio.Event()
         self._drained = trio.Event()

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from gateway.auth.service import AuthService, User
     from gateway.core.broker import Broker
     from gateway.core.vhost import VirtualHost
+    from protocols.tls import TLSPeer
 
 log = logging.getLogger("gateway.amqp")
 _ids = itertools.count(1)
@@ -99,12 +100,14 @@ class AMQPSession(Outbox):
         heartbeat: int = 60,
         max_message_size: int = 128 * 1024 * 1024,
         high_water: int = 1024 * 1024,
+        tls: TLSPeer | None = None,
     ) -> None:
         self.id = next(_ids)
         self.broker = broker
         self.auth = auth
         self.peer = peer
         self.loopback = loopback
+        self.tls = tls
         self.clock = clock
         self.wake = wake
         self.codec = AMQPCodec(frame_max=frame_max, max_message_size=max_message_size)
@@ -286,8 +289,10 @@ class AMQPSession(Outbox):
             "information": "Multi-protocol message broker",
             "capabilities": caps,
         }
-        self.send_method(0, commands.Connection.Start(
-            0, 9, props, "PLAIN AMQPLAIN", "en_US"))
+        # EXTERNAL (RabbitMQ's rabbitmq_auth_mechanism_ssl) only where a verified client
+        # certificate names a user, as RabbitMQ offers it only with a peer certificate
+        mechanisms = "PLAIN AMQPLAIN EXTERNAL" if self._cert_user() else "PLAIN AMQPLAIN"
+        self.send_method(0, commands.Connection.Start(0, 9, props, mechanisms, "en_US"))
         self.state = State.START_OK
 
     def _open_channel(self, number: int) -> Channel | None:
@@ -416,9 +421,15 @@ class AMQPSession(Outbox):
         response = m.response
         raw = response.encode("latin-1") if isinstance(response, str) else bytes(response)
         try:
-            login, password = parse_credentials(self._mechanism, raw)
-            self.user = self.auth.authenticate(login, password, loopback=self.loopback,
-                                               mechanism=self._mechanism)
+            cert_user = self._cert_user()
+            if self._mechanism == "EXTERNAL" and cert_user is not None:
+                # the certificate is the credential; the response (pika sends "") is unused
+                self.user = self.auth.authenticate_certificate(cert_user,
+                                                               loopback=self.loopback)
+            else:
+                login, password = parse_credentials(self._mechanism, raw)
+                self.user = self.auth.authenticate(login, password, loopback=self.loopback,
+                                                   mechanism=self._mechanism)
         except BrokerError as err:
             log.info("connection %s: login refused: %s", self.name,
                      getattr(err, "reason", err.text))
@@ -427,6 +438,9 @@ class AMQPSession(Outbox):
         self.send_method(0, commands.Connection.Tune(self.channel_max, self.frame_max,
                                                      self.heartbeat))
         self.state = State.TUNE_OK
+
+    def _cert_user(self) -> str | None:
+        return self.tls.cert_user if self.tls is not None else None
 
     def _on_tune_ok(self, m: commands.Connection.TuneOk) -> None:
         if m.frame_max and m.frame_max < 4096:

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from gateway.config import MQTTConfig
     from gateway.core.broker import Broker
     from gateway.core.vhost import VirtualHost
+    from protocols.tls import TLSPeer
 
 log = logging.getLogger("gateway.mqtt")
 CONNECT_TIMEOUT = 10.0  # seconds a new connection has to send CONNECT
@@ -85,6 +86,7 @@ class MQTTSession(Outbox):
         clock: Callable[[], float],
         wake: Callable[[], None] = lambda: None,
         high_water: int = 1024 * 1024,
+        tls: TLSPeer | None = None,
     ) -> None:
         self.broker = broker
         self.auth = auth
@@ -92,6 +94,9 @@ class MQTTSession(Outbox):
         self.peer = peer
         self.loopback = loopback
         self.loopback_users = loopback_users
+        self.tls = tls
+        # a CONNECT without user name is the verified certificate's CN (ssl_cert_login)
+        self.cert_user = tls.cert_user if tls is not None and config.ssl_cert_login else None
         self.clock = clock
         self.wake = wake
         self.high_water = high_water

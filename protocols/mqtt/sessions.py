@@ -57,14 +57,24 @@ def _refuse(s: MQTTSession, reason: ReasonCode, text: str) -> None:
 def _login(s: MQTTSession, c: Connect) -> bool:
     cfg = s.config
     vhost_name = cfg.default_vhost
-    if c.username is None:
+    if c.username is None and c.password is None and s.cert_user is not None:
+        # RabbitMQ's mqtt.ssl_cert_login: the certificate names the user, no password
+        try:
+            user = s.auth.authenticate_certificate(s.cert_user, loopback=s.loopback,
+                                                   mechanism="MQTT")
+        except BrokerError as err:
+            log.info("connection %s: login refused: %s", s.name, getattr(err, "reason", err))
+            _refuse(s, ReasonCode.NOT_AUTHORIZED, "certificate user refused")
+            return False
+    elif c.username is None:
         if not cfg.allow_anonymous or c.password is not None:
             _refuse(s, ReasonCode.BAD_USER_NAME_OR_PASSWORD, "credentials required")
             return False
-        user = s.auth.user(cfg.anonymous_user)
-        if user is None or (user.name in s.loopback_users and not s.loopback):
+        anonymous = s.auth.user(cfg.anonymous_user)
+        if anonymous is None or (anonymous.name in s.loopback_users and not s.loopback):
             _refuse(s, ReasonCode.NOT_AUTHORIZED, "anonymous login refused")
             return False
+        user = anonymous
     else:
         name = c.username
         if ":" in name:  # RabbitMQ's `vhost:user`

@@ -134,6 +134,15 @@ def _is_ip(text: str) -> bool:
 
 
 def _login(s: StompSession, login: str | None, passcode: str) -> User:
+    if login is None and s.cert_user is not None:
+        # RabbitMQ's stomp.ssl_cert_login: the verified certificate names the user
+        try:
+            return s.auth.authenticate_certificate(s.cert_user, loopback=s.loopback,
+                                                   mechanism="STOMP")
+        except LoginRefused as err:
+            s.close_reason = err.reason
+            raise StompError("Bad CONNECT",
+                             f"Access refused for user '{s.cert_user}'") from err
     if login is None:
         # RabbitMQ's `default_user`: a CONNECT without login is the anonymous user, unless
         # that is switched off; a loopback-only user still needs a loopback peer

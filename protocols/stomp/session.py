@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from gateway.auth.service import AuthService, User
     from gateway.core.broker import Broker
     from gateway.core.vhost import VirtualHost
+    from protocols.tls import TLSPeer
 
 log = logging.getLogger("gateway.stomp")
 _ids = itertools.count(1)
@@ -117,6 +118,8 @@ class StompSession(Outbox):
         high_water: int = 1024 * 1024,
         anonymous_user: str | None = None,
         loopback_users: frozenset[str] = frozenset(),
+        tls: TLSPeer | None = None,
+        ssl_cert_login: bool = False,
     ) -> None:
         self.id = next(_ids)
         self.broker = broker
@@ -131,6 +134,9 @@ class StompSession(Outbox):
         self.high_water = high_water
         self.anonymous_user = anonymous_user  # who a CONNECT without login is (None: refused)
         self.loopback_users = loopback_users
+        self.tls = tls
+        # a CONNECT without login is the verified certificate's CN (RabbitMQ's ssl_cert_login)
+        self.cert_user = tls.cert_user if tls is not None and ssl_cert_login else None
         self.state = State.CONNECTING
         self.version = Version.V1_0
         self.session_name = "session-" + base64.urlsafe_b64encode(os.urandom(12)).decode()
