@@ -212,12 +212,16 @@ class Server:
         """RabbitMQ-style WebSocket-only ports (Web-STOMP, Web-MQTT), when configured."""
         from gateway.server.websocket import WEB_MQTT, WEB_STOMP, WebSocketFront
 
+        host = self.config.listeners.host
         for name, options in (("web_stomp", WEB_STOMP), ("web_mqtt", WEB_MQTT)):
             for key, tls in ((name, False), (name + "_tls", True)):
-                tcp = await self._open(key)
-                if tcp is not None:
-                    front = WebSocketFront(self, options)
-                    listeners.start_soon(front.listen, tcp, tls)
+                port = getattr(self.config.listeners, key)
+                if port is None:
+                    continue
+                front = WebSocketFront(self, options)
+                bound = await listeners.start(partial(front.listen, host, port, tls=tls))
+                self.ports[key] = bound
+                log.info("listener %s on %s:%d", key, host, bound)
 
     async def _accept_loop(self, tcp: list[trio.SocketListener], conns: trio.Nursery,
                            factory: SessionFactory, tls: bool) -> None:

@@ -189,13 +189,17 @@ class WebSocketFront:
         finally:
             await _close(stream)
 
-    async def listen(self, listeners: list[trio.SocketListener], tls: bool = False) -> None:
-        """Serve WebSocket alone on bound listeners (over TLS: wss)."""
+    async def listen(self, host: str, port: int, *, tls: bool = False,
+                     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve WebSocket alone on `host:port` (with `tls`: wss, the server's [tls]);
+        reports the bound port when started."""
         async def secure(stream: trio.SocketStream) -> None:
             wrapped = await self.server.secure(stream, https=True)
             if wrapped is not None:
                 await self.serve_stream(wrapped)
 
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        task_status.started(listeners[0].socket.getsockname()[1])
         await trio.serve_listeners(secure if tls else self.serve_stream, listeners)
 
     async def handle(self, request: UpgradeRequest, stream: trio.abc.Stream,

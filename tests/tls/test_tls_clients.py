@@ -21,11 +21,11 @@ import pika.credentials
 import pytest
 import stomp
 import websockets
-from conftest import Broker
 from tls_kit import (
     CERT_USER,
     HOST,
     TIMEOUT,
+    Broker,
     Certs,
     client_context,
     make_certs,

@@ -18,11 +18,11 @@ import pika.exceptions
 import pytest
 import stomp
 import stomp.exception
-from conftest import Broker
 from tls_kit import (
     HOST,
     STRANGER,
     TIMEOUT,
+    Broker,
     Certs,
     client_context,
     closed_by_peer,
