@@ -13,6 +13,7 @@ import argparse
 import base64
 import json
 import os
+import ssl
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,9 +38,10 @@ def seg(name: str) -> str:
 
 @dataclass
 class Client:
-    base: str  # http://host:port
+    base: str  # http://host:port or https://host:port
     user: str
     password: str
+    context: ssl.SSLContext | None = None  # for https: whom to trust
 
     def call(self, method: str, path: str, body: Any = None, *,
              user: tuple[str, str] | None = None) -> Any:
@@ -51,7 +53,7 @@ class Client:
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
-            with request.urlopen(req, timeout=TIMEOUT) as resp:
+            with request.urlopen(req, timeout=TIMEOUT, context=self.context) as resp:
                 raw = resp.read()
         except error.HTTPError as exc:
             reason = _reason(exc.read())
@@ -445,10 +447,7 @@ def close_connection(c: Client, a: argparse.Namespace, out: Out) -> None:
 def add_parser(sub: Any) -> None:
     ctl = sub.add_parser("ctl", help="rabbitmqctl-style commands against a running broker",
                          description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ctl.add_argument("--config", type=Path, default=None,
-                     help="config file to take the http host and port from")
-    ctl.add_argument("--host", default=None, help="broker host (default: the config's)")
-    ctl.add_argument("--port", type=int, default=None, help="HTTP port (default: the config's)")
+    add_endpoint_options(ctl)
     ctl.add_argument("--username", "-U", dest="api_user",
                      default=os.environ.get("GATEWAY_USER", "guest"),
                      help="broker user for the HTTP API (env GATEWAY_USER)")
@@ -496,22 +495,57 @@ def generate_cert(args: argparse.Namespace, out: Out) -> None:
         print(f"{key} = {json.dumps(str(path.resolve()))}", file=out.stream)
 
 
-def endpoint(args: argparse.Namespace) -> tuple[str, int]:
-    if args.host is not None and args.port is not None:
-        return args.host, args.port
+def add_endpoint_options(p: argparse.ArgumentParser) -> None:
+    """--config/--host/--port and the HTTPS options, shared with `gateway info`."""
+    p.add_argument("--config", type=Path, default=None,
+                   help="config file to take the http (or https) host and port from")
+    p.add_argument("--host", default=None, help="broker host (default: the config's)")
+    p.add_argument("--port", type=int, default=None,
+                   help="HTTP(S) port (default: the config's)")
+    p.add_argument("--https", action="store_true",
+                   help="use the https listener (the default when the config has only it)")
+    p.add_argument("--cacert", type=Path, default=None,
+                   help="CA file to check the broker's certificate with (default: the "
+                   "config's [tls] cafile, else the system's)")
+
+
+def connect(args: argparse.Namespace) -> Client:
+    """A client of the broker's HTTP API as the arguments (and the config) say."""
+    host, port, context = _endpoint(args)
+    scheme = "http" if context is None else "https"
+    return Client(f"{scheme}://{host}:{port}", args.api_user, args.api_password, context)
+
+
+def _endpoint(args: argparse.Namespace) -> tuple[str, int, ssl.SSLContext | None]:
+    https = bool(getattr(args, "https", False))
+    cacert: Path | None = getattr(args, "cacert", None)
+    if args.host is not None and args.port is not None and (cacert or not https):
+        return args.host, args.port, _https_context(cacert) if https else None
     from gateway.config import ConfigError, load_config
 
     try:
         config = load_config(args.config)
     except (ConfigError, OSError) as exc:
         raise CtlError(str(exc), EX_USAGE) from None
-    port = args.port if args.port is not None else config.listeners.http
+    listeners = config.listeners
+    if args.port is None and listeners.http is None and listeners.https is not None:
+        https = True  # only the TLS listener is on
+    port = args.port if args.port is not None else (
+        listeners.https if https else listeners.http)
     if port is None:
-        raise CtlError("the config has the http listener off; give --port", EX_USAGE)
-    host = args.host or config.listeners.host
+        which = "https" if https else "http"
+        raise CtlError(f"the config has the {which} listener off; give --port", EX_USAGE)
+    host = args.host or listeners.host
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"
-    return host, port
+    return host, port, _https_context(cacert or config.tls.cafile) if https else None
+
+
+def _https_context(cafile: Path | None) -> ssl.SSLContext:
+    try:
+        return ssl.create_default_context(cafile=str(cafile) if cafile else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise CtlError(f"cannot load the CA file {cafile}: {exc}", EX_USAGE) from None
 
 
 def run(args: argparse.Namespace, stream: TextIO | None = None) -> int:
@@ -520,8 +554,7 @@ def run(args: argparse.Namespace, stream: TextIO | None = None) -> int:
         if args.ctl_command == "generate_cert":
             generate_cert(args, Out(args.quiet, args.formatter, True, stream))
             return 0
-        host, port = endpoint(args)
-        client = Client(f"http://{host}:{port}", args.api_user, args.api_password)
+        client = connect(args)
         out = Out(args.quiet, args.formatter, not args.no_table_headers, stream)
         COMMANDS[args.ctl_command][0](client, args, out)
     except CtlError as exc:

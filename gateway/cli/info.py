@@ -11,10 +11,9 @@ import argparse
 import shutil
 import sys
 import time
-from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.cli.ctl import Client, CtlError, endpoint, seg
+from gateway.cli.ctl import Client, CtlError, add_endpoint_options, connect, seg
 
 CLEAR = "\x1b[H\x1b[2J"
 BAR_FULL, BAR_EMPTY = "█", "·"
@@ -24,10 +23,7 @@ MAX_QUEUES = 200  # queues fetched per frame (the deepest first)
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("info", help="live view of queues and connections of a running broker",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, default=None,
-                   help="config file to take the http host and port from")
-    p.add_argument("--host", default=None)
-    p.add_argument("--port", type=int, default=None)
+    add_endpoint_options(p)
     p.add_argument("--username", "-U", dest="api_user", default="guest")
     p.add_argument("--password", "-P", dest="api_password", default="guest")
     p.add_argument("--vhost", "-p", default=None, help="only this vhost's queues")
@@ -101,8 +97,7 @@ def frame(client: Client, vhost: str | None, columns: int) -> str:
 def run(args: argparse.Namespace, stream: TextIO | None = None) -> int:
     stream = stream or sys.stdout
     try:
-        host, port = endpoint(args)
-        client = Client(f"http://{host}:{port}", args.api_user, args.api_password)
+        client = connect(args)
         while True:
             columns = shutil.get_terminal_size((100, 30)).columns
             text = frame(client, args.vhost, columns)

@@ -7,6 +7,7 @@ given, not required) serves the whole module."""
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
 import threading
 import time
@@ -32,6 +33,8 @@ from tls_kit import (
     start_broker,
     user_cert,
 )
+
+from gateway.cli.main import main
 
 
 @pytest.fixture(scope="module")
@@ -247,6 +250,49 @@ def test_stomp_py_over_tls(tls_broker: Broker, certs: Certs, how: str,
         conn.disconnect()
 
 
+def test_ctl_and_info_over_https(tls_broker: Broker, certs: Certs,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    where = ["--host", HOST, "--port", str(tls_broker.ports["https"]), "--https"]
+    trusted = [*where, "--cacert", str(certs.files.ca_certificate)]
+    assert main(["ctl", *trusted, "-q", "list_users"]) == 0
+    assert CERT_USER in capsys.readouterr().out
+    assert main(["info", *trusted, "--once"]) == 0
+    assert capsys.readouterr().out.startswith("gateway ")
+    # a CA that did not sign the broker's certificate: no broker reachable (69)
+    foreign = [*where, "--cacert", str(certs.foreign.ca_certificate)]
+    assert main(["ctl", *foreign, "list_users"]) == 69
+    assert "CERTIFICATE_VERIFY_FAILED" in capsys.readouterr().err
+
+
+def run_async(session: Callable[[], Any]) -> Any:
+    """Run an asyncio client session on a thread of its own, bounded in time."""
+    result: list[Any] = []
+    thread = threading.Thread(target=lambda: result.append(asyncio.run(session())))
+    thread.start()
+    thread.join(TIMEOUT * 2)
+    assert result, "the session did not finish"
+    return result[0]
+
+
+def test_wamp_over_wss_on_the_https_port(tls_broker: Broker, certs: Certs) -> None:
+    async def session() -> list[Any]:
+        url = f"wss://{HOST}:{tls_broker.ports['https']}/ws"
+        async with websockets.connect(url, subprotocols=["wamp.2.json"],  # type: ignore[list-item]
+                                      ssl=client_context(certs),
+                                      open_timeout=TIMEOUT) as ws:
+            await ws.send(json.dumps([1, "/", {"roles": {"publisher": {}, "subscriber": {}},
+                                               "authmethods": ["ticket"],
+                                               "authid": "guest"}]))
+            challenge = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+            await ws.send(json.dumps([5, "guest", {}]))  # AUTHENTICATE with the password
+            welcome = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+            return [challenge, welcome]
+
+    challenge, welcome = run_async(session)
+    assert challenge[:2] == [4, "ticket"]
+    assert welcome[0] == 2 and welcome[2]["authid"] == "guest"
+
+
 def test_stomp_over_wss_on_the_https_port(tls_broker: Broker, certs: Certs,
                                           unique: Callable[[str], str]) -> None:
     """STOMP frames over `websockets` to /ws of the https listener (as a browser over wss)."""
@@ -268,12 +314,7 @@ def test_stomp_over_wss_on_the_https_port(tls_broker: Broker, certs: Certs,
                 got.append(str(await asyncio.wait_for(ws.recv(), TIMEOUT)))
             return got
 
-    result: list[list[str]] = []
-    thread = threading.Thread(target=lambda: result.append(asyncio.run(session())))
-    thread.start()
-    thread.join(TIMEOUT * 2)
-    assert result, "the wss session did not finish"
-    connected, receipt, message = result[0]
+    connected, receipt, message = run_async(session)
     assert connected.startswith("CONNECTED\n") and "version:1.2" in connected
     assert receipt.startswith("RECEIPT\n") and "receipt-id:sub" in receipt
     assert message.startswith("MESSAGE\n") and message.endswith("over wss\0")

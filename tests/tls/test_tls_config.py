@@ -13,7 +13,8 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from gateway.cli.certs import generate
-from gateway.cli.main import main
+from gateway.cli.ctl import connect
+from gateway.cli.main import build_parser, main
 from gateway.config import ConfigError, load_config, with_overrides
 from gateway.server.tls import handshake, peer_info, server_context
 from protocols.tls import TLSPeer
@@ -127,3 +128,15 @@ async def test_minimum_version_refuses_older_clients_and_reports_the_peer(
     info = results[1]
     assert info is not None and info.version == "TLSv1.3"
     assert info.cert_user is None  # no client certificate was presented
+
+
+def test_ctl_uses_https_when_the_config_has_only_it(tmp_path: Path) -> None:
+    text = ('[listeners]\nhttp = "off"\nhttps = 15671\n'
+            + tls_section(tmp_path / "certs"))
+    parser = build_parser()
+    args = parser.parse_args(["ctl", "--config", str(write(tmp_path, text)), "list_users"])
+    client = connect(args)
+    assert client.base == "https://127.0.0.1:15671"
+    assert client.context is not None and client.context.verify_mode == ssl.CERT_REQUIRED
+    plain = parser.parse_args(["ctl", "--host", "127.0.0.1", "--port", "15672", "status"])
+    assert connect(plain).base == "http://127.0.0.1:15672" and connect(plain).context is None
