@@ -1,7 +1,8 @@
 # gateway: developer entry points. Every target bootstraps .venv itself.
 #   make run    start the broker with the embedded default config (AMQP on 127.0.0.1:5672)
 #   make test   ruff, mypy and the whole test suite (what .ci/run runs)
-#   make bench  throughput benchmark (bench/run.py)
+#   make bench  gateway beside RabbitMQ and Mosquitto, every scenario (bench/suite.py);
+#               BENCH_ARGS=--quick for a short run
 #   make cert   a development CA, server and client certificate in certs/ (docs/tls.md)
 #   make clean  remove caches and build output (keeps .venv and data/)
 
@@ -49,8 +50,23 @@ $(BROWSER_LIBS): tests/websocket/package.json
 test: lint typecheck | $(SYSTEM_TOOLS) $(BROWSER_LIBS)
 	$(BIN)/pytest -q -p no:cacheprovider
 
-bench: $(STAMP)
-	$(BIN)/python bench/run.py
+# The peers the benchmark runs beside gateway, from Debian's packages where missing (the
+# suite starts private instances of them; the system services are not used).
+BENCH_TOOLS := /usr/lib/rabbitmq/bin/rabbitmq-server /usr/sbin/mosquitto
+BENCH_STAMP := $(VENV)/.bench-installed
+BENCH_ARGS ?=
+
+$(BENCH_TOOLS):
+	$(SUDO) apt-get update -q
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+		rabbitmq-server mosquitto
+
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP) | $(BENCH_TOOLS)
+	$(BIN)/python bench/suite.py $(BENCH_ARGS)
 
 # the client certificate's CN is the broker user it logs in as (make cert CERT_CN=alice)
 CERT_DIR ?= certs

@@ -8,8 +8,13 @@
 * ``Gateway``: ``python -m gateway serve`` on a free port with a temporary data directory;
   the AMQP port is read from its ``listener amqp on HOST:PORT`` log line.
 
-Both expose ``name``, ``host``, ``port``, ``version``, ``cpu_seconds()`` (CPU time used by
-the broker's OS process so far) and ``stop()``.
+* ``Mosquitto``: Debian's mosquitto with a config file in a temporary directory (one
+  listener on a free port of 127.0.0.1, anonymous, no persistence), stopped by its PID.
+
+All expose ``name``, ``host``, ``port``, ``version``, ``cpu_seconds()`` (CPU time used by
+the broker's OS process so far) and ``stop()``; ``ports`` maps each protocol a broker was
+asked to serve to its port, and ``pid`` is the process whose memory the suite reads (the
+Erlang VM for RabbitMQ). ``cpu`` pins a broker (and every thread it starts) to one core.
 """
 
 from __future__ import annotations
@@ -34,6 +39,52 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 class BrokerStartError(Exception):
     pass
+
+
+def child_setup(cpu: int | None, nofile: int | None):  # type: ignore[no-untyped-def]
+    """A preexec_fn: pin the child to one core and raise its open-file limit (root may raise
+    the hard limit too; otherwise up to the hard limit). Threads started later inherit both."""
+
+    def setup() -> None:
+        if cpu is not None:
+            try:
+                os.sched_setaffinity(0, {cpu})
+            except OSError:
+                pass
+        if nofile:
+            import resource
+
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            for want in ((nofile, max(nofile, hard)), (min(nofile, hard), hard)):
+                try:
+                    resource.setrlimit(resource.RLIMIT_NOFILE, want)
+                    break
+                except (ValueError, OSError):
+                    continue
+
+    return setup
+
+
+def status_kb(pid: int, field: str) -> int | None:
+    """A memory figure (VmHWM, VmRSS, ...) of a process from /proc/PID/status, in KiB."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset VmHWM to the current RSS (Linux: write 5 to /proc/PID/clear_refs)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -129,7 +180,13 @@ def _find_rabbitmq_bin(name: str) -> str:
 class RabbitMQ:
     name = "rabbitmq"
 
-    def __init__(self, port: int = 35672, start_timeout: float = 90.0, verbose=None):
+    def __init__(self, port: int = 35672, start_timeout: float = 90.0, verbose=None,
+                 plugins: tuple[str, ...] = (), cpu: int | None = None,
+                 nofile: int | None = None):
+        self.plugins = plugins  # of rabbitmq_mqtt, rabbitmq_stomp: each on a free port
+        self.cpu = cpu
+        self.nofile = nofile
+        self.ports: dict[str, int] = {}
         self.port_hint = port
         self.start_timeout = start_timeout
         self.host = "127.0.0.1"
@@ -149,10 +206,16 @@ class RabbitMQ:
         tmp = Path(self.tmp)
         for d in ("home", "mnesia", "log", "etc"):
             (tmp / d).mkdir()
-        (tmp / "etc" / "enabled_plugins").write_text("[].\n")
-        (tmp / "etc" / "rabbitmq.conf").write_text("# benchmark node: RabbitMQ defaults\n")
-        (tmp / "etc" / "rabbitmq-env.conf").write_text("")
+        (tmp / "etc" / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
+        conf = ["# benchmark node: RabbitMQ defaults, private listeners"]
         self.port = free_port_pair(self.port_hint)
+        self.ports = {"amqp": self.port}
+        for plugin, proto in (("rabbitmq_mqtt", "mqtt"), ("rabbitmq_stomp", "stomp")):
+            if plugin in self.plugins:
+                self.ports[proto] = any_free_port()
+                conf.append(f"{proto}.listeners.tcp.default = {self.host}:{self.ports[proto]}")
+        (tmp / "etc" / "rabbitmq.conf").write_text("\n".join(conf) + "\n")
+        (tmp / "etc" / "rabbitmq-env.conf").write_text("")
         self.epmd_port = any_free_port()
         env = dict(os.environ)
         env.update(
@@ -181,10 +244,12 @@ class RabbitMQ:
             stdout=self._console,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a Ctrl-C in the terminal reaches us, we stop it
+            preexec_fn=child_setup(self.cpu, self.nofile),
         )
         deadline = time.monotonic() + self.start_timeout
         try:
-            wait_for_port(self.host, self.port, deadline, self.proc)
+            for port in self.ports.values():
+                wait_for_port(self.host, port, deadline, self.proc)
         except BrokerStartError as exc:
             tail = self.console_tail()
             self.stop()
@@ -217,6 +282,10 @@ class RabbitMQ:
             return "\n".join(lines.splitlines()[-n:])
         except Exception:
             return ""
+
+    @property
+    def pid(self) -> int | None:
+        return self.beam_pid
 
     def cpu_seconds(self) -> float | None:
         return proc_cpu_seconds(self.beam_pid) if self.beam_pid else None
@@ -281,7 +350,13 @@ class RabbitMQ:
 class Gateway:
     name = "gateway"
 
-    def __init__(self, start_timeout: float = 30.0, verbose=None):
+    def __init__(self, start_timeout: float = 30.0, verbose=None,
+                 protocols: tuple[str, ...] = ("amqp",), config_text: str = "",
+                 cpu: int | None = None, nofile: int | None = None):
+        self.protocols = protocols  # listeners to open, each on a free port
+        self.config_text = config_text  # TOML passed with --config ("" = none)
+        self.cpu = cpu
+        self.nofile = nofile
         self.start_timeout = start_timeout
         self.host = "127.0.0.1"
         self.port: int | None = None
@@ -294,15 +369,25 @@ class Gateway:
         self._amqp_seen = threading.Event()
 
     def command(self, data_dir: str) -> list[str]:
-        return [
-            sys.executable, "-m", "gateway", "serve",
-            "--host", "127.0.0.1",
-            "--amqp-port", "0",
-            "--mqtt-port", "off",
-            "--stomp-port", "off",
-            "--http-port", "off",
-            "--data-dir", data_dir,
-        ]  # fmt: skip
+        cmd = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1"]
+        for proto in ("amqp", "mqtt", "stomp", "http"):
+            cmd += [f"--{proto}-port", "0" if proto in self.protocols else "off"]
+        cmd += ["--data-dir", data_dir]
+        if self.config_text:
+            assert self.tmp is not None
+            path = os.path.join(self.tmp, "gateway.toml")
+            with open(path, "w") as f:
+                f.write(self.config_text)
+            cmd += ["--config", path]
+        return cmd
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {name: port for name, (_host, port) in self._listeners.items()}
 
     def start(self) -> Gateway:
         self.tmp = tempfile.mkdtemp(prefix="bench-gateway-")
@@ -321,6 +406,7 @@ class Gateway:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=child_setup(self.cpu, self.nofile),
         )
         # Drain stderr for the broker's whole life, so a chatty log can never fill the pipe
         # and stall the broker; keep the tail for error messages.
@@ -328,11 +414,11 @@ class Gateway:
         self._drainer.start()
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
-            if self._amqp_seen.wait(0.1):
+            if self._amqp_seen.wait(0.1) and set(self.protocols) <= set(self._listeners):
                 break
             if self.proc.poll() is not None:
                 break
-        if not self._amqp_seen.is_set():
+        if not set(self.protocols) <= set(self._listeners):
             code = self.proc.poll()
             self.stop()
             self._drainer.join(timeout=2)  # collect the last lines it wrote
@@ -342,7 +428,7 @@ class Gateway:
             raise BrokerStartError(
                 f"gateway: {why}\n  command: {' '.join(cmd)}\n" + "\n".join(self.tail)
             )
-        self.host, self.port = self._listeners["amqp"]
+        self.host, self.port = self._listeners[self.protocols[0]]
         try:
             sys.path.insert(0, str(REPO_ROOT))
             import gateway  # noqa: PLC0415
@@ -362,7 +448,7 @@ class Gateway:
             m = LISTENER_RE.search(line)
             if m:
                 self._listeners[m.group(1).lower()] = (m.group(2), int(m.group(3)))
-                if m.group(1).lower() == "amqp":
+                if m.group(1).lower() == self.protocols[0]:
                     self._amqp_seen.set()
 
     def cpu_seconds(self) -> float | None:
@@ -390,6 +476,83 @@ class Gateway:
                     self.proc.kill()
                     _wait(self.proc, 5)
         self.proc = None
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+
+
+class Mosquitto:
+    """Debian's mosquitto on a free port of 127.0.0.1 (anonymous, no persistence, no log)."""
+
+    name = "mosquitto"
+
+    def __init__(self, binary: str | None = None, cpu: int | None = None,
+                 nofile: int | None = None, verbose=None):
+        self.binary = binary or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.cpu = cpu
+        self.nofile = nofile
+        self.host = "127.0.0.1"
+        self.port: int | None = None
+        self.proc: subprocess.Popen | None = None
+        self.tmp: str | None = None
+        self.version = "?"
+        self.log = verbose or (lambda msg: None)
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {"mqtt": self.port} if self.port else {}
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> Mosquitto:
+        if not os.access(self.binary, os.X_OK):
+            raise BrokerStartError(f"mosquitto not found at {self.binary} (apt-get install "
+                                   "mosquitto)")
+        self.tmp = tempfile.mkdtemp(prefix="bench-mosquitto-")
+        self.port = any_free_port()
+        conf = Path(self.tmp) / "mosquitto.conf"
+        conf.write_text(f"listener {self.port} {self.host}\nallow_anonymous true\n"
+                        "persistence false\nlog_dest none\nset_tcp_nodelay true\n")
+        self.log(f"mosquitto: starting on {self.host}:{self.port}")
+        self.proc = subprocess.Popen(
+            [self.binary, "-c", str(conf)], stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=child_setup(self.cpu, self.nofile))
+        try:
+            wait_for_port(self.host, self.port, time.monotonic() + 20, self.proc)
+        except BrokerStartError as exc:
+            self.stop()
+            raise BrokerStartError(f"mosquitto: {exc}") from None
+        try:
+            out = subprocess.run([self.binary, "-h"], capture_output=True, text=True,
+                                 timeout=10).stdout
+            m = re.search(r"version (\S+)", out)
+            self.version = m.group(1) if m else "?"
+        except Exception:
+            pass
+        return self
+
+    def cpu_seconds(self) -> float | None:
+        return proc_cpu_seconds(self.proc.pid) if self.proc else None
+
+    def alive(self) -> str | None:
+        if self.proc is None:
+            return "not started"
+        if self.proc.poll() is not None:
+            return f"mosquitto exited with code {self.proc.returncode}"
+        return None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.log("mosquitto: stopping")
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                if not _wait(self.proc, 10):
+                    self.proc.kill()
+                    _wait(self.proc, 5)
+            self.proc = None
         if self.tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None
