@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from gateway.core.errors import NotAllowed, NotFound
 from gateway.core.exchange import Exchange
@@ -37,6 +38,9 @@ class Broker:
         # add what else the store must keep across a compaction (users, vhosts and
         # permissions from the auth service) to a snapshot
         self.snapshot_hooks: list[Callable[[Recovered], None]] = []
+        # protocols' keyed values read back from the store, until their owner claims them
+        # (`claim_values`); unclaimed ones are carried over by every snapshot as they are
+        self._values: dict[str, dict[tuple[Any, ...], Any]] = {}
         for name in vhosts:
             self.add_vhost(name)
 
@@ -63,6 +67,9 @@ class Broker:
         vh.exchanges.clear()
         vh.policies.clear()
         self.store.delete_vhost(name)  # drops the vhost's durable records on replay
+        for values in self._values.values():
+            for key in [k for k in values if k[0] == name]:
+                del values[key]
         for hook in list(self.on_vhost_deleted):
             hook(name)
 
@@ -78,6 +85,11 @@ class Broker:
 
     # -- durability ------------------------------------------------------------------------
 
+    def claim_values(self, space: str) -> dict[tuple[Any, ...], Any]:
+        """Take over the recovered values of one space (see `Recovered.values`): from then
+        on their owner keeps them, writes their changes and adds them to snapshots."""
+        return self._values.pop(space, {})
+
     def recover(self, now: float) -> int:
         """Rebuild durable exchanges, queues, bindings and messages from the store.
         Returns the number of messages restored."""
@@ -86,6 +98,8 @@ class Broker:
     def restore(self, state: Recovered, now: float) -> int:
         """Rebuild from a state the store has read back (see `recover`)."""
         self._ids = itertools.count(state.max_message_id + 1)
+        for space, values in state.values.items():
+            self._values.setdefault(space, {}).update(values)
         for pol in state.policies:
             self.add_vhost(pol.vhost).set_policy(pol.name, pol.pattern, pol.definition,
                                                  pol.priority, pol.apply_to, now=now,
@@ -161,6 +175,8 @@ class Broker:
                     state.bindings.append(BindingRecord(
                         vh.name, b.source.name, isinstance(dest, Queue), dest.name,
                         b.routing_key, b.arguments))
+        for space, values in self._values.items():
+            state.values[space] = dict(values)
         for hook in self.snapshot_hooks:
             hook(state)
         return state

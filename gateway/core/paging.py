@@ -126,6 +126,20 @@ class ReadyLevel:
         self.count -= 1
         return self.head.popleft()
 
+    def take(self, seqs: set[int]) -> list[Entry]:
+        """Remove and return the entries with these seqs found in memory (head and tail;
+        pages are not read), in order."""
+        found = [e for e in self.head if e.seq in seqs]
+        if found:
+            self.head = deque(e for e in self.head if e.seq not in seqs)
+        in_tail = [e for e in self.tail if e.seq in seqs]
+        if in_tail:
+            self.tail = [e for e in self.tail if e.seq not in seqs]
+            self.tail_bytes -= sum(len(e.message.body) for e in in_tail)
+            found.extend(in_tail)
+        self.count -= len(found)
+        return found
+
     def __iter__(self) -> Iterator[Entry]:
         """Every entry in order, reading pages without taking them (lazily)."""
         yield from list(self.head)

@@ -370,6 +370,22 @@ class Queue:
             self._hand_over(entry, no_ack)
         return entry
 
+    def take(self, seqs: set[int]) -> list[Entry]:
+        """Hand over the ready entries with these seqs, as delivered and unacked, in seq
+        order: a session resuming after a restart what it had in flight before (entries
+        only on disk pages are not looked for)."""
+        if not seqs or not self._ready_count:
+            return []
+        out: list[Entry] = []
+        for level in reversed(self._ready):
+            for entry in level.take(seqs):
+                self._ready_count -= 1
+                self.ready_bytes -= len(entry.message.body)
+                self._hand_over(entry, False)
+                out.append(entry)
+        out.sort(key=lambda e: e.seq)
+        return out
+
     # -- settling --------------------------------------------------------------------------
 
     def _release(self, entry: Entry) -> None:

@@ -132,6 +132,10 @@ class Recovered:
     messages: dict[tuple[str, str], list[tuple[int, MessageRecord]]] = field(
         default_factory=dict)
     max_message_id: int = 0
+    # what the protocols keep beyond the core's model (MQTT retained messages and session
+    # state): space -> {key: value}. A key is a flat tuple of strings and integers whose
+    # first item is the vhost's name (deleting the vhost drops it).
+    values: dict[str, dict[tuple[Any, ...], Any]] = field(default_factory=dict)
 
 
 class Store(Protocol):
@@ -155,6 +159,8 @@ class Store(Protocol):
     def put_policy(self, policy: PolicyRecord) -> None: ...
     def delete_policy(self, vhost: str, name: str) -> None: ...
     def mark_seeded(self) -> None: ...
+    def put_value(self, space: str, key: tuple[Any, ...], value: Any) -> None: ...
+    def delete_value(self, space: str, key: tuple[Any, ...]) -> None: ...
     def spill_write(self, data: bytes) -> Any: ...
     def spill_read(self, ref: Any) -> bytes: ...
     def spill_free(self, ref: Any) -> None: ...
@@ -228,6 +234,12 @@ class MemoryStore:
         self._note()
 
     def mark_seeded(self) -> None:
+        self._note()
+
+    def put_value(self, space: str, key: tuple[Any, ...], value: Any) -> None:
+        self._note()
+
+    def delete_value(self, space: str, key: tuple[Any, ...]) -> None:
         self._note()
 
     # Paging: a MemoryStore has no disk, so a "spilled" page stays in memory here (the

@@ -3,10 +3,10 @@
 File format: a sequence of records `[u32 length][u32 crc32][u8 kind][payload]`, the payload
 a tuple in `gateway.store.serial` encoding. Every record is an idempotent set operation
 (put/delete an exchange, queue or binding; write a message; enqueue a message at a queue
-position; ack a queue position), so replaying any suffix of records over a state that
-already contains them gives the same state. Recovery replays the log, stops at the first
-torn or corrupt record (the tail of a write cut off by a crash, which was never reported
-durable), and writes the live state into a fresh log.
+position; ack a queue position; put/delete a protocol's keyed value), so replaying any
+suffix of records over a state that already contains them gives the same state. Recovery
+replays the log, stops at the first torn or corrupt record (the tail of a write cut off by
+a crash, which was never reported durable), and writes the live state into a fresh log.
 
 Group commit: the core appends encoded records to `_pending`; the server's store task
 takes the batch, writes it and fsyncs it in a worker thread, then marks it durable. While
@@ -69,6 +69,8 @@ DEL_PERMISSION = 15
 PUT_POLICY = 16
 DEL_POLICY = 17
 SEEDED = 18  # users/vhosts/permissions have been written once; the config no longer seeds
+PUT_VALUE = 19  # a protocol's own durable value (MQTT retained messages, session state)
+DEL_VALUE = 20
 
 
 def _frame(kind: int, payload: tuple[Any, ...]) -> bytes:
@@ -165,6 +167,9 @@ class DiskStore:
                                            [m.properties.get(f) for f in PROPERTY_FIELDS],
                                            m.body, m.origin))
                 yield _frame(ENQUEUE, (vhost, queue, seq, m.id))
+        for space, values in state.values.items():
+            for key, value in values.items():
+                yield _frame(PUT_VALUE, (space, list(key), value))
 
     def _write_file(self, frames: Iterable[bytes]) -> None:
         """Write a whole new log next to the old one, fsync it, and swap it in."""
@@ -263,6 +268,12 @@ class DiskStore:
     def mark_seeded(self) -> None:
         self._append(_frame(SEEDED, ()))
 
+    def put_value(self, space: str, key: tuple[Any, ...], value: Any) -> None:
+        self._append(_frame(PUT_VALUE, (space, list(key), value)))
+
+    def delete_value(self, space: str, key: tuple[Any, ...]) -> None:
+        self._append(_frame(DEL_VALUE, (space, list(key))))
+
     # -- paging (event loop; see gateway.store.spill) ---------------------------------------
 
     def _page_file(self) -> PageFile:
@@ -342,9 +353,16 @@ def _replay(records: list[tuple[int, Any]]) -> Recovered:
     vhosts: dict[str, None] = {}
     perms: dict[tuple[str, str], PermissionRecord] = {}
     policies: dict[tuple[str, str], PolicyRecord] = {}
+    values: dict[str, dict[tuple[Any, ...], Any]] = {}
     seeded = False
     max_id = 0
     for kind, p in records:
+        if kind == PUT_VALUE:
+            values.setdefault(p[0], {})[tuple(p[1])] = p[2]
+            continue
+        if kind == DEL_VALUE:
+            values.get(p[0], {}).pop(tuple(p[1]), None)
+            continue
         if kind >= PUT_USER:
             seeded = _replay_auth(kind, p, users, vhosts, perms, policies) or seeded
             if kind == DEL_VHOST:
@@ -353,6 +371,9 @@ def _replay(records: list[tuple[int, Any]]) -> Recovered:
                         del d[key]
                 for bkey in [k for k, b in bindings.items() if b.vhost == p[0]]:
                     del bindings[bkey]
+                for space in values.values():
+                    for vkey in [k for k in space if k and k[0] == p[0]]:
+                        del space[vkey]
             continue
         if kind == PUT_EXCHANGE:
             exchanges[(p[0], p[1])] = ExchangeRecord(p[0], p[1], p[2], p[3], p[4], p[5])
@@ -383,6 +404,7 @@ def _replay(records: list[tuple[int, Any]]) -> Recovered:
             if q is not None:
                 q.pop(p[2], None)
     state = Recovered(max_message_id=max_id, seeded=seeded)
+    state.values = {space: d for space, d in values.items() if d}
     state.users = list(users.values())
     state.vhosts = list(vhosts)
     state.permissions = list(perms.values())

@@ -18,6 +18,7 @@ import math
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from protocols.mqtt import persist
 from protocols.mqtt.codec import encode_packet
 from protocols.mqtt.frames import MQTT_5, NO_PROPERTIES, Properties, Publish, PubRel
 from protocols.mqtt.mapping import from_core, published_qos, routing_key_to_topic, topic_matches
@@ -140,12 +141,18 @@ def send_publish(s: MQTTSession, topic: str, payload: bytes, qos: int, retain: b
     # when the in-flight packet ids are gone) goes out again with DUP set [MQTT-3.3.1-1]
     dup = pid is not None and entry is not None and entry.redelivered
     packet = Publish(topic, payload, qos, retain, dup, pid, props)
-    wire = _with_alias(s, packet)
+    # QoS 2 to a persistent session: sent once its record is on disk (so without a topic
+    # alias, which later PUBLISHes sent before it could not rely on)
+    recorded = pid is not None and persist.recorded(s, qos, entry)
+    wire = packet if recorded else _with_alias(s, packet)
     data = encode_packet(wire, s.version or 4)
     if s.client_max_packet is not None and len(data) > s.client_max_packet:
         return False
     if pid is not None:
-        st.outgoing[pid] = Outgoing(packet, entry)
+        out = st.outgoing[pid] = Outgoing(packet, entry)
+        if recorded:
+            s.send_when_durable(persist.sent(s, pid, out), data)
+            return True
     elif entry is not None:
         entry.queue.ack(entry)
     s.emit(data)
@@ -170,14 +177,17 @@ def _with_alias(s: MQTTSession, packet: Publish) -> Publish:
 
 def resend_inflight(s: MQTTSession) -> None:
     """On a resumed session: every unacknowledged PUBLISH again with DUP set and its packet
-    id, PUBREL for those already received [MQTT-4.4.0-1], in the original order."""
+    id, PUBREL for those already received [MQTT-4.4.0-1], in the original order. Behind
+    whatever the store has not yet made durable (a record of the previous connection may
+    still be on its way)."""
     st = s.st
     assert st is not None
+    position = s.broker.store.appended
     for pid, out in st.outgoing.items():
         if out.released:
-            s.send(PubRel(pid))
+            s.send_when_durable(position, PubRel(pid))
         else:
-            s.emit(encode_packet(replace(out.packet, dup=True), s.version or 4))
+            s.send_when_durable(position, replace(out.packet, dup=True))
 
 
 def kick(s: MQTTSession) -> None:

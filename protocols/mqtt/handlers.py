@@ -5,7 +5,9 @@ Publishing: PUBLISH -> `amq.topic` with the topic's routing key. QoS 0 is transi
 and 2 persistent; their PUBACK / PUBREC wait until the store has made the message durable
 (`flush_confirms`, as AMQP confirms do). QoS 2 is exactly once: the packet id is remembered
 from PUBLISH to PUBREL and a PUBLISH repeating it is answered but not routed again
-[MQTT-4.3.3-9]. Nothing is downgraded: QoS 2 is granted and delivered as QoS 2.
+[MQTT-4.3.3-9]; for a persistent session across a broker restart too (``persist.py``,
+which also keeps the session's outgoing QoS 2 exchanges). Nothing is downgraded: QoS 2 is
+granted and delivered as QoS 2.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from protocols.mqtt import sessions
+from protocols.mqtt import persist, sessions
 from protocols.mqtt.delivery import FROM_KEY, RETAIN_KEY, kick, send_publish
 from protocols.mqtt.frames import (
     MQTT_5,
@@ -75,6 +77,8 @@ def route_publish(s: MQTTSession, topic: str, payload: bytes, qos: int, retain: 
     message = to_core(topic, payload, qos, props, own_queue=own,
                       message_id=vh.next_message_id())
     message.cache[FROM_KEY] = s.key_cached
+    store = s.broker.store
+    before = store.appended
     if retain:
         message.cache[RETAIN_KEY] = True
         expires = (now + props.message_expiry_interval
@@ -86,8 +90,6 @@ def route_publish(s: MQTTSession, topic: str, payload: bytes, qos: int, retain: 
         exchange = vh.get_exchange("")
         message.exchange = ""
         message.routing_key = reply_queue(topic)
-    store = s.broker.store
-    before = store.appended
     result = vh.publish(exchange, message.routing_key, message, now)
     return result, (store.appended if store.appended != before else 0)
 
@@ -149,18 +151,22 @@ def publish(s: MQTTSession, p: Publish) -> None:
     else:
         if code < 0x80:
             s.st.incoming_qos2.add(p.packet_id)
+            position = persist.received(s, p.packet_id) or position
         s.pending_acks.append((position, PubRec(p.packet_id, code)))
 
 
 def pubrel(s: MQTTSession, p: PubRel) -> None:
     assert s.st is not None
+    position = 0
     if p.packet_id in s.st.incoming_qos2:
         s.st.incoming_qos2.discard(p.packet_id)
+        position = persist.incoming_released(s, p.packet_id)
         code = ReasonCode.SUCCESS
     else:
         code = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
     # after the PUBREC that preceded it, which may still wait for the store
-    s.pending_acks.append((0, PubComp(p.packet_id, code if s.version == MQTT_5 else 0)))
+    s.pending_acks.append((position, PubComp(p.packet_id, code if s.version == MQTT_5
+                                             else 0)))
 
 
 # -- acknowledgements of our PUBLISHes -----------------------------------------------------
@@ -183,15 +189,20 @@ def pubrec(s: MQTTSession, p: PubRec) -> None:
         s.send(PubRel(p.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
                       if s.version == MQTT_5 else 0))
         return
-    if out.entry is not None:
-        out.entry.queue.ack(out.entry)
-        out.entry = None
     if p.reason_code >= 0x80:  # the client refused it: the exchange ends here
+        persist.completed(s, p.packet_id, out)
+        if out.entry is not None:
+            out.entry.queue.ack(out.entry)
         del s.st.outgoing[p.packet_id]
         kick(s)
         return
+    # PUBREL owed: recorded before the entry's ack, and sent once that record is durable
+    position = persist.released(s, p.packet_id, out)
+    if out.entry is not None:
+        out.entry.queue.ack(out.entry)
+        out.entry = None
     out.released = True
-    s.send(PubRel(p.packet_id))
+    s.send_when_durable(position, PubRel(p.packet_id))
 
 
 def pubcomp(s: MQTTSession, p: PubComp) -> None:
@@ -199,6 +210,7 @@ def pubcomp(s: MQTTSession, p: PubComp) -> None:
     out = s.st.outgoing.get(p.packet_id)
     if out is None or not out.released:
         return
+    persist.completed(s, p.packet_id, out)
     del s.st.outgoing[p.packet_id]
     kick(s)
 

@@ -7,16 +7,27 @@ exact filters, rabbitmq-server#8824). Topics starting with `$` are not matched b
 starting with a wildcard [MQTT-4.7.2-1].
 
 Limits bound the store (message count and payload bytes); a retained message over them is
-not stored and the old one for its topic, if any, stays. The store is held in memory only:
-retained messages do not survive a broker restart. Time (`now`) is an argument: a retained
-message with a message expiry is dropped when found expired [MQTT-3.3.2-5].
+not stored and the old one for its topic, if any, stays. Time (`now`) is an argument: a
+retained message with a message expiry is dropped when found expired [MQTT-3.3.2-5].
+
+Retained messages are durable: given the broker's store, every change (set, replace, clear,
+expiry) appends a keyed value record (space `mqtt.retained`, key `(vhost, topic)`) to the
+store's batch, so a PUBACK/PUBREC that waits for the store's position after the publish
+also waits for the retained message; `load` puts back what a restart read, without writing.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
 
-from protocols.mqtt.frames import Properties
+from protocols.mqtt.frames import NO_PROPERTIES, Properties
+
+if TYPE_CHECKING:
+    from gateway.store.base import Store
+
+SPACE = "mqtt.retained"
+_TUPLE_FIELDS = {"subscription_identifiers", "user_properties"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +47,30 @@ class _Node:
         self.message: Retained | None = None
 
 
+def to_value(message: Retained) -> list[Any]:
+    """A retained message as the store keeps it (its topic is the record's key)."""
+    props = {f.name: getattr(message.properties, f.name) for f in fields(Properties)
+             if getattr(message.properties, f.name) != f.default}
+    for name in _TUPLE_FIELDS & props.keys():
+        props[name] = [list(v) if isinstance(v, tuple) else v for v in props[name]]
+    return [message.payload, message.qos, props, message.expires_at]
+
+
+def from_value(topic: str, value: list[Any]) -> Retained:
+    payload, qos, props, expires_at = value
+    for name in _TUPLE_FIELDS & props.keys():
+        props[name] = tuple(tuple(v) if isinstance(v, list) else v for v in props[name])
+    return Retained(topic, payload, qos, Properties(**props) if props else NO_PROPERTIES,
+                    expires_at)
+
+
 class RetainedStore:
-    def __init__(self, max_messages: int = 100_000, max_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, max_messages: int = 100_000, max_bytes: int = 64 * 1024 * 1024,
+                 *, vhost: str = "", store: Store | None = None) -> None:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
+        self.vhost = vhost
+        self.store = store  # None: kept in memory only
         self._root = _Node()
         self.count = 0
         self.bytes = 0
@@ -50,6 +81,14 @@ class RetainedStore:
         if not message.payload:
             self.clear(message.topic)
             return True
+        if not self.load(message):
+            return False
+        if self.store is not None:
+            self.store.put_value(SPACE, (self.vhost, message.topic), to_value(message))
+        return True
+
+    def load(self, message: Retained) -> bool:
+        """`set` without writing to the store (a message read back at start)."""
         node = self._root
         path = message.topic.split("/")
         existing = self._find(path)
@@ -88,6 +127,8 @@ class RetainedStore:
             node = nxt
         if node.message is None:
             return
+        if self.store is not None:
+            self.store.delete_value(SPACE, (self.vhost, topic))
         self.count -= 1
         self.bytes -= len(node.message.payload)
         node.message = None
@@ -96,6 +137,13 @@ class RetainedStore:
             if child.message is not None or child.children:
                 break
             del parent.children[level]
+
+    def all(self) -> list[Retained]:
+        out: list[Retained] = []
+        if self._root.message is not None:
+            out.append(self._root.message)
+        self._subtree(self._root, out, False)
+        return out
 
     def get(self, topic: str) -> Retained | None:
         node = self._find(topic.split("/"))

@@ -122,8 +122,9 @@ class MQTTSession(Outbox):
         self.client_alias_maximum = 0
         self.aliases_out: dict[str, int] = {}
         self.aliases_in: dict[int, str] = {}
-        # QoS 1/2 acknowledgements waiting for the store: (store position, packet)
-        self.pending_acks: deque[tuple[int, Packet]] = deque()
+        # output waiting for the store, in order: (store position, packet or its bytes):
+        # QoS 1/2 acknowledgements, and a persistent session's QoS 2 PUBLISH and PUBREL
+        self.pending_acks: deque[tuple[int, Packet | bytes]] = deque()
         self.inbound_qos1 = 0  # QoS 1 PUBLISHes received whose PUBACK is not sent yet
         self._reply_topics: dict[str, str] = {}
         self._last_reply_topic: str | None = None
@@ -317,16 +318,31 @@ class MQTTSession(Outbox):
         return self._last_reply_topic
 
     def flush_confirms(self) -> None:
-        """Send the PUBACK/PUBREC whose messages the store has made durable, in order."""
+        """Send what waited for the store (PUBACK/PUBREC of messages it has made durable,
+        QoS 2 PUBLISH/PUBREL whose records it has), in order."""
         pending = self.pending_acks
         if not pending or self.state is not State.CONNECTED:
             return
         durable = self.broker.store.durable
         while pending and pending[0][0] <= durable:
             packet = pending.popleft()[1]
+            if isinstance(packet, bytes):
+                self.emit(packet)
+                continue
             if isinstance(packet, PubAck):
                 self.inbound_qos1 -= 1
             self.send(packet)
+
+    def send_when_durable(self, position: int, item: Packet | bytes) -> None:
+        """Send a packet (or its bytes) once the store has made `position` durable, after
+        whatever waits before it."""
+        if not self.pending_acks and position <= self.broker.store.durable:
+            if isinstance(item, bytes):
+                self.emit(item)
+            else:
+                self.send(item)
+        else:
+            self.pending_acks.append((position, item))
 
     def inbound_inflight(self) -> int:
         """QoS 1/2 PUBLISHes from the client not yet acknowledged (PUBACK / PUBCOMP)."""

@@ -16,6 +16,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from gateway.core.errors import BrokerError
+from protocols.mqtt import persist
 from protocols.mqtt.delivery import MQTTConsumer, resend_inflight
 from protocols.mqtt.frames import (
     CONNACK_311,
@@ -156,6 +157,10 @@ def connect(s: MQTTSession, c: Connect) -> None:
     if st is not None and (c.clean_start or st.expired(now)):
         discard(s, st)
         st = None
+    elif st is None and c.clean_start:
+        # a session from before a restart, not resumed: it ends here [MQTT-3.1.2-4]
+        persist.forget_dormant(s.mqtt, *key)
+        s.vhost.delete_queue(session_queue_name(client_id))
     if st is None and not c.clean_start:
         st = _recover(s, client_id)
     present = st is not None and not c.clean_start
@@ -201,20 +206,24 @@ def _with(props: Properties, **changes: object) -> Properties:
 
 
 def _recover(s: MQTTSession, client_id: str) -> SessionState | None:
-    """After a broker restart: the session's durable queue and its bindings."""
+    """After a broker restart: the session's durable queue and its bindings, and the QoS 2
+    exchanges it had open (``persist.py``)."""
     assert s.vhost is not None
     queue = s.vhost.queues.get(session_queue_name(client_id))
-    if queue is None:
+    records = s.mqtt.dormant.pop(s.key, None)
+    if queue is None and not records:
         return None
     from protocols.mqtt.mapping import binding_key_to_filter
 
     st = SessionState(s.vhost.name, client_id)
-    for binding in queue.bound_by:
+    for binding in queue.bound_by if queue is not None else ():
         if binding.source.name != "amq.topic":
             continue
         opts = SubOptions.from_args(dict(binding.arguments))
         if opts is not None:
             st.subscriptions[binding_key_to_filter(binding.routing_key)] = opts
+    if records:
+        persist.resume(s, st, queue, records)
     s.mqtt.sessions[s.key] = st
     return st
 
@@ -225,6 +234,7 @@ def discard(s: MQTTSession, st: SessionState) -> None:
     for out in st.outgoing.values():
         if out.entry is not None and not out.entry.queue.deleted:
             out.entry.queue.requeue([out.entry], s.clock())
+    persist.forget(s.mqtt, st)
     st.outgoing.clear()
     s.vhost.delete_queue(session_queue_name(st.client_id))
     s.mqtt.sessions.pop((st.vhost, st.client_id), None)

@@ -6,11 +6,15 @@ on reconnect [MQTT-4.4.0-1]), QoS 2 packet ids received and not yet released (ex
 dedup), and when it expires. The messages themselves live in the core, in the session's
 queue; a persistent session's queue and bindings are durable, so after a broker restart the
 session comes back from them (its subscriptions are bindings whose arguments carry the
-subscription options), though the in-flight packet ids do not.
+subscription options). Its QoS 2 packet ids in flight both ways are kept in the store too
+(``persist.py``), so a resumed session completes the QoS 2 exchanges it had open.
 
 `MQTTState` holds one broker's sessions, the connection currently attached to each, and one
 retained store per virtual host. It is found through `state_for(broker)`: it hangs off the
-broker object, not a module global, so two brokers (as in tests) never share it.
+broker object, not a module global, so two brokers (as in tests) never share it. When it is
+made it takes over what the store read back at start (retained messages; session records
+waiting in `dormant` until their client returns) and adds its state to every snapshot the
+store compacts to.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from protocols.mqtt.retain import RetainedStore
 if TYPE_CHECKING:
     from gateway.core.broker import Broker
     from gateway.core.queue import Entry
+    from gateway.store.base import Store
 
 # binding arguments that carry a subscription's options
 ARG_QOS = "x-mqtt-subscription-qos"
@@ -81,6 +86,7 @@ class Outgoing:
     packet: Publish
     entry: Entry | None  # the core entry to settle (None: a retained message)
     released: bool = False  # QoS 2: PUBREC received, PUBREL sent, waiting for PUBCOMP
+    durable: bool = False  # its stage is kept in the store (QoS 2, persistent session)
 
 
 @dataclass(eq=False)
@@ -95,6 +101,7 @@ class SessionState:
     incoming_qos2: set[int] = field(default_factory=set)
     next_packet_id: int = 1
     disconnected_at: float | None = None
+    recorded: bool = False  # the store has (or had) records of this session's packet ids
 
     def expired(self, now: float) -> bool:
         return self.disconnected_at is not None and now - self.disconnected_at >= self.expiry
@@ -111,9 +118,14 @@ class SessionState:
 
 
 class MQTTState:
-    def __init__(self, retained_max_messages: int, retained_max_bytes: int) -> None:
+    def __init__(self, store: Store, retained_max_messages: int,
+                 retained_max_bytes: int) -> None:
+        self.store = store
         self.sessions: dict[tuple[str, str], SessionState] = {}
         self.active: dict[tuple[str, str], Any] = {}  # (vhost, client id) -> MQTTSession
+        # session records read back at start, until the client returns: (vhost, client
+        # id) -> {(direction, packet id): value} (see persist.py)
+        self.dormant: dict[tuple[str, str], dict[tuple[str, int], Any]] = {}
         self.retained_max_messages = retained_max_messages
         self.retained_max_bytes = retained_max_bytes
         self._retained: dict[str, RetainedStore] = {}
@@ -122,17 +134,31 @@ class MQTTState:
     def retained(self, vhost: str) -> RetainedStore:
         store = self._retained.get(vhost)
         if store is None:
-            store = self._retained[vhost] = RetainedStore(self.retained_max_messages,
-                                                          self.retained_max_bytes)
+            store = self._retained[vhost] = RetainedStore(
+                self.retained_max_messages, self.retained_max_bytes, vhost=vhost,
+                store=self.store)
         return store
+
+    def retained_stores(self) -> list[RetainedStore]:
+        return list(self._retained.values())
+
+    def vhost_deleted(self, vhost: str) -> None:
+        """Everything of a deleted vhost goes (its store records went with it)."""
+        self._retained.pop(vhost, None)
+        for d in (self.sessions, self.dormant):
+            for key in [k for k in d if k[0] == vhost]:
+                del d[key]
 
     def sweep(self, now: float) -> None:
         """Forget expired sessions that nobody reconnected to (every 100 connects)."""
+        from protocols.mqtt import persist
+
         self._connects += 1
         if self._connects % 100:
             return
         for key, st in list(self.sessions.items()):
             if key not in self.active and st.expired(now):
+                persist.forget(self, st)
                 del self.sessions[key]
 
 
@@ -143,5 +169,9 @@ def state_for(broker: Broker, retained_max_messages: int = 100_000,
               retained_max_bytes: int = 64 * 1024 * 1024) -> MQTTState:
     state = _STATES.get(broker)
     if state is None:
-        state = _STATES[broker] = MQTTState(retained_max_messages, retained_max_bytes)
+        from protocols.mqtt import persist
+
+        state = _STATES[broker] = MQTTState(broker.store, retained_max_messages,
+                                            retained_max_bytes)
+        persist.take_over(state, broker)
     return state

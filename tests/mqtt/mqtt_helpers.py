@@ -8,7 +8,7 @@ from dataclasses import replace
 from gateway.auth.service import AuthService
 from gateway.config import load_config
 from gateway.core.broker import Broker
-from gateway.store.base import MemoryStore
+from gateway.store.base import MemoryStore, Store
 from protocols.mqtt.codec import MQTTCodec, encode_packet
 from protocols.mqtt.frames import (
     MQTT_5,
@@ -44,12 +44,12 @@ class LaggingStore(MemoryStore):
 class World:
     """One broker, its auth, its clock: the server side every client of a test shares."""
 
-    def __init__(self, store: MemoryStore | None = None, **mqtt: object) -> None:
+    def __init__(self, store: Store | None = None, **mqtt: object) -> None:
         config = load_config()
         self.config = config
         self.mqtt_config = replace(config.mqtt, **mqtt)  # type: ignore[arg-type]
         self.clock = Clock()
-        self.store = store if store is not None else MemoryStore()
+        self.store: Store = store if store is not None else MemoryStore()
         self.broker = Broker(self.store, config.auth.vhosts)
         self.auth = AuthService(config.auth)
 

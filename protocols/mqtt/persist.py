@@ -1,0 +1,224 @@
+"""What of MQTT's own state the store keeps: retained messages and the QoS 2 exchanges of
+persistent sessions.
+
+The core keeps a persistent session's messages (its durable queue) and subscriptions (the
+queue's bindings). What it cannot keep is where each QoS 2 exchange stands, which is what
+exactly-once needs after a restart [MQTT-4.4.0-1]. These are keyed value records in the
+store (space `mqtt.session`, key `(vhost, client id, direction, packet id)`):
+
+- `out`, `[0, seq]`: a QoS 2 PUBLISH of the queue entry `seq` went out with this packet id
+  and no PUBREC came back yet. Written before the PUBLISH leaves: the PUBLISH waits in the
+  session's store-ordered output until the record is durable, so a client never holds a
+  packet id the broker could forget. After a restart the entry is taken back out of the
+  queue and sent again with DUP and the same packet id.
+- `out`, `[1, seq]`: the client's PUBREC came; PUBREL is owed until PUBCOMP. Written before
+  the queue entry is acked and before the PUBREL leaves (the PUBREL waits for it). After a
+  restart PUBREL is sent again; were the ack lost with a torn write, `seq` is settled then.
+- `in`, `0`: a QoS 2 PUBLISH from the client was taken and PUBREC'd, PUBREL not yet seen.
+  Written after the message's own records, and the PUBREC waits for both: a repeat of the
+  PUBLISH after a restart is answered, not routed again [MQTT-4.3.3-9]. The PUBREL deletes it,
+  and the PUBCOMP waits for that, so a reused packet id is never taken for a repeat.
+
+PUBCOMP deletes the `out` record. A session ended for good (clean start, expiry, a clean
+session's end) deletes all of its records. Only sessions with an expiry (persistent ones)
+write records, and `out` records only for entries persisted in the session's durable queue;
+QoS 1 needs none (a message not PUBACKed is simply redelivered, with a new packet id and
+DUP). A retained message sent at QoS 2 on SUBSCRIBE is not recorded: after a restart the
+client gets it again by subscribing.
+
+Retained messages (space `mqtt.retained`) are written by `RetainedStore` itself.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from protocols.mqtt import retain
+from protocols.mqtt.frames import MQTT_5, NO_PROPERTIES, Publish
+from protocols.mqtt.mapping import from_core, routing_key_to_topic, topic_matches
+from protocols.mqtt.state import Outgoing
+
+if TYPE_CHECKING:
+    from gateway.core.broker import Broker
+    from gateway.core.queue import Entry, Queue
+    from gateway.store.base import Recovered
+    from protocols.mqtt.session import MQTTSession
+    from protocols.mqtt.state import MQTTState, SessionState
+
+SPACE = "mqtt.session"
+OUT = "out"
+IN = "in"
+SENT = 0
+RELEASED = 1
+
+
+def take_over(state: MQTTState, broker: Broker) -> None:
+    """Load what the store read back at start and keep it in every later snapshot."""
+    for (vhost, topic), value in broker.claim_values(retain.SPACE).items():
+        state.retained(vhost).load(retain.from_value(topic, value))
+    for (vhost, client_id, direction, pid), value in broker.claim_values(SPACE).items():
+        state.dormant.setdefault((vhost, client_id), {})[(direction, pid)] = value
+    broker.snapshot_hooks.append(lambda into: snapshot(state, into))
+    broker.on_vhost_deleted.append(state.vhost_deleted)
+
+
+def snapshot(state: MQTTState, into: Recovered) -> None:
+    retained = into.values.setdefault(retain.SPACE, {})
+    for store in state.retained_stores():
+        for m in store.all():
+            retained[(store.vhost, m.topic)] = retain.to_value(m)
+    sessions = into.values.setdefault(SPACE, {})
+    for (vhost, client_id), records in state.dormant.items():
+        for (direction, pid), value in records.items():
+            sessions[(vhost, client_id, direction, pid)] = value
+    for (vhost, client_id), st in state.sessions.items():
+        if not st.recorded:
+            continue
+        for pid, out in st.outgoing.items():
+            if out.durable:
+                stage = [RELEASED, None] if out.released else [SENT, _seq(out)]
+                sessions[(vhost, client_id, OUT, pid)] = stage
+        for pid in st.incoming_qos2:
+            sessions[(vhost, client_id, IN, pid)] = 0
+
+
+def _seq(out: Outgoing) -> int | None:
+    return out.entry.seq if out.entry is not None else None
+
+
+def _key(st: SessionState, direction: str, pid: int) -> tuple[str, str, str, int]:
+    return (st.vhost, st.client_id, direction, pid)
+
+
+# -- outgoing QoS 2 ------------------------------------------------------------------------
+
+def recorded(s: MQTTSession, qos: int, entry: Entry | None) -> bool:
+    """Whether a PUBLISH of `entry` at `qos` is recorded (`sent`) before it goes out."""
+    st = s.st
+    return (qos == 2 and st is not None and st.expiry > 0 and entry is not None
+            and entry.persisted and entry.queue.durable)
+
+
+def sent(s: MQTTSession, pid: int, out: Outgoing) -> int:
+    """Record a QoS 2 PUBLISH about to go out (`recorded` said so). Returns the store
+    position the PUBLISH must wait for."""
+    st = s.st
+    assert st is not None and out.entry is not None
+    out.durable = True
+    st.recorded = True
+    store = s.broker.store
+    store.put_value(SPACE, _key(st, OUT, pid), [SENT, out.entry.seq])
+    return store.appended
+
+
+def released(s: MQTTSession, pid: int, out: Outgoing) -> int:
+    """PUBREC came: record that PUBREL is owed (before the entry's ack is written).
+    Returns the position the PUBREL must wait for (0: none)."""
+    if not out.durable or s.st is None:
+        return 0
+    store = s.broker.store
+    store.put_value(SPACE, _key(s.st, OUT, pid), [RELEASED, _seq(out)])
+    return store.appended
+
+
+def completed(s: MQTTSession, pid: int, out: Outgoing) -> None:
+    if out.durable and s.st is not None:
+        s.broker.store.delete_value(SPACE, _key(s.st, OUT, pid))
+
+
+# -- incoming QoS 2 ------------------------------------------------------------------------
+
+def received(s: MQTTSession, pid: int) -> int:
+    """A QoS 2 PUBLISH was taken: record its packet id (after the message's own records).
+    Returns the position the PUBREC must wait for (0: none)."""
+    st = s.st
+    if st is None or not st.expiry:
+        return 0
+    st.recorded = True
+    store = s.broker.store
+    store.put_value(SPACE, _key(st, IN, pid), 0)
+    return store.appended
+
+
+def incoming_released(s: MQTTSession, pid: int) -> int:
+    """PUBREL came: forget the packet id. Returns the position the PUBCOMP must wait for."""
+    st = s.st
+    if st is None or not st.recorded:
+        return 0
+    store = s.broker.store
+    store.delete_value(SPACE, _key(st, IN, pid))
+    return store.appended
+
+
+# -- a session's life ----------------------------------------------------------------------
+
+def forget(state: MQTTState, st: SessionState) -> None:
+    """The session ends for good: delete its records."""
+    key = (st.vhost, st.client_id)
+    records = state.dormant.pop(key, None)
+    if not st.recorded and not records:
+        return
+    store = state.store
+    pids = {(OUT, pid) for pid, out in st.outgoing.items() if out.durable}
+    pids |= {(IN, pid) for pid in st.incoming_qos2}
+    pids |= set(records or ())
+    for direction, pid in sorted(pids):
+        store.delete_value(SPACE, (*key, direction, pid))
+    st.recorded = False
+
+
+def forget_dormant(state: MQTTState, vhost: str, client_id: str) -> None:
+    """A clean start for a client whose session was read back at start."""
+    records = state.dormant.pop((vhost, client_id), None)
+    for direction, pid in sorted(records or ()):
+        state.store.delete_value(SPACE, (vhost, client_id, direction, pid))
+
+
+def resume(s: MQTTSession, st: SessionState, queue: Queue | None,
+           records: dict[tuple[str, int], Any]) -> None:
+    """After a restart: rebuild the session's QoS 2 exchanges from its records. Entries
+    sent before are taken out of the queue again (to go out with their packet ids)."""
+    store = s.broker.store
+    st.recorded = True
+    pending: dict[int, int] = {}  # queue seq -> packet id, PUBLISH sent
+    owed: list[int] = []
+    for (direction, pid), value in records.items():
+        if direction == IN:
+            st.incoming_qos2.add(pid)
+            continue
+        stage, seq = value
+        if stage == SENT and seq is not None:
+            pending[seq] = pid
+        else:
+            owed.append(pid)
+            if seq is not None:
+                pending[seq] = -pid  # a torn write lost the entry's ack: settle it now
+    taken = queue.take(set(pending)) if queue is not None else []
+    for pid in sorted(owed):
+        st.outgoing[pid] = Outgoing(Publish("", b"", 2, packet_id=pid), None, released=True,
+                                    durable=True)
+    for entry in taken:
+        pid = pending.pop(entry.seq)
+        if pid < 0:
+            entry.queue.ack(entry)
+            continue
+        st.outgoing[pid] = Outgoing(_packet(s, st, entry, pid), entry, durable=True)
+    for pid in pending.values():
+        if pid > 0:  # its message is gone (acked, expired, or on a page not searched)
+            store.delete_value(SPACE, _key(st, OUT, pid))
+    if st.outgoing:
+        st.next_packet_id = max(st.outgoing) % 65535 + 1
+
+
+def _packet(s: MQTTSession, st: SessionState, entry: Entry, pid: int) -> Publish:
+    """The PUBLISH of an entry that was in flight before a restart (sent again with DUP)."""
+    msg = entry.message
+    topic = routing_key_to_topic(msg.routing_key)
+    props = NO_PROPERTIES
+    if s.version == MQTT_5:
+        from dataclasses import replace
+
+        ids = tuple(o.subscription_id for f, o in st.subscriptions.items()
+                    if o.subscription_id is not None and topic_matches(f, topic))
+        props = replace(from_core(msg), subscription_identifiers=ids)
+    return Publish(topic, msg.body, 2, False, True, pid, props)
