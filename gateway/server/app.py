@@ -79,6 +79,7 @@ class Server:
         # `gateway serve` with a ConfigError naming the file
         tls_on = any(port is not None for port in config.listeners.tls_ports().values())
         self.ssl_context: ssl.SSLContext | None = server_context(config.tls) if tls_on else None
+        self.handshakes = 0  # TLS handshakes under way
         data_dir = config.store.data_dir
         self.store: Store = DiskStore(data_dir, fsync=config.store.fsync)
         self.auth = AuthService(config.auth)
@@ -173,8 +174,19 @@ class Server:
         """TLS over an accepted stream (None: the handshake failed or timed out, and the
         stream is closed)."""
         assert self.ssl_context is not None
-        return await handshake(stream, self.ssl_context, self.config.tls.handshake_timeout,
-                               https=https)
+        limit = self.config.limits.max_connections
+        if self.handshakes + len(self.connections) >= limit:
+            # handshakes under way count as connections, so silent TLS clients cannot pile
+            # up past the limit while each waits out its handshake timeout
+            log.warning("TLS connection refused: max_connections (%d) reached", limit)
+            await trio.aclose_forcefully(stream)
+            return None
+        self.handshakes += 1
+        try:
+            return await handshake(stream, self.ssl_context,
+                                   self.config.tls.handshake_timeout, https=https)
+        finally:
+            self.handshakes -= 1
 
     # -- the http listener: management API, web UI, /metrics (gateway/management) ----------
 

@@ -194,13 +194,14 @@ def test_paho_over_mqtts(tls_broker: Broker, certs: Certs, how: str,
         client.close()
 
 
-def test_paho_over_wss_on_the_web_mqtt_tls_port(tls_broker: Broker, certs: Certs,
-                                                unique: Callable[[str], str]) -> None:
+def test_paho_over_wss_with_certificate_login_on_the_web_mqtt_tls_port(
+        tls_broker: Broker, certs: Certs, unique: Callable[[str], str]) -> None:
     client = MQTTClient(certs, user_cert(certs), transport="websockets")
     try:
         assert not client.connect(tls_broker.ports["web_mqtt_tls"]).is_failure
         topic = f"wss/{unique('mqtt')}"
         assert client.round_trip(topic) == topic.encode()
+        assert tls_users(tls_broker, certs, "MQTT") == {CERT_USER}  # by its certificate
     finally:
         client.close()
 

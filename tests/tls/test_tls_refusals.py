@@ -198,3 +198,36 @@ def test_certificate_of_no_user_gets_each_protocols_refusal(peer_broker: Broker,
     output = peer_broker.output()
     assert f"user '{STRANGER}' (from a client certificate) does not exist" in output
     round_trip(peer_broker, certs, user_cert(certs))
+
+
+def test_handshakes_under_way_count_against_max_connections(
+        tmp_path_factory: pytest.TempPathFactory, certs: Certs) -> None:
+    broker = start_broker(tmp_path_factory.mktemp("limited"), certs, verify="peer",
+                          handshake_timeout=60, extra="[limits]\nmax_connections = 2\n")
+    try:
+        silent = [socket.create_connection((HOST, broker.ports["amqps"]), TIMEOUT)
+                  for _ in range(3)]
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            refused = "TLS connection refused: max_connections (2) reached"
+            while refused not in broker.output() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert refused in broker.output()
+            # two handshakes still wait (for a minute): a real client is refused too
+            with pytest.raises((pika.exceptions.AMQPConnectionError, ConnectionError)):
+                pika.BlockingConnection(amqps_params(broker, certs, None))
+        finally:
+            for sock in silent:
+                sock.close()
+        # the silent clients gone, their places are free again
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                round_trip(broker, certs)
+                break
+            except (pika.exceptions.AMQPConnectionError, ConnectionError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    finally:
+        broker.stop()

@@ -55,7 +55,8 @@ def make_certs(directory: Path) -> Certs:
     return Certs(files, stranger, foreign)
 
 
-def broker_config(certs: Certs, *, verify: str, handshake_timeout: int = 10) -> str:
+def broker_config(certs: Certs, *, verify: str, handshake_timeout: int = 10,
+                  extra: str = "") -> str:
     files = certs.files
     ports = "".join(f"{name} = 0\n" for name in TLS_LISTENERS)
     return f"""
@@ -73,6 +74,7 @@ ssl_cert_login = true
 
 [stomp]
 ssl_cert_login = true
+{extra}
 
 [[users]]
 name = "guest"
@@ -104,10 +106,12 @@ read = ".*"
 
 
 def start_broker(directory: Path, certs: Certs, *, verify: str,
-                 handshake_timeout: int = 10) -> Broker:
+                 handshake_timeout: int = 10, extra: str = "") -> Broker:
+    """A broker with every TLS listener on a free port; `extra` is more TOML (sections
+    other than [listeners], [tls], [mqtt], [stomp] and the users)."""
     config = directory / f"gateway-{verify}.toml"
     config.write_text(broker_config(certs, verify=verify,
-                                    handshake_timeout=handshake_timeout))
+                                    handshake_timeout=handshake_timeout, extra=extra))
     data = directory / f"data-{verify}"
     data.mkdir()
     broker = Broker(HOST, 0, data_dir=data, config=config)
