@@ -32,7 +32,7 @@ from tls_kit import (
     user_cert,
 )
 
-HANDSHAKE_TIMEOUT = 3  # the brokers' [tls] handshake_timeout, seconds
+HANDSHAKE_TIMEOUT = 5  # the brokers' [tls] handshake_timeout, seconds
 
 # what a plain-text client of each protocol sends first
 PLAIN_TEXT = {
@@ -109,17 +109,16 @@ def test_plain_text_and_silence_on_tls_ports_are_closed(peer_broker: Broker,
                 # refused at the first record, long before the handshake timeout
                 assert closed_by_peer(sock, HANDSHAKE_TIMEOUT - 1) < HANDSHAKE_TIMEOUT - 1
         round_trip(peer_broker, certs)  # while the silent ones still wait
-        for name, sock in silent.items():
-            # closed by the handshake timeout (with a margin for a busy machine)
-            waited = closed_by_peer(sock, HANDSHAKE_TIMEOUT + TIMEOUT)
-            assert waited > 0, name
+        for sock in silent.values():
+            # closed by the handshake timeout (raises TimeoutError if it is kept open)
+            closed_by_peer(sock, HANDSHAKE_TIMEOUT + TIMEOUT)
     finally:
         for sock in silent.values():
             sock.close()
     round_trip(peer_broker, certs)
     output = peer_broker.output()
     assert "WRONG_VERSION_NUMBER" in output or "wrong version number" in output.lower()
-    assert f"no handshake within {HANDSHAKE_TIMEOUT} s" in output
+    assert output.count(f"no handshake within {HANDSHAKE_TIMEOUT} s") == len(PLAIN_TEXT)
     assert "Traceback" not in output
 
 
