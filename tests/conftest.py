@@ -28,6 +28,10 @@ from urllib.parse import quote, unquote, urlsplit
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The WAMP and WebSocket tests share helpers kept in tests/websocket (ab_client). They are put
+# on the path here rather than in a conftest.py of tests/wamp: pytest imports every conftest.py
+# as the module "conftest", so a second one would shadow this file for `from conftest import`.
+sys.path.insert(0, str(REPO_ROOT / "tests" / "websocket"))
 EXTERNAL_URL_ENV = "GATEWAY_TEST_AMQP_URL"
 START_TIMEOUT = 20.0  # seconds for the broker to report its AMQP listener
 STOP_TIMEOUT = 10.0  # seconds for the broker to exit after SIGTERM, before SIGKILL

@@ -4,35 +4,15 @@ and client-side SSL contexts."""
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 import ssl
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+
+from conftest import Broker
 
 from gateway.cli.certs import CertFiles, generate, issue_client
-
-
-def _suite_conftest() -> ModuleType:
-    """tests/conftest.py as a module. `from conftest import Broker` finds whichever
-    conftest pytest imported last (tests/wamp has one too), so look it up by its path."""
-    path = Path(__file__).resolve().parent.parent / "conftest.py"
-    for module in list(sys.modules.values()):
-        if getattr(module, "__file__", None) == str(path):
-            return module
-    spec = importlib.util.spec_from_file_location("gateway_suite_conftest", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    sys.modules[spec.name] = module
-    return module
-
-
-Broker: Any = _suite_conftest().Broker
 
 CERT_USER = "cert-user"  # a broker user with no password: it logs in by certificate only
 STRANGER = "nobody"  # the CN of a certificate signed by the broker's CA, not a broker user

@@ -1,8 +1,0 @@
-"""WAMP tests share the WebSocket tests' in-process gateway harness and autobahn helpers."""
-
-from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "websocket"))
