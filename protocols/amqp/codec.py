@@ -631,6 +631,43 @@ def _encode_method(channel: int, method: base.Frame) -> bytes:
     return _FRAME_HEADER.pack(FRAME_METHOD, channel, len(payload)) + payload + _END
 
 
+_I64 = struct.Struct(">q")
+
+
+def _headers_table(value: dict[str, Any]) -> bytes:
+    """pamqp's field table, except for `x-death`: RabbitMQ writes each entry's `count` as a
+    signed 64-bit integer ('l', which clients such as Java's read as a long; pamqp would
+    pick the smallest type) and its fields in its own order (count, reason, queue, time,
+    exchange, routing-keys, original-expiration), which the core keeps."""
+    deaths = value.get("x-death") if isinstance(value, dict) else None
+    if not isinstance(deaths, list) or not deaths:
+        return encode.field_table(value)
+    parts = []
+    for key, item in sorted(value.items()):
+        parts.append(encode.short_string(key.encode("utf-8")[:128].decode("utf-8", "ignore")))
+        if key != "x-death":
+            parts.append(encode.encode_table_value(item))
+            continue
+        entries = []
+        for death in item:
+            if not isinstance(death, dict):
+                entries.append(encode.encode_table_value(death))
+                continue
+            fields = []
+            for name, field in death.items():
+                fields.append(encode.short_string(name))
+                if name == "count" and isinstance(field, int) and not isinstance(field, bool):
+                    fields.append(b"l" + _I64.pack(field))
+                else:
+                    fields.append(encode.encode_table_value(field))
+            table = b"".join(fields)
+            entries.append(b"F" + _U32.pack(len(table)) + table)
+        array = b"".join(entries)
+        parts.append(b"A" + _U32.pack(len(array)) + array)
+    data = b"".join(parts)
+    return _U32.pack(len(data)) + data
+
+
 def encode_properties(properties: commands.Basic.Properties) -> bytes:
     """Property flags and property list of a content header; cacheable per message.
 
@@ -653,7 +690,7 @@ def encode_properties(properties: commands.Basic.Properties) -> bytes:
             elif kind == _OCTET:
                 parts.append(b"%c" % value)
             elif kind == _TABLE:
-                parts.append(encode.field_table(value))
+                parts.append(_headers_table(value))
             else:
                 parts.append(encode.timestamp(value))
     except (TypeError, ValueError, AttributeError, OverflowError) as exc:

@@ -503,6 +503,28 @@ def test_encode_properties_matches_pamqp(props: Basic.Properties) -> None:
     assert encode_properties(props) == props.marshal()
 
 
+def test_x_death_count_is_a_64_bit_integer_and_fields_keep_their_order() -> None:
+    """RabbitMQ writes an x-death entry's `count` as type 'l' and its fields in its own
+    order; pamqp would write 'b' and sort them. Everything else stays pamqp's bytes."""
+    when = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    death = {"count": 2, "reason": "expired", "queue": "q", "time": when, "exchange": "",
+             "routing-keys": ["q"], "original-expiration": "50"}
+    headers = {"b": 1, "x-death": [death], "a": "x", "x-first-death-reason": "expired"}
+    raw = encode_properties(Basic.Properties(headers=headers, delivery_mode=2))
+    plain = Basic.Properties(headers={k: v for k, v in headers.items() if k != "x-death"},
+                             delivery_mode=2).marshal()
+    assert b"\x05countl" + struct.pack(">q", 2) in raw
+    assert raw.index(b"reason") < raw.index(b"queue") < raw.index(b"time") < raw.index(
+        b"exchange") < raw.index(b"routing-keys") < raw.index(b"original-expiration")
+    decoded = Basic.Properties()
+    decoded.unmarshal(struct.unpack(">H", raw[:2])[0], raw[2:])
+    assert decoded.headers == headers and decoded.delivery_mode == 2
+    assert list(decoded.headers["x-death"][0]) == list(death)
+    # the rest as pamqp writes it: only the x-death entry differs (7 more bytes for 'l')
+    assert len(raw) == len(plain) + len(b"\x07x-deathA") + len(
+        encode.field_array([death])) + 7
+
+
 def test_encode_heartbeat() -> None:
     assert AMQPCodec().encode_heartbeat() == heartbeat.Heartbeat.marshal()
 

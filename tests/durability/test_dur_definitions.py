@@ -161,3 +161,34 @@ def test_definitions_file_is_loaded_at_start(configured_broker, tmp_path: Path) 
         assert method is not None and body == b"hello"
     finally:
         connection.close()
+
+
+def test_import_what_rabbitmq_3_10_exported(tmp_path: Path) -> None:
+    """`rabbitmq-3.10.8-definitions.json` is what `rabbitmqctl export_definitions` wrote on
+    RabbitMQ 3.10.8 after a topology was declared there (password of `app`: app-secret)."""
+    data = json.loads((Path(__file__).parent / "rabbitmq-3.10.8-definitions.json").read_text())
+    broker, auth = start(tmp_path)
+    import_definitions(broker, auth, data)
+    app = auth.authenticate("app", "app-secret", loopback=False)  # RabbitMQ's hash checks
+    assert app.tags == ("management",)
+    assert auth.allowed(app, "shop", "configure", "orders")
+    assert not auth.allowed(app, "shop", "configure", "other")
+    vh = broker.vhost("shop")
+    orders, sac = vh.queues["orders"], vh.queues["orders.sac"]
+    assert (orders.args.max_priority, orders.args.message_ttl, orders.args.dlrk) == (
+        5, 60000, "dead")
+    assert orders.policy is not None and orders.policy.name == "cap"
+    assert (orders.args.max_length, orders.args.overflow) == (100, "reject-publish")
+    assert sac.args.single_active_consumer and sac.args.overflow == "reject-publish-dlx"
+    assert (sac.args.max_length_bytes, sac.args.expires) == (1048576, 3600000)
+    assert vh.exchanges["shop.hdr"].arguments == {"alternate-exchange": "shop.dlx"}
+    assert {(b.source.name, b.destination.name, b.routing_key) for b in vh.bindings()} == {
+        ("amq.topic", "shop.in", "#"), ("shop.dlx", "shop.dead", ""),
+        ("shop.hdr", "orders.sac", ""), ("shop.in", "orders", "order.*")}
+    [headers_binding] = [b for b in vh.bindings() if b.source.name == "shop.hdr"]
+    assert dict(headers_binding.arguments) == {"region": "eu", "tier": 1, "x-match": "any"}
+    exported = export_definitions(broker, auth)
+    mine = {(q["vhost"], q["name"]): q["arguments"] for q in exported["queues"]}
+    theirs = {(q["vhost"], q["name"]): q["arguments"] for q in data["queues"]}
+    assert mine == theirs
+    stop(broker)

@@ -282,8 +282,9 @@ def test_ack_of_unknown_message_is_an_error(peers: Peers, version: str) -> None:
     p.wait_disconnected()
 
 
-def test_durable_subscription_and_persistent_messages_survive_a_restart(
-        fresh_broker: Any) -> None:
+@pytest.fixture
+def restartable(fresh_broker: Any) -> Iterator[Callable[[], Peer]]:
+    """Connects STOMP 1.2 peers to a broker of the test's own (which it may restart)."""
     opened: list[Peer] = []
 
     def connect() -> Peer:
@@ -292,22 +293,48 @@ def test_durable_subscription_and_persistent_messages_survive_a_restart(
         peer.connect()
         return peer
 
-    try:
-        p = connect()
-        p.subscribe("/topic/restart.news", "keep", durable="true", **{"auto-delete": "false"})
-        p.conn.disconnect(receipt="away")
-        p.receipt("away")
-        sender = connect()
-        sender.conn.send("/topic/restart.news", "kept",
-                         headers={"persistent": "true", "receipt": "stored"})
-        sender.receipt("stored")  # the receipt means it is on disk
-        fresh_broker.restart(kill=True)
-        back = connect()
-        back.subscribe("/topic/restart.news", "keep", durable="true",
-                       **{"auto-delete": "false"})
-        msg = back.message()
-        assert msg.body == b"kept" and msg.headers["persistent"] == "true"
-        assert msg.headers["redelivered"] == "true"
-    finally:
-        for peer in opened:
-            peer.close()
+    yield connect
+    for peer in opened:
+        peer.close()
+
+
+def test_persistent_sends_to_a_queue_survive_kill_9_and_transient_ones_do_not(
+        fresh_broker: Any, restartable: Callable[[], Peer]) -> None:
+    """SEND with persistent:true to a /queue/ destination: each RECEIPT means the message
+    is on disk, so a SIGKILL right after the last one loses none of them; a SEND without it
+    is transient and gone after the restart, as in RabbitMQ."""
+    sender = restartable()
+    for i, persistent in enumerate((True, False, True, True)):
+        headers = {"receipt": f"r{i}"}
+        if persistent:
+            headers["persistent"] = "true"
+        sender.conn.send("/queue/orders", f"m{i}", headers=headers)
+        sender.receipt(f"r{i}")
+    fresh_broker.restart(kill=True)
+    back = restartable()
+    back.conn.send("/queue/orders", "after", headers={"persistent": "true",
+                                                      "receipt": "after"})
+    back.receipt("after")
+    back.subscribe("/queue/orders", "s")
+    got = [back.message() for _ in range(4)]
+    assert [m.body for m in got] == [b"m0", b"m2", b"m3", b"after"]
+    assert all(m.headers["persistent"] == "true" for m in got)
+
+
+def test_durable_subscription_and_persistent_messages_survive_a_restart(
+        fresh_broker: Any, restartable: Callable[[], Peer]) -> None:
+    p = restartable()
+    p.subscribe("/topic/restart.news", "keep", durable="true", **{"auto-delete": "false"})
+    p.conn.disconnect(receipt="away")
+    p.receipt("away")
+    sender = restartable()
+    sender.conn.send("/topic/restart.news", "kept",
+                     headers={"persistent": "true", "receipt": "stored"})
+    sender.receipt("stored")  # the receipt means it is on disk
+    fresh_broker.restart(kill=True)
+    back = restartable()
+    back.subscribe("/topic/restart.news", "keep", durable="true",
+                   **{"auto-delete": "false"})
+    msg = back.message()
+    assert msg.body == b"kept" and msg.headers["persistent"] == "true"
+    assert msg.headers["redelivered"] == "true"
