@@ -235,7 +235,7 @@ class Runner:
             if spec["mode"] == "idle":
                 rss0 = status_kb(pid, "VmRSS") if pid else None
                 ready = self._line(proc, limit)
-                time.sleep(1.0)  # let the broker settle after the last CONNACK
+                time.sleep(3.0)  # settle: idle writer tasks end after two quiet ticks
                 rec["rss_before_kb"] = rss0
                 rec["rss_kb"] = status_kb(pid, "VmRSS") if pid else None
                 rec["connect_seconds"] = ready.get("connect_seconds")
@@ -475,7 +475,7 @@ def chart(rows: list[dict[str, Any]], path: Path) -> str | None:
     ax1.invert_yaxis()
     ax1.set_xscale("log")
     ax1.set_xlabel("msgs/s delivered (log scale; median of rounds)")
-    ax1.legend(loc="lower right", fontsize=8)
+    ax1.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=4, fontsize=8)
     ax1.grid(axis="x", alpha=0.3)
     ratio_rows = [r for r in rows if r.get("ratio") is not None and r["target"] != "sink"]
     labels = [f"{r['scenario']} / {r['target']}" for r in ratio_rows]

@@ -31,6 +31,7 @@ from gateway.store.disk import DiskStore
 log = logging.getLogger("gateway.server")
 
 TICK_SECONDS = 0.5
+CONNECTION_TICK_EVERY = 2  # ticks: connections' timers run once a second
 SHUTDOWN_GRACE = 3.0
 
 
@@ -238,12 +239,12 @@ class Server:
     async def _accept_loop(self, tcp: list[trio.SocketListener], conns: trio.Nursery,
                            factory: SessionFactory, tls: bool) -> None:
         async def handler(stream: trio.SocketStream) -> None:
-            await self._serve(stream, factory, tls)
+            await self._serve(stream, factory, tls, conns)
 
         await trio.serve_listeners(handler, tcp, handler_nursery=conns)
 
     async def _serve(self, stream: trio.SocketStream, factory: SessionFactory,
-                     tls: bool = False) -> None:
+                     tls: bool, conns: trio.Nursery) -> None:
         if len(self.connections) >= self.config.limits.max_connections:
             log.warning("connection refused: max_connections (%d) reached",
                         self.config.limits.max_connections)
@@ -261,7 +262,7 @@ class Server:
                 return
             wire = secured
         conn = Connection(wire, self.config.limits.connection_buffer, self.clock,
-                          self._after_input)
+                          self._after_input, conns)
         session = factory(self, (peer[0], peer[1]), conn.wake, peer_info(wire))
         self.connections.add(conn)
         self.sessions.add(session)
@@ -276,11 +277,26 @@ class Server:
             self.sessions.discard(session)
 
     async def _tick(self) -> None:
+        ticks = 0
         while True:
             await trio.sleep(TICK_SECONDS)
-            self.broker.tick(self.clock())
+            now = self.clock()
+            self.broker.tick(now)
             self.durability.kick()
             self.check_memory()
+            ticks += 1
+            if ticks % CONNECTION_TICK_EVERY == 0:
+                self._tick_connections(now)
+
+    def _tick_connections(self, now: float) -> None:
+        """Session timers (heartbeats, keepalive, handshake deadlines) of every connection,
+        once a second: one task for all of them instead of one per connection."""
+        for conn in list(self.connections):
+            try:
+                conn.tick(now)
+            except Exception:
+                log.exception("connection timer failed")
+                conn.stop()
 
     def _after_input(self) -> None:
         self.durability.kick()
