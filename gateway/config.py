@@ -200,6 +200,15 @@ class Limits:
     max_connections: int
     connection_buffer: int
     memory_high_watermark: int
+    # every limit below: docs/limits.md; 0 = no limit where a count is meant
+    handshake_timeout: int = 10_000  # ms from accept to a logged-in session
+    handshake_max_bytes: int = 65_536  # bytes a client may send before it is logged in
+    send_timeout: int = 15_000  # ms a write to a client may make no progress
+    max_connections_per_user: int = 0
+    max_connections_per_address: int = 0
+    consumer_max_per_channel: int = 0
+    max_queues_per_vhost: int = 0
+    websocket_max_message_size: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -513,6 +522,16 @@ def _build(document: _Doc, source: str) -> Config:
         max_connections=limits_t.integer("max_connections", 1, 10_000_000),
         connection_buffer=limits_t.integer("connection_buffer", 4096, 2**40),
         memory_high_watermark=limits_t.integer("memory_high_watermark", 1, 2**50),
+        handshake_timeout=limits_t.integer("handshake_timeout", 100, 3_600_000),
+        handshake_max_bytes=limits_t.integer("handshake_max_bytes", 4096, _MAX_MESSAGE_SIZE),
+        send_timeout=limits_t.integer("send_timeout", 100, 3_600_000),
+        max_connections_per_user=limits_t.integer("max_connections_per_user", 0, 10_000_000),
+        max_connections_per_address=limits_t.integer("max_connections_per_address", 0,
+                                                     10_000_000),
+        consumer_max_per_channel=limits_t.integer("consumer_max_per_channel", 0, 10_000_000),
+        max_queues_per_vhost=limits_t.integer("max_queues_per_vhost", 0, 10_000_000),
+        websocket_max_message_size=limits_t.integer("websocket_max_message_size", 1024,
+                                                    _MAX_MESSAGE_SIZE),
     )
     limits_t.done()
 

@@ -273,3 +273,22 @@ def pytest_runtest_makereport(
             if isinstance(value, Broker) and not value.is_external:
                 report.sections.append((f"broker output (port {value.amqp_port})", value.output()))
     return report
+
+
+_FIGURES: list[str] = []
+
+
+@pytest.fixture
+def figures() -> Callable[..., None]:
+    """`figures(name, key=value, ...)`: a measured figure, printed in the run's terminal
+    summary under "measured figures" (the abuse tests record theirs so)."""
+    def record(name: str, **values: object) -> None:
+        _FIGURES.append(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _FIGURES:
+        terminalreporter.section("measured figures")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)

@@ -41,6 +41,7 @@ class Broker:
         # protocols' keyed values read back from the store, until their owner claims them
         # (`claim_values`); unclaimed ones are carried over by every snapshot as they are
         self._values: dict[str, dict[tuple[Any, ...], Any]] = {}
+        self.max_queues_per_vhost = 0  # each vhost's max_queues when it is made
         for name in vhosts:
             self.add_vhost(name)
 
@@ -52,6 +53,7 @@ class Broker:
         if vh is None:
             vh = self.vhosts[name] = VirtualHost(name, self.store, self.next_message_id,
                                                  self.meter)
+            vh.max_queues = self.max_queues_per_vhost
         return vh
 
     def delete_vhost(self, name: str) -> None:

@@ -50,7 +50,7 @@ class Binding:
 class Exchange:
     __slots__ = (
         "name", "type", "durable", "auto_delete", "internal", "arguments", "vhost_name",
-        "bindings", "_direct", "_fanout", "_topic", "_headers", "deleted", "policy",
+        "bindings", "_direct", "_fanout", "_topic", "_topic_refs", "_headers", "deleted", "policy",
     )
 
     def __init__(
@@ -77,6 +77,9 @@ class Exchange:
         self._direct: dict[str, dict[Destination, int]] = {}
         self._fanout: dict[Destination, int] = {}
         self._topic: TopicTrie[Destination] = TopicTrie()
+        # bindings per (key, destination) in the trie: they differ by arguments only, and
+        # the last one removed takes the trie entry with it (a count, not a scan: O(1))
+        self._topic_refs: dict[tuple[str, Destination], int] = {}
         self._headers: list[Binding] = []
         self.deleted = False
         self.policy: Policy | None = None  # set by the vhost
@@ -116,6 +119,8 @@ class Exchange:
             self._fanout[dest] = self._fanout.get(dest, 0) + 1
         elif self.type == "topic":
             self._topic.add(key, dest)
+            pair = (key, dest)
+            self._topic_refs[pair] = self._topic_refs.get(pair, 0) + 1
         else:
             self._headers.append(binding)
         return True
@@ -133,9 +138,9 @@ class Exchange:
         elif self.type == "fanout":
             _decrement(self._fanout, dest)
         elif self.type == "topic":
-            if not any(
-                b.routing_key == key and b.destination is dest for b in self.bindings
-            ):
+            pair = (key, dest)
+            _decrement(self._topic_refs, pair)
+            if pair not in self._topic_refs:
                 self._topic.remove(key, dest)
         else:
             self._headers.remove(binding)

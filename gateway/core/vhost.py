@@ -107,6 +107,7 @@ class VirtualHost:
         self.next_message_id = next_message_id
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
+        self.max_queues = 0  # RabbitMQ's max-queues vhost limit (0 = none)
         self.policies: dict[str, Policy] = {}
         self._default = Exchange("", "direct", durable=True, vhost_name=name)
         self.exchanges[""] = self._default
@@ -272,6 +273,10 @@ class VirtualHost:
         elif name.startswith("amq.") and not hidden:
             raise AccessRefused(f"ACCESS_REFUSED - queue name '{name}' contains reserved "
                                 "prefix 'amq.*'")
+        if self.max_queues and not hidden and len(self.queues) >= self.max_queues:
+            raise PreconditionFailed(
+                f"PRECONDITION_FAILED - cannot declare queue '{name}' in vhost '{self.name}': "
+                f"queue limit in virtual host ({self.max_queues}) is reached")
         q = Queue(self, name, durable=durable, exclusive_owner=owner if exclusive else None,
                   auto_delete=auto_delete, arguments=args, now=now, hidden=hidden)
         self.queues[name] = q

@@ -22,7 +22,8 @@ import gateway
 from gateway.auth.service import AuthService
 from gateway.config import Config
 from gateway.core.broker import Broker
-from gateway.server.connection import Connection
+from gateway.core.errors import NotAllowed
+from gateway.server.connection import Connection, HandshakeLimits, peer_of
 from gateway.server.factories import SESSION_FACTORIES, SessionFactory
 from gateway.server.tls import handshake, peer_info, server_context
 from gateway.store.base import Store
@@ -86,6 +87,7 @@ class Server:
         self.auth = AuthService(config.auth)
         self.broker = Broker(self.store, ())
         self.broker.meter.paging_threshold = config.store.paging_threshold
+        self.broker.max_queues_per_vhost = config.limits.max_queues_per_vhost
         self.auth.attach(self.store, self.broker)
         self.broker.on_vhost_deleted.append(self._vhost_deleted)
         self.sessions: set[Any] = set()
@@ -200,21 +202,34 @@ class Server:
         from gateway.server.http import HTTPServer
 
         self.management = ManagementApp(self)
-        self.http = HTTPServer(self.management.handle)
+        self.http = HTTPServer(self.management.handle,
+                               head_timeout=self.config.limits.handshake_timeout / 1000)
         from gateway.server.websocket import WebSocketFront
 
         self.http.add_upgrade("/ws", WebSocketFront(self).handle)  # WAMP, MQTT, STOMP
         listeners.start_soon(self.management.run)
 
         async def handler(stream: trio.SocketStream) -> None:
-            peer = stream.socket.getpeername()
-            await self.http.serve(stream, (peer[0], peer[1]))
+            peer = await peer_of(stream)
+            if peer is None:
+                return
+            try:
+                await self.http.serve(stream, peer)
+            except Exception:
+                # as for protocol connections: one client's bug must not stop the broker
+                log.exception("HTTP connection %s:%s failed", peer[0], peer[1])
 
         async def tls_handler(stream: trio.SocketStream) -> None:
-            peer = stream.socket.getpeername()
+            peer = await peer_of(stream)
+            if peer is None:
+                return
             tls = await self.secure(stream, https=True)
-            if tls is not None:
-                await self.http.serve(tls, (peer[0], peer[1]))
+            if tls is None:
+                return
+            try:
+                await self.http.serve(tls, peer)
+            except Exception:
+                log.exception("HTTPS connection %s:%s failed", peer[0], peer[1])
 
         for tcp, serve in ((plain, handler), (secure, tls_handler)):
             if tcp is not None:
@@ -223,7 +238,7 @@ class Server:
 
     async def _start_web_plugins(self, listeners: trio.Nursery) -> None:
         """RabbitMQ-style WebSocket-only ports (Web-STOMP, Web-MQTT), when configured."""
-        from gateway.server.websocket import WEB_MQTT, WEB_STOMP, WebSocketFront
+        from gateway.server.websocket import WEB_MQTT, WEB_STOMP, WebSocketFront, with_limits
 
         host = self.config.listeners.host
         for name, options in (("web_stomp", WEB_STOMP), ("web_mqtt", WEB_MQTT)):
@@ -231,7 +246,7 @@ class Server:
                 port = getattr(self.config.listeners, key)
                 if port is None:
                     continue
-                front = WebSocketFront(self, options)
+                front = WebSocketFront(self, with_limits(options, self.config.limits))
                 bound = await listeners.start(partial(front.listen, host, port, tls=tls))
                 self.ports[key] = bound
                 log.info("listener %s on %s:%d", key, host, bound)
@@ -250,7 +265,9 @@ class Server:
                         self.config.limits.max_connections)
             await stream.aclose()
             return
-        peer = stream.socket.getpeername()
+        peer = await peer_of(stream)
+        if peer is None:
+            return
         try:
             stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, True)
         except OSError:
@@ -261,9 +278,11 @@ class Server:
             if secured is None:
                 return
             wire = secured
-        conn = Connection(wire, self.config.limits.connection_buffer, self.clock,
-                          self._after_input, conns)
-        session = factory(self, (peer[0], peer[1]), conn.wake, peer_info(wire))
+        limits = self.config.limits
+        conn = Connection(wire, limits.connection_buffer, self.clock, self._after_input,
+                          conns, send_timeout=limits.send_timeout / 1000,
+                          handshake=self.handshake_limits())
+        session = factory(self, peer, conn.wake, peer_info(wire))
         self.connections.add(conn)
         self.sessions.add(session)
         session.memory_alarm(self.memory_alarm)
@@ -275,6 +294,36 @@ class Server:
         finally:
             self.connections.discard(conn)
             self.sessions.discard(session)
+
+    def handshake_limits(self) -> HandshakeLimits:
+        """A new connection's allowance of time and bytes before it has logged in."""
+        limits = self.config.limits
+        return HandshakeLimits(limits.handshake_timeout / 1000, limits.handshake_max_bytes)
+
+    def admit(self, session: object, user: str) -> None:
+        """Every session asks at login (`protocols.admission`): refuse with `NotAllowed`
+        past the per-user or per-address connection limit. The other sessions of the
+        same address count whether logged in or not (a handshake holds resources too)."""
+        limits = self.config.limits
+        per_user = limits.max_connections_per_user
+        per_address = limits.max_connections_per_address
+        if not per_user and not per_address:
+            return
+        address = getattr(session, "peer", ("", 0))[0]
+        users = addresses = 0
+        for other in self.sessions:
+            if other is session or other.closed:
+                continue
+            if other.peer[0] == address:
+                addresses += 1
+            if other.authenticated and other.user is not None and other.user.name == user:
+                users += 1
+        if per_user and users >= per_user:
+            raise NotAllowed(f"NOT_ALLOWED - connection refused for user '{user}': user "
+                             f"connection limit ({per_user}) is reached")
+        if per_address and addresses >= per_address:
+            raise NotAllowed(f"NOT_ALLOWED - connection refused for {address}: connection "
+                             f"limit per address ({per_address}) is reached")
 
     async def _tick(self) -> None:
         ticks = 0

@@ -12,6 +12,12 @@ docs/performance.md.)
 Back-pressure: the reader stops reading while the session's outbound buffer is above its
 high-water mark (a client that does not read what it is sent cannot make the broker buffer
 without bound), and consumers get no credit meanwhile (see `AMQPConsumer.can_take`).
+
+Limits (docs/limits.md): a write that makes no progress for `send_timeout` seconds cuts
+the client off (its unacknowledged messages go back to their queues), as RabbitMQ's
+`send_timeout` TCP option does; a session not logged in within `handshake_timeout`
+seconds (checked by `tick`), or that sends more than `handshake_max_bytes` before it is,
+is closed (RabbitMQ's `handshake_timeout`).
 """
 
 from __future__ import annotations
@@ -32,6 +38,72 @@ IDLE_TICKS = 2  # ticks without output after which the writer task ends (a wake 
 # on yet (each is replaced by a fresh one before a wait): 200 bytes less per connection each.
 _SET = trio.Event()
 _SET.set()
+SEND_CHUNK = 256 * 1024  # bytes written per send timeout: progress, not total, is timed
+
+
+async def peer_of(stream: trio.SocketStream) -> tuple[str, int] | None:
+    """The client's address, or None (and the stream closed) when it is already gone: a
+    client may reset the connection between the accept and this call."""
+    try:
+        peer = stream.socket.getpeername()
+    except OSError:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+        return None
+    return (peer[0], peer[1])
+
+
+class SendStalled(Exception):
+    """A write made no progress within the send timeout."""
+
+
+async def send_with_timeout(stream: trio.abc.Stream, data: bytes, timeout: float) -> None:
+    """Write `data`, each `SEND_CHUNK` within `timeout` seconds (0 = no limit); raises
+    `SendStalled` when the peer stops reading, or trio's stream errors."""
+    if not timeout or len(data) <= SEND_CHUNK:
+        with trio.move_on_after(timeout or float("inf")) as scope:
+            await stream.send_all(data)
+        if scope.cancelled_caught:
+            raise SendStalled
+        return
+    view = memoryview(data)
+    for start in range(0, len(data), SEND_CHUNK):
+        with trio.move_on_after(timeout) as scope:
+            await stream.send_all(view[start:start + SEND_CHUNK])
+        if scope.cancelled_caught:
+            raise SendStalled
+
+
+class HandshakeLimits:
+    """Time and bytes a client gets to log in (see the module doc); 0 = no limit."""
+
+    def __init__(self, timeout: float = 0.0, max_bytes: int = 0) -> None:
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self.received = 0
+
+    def over(self, session: Session, data_len: int) -> bool:
+        """Count bytes read while not logged in: True when past the cap."""
+        if session.authenticated or not self.max_bytes:
+            return False
+        self.received += data_len
+        return self.received > self.max_bytes
+
+    def expired(self, session: Session, age: float) -> bool:
+        """Not logged in `age` seconds after the start, past the timeout."""
+        return bool(self.timeout) and age >= self.timeout and not session.authenticated
+
+    async def watch(self, session: Session, stop: Callable[[str], None]) -> None:
+        """For a connection with tasks of its own: stop it if it has not logged in when
+        the timeout ends."""
+        if not self.timeout:
+            return
+        await trio.sleep(self.timeout)
+        if not session.authenticated:
+            stop(self.why())
+
+    def why(self) -> str:
+        return f"not logged in within the handshake timeout ({self.timeout:g} s)"
 
 
 class Session(Protocol):
@@ -45,6 +117,9 @@ class Session(Protocol):
 
     @property
     def closed(self) -> bool: ...
+
+    @property
+    def authenticated(self) -> bool: ...
 
     @property
     def pending_output(self) -> int: ...
@@ -69,9 +144,13 @@ class Connection:
     """Drives one session over one stream until either side closes it."""
 
     def __init__(self, stream: trio.abc.Stream, high_water: int, clock: Callable[[], float],
-                 after_input: Callable[[], None], nursery: trio.Nursery) -> None:
+                 after_input: Callable[[], None], nursery: trio.Nursery, *,
+                 send_timeout: float = 0.0, handshake: HandshakeLimits | None = None) -> None:
         self.stream = stream
         self.high_water = high_water
+        self.send_timeout = send_timeout
+        self.handshake = handshake or HandshakeLimits()
+        self.started = clock()
         self.clock = clock
         self.after_input = after_input
         self.nursery = nursery  # where the writer task runs
@@ -110,6 +189,9 @@ class Connection:
         session = self.session
         if session is None or self._finished:
             return
+        if self.handshake.expired(session, now - self.started):
+            self.cut_off(self.handshake.why())
+            return
         session.timer(now)
         if session.pending_output or session.closed:
             self.wake()
@@ -146,6 +228,16 @@ class Connection:
         if self._writer_scope is not None:
             self._writer_scope.cancel()
 
+    def cut_off(self, why: str) -> None:
+        """Drop the client without a goodbye (a limit it broke, see the module doc)."""
+        session = self.session
+        if session is not None:
+            peer = getattr(session, "peer", ("?", 0))
+            log.info("connection %s:%s closed: %s", peer[0], peer[1], why)
+            session.connection_lost()
+        self._finished = True
+        self.stop()
+
     async def _reader(self) -> None:
         session = self.session
         assert session is not None
@@ -175,6 +267,10 @@ class Connection:
                     session.receive_data(data)
                 finally:
                     self._reading = False
+                if self.handshake.over(session, len(data)):
+                    self.cut_off("sent more than handshake_max_bytes "
+                                 f"({self.handshake.max_bytes}) before logging in")
+                    return
                 self.after_input()
                 if session.pending_output and not self._writing and not session.closed:
                     await self._write_inline(session)
@@ -191,7 +287,10 @@ class Connection:
         try:
             data = session.data_to_send()
             try:
-                await self.stream.send_all(data)
+                await send_with_timeout(self.stream, data, self.send_timeout)
+            except SendStalled:
+                self.cut_off(self._stalled())
+                return
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 session.connection_lost()
                 return
@@ -201,6 +300,9 @@ class Connection:
             self._writing = False
         if session.pending_output or session.closed:
             self.wake()
+
+    def _stalled(self) -> str:
+        return f"not reading: a write stalled for the send timeout ({self.send_timeout:g} s)"
 
     async def _writer(self) -> None:
         session = self.session
@@ -224,7 +326,10 @@ class Connection:
             data = session.data_to_send()
             if data:
                 try:
-                    await self.stream.send_all(data)
+                    await send_with_timeout(self.stream, data, self.send_timeout)
+                except SendStalled:
+                    self.cut_off(self._stalled())
+                    return
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     session.connection_lost()
                     self._reader_scope.cancel()

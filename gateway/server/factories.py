@@ -31,7 +31,7 @@ def amqp_session(server: Server, peer: tuple[str, int], wake: Callable[[], None]
         clock=server.clock, wake=wake, frame_max=amqp.frame_max,
         channel_max=amqp.channel_max, heartbeat=amqp.heartbeat,
         max_message_size=limits.max_message_size, high_water=limits.connection_buffer,
-        tls=tls)
+        tls=tls, admit=server.admit, consumer_max=limits.consumer_max_per_channel)
 
 
 def stomp_session(server: Server, peer: tuple[str, int], wake: Callable[[], None],
@@ -46,7 +46,7 @@ def stomp_session(server: Server, peer: tuple[str, int], wake: Callable[[], None
         heartbeat_min=stomp.heartbeat_min, high_water=server.config.limits.connection_buffer,
         anonymous_user=stomp.anonymous_user if stomp.allow_anonymous else None,
         loopback_users=server.config.auth.loopback_users,
-        tls=tls, ssl_cert_login=stomp.ssl_cert_login)
+        tls=tls, ssl_cert_login=stomp.ssl_cert_login, admit=server.admit)
 
 
 def mqtt_session(server: Server, peer: tuple[str, int], wake: Callable[[], None],
@@ -57,7 +57,7 @@ def mqtt_session(server: Server, peer: tuple[str, int], wake: Callable[[], None]
         server.broker, server.auth, server.config.mqtt, peer=peer,
         loopback=is_loopback(peer[0]), loopback_users=server.config.auth.loopback_users,
         clock=server.clock, wake=wake, high_water=server.config.limits.connection_buffer,
-        tls=tls)
+        tls=tls, admit=server.admit)
 
 
 SESSION_FACTORIES: dict[str, SessionFactory] = {

@@ -16,7 +16,9 @@ no upgrade handler is served as a plain request, which declines the upgrade.
 
 Bounds: the request head is limited by h11's `max_incomplete_event_size`, the body by
 `max_body` (413 beyond it), and a connection idle between requests longer than
-`idle_timeout` seconds is closed.
+`idle_timeout` seconds is closed. The first request's head must be complete within
+`head_timeout` seconds of the accept (`limits.handshake_timeout`), so a client that sends
+nothing, or its headers a byte at a time, is closed.
 """
 
 from __future__ import annotations
@@ -88,8 +90,10 @@ class _Closed(Exception):
 
 class HTTPServer:
     def __init__(self, handle: Handler, *, max_body: int = 16 * 1024 * 1024,
-                 idle_timeout: float = 60.0, max_connections: int = 256) -> None:
+                 idle_timeout: float = 60.0, max_connections: int = 256,
+                 head_timeout: float = 10.0) -> None:
         self.handle = handle
+        self.head_timeout = head_timeout
         self.max_body = max_body
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
@@ -109,11 +113,13 @@ class HTTPServer:
             return
         self.open += 1
         counted = True
+        head_timeout = self.head_timeout  # the first request's; later ones: idle_timeout
         try:
             while True:
                 request: Request | None = None
                 with trio.move_on_after(self.idle_timeout):
-                    request = await self._read_request(conn, stream, peer)
+                    request = await self._read_request(conn, stream, peer, head_timeout)
+                head_timeout = self.idle_timeout
                 if request is None:
                     return  # closed by the peer, or idle too long between requests
                 if conn.their_state is h11.MIGHT_SWITCH_PROTOCOL:  # type: ignore[attr-defined]
@@ -147,8 +153,14 @@ class HTTPServer:
             return Response(500, b'{"error":"internal_error","reason":"see the broker log"}')
 
     async def _read_request(self, conn: h11.Connection, stream: trio.abc.Stream,
-                            peer: tuple[str, int]) -> Request | None:
-        event = await self._next_event(conn, stream)
+                            peer: tuple[str, int], head_timeout: float) -> Request | None:
+        event: object = None
+        with trio.move_on_after(head_timeout):
+            event = await self._next_event(conn, stream)
+        if event is None:
+            log.info("HTTP connection from %s:%d closed: no request head within %g s",
+                     peer[0], peer[1], head_timeout)
+            return None
         if isinstance(event, h11.ConnectionClosed):
             return None
         if not isinstance(event, h11.Request):

@@ -18,10 +18,15 @@ Then one nursery per connection runs a reader, a writer and a ticker around the 
   `gateway.server.factories`, the same as on their own ports.
 
 Fragmented messages are reassembled up to `max_message_size` (close 1009 beyond it, before
-more is buffered); pings are answered; a silent peer is pinged after `ping_interval` seconds
-and dropped after twice that; wsproto's parse errors close with their code (1002, 1007).
-A session that ends (WAMP ABORT or GOODBYE answered, MQTT DISCONNECT, STOMP ERROR) closes
-the WebSocket with 1000 once its last message is written; broker shutdown with 1001.
+more is buffered; a frame header announcing more is refused before its payload is read, by
+`FrameSizeGuard`, since wsproto reports payload only as it arrives); pings are answered; a
+silent peer is pinged after `ping_interval` seconds and dropped after twice that; wsproto's
+parse errors close with their code (1002, 1007). The server's limits apply as on the TCP
+listeners (`limits.websocket_max_message_size`, `connection_buffer`, `send_timeout`,
+`handshake_timeout` and `handshake_max_bytes`, the last two counted from the upgrade for
+the session inside). A session that ends (WAMP ABORT or GOODBYE answered, MQTT DISCONNECT,
+STOMP ERROR) closes the WebSocket with 1000 once its last message is written; broker
+shutdown with 1001.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
@@ -51,6 +56,7 @@ from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.utilities import RemoteProtocolError
 
 from gateway.auth.service import is_loopback
+from gateway.server.connection import SendStalled, peer_of, send_with_timeout
 from gateway.server.factories import SESSION_FACTORIES
 from gateway.server.tls import peer_info
 from protocols.wamp.codec import Serializer
@@ -58,6 +64,7 @@ from protocols.wamp.router import WampRouter
 from protocols.wamp.session import WampSession
 
 if TYPE_CHECKING:
+    from gateway.config import Limits
     from gateway.server.app import Server
 
 log = logging.getLogger("gateway.websocket")
@@ -91,6 +98,7 @@ class WebSocketOptions:
     subprotocols: tuple[str, ...] | None = None
     default_subprotocol: str | None = None
     handshake_timeout: float = 10.0  # seconds for the request head on a listener of its own
+    send_timeout: float = 0.0  # seconds a write may make no progress (0 = no limit)
 
 
 STOMP_SUBPROTOCOLS: Final = ("v12.stomp", "v11.stomp", "v10.stomp")
@@ -99,6 +107,61 @@ STOMP_SUBPROTOCOLS: Final = ("v12.stomp", "v11.stomp", "v10.stomp")
 WEB_STOMP: Final = WebSocketOptions(subprotocols=STOMP_SUBPROTOCOLS,
                                     default_subprotocol="v12.stomp")
 WEB_MQTT: Final = WebSocketOptions(subprotocols=("mqtt",), default_subprotocol="mqtt")
+
+
+def with_limits(options: WebSocketOptions, limits: Limits) -> WebSocketOptions:
+    """`options` with the sizes and times of the config's [limits] section."""
+    return replace(options, max_message_size=limits.websocket_max_message_size,
+                   high_water=limits.connection_buffer, send_timeout=limits.send_timeout / 1000,
+                   handshake_timeout=limits.handshake_timeout / 1000)
+
+
+class FrameSizeGuard:
+    """Reads each frame's payload length from its header as the bytes arrive (RFC 6455
+    5.2) and sums the data frames of the message in progress, so a message announced
+    larger than `limit` is refused before its payload is read. It parses nothing else:
+    wsproto still decodes everything; this only keeps track of where headers start."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._skip = 0  # payload bytes of the current frame still to come
+        self._head = bytearray()  # the header being read (at most 14 bytes)
+        self._message = 0  # payload bytes of the data frames of the message so far
+
+    def too_big(self, data: bytes | bytearray) -> bool:
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._skip:
+                step = min(self._skip, end - pos)
+                self._skip -= step
+                pos += step
+                continue
+            head = self._head
+            head.append(data[pos])
+            pos += 1
+            if len(head) < 2:
+                continue
+            code = head[1] & 0x7F
+            size = 2 + (2 if code == 126 else 8 if code == 127 else 0) + (
+                4 if head[1] & 0x80 else 0)
+            if len(head) < size:
+                continue
+            if code == 126:
+                length = int.from_bytes(head[2:4], "big")
+            elif code == 127:
+                length = int.from_bytes(head[2:10], "big")
+            else:
+                length = code
+            opcode, fin = head[0] & 0x0F, head[0] & 0x80
+            head.clear()
+            if opcode < 8:  # continuation, text or binary (control frames are <= 125)
+                self._message += length
+                if self._message > self.limit:
+                    return True
+                if fin:
+                    self._message = 0
+            self._skip = length
+        return False
 
 
 class UpgradeRequest(Protocol):
@@ -146,15 +209,16 @@ def wamp_session(server: Server, peer: tuple[str, int], wake: Callable[[], None]
         loopback=is_loopback(peer[0]), clock=server.clock, wake=wake,
         loopback_users=server.config.auth.loopback_users,
         max_message_size=options.max_message_size, high_water=options.high_water,
-        disclose=options.wamp_disclose, **kwargs)
+        disclose=options.wamp_disclose, admit=server.admit, **kwargs)
 
 
 class WebSocketFront:
     """Serves WebSocket connections for one server."""
 
     def __init__(self, server: Server, options: WebSocketOptions | None = None) -> None:
+        """Without `options`: the defaults with the server's configured limits."""
         self.server = server
-        self.options = options or WebSocketOptions()
+        self.options = options or with_limits(WebSocketOptions(), server.config.limits)
 
     def available(self) -> set[str]:
         names = set(WAMP)
@@ -183,9 +247,11 @@ class WebSocketFront:
             return
         transport = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
         assert isinstance(transport, trio.SocketStream)
-        peer = transport.socket.getpeername()
+        peer = await peer_of(transport)
+        if peer is None:
+            return
         try:
-            await self.serve(stream, data, (peer[0], peer[1]))
+            await self.serve(stream, data, peer)
         finally:
             await _close(stream)
 
@@ -236,10 +302,8 @@ class WebSocketFront:
         wire = ws.send(AcceptConnection(subprotocol=subprotocol, extensions=extensions))
         if not await _send(stream, wire):
             return
-        if rest:
-            ws.receive_data(rest)
         conn = WebSocketConnection(self, stream, ws, chosen, peer)
-        await conn.run()
+        await conn.run(rest)
 
     def _check(self, request: Request) -> str:
         path = request.target.split("?", 1)[0]
@@ -325,19 +389,24 @@ class WebSocketConnection:
         self.last_recv = self.clock()
         self._pinged = False
         self._cancel: trio.CancelScope | None = None
+        self.guard = FrameSizeGuard(self.options.max_message_size)
+        self._refused = False
+        self.handshake = server.handshake_limits()
 
     def wake(self) -> None:
         self._wakeup.set()
 
-    async def run(self) -> None:
+    async def run(self, early: bytes = b"") -> None:
+        """Serve until closed; `early` holds the frames that came with the handshake."""
         server = self.front.server
         server.sessions.add(self.session)
         try:
             async with trio.open_nursery() as nursery:
                 self._cancel = nursery.cancel_scope
-                nursery.start_soon(self._reader)
+                nursery.start_soon(self._reader, early)
                 nursery.start_soon(self._writer)
                 nursery.start_soon(self._ticker)
+                nursery.start_soon(self.handshake.watch, self.session, self._cut_off)
         except Exception:
             log.exception("websocket connection %s:%s failed", *self.peer)
         finally:
@@ -393,7 +462,13 @@ class WebSocketConnection:
             if self._out:
                 data = bytes(self._out)
                 self._out.clear()
-                if not await _send(self.stream, data):
+                try:
+                    await send_with_timeout(self.stream, data, self.options.send_timeout)
+                except SendStalled:
+                    self._cut_off("not reading: a write stalled for the send timeout "
+                                  f"({self.options.send_timeout:g} s)")
+                    return
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     self._stop()
                     return
             self.session.output_drained()
@@ -412,6 +487,11 @@ class WebSocketConnection:
         if self._cancel is not None:
             self._cancel.cancel()
 
+    def _cut_off(self, why: str) -> None:
+        log.info("websocket %s:%s closed: %s", *self.peer, why)
+        self.session.connection_lost()
+        self._stop()
+
     # -- input ---------------------------------------------------------------------------------
 
     def _sync_alarm(self) -> None:
@@ -420,11 +500,10 @@ class WebSocketConnection:
             self.session.memory_alarm(alarm)
             self.wake()
 
-    async def _reader(self) -> None:
+    async def _reader(self, early: bytes) -> None:
         session = self.session
-        # frames that came with the handshake (wsproto keeps them past the request head)
-        for event in self.ws.events():
-            self._on_event(event)
+        if early and not self._feed(early):  # frames that came with the handshake
+            return
         self.wake()
         while True:
             while session.pending_output > self.options.high_water and not session.closed:
@@ -446,13 +525,28 @@ class WebSocketConnection:
                 return
             self.last_recv = self.clock()
             self._pinged = False
-            self.ws.receive_data(bytes(data))
-            for event in self.ws.events():
-                self._on_event(event)
-            self.front.server.durability.kick()  # receipts/acks waiting for the disk
-            self.wake()
-            if self.ws.state in (ConnectionState.CLOSED, ConnectionState.REMOTE_CLOSING):
+            if not self._feed(data):
                 return
+
+    def _feed(self, data: bytes | bytearray) -> bool:
+        """Bytes read from the peer; False when reading should stop."""
+        session = self.session
+        if self._refused or self.guard.too_big(data):
+            if not self._refused:  # the payload that follows is dropped, not decoded
+                self._refused = True
+                self._close(CloseCode.TOO_BIG, "message too big")
+                session.connection_lost()
+            return True
+        self.ws.receive_data(bytes(data))
+        for event in self.ws.events():
+            self._on_event(event)
+        self.front.server.durability.kick()  # receipts/acks waiting for the disk
+        self.wake()
+        if self.handshake.over(session, len(data)):
+            self._cut_off("sent more than handshake_max_bytes "
+                          f"({self.handshake.max_bytes}) before logging in")
+            return False
+        return self.ws.state not in (ConnectionState.CLOSED, ConnectionState.REMOTE_CLOSING)
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, TextMessage | BytesMessage):
@@ -507,6 +601,8 @@ class WebSocketConnection:
                     wait = max(0.0, min(wait, deadline - now))
             await trio.sleep(wait)
             now = self.clock()
+            if self.session.read_paused:
+                self.last_recv = now  # paused by the memory alarm: we are not reading
             self.session.timer(now)
             idle = now - self.last_recv
             if idle > 2 * self.options.ping_interval:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pamqp import commands
 
-from gateway.core.errors import AccessRefused, NotFound, PreconditionFailed
+from gateway.core.errors import AccessRefused, NotAllowed, NotFound, PreconditionFailed
 from gateway.core.exchange import Exchange
 from gateway.core.message import Message
 from gateway.core.queue import Entry, Queue
@@ -147,6 +147,10 @@ class Channel:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise PreconditionFailed("PRECONDITION_FAILED - invalid x-priority")
             priority = value
+        limit = self.session.consumer_max
+        if limit and len(self.consumers) >= limit:
+            raise NotAllowed(f"NOT_ALLOWED - reached maximum ({limit}) of consumers per "
+                             "channel")
         consumer = AMQPConsumer(tag, self, queue, no_ack, exclusive, priority, self.prefetch)
         self.consumers[tag] = consumer
         try:

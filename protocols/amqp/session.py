@@ -41,6 +41,7 @@ from gateway.core.errors import (
     ReplyCode,
 )
 from gateway.core.message import Message
+from protocols.admission import Admit, admit_all
 from protocols.amqp import handlers
 from protocols.amqp.channel import Channel
 from protocols.amqp.codec import AMQPCodec
@@ -101,8 +102,12 @@ class AMQPSession(Outbox):
         max_message_size: int = 128 * 1024 * 1024,
         high_water: int = 1024 * 1024,
         tls: TLSPeer | None = None,
+        admit: Admit = admit_all,
+        consumer_max: int = 0,
     ) -> None:
         self.id = next(_ids)
+        self.admit = admit
+        self.consumer_max = consumer_max  # per channel, 0 = no limit
         self.broker = broker
         self.auth = auth
         self.peer = peer
@@ -136,6 +141,11 @@ class AMQPSession(Outbox):
     @property
     def closed(self) -> bool:
         return self.state is State.CLOSED
+
+    @property
+    def authenticated(self) -> bool:
+        """Logged in with a vhost open (the handshake limits no longer apply)."""
+        return self.vhost is not None
 
     def credit_returned(self) -> None:
         now = self.clock()
@@ -190,6 +200,8 @@ class AMQPSession(Outbox):
         if self.state is State.CLOSED or not self.heartbeat or self.state in (
                 State.HEADER, State.START_OK, State.TUNE_OK):
             return
+        if self.read_paused:
+            self.last_recv = now  # blocked by the memory alarm: we are the ones not reading
         if now - self.last_recv > 2 * self.heartbeat:
             log.info("connection %s: missed heartbeats from client, closing", self.name)
             self.close_reason = "missed heartbeats"
@@ -461,6 +473,7 @@ class AMQPSession(Outbox):
         assert self.user is not None
         name = m.virtual_host or "/"
         self.auth.check_vhost(self.user, name)
+        self.admit(self, self.user.name)  # NotAllowed: connection.close 530
         self.vhost = self.broker.vhost(name)
         self.send_method(0, commands.Connection.OpenOk())
         self.state = State.OPEN

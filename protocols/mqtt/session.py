@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from gateway.core.errors import BrokerError
 from gateway.core.queue import Queue
+from protocols.admission import Admit, admit_all
 from protocols.mqtt import handlers, sessions
 from protocols.mqtt.codec import MQTTCodec, encode_packet
 from protocols.mqtt.delivery import MQTTConsumer, kick
@@ -78,7 +79,7 @@ class MQTTSession(Outbox):
     __slots__ = (
         "_ended", "_key", "_last_reply_topic", "_linger_until", "_out", "_out_size",
         "output_blocked", "last_send",
-        "_permissions", "_reply_topics", "alarm", "aliases_in", "aliases_out", "auth",
+        "_permissions", "_reply_topics", "admit", "alarm", "aliases_in", "aliases_out", "auth",
         "broker", "cert_user", "client_alias_maximum", "client_id", "client_max_packet",
         "client_receive_maximum", "clock", "codec", "config", "consumer", "high_water",
         "inbound_qos1", "keepalive", "last_recv", "loopback", "loopback_users",
@@ -99,8 +100,10 @@ class MQTTSession(Outbox):
         wake: Callable[[], None] = lambda: None,
         high_water: int = 1024 * 1024,
         tls: TLSPeer | None = None,
+        admit: Admit = admit_all,
     ) -> None:
         self.broker = broker
+        self.admit = admit
         self.auth = auth
         self.config = config
         self.peer = peer
@@ -165,6 +168,11 @@ class MQTTSession(Outbox):
         if k is None or k[1] != self.client_id:
             k = self._key = self.key
         return k
+
+    @property
+    def authenticated(self) -> bool:
+        """Logged in with a vhost open (the handshake limits no longer apply)."""
+        return self.vhost is not None
 
     @property
     def closed(self) -> bool:
@@ -249,6 +257,8 @@ class MQTTSession(Outbox):
             if now - self.started > CONNECT_TIMEOUT:
                 self._finish()
             return
+        if self.read_paused:
+            self.last_recv = now  # paused by the memory alarm: we are the ones not reading
         if self.state is State.CONNECTED and self.keepalive and (
                 now - self.last_recv > 1.5 * self.keepalive):
             log.info("connection %s: keepalive timeout", self.name)

@@ -92,10 +92,15 @@ def _login(s: MQTTSession, c: Connect) -> bool:
             return False
     try:
         s.auth.check_vhost(user, vhost_name)
-        s.vhost = s.broker.vhost(vhost_name)
     except BrokerError as err:
         _refuse(s, ReasonCode.NOT_AUTHORIZED, err.text)
         return False
+    try:
+        s.admit(s, user.name)
+    except BrokerError as err:  # a connection limit: 0x97, or 3 (server unavailable) on 3.1.1
+        _refuse(s, ReasonCode.QUOTA_EXCEEDED, err.text)
+        return False
+    s.vhost = s.broker.vhost(vhost_name)
     s.user = user
     return True
 

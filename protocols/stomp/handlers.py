@@ -177,6 +177,10 @@ def connect(s: StompSession, frame: Frame) -> After:
     except NotAllowed as err:
         raise StompError("Bad CONNECT", f"Virtual host '{vhost}' access denied for user "
                          f"'{login}'") from err
+    try:
+        s.admit(s, login)
+    except NotAllowed as err:  # a connection limit
+        raise StompError("Connection refused", err.text) from err
     s.connected(user, s.broker.vhost(vhost), sx / 1000.0, sy / 1000.0)
     s.send_frame(Command.CONNECTED, [
         ("version", version.value),

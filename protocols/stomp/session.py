@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 
 from gateway.core.errors import BrokerError
 from gateway.core.queue import Entry, Queue
+from protocols.admission import Admit, admit_all
 from protocols.outbox import Outbox
 from protocols.stomp import handlers
 from protocols.stomp.codec import StompCodec, encode_frame, encode_headers
@@ -120,7 +121,9 @@ class StompSession(Outbox):
         loopback_users: frozenset[str] = frozenset(),
         tls: TLSPeer | None = None,
         ssl_cert_login: bool = False,
+        admit: Admit = admit_all,
     ) -> None:
+        self.admit = admit
         self.id = next(_ids)
         self.broker = broker
         self.auth = auth
@@ -174,6 +177,11 @@ class StompSession(Outbox):
     # -- I/O boundary ----------------------------------------------------------------------
 
     @property
+    def authenticated(self) -> bool:
+        """Logged in with a vhost open (the handshake limits no longer apply)."""
+        return self.vhost is not None
+
+    @property
     def closed(self) -> bool:
         return self.state is State.CLOSED
 
@@ -211,6 +219,8 @@ class StompSession(Outbox):
             return
         if self.state is State.CLOSED:
             return
+        if self.read_paused:
+            self.last_recv = now  # paused by the memory alarm: we are the ones not reading
         if self.recv_interval and now - self.last_recv > 2 * self.recv_interval:
             log.info("connection %s: no heart-beat from the client for %.1f s, closing",
                      self.name, now - self.last_recv)

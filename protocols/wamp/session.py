@@ -44,6 +44,7 @@ from enum import Enum, auto
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.core.errors import BrokerError, ReplyCode
+from protocols.admission import Admit, admit_all
 from protocols.wamp.codec import Serializer, WampCodec
 from protocols.wamp.frames import (
     Abort,
@@ -165,7 +166,9 @@ class WampSession:
         disclose: bool = False,
         max_message_size: int = 16 * 1024 * 1024,
         high_water: int = 1024 * 1024,
+        admit: Admit = admit_all,
     ) -> None:
+        self.admit = admit
         self.broker = broker
         self.auth = auth
         self.router = router
@@ -205,6 +208,11 @@ class WampSession:
         self.rpc = RpcState(self)
 
     # -- I/O boundary ----------------------------------------------------------------------
+
+    @property
+    def authenticated(self) -> bool:
+        """Logged in with a vhost open (the handshake limits no longer apply)."""
+        return self.vhost is not None
 
     @property
     def closed(self) -> bool:
@@ -430,6 +438,11 @@ class WampSession:
         try:
             self.auth.check_vhost(user, hello.realm)
         except BrokerError as err:
+            self.abort("wamp.error.not_authorized", err.text)
+            return
+        try:
+            self.admit(self, user.name)
+        except BrokerError as err:  # a connection limit
             self.abort("wamp.error.not_authorized", err.text)
             return
         self.user = user
