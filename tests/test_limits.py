@@ -1,12 +1,15 @@
 """Limits enforced by a running broker, each seen by a real client (pika, paho-mqtt,
-stomp.py) or a raw socket where a client cannot misbehave: the memory high-watermark
-(connection.blocked / unblocked, losing nothing), channels per connection, consumers per
-channel, queues per vhost, connections per user and per address on every protocol, and
-the bytes a client may send before it has logged in. The abuse tests (tests/abuse/) cover
-the size limits, the handshake timeout and the outbound buffer under attack."""
+stomp.py, websocket-client) or a raw socket where a client cannot misbehave: the memory
+high-watermark (connection.blocked / unblocked, losing nothing; MQTT and STOMP publishers
+not read meanwhile), channels per connection, consumers per channel, queues per vhost,
+connections per user and per address on every protocol (AMQP, MQTT 5 and 3.1.1, STOMP,
+WAMP), and the bytes a client may send before it has logged in. The abuse tests
+(tests/abuse/) cover the size limits, the handshake timeout and the outbound buffer
+under attack."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -18,6 +21,7 @@ import paho.mqtt.client as mqtt
 import pika
 import pytest
 import stomp
+import websocket
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -162,6 +166,22 @@ def _stomp_refusal(port: int) -> str:
     return errors[0] if errors else ""
 
 
+def _wamp_refusal(port: int) -> list[Any]:
+    """A WAMP ticket login as guest over the HTTP port's /ws; the broker's answer."""
+    ws = websocket.create_connection(f"ws://127.0.0.1:{port}/ws", timeout=10,
+                                     subprotocols=["wamp.2.json"])
+    try:
+        ws.send(json.dumps([1, "/", {"roles": {"subscriber": {}}, "authmethods": ["ticket"],
+                                     "authid": "guest"}]))
+        challenge = json.loads(ws.recv())
+        assert challenge[0] == 4, challenge  # CHALLENGE
+        ws.send(json.dumps([5, "guest", {}]))  # AUTHENTICATE with the password
+        answer: list[Any] = json.loads(ws.recv())
+        return answer
+    finally:
+        ws.close()
+
+
 @contextmanager
 def _held(url: str, count: int) -> Iterator[None]:
     conns = [pika.BlockingConnection(pika.URLParameters(url)) for _ in range(count)]
@@ -190,6 +210,9 @@ def test_connections_past_the_per_user_or_per_address_limit_are_refused(
         # 3.1.1's return code 3 "server unavailable" (paho reports it as reason 0x88)
         assert _mqtt_connack(broker.ports["mqtt"], 4) == 0x88
         assert _stomp_refusal(broker.ports["stomp"]) == "Connection refused"
+        abort = _wamp_refusal(broker.ports["http"])
+        assert abort[0] == 3 and abort[2] == "wamp.error.not_authorized", abort  # ABORT
+        assert text in abort[1].get("message", ""), abort
     # the held connections are gone: room again
     pika.BlockingConnection(pika.URLParameters(broker.url)).close()
 
@@ -222,3 +245,75 @@ def test_bytes_before_login_are_capped(configured_broker: Callable[[str], Any]) 
     sock.close()
     assert closed
     assert "sent more than handshake_max_bytes (8192) before logging in" in broker.output()
+
+
+# ---------------------------------------------------------------- memory alarm, other protocols
+
+
+def _queue_depth(ch: Any, queue: str) -> int:
+    return int(ch.queue_declare(queue, passive=True).method.message_count)
+
+
+def test_memory_alarm_stops_reading_mqtt_and_stomp_publishers(
+        configured_broker: Callable[[str], Any]) -> None:
+    """Over the watermark, an MQTT and a STOMP client that keep publishing are not read
+    (their queues stop growing short of what they sent); once the alarm clears, all of it
+    arrives."""
+    watermark = 1_000_000  # over what the two clients send (2 x 300 kB)
+    broker = configured_broker(f"[limits]\nmemory_high_watermark = {watermark}\n")
+    sent = 300
+    body = b"p" * 1000
+    admin = pika.BlockingConnection(pika.URLParameters(broker.url))
+    ach = admin.channel()
+    for name in ("hold", "from-mqtt", "from-stomp"):
+        ach.queue_declare(name)
+    ach.queue_bind("from-mqtt", "amq.topic", "alarm.mqtt")
+    mqtt_sock = socket.create_connection(("127.0.0.1", broker.ports["mqtt"]), timeout=10)
+    mqtt_sock.sendall(b"\x10\x12\x00\x04MQTT\x04\x02\x00\x3c\x00\x06alarmq")
+    assert mqtt_sock.recv(4) == b"\x20\x02\x00\x00"
+    stomp_sock = socket.create_connection(("127.0.0.1", broker.ports["stomp"]), timeout=10)
+    stomp_sock.sendall(b"CONNECT\naccept-version:1.2\nhost:/\n\n\x00")
+    assert stomp_sock.recv(4096).startswith(b"CONNECTED")
+
+    events: list[str] = []
+    publisher = pika.BlockingConnection(pika.URLParameters(broker.url))
+    publisher.add_on_connection_blocked_callback(lambda *_: events.append("blocked"))
+    pch = publisher.channel()
+    for _ in range(2 * watermark // len(body)):
+        pch.basic_publish("", "hold", body)
+    _wait_for(publisher, events, "blocked")  # the alarm is on
+
+    topic = b"alarm/mqtt"
+    mqtt_publish = b"\x30" + bytes([0x80 | (len(body) + 12) % 128, (len(body) + 12) // 128]) \
+        + b"\x00\x0a" + topic + body
+    stomp_send = b"SEND\ndestination:/amq/queue/from-stomp\ncontent-length:%d\n\n" % len(body) \
+        + body + b"\x00"
+    senders = [threading.Thread(target=sock.sendall, args=(frame * sent,), daemon=True)
+               for sock, frame in ((mqtt_sock, mqtt_publish), (stomp_sock, stomp_send))]
+    for sender in senders:
+        sender.start()
+    # each is read once (the read that tells the broker it publishes), then no more
+    depths = {"from-mqtt": -1, "from-stomp": -2}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        before = dict(depths)
+        admin.process_data_events(time_limit=0.3)
+        depths = {name: _queue_depth(ach, name) for name in depths}
+        if depths == before and all(depths.values()):
+            break
+    assert depths == before, f"still growing: {before} -> {depths}"
+    assert all(0 < depth < sent for depth in depths.values()), depths
+
+    ach.queue_delete("hold")  # the alarm clears: both are read again
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(
+            _queue_depth(ach, name) < sent for name in depths):
+        admin.process_data_events(time_limit=0.1)
+    assert {name: _queue_depth(ach, name) for name in depths} == \
+        {"from-mqtt": sent, "from-stomp": sent}
+    for sender in senders:
+        sender.join(10)
+    mqtt_sock.close()
+    stomp_sock.close()
+    publisher.close()
+    admin.close()
