@@ -71,6 +71,18 @@ def test_escaping_is_reversible(topic: str) -> None:
 
 
 @settings(max_examples=150, deadline=None)
+@given(topics)
+def test_whole_topic_fast_paths_agree_with_level_by_level(topic: str) -> None:
+    """The plain-topic shortcuts (one replace for the whole name, equality before level
+    matching) give what mapping each level does."""
+    key = ".".join(topic_to_routing_key(level) for level in topic.split("/"))
+    assert topic_to_routing_key(topic) == key
+    assert routing_key_to_topic(key) == "/".join(
+        routing_key_to_topic(word) for word in key.split("."))
+    assert topic_matches(topic, topic)
+
+
+@settings(max_examples=150, deadline=None)
 @given(st.lists(st.text("ab/-", max_size=4), min_size=1, max_size=4).map(".".join))
 def test_amqp_keys_come_back(key: str) -> None:
     """AMQP -> MQTT -> AMQP keeps a key whose words hold no `%` or `*` (a `*` in an AMQP
