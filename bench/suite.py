@@ -56,6 +56,10 @@ GATEWAY_CONFIG = "[limits]\nmax_connections = 30000\n"
 # name, protocol, spec for the generator, messages (full run), targets, goal for gateway
 # goal: (peer, minimum ratio) for throughput, ("p99_us", limit) or ("rss_mb", limit)
 SCENARIOS: list[dict[str, Any]] = [
+    {"name": "mqtt-idle-10k", "proto": "mqtt", "size": 0, "messages": 0,
+     "spec": {"mode": "idle", "connections": 10_000}, "goal": ("rss_mb", 150.0),
+     "what": "run first, on fresh brokers: 10,000 idle MQTT connections (CONNECT/CONNACK, "
+             "keepalive 0); the broker's RSS with all of them open"},
     {"name": "amqp-noack-100B", "proto": "amqp", "size": 100, "messages": 150_000,
      "spec": {}, "sink": True, "goal": ("rabbitmq", 1.0),
      "what": "AMQP 1 -> 1 queue -> 1, 100 B, consumer no-ack"},
@@ -104,10 +108,6 @@ SCENARIOS: list[dict[str, Any]] = [
     {"name": "mqtt-latency-1k", "proto": "mqtt", "size": 100, "messages": 3_000,
      "spec": {"mode": "latency", "rate": 1000, "qos": 0}, "goal": ("p99_us", 1000.0),
      "what": "MQTT QoS 0 1 -> 1, 100 B paced at 1,000 msg/s; one-way latency"},
-    {"name": "mqtt-idle-10k", "proto": "mqtt", "size": 0, "messages": 0,
-     "spec": {"mode": "idle", "connections": 10_000}, "goal": ("rss_mb", 150.0),
-     "what": "10,000 idle MQTT connections (CONNECT/CONNACK, keepalive 0); broker RSS "
-             "with all of them open"},
 ]
 SPEAKS = {"amqp": ("gateway", "rabbitmq"), "mqtt": ("gateway", "mosquitto", "rabbitmq"),
           "stomp": ("gateway", "rabbitmq")}

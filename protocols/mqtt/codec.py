@@ -307,6 +307,23 @@ def decode_packet(first: int, body: bytes, version: int | None) -> Packet:
 
 # -- writing -------------------------------------------------------------------------------
 
+_U16 = struct.Struct(">H")
+
+
+def encode_publish_qos0(topic: str, payload: bytes, retain: bool, version: int) -> bytes:
+    """`encode_packet(Publish(topic, payload, 0, retain), version)` without building the
+    packet: the QoS 0 delivery path, once per message (checked against it by hypothesis)."""
+    raw = topic.encode("utf-8")
+    if len(raw) > 0xFFFF:
+        raise ValueError("string or binary data over 65535 bytes")
+    head = _U16.pack(len(raw)) + raw + (b"\x00" if version == MQTT_5 else b"")
+    size = len(head) + len(payload)
+    first = b"\x31" if retain else b"\x30"
+    if size < 128:
+        return first + bytes((size,)) + head + payload
+    return first + encode_varint(size) + head + payload
+
+
 def encode_packet(packet: Packet, version: int) -> bytes:
     """The bytes of one packet in `version`'s format (CONNECT: in its own level's)."""
     v5 = version == MQTT_5

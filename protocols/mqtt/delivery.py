@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from protocols.mqtt import persist
-from protocols.mqtt.codec import encode_packet
+from protocols.mqtt.codec import encode_packet, encode_publish_qos0
 from protocols.mqtt.frames import MQTT_5, NO_PROPERTIES, Properties, Publish, PubRel
 from protocols.mqtt.mapping import from_core, published_qos, routing_key_to_topic, topic_matches
 from protocols.mqtt.state import Outgoing, SubOptions
@@ -125,8 +125,8 @@ def send_publish(s: MQTTSession, topic: str, payload: bytes, qos: int, retain: b
         key = QOS0_KEY_RETAIN if retain else QOS0_KEY
         data = entry.message.cache.get(key)
         if data is None:
-            data = entry.message.cache[key] = encode_packet(
-                Publish(topic, payload, 0, retain), s.version or 4)
+            data = entry.message.cache[key] = encode_publish_qos0(
+                topic, payload, retain, s.version or 4)
         if s.client_max_packet is not None and len(data) > s.client_max_packet:
             return False
         entry.queue.ack(entry)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols.mqtt.codec import MQTTCodec, encode_packet, encode_varint
+from protocols.mqtt.codec import MQTTCodec, encode_packet, encode_publish_qos0, encode_varint
 from protocols.mqtt.frames import (
     MQTT_5,
     MQTT_311,
@@ -392,3 +392,12 @@ def test_fast_311_publish_decoder_agrees_with_the_general_one(flags: int, body: 
     except ProtocolError:
         general = None
     assert fast is None or fast == general
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(min_size=1, max_size=40).filter(lambda t: "\x00" not in t),
+       st.binary(max_size=300), st.booleans(), st.sampled_from([4, 5]))
+def test_qos0_publish_encoder_matches_the_general_one(topic: str, payload: bytes,
+                                                      retain: bool, version: int) -> None:
+    assert encode_publish_qos0(topic, payload, retain, version) == encode_packet(
+        Publish(topic, payload, 0, retain), version)
