@@ -46,7 +46,8 @@ def stomp_session(server: Server, peer: tuple[str, int], wake: Callable[[], None
         heartbeat_min=stomp.heartbeat_min, high_water=server.config.limits.connection_buffer,
         anonymous_user=stomp.anonymous_user if stomp.allow_anonymous else None,
         loopback_users=server.config.auth.loopback_users,
-        tls=tls, ssl_cert_login=stomp.ssl_cert_login, admit=server.admit)
+        tls=tls, ssl_cert_login=stomp.ssl_cert_login, admit=server.admit,
+        connect_timeout=server.config.limits.handshake_timeout / 1000)
 
 
 def mqtt_session(server: Server, peer: tuple[str, int], wake: Callable[[], None],
@@ -57,7 +58,8 @@ def mqtt_session(server: Server, peer: tuple[str, int], wake: Callable[[], None]
         server.broker, server.auth, server.config.mqtt, peer=peer,
         loopback=is_loopback(peer[0]), loopback_users=server.config.auth.loopback_users,
         clock=server.clock, wake=wake, high_water=server.config.limits.connection_buffer,
-        tls=tls, admit=server.admit)
+        tls=tls, admit=server.admit,
+        connect_timeout=server.config.limits.handshake_timeout / 1000)
 
 
 SESSION_FACTORIES: dict[str, SessionFactory] = {

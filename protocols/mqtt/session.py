@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from protocols.tls import TLSPeer
 
 log = logging.getLogger("gateway.mqtt")
-CONNECT_TIMEOUT = 10.0  # seconds a new connection has to send CONNECT
+CONNECT_TIMEOUT = 10.0  # seconds a new connection has to send CONNECT (limits.handshake_timeout)
 REPLY_TOPICS_KEPT = 1024
 LINGER = 1.0  # seconds input is still read (and dropped) after a server DISCONNECT
 
@@ -81,7 +81,8 @@ class MQTTSession(Outbox):
         "output_blocked", "last_send",
         "_permissions", "_reply_topics", "admit", "alarm", "aliases_in", "aliases_out", "auth",
         "broker", "cert_user", "client_alias_maximum", "client_id", "client_max_packet",
-        "client_receive_maximum", "clock", "codec", "config", "consumer", "high_water",
+        "client_receive_maximum", "clock", "codec", "config", "connect_timeout", "consumer",
+        "high_water",
         "inbound_qos1", "keepalive", "last_recv", "loopback", "loopback_users",
         "mqtt", "peer", "pending_acks", "queue", "read_paused",
         "shared_consumers", "st", "started", "state", "tls", "user", "vhost", "wake", "will",
@@ -101,9 +102,11 @@ class MQTTSession(Outbox):
         high_water: int = 1024 * 1024,
         tls: TLSPeer | None = None,
         admit: Admit = admit_all,
+        connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
         self.broker = broker
         self.admit = admit
+        self.connect_timeout = connect_timeout
         self.auth = auth
         self.config = config
         self.peer = peer
@@ -254,7 +257,7 @@ class MQTTSession(Outbox):
                 self.state = State.CLOSED
             return
         if self.state is State.CONNECT_WAIT:
-            if now - self.started > CONNECT_TIMEOUT:
+            if now - self.started > self.connect_timeout:
                 self._finish()
             return
         if self.read_paused:

@@ -69,6 +69,7 @@ log = logging.getLogger("gateway.stomp")
 _ids = itertools.count(1)
 
 CONNECT_TIMEOUT: Final = 10.0  # seconds a client has to send CONNECT, as RabbitMQ's
+# (the server passes its limits.handshake_timeout)
 
 
 class State(Enum):
@@ -122,8 +123,10 @@ class StompSession(Outbox):
         tls: TLSPeer | None = None,
         ssl_cert_login: bool = False,
         admit: Admit = admit_all,
+        connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
         self.admit = admit
+        self.connect_timeout = connect_timeout
         self.id = next(_ids)
         self.broker = broker
         self.auth = auth
@@ -213,7 +216,7 @@ class StompSession(Outbox):
     def timer(self, now: float) -> None:
         """Heart-beats both ways, and the deadline for CONNECT."""
         if self.state is State.CONNECTING:
-            if now - self.started > CONNECT_TIMEOUT:
+            if now - self.started > self.connect_timeout:
                 self.close_reason = "no CONNECT frame in time"
                 self._finish()
             return
