@@ -312,9 +312,10 @@ def websocket_upgrade(path: str = "/ws", subprotocol: str = "v12.stomp") -> byte
             ).encode()
 
 
-def websocket_open(port: int, subprotocol: str = "v12.stomp") -> socket.socket:
+def websocket_open(port: int, subprotocol: str = "v12.stomp",
+                   rcvbuf: int | None = None) -> socket.socket:
     """A raw WebSocket past its handshake (101 read)."""
-    sock = connect(port)
+    sock = connect(port, rcvbuf)
     sock.sendall(websocket_upgrade(subprotocol=subprotocol))
     head = b""
     while b"\r\n\r\n" not in head:
