@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import ipaddress
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -35,7 +36,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final, TypeAlias
 
-from gateway.auth.passwords import hash_password, is_password_hash
+from gateway.auth.passwords import derive_cra_key, hash_password, is_password_hash
 
 __all__ = [
     "AMQPConfig",
@@ -216,6 +217,7 @@ class UserConfig:
     name: str
     password_hash: str
     tags: tuple[str, ...]
+    wampcra: str = ""  # the WAMP-CRA key of a plain `password` (`CraKey.encode()`)
 
 
 @dataclass(frozen=True)
@@ -233,6 +235,12 @@ class AuthConfig:
     vhosts: tuple[str, ...]
     permissions: tuple[PermissionConfig, ...]
     loopback_users: frozenset[str]
+    # failed logins per source address: `failed_login_limit` within `failed_login_window`
+    # seconds block the address for `failed_login_block` seconds (limit 0 = never)
+    failed_login_limit: int = 10
+    failed_login_window: int = 60
+    failed_login_block: int = 60
+    failed_login_exempt: tuple[str, ...] = ()  # networks never blocked ("127.0.0.0/8")
 
 
 @dataclass(frozen=True)
@@ -598,16 +606,29 @@ def _check_tls(tls: TLSConfig, listeners: Listeners, source: str) -> None:
 def _build_auth(root: _Table) -> AuthConfig:
     auth_t = root.table("auth")
     loopback_users = frozenset(auth_t.strings("loopback_users"))
+    limit = auth_t.integer("failed_login_limit", 0, 1_000_000)
+    window = auth_t.integer("failed_login_window", 1, 86400)
+    block = auth_t.integer("failed_login_block", 0, 86400)
+    exempt = auth_t.strings("failed_login_exempt")
+    for index, network in enumerate(exempt):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise auth_t.error(f"failed_login_exempt[{index}]",
+                               f"not an IP address or network: {network!r}") from None
     auth_t.done()
 
     users: list[UserConfig] = []
     for user_t in root.tables("users"):
         name = user_t.string("name")
+        password_hash = _password_hash(user_t)
+        plain = user_t.string("password") if user_t.has("password") else ""
         users.append(
             UserConfig(
                 name=name,
-                password_hash=_password_hash(user_t),
+                password_hash=password_hash,
                 tags=user_t.strings("tags") if user_t.has("tags") else (),
+                wampcra=derive_cra_key(plain).encode() if plain else "",
             )
         )
         user_t.done()
@@ -650,6 +671,10 @@ def _build_auth(root: _Table) -> AuthConfig:
         vhosts=tuple(vhosts),
         permissions=tuple(permissions),
         loopback_users=loopback_users,
+        failed_login_limit=limit,
+        failed_login_window=window,
+        failed_login_block=block,
+        failed_login_exempt=exempt,
     )
 
 
@@ -663,8 +688,8 @@ def _password_hash(user_t: _Table) -> str:
     if value and not is_password_hash(value):
         raise user_t.error(
             "password_hash",
-            "not a RabbitMQ salted SHA-256 hash (base64 of 4 salt bytes + 32 digest bytes); "
-            '"" disables password login',
+            "not a RabbitMQ salted SHA-256 hash (base64 of 4 salt bytes + 32 digest bytes) "
+            'nor a "$scrypt$ln=..,r=..,p=..$salt$key" hash; "" disables password login',
         )
     return value
 

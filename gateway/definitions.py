@@ -2,9 +2,16 @@
 
 The document is the one `rabbitmqctl export_definitions` writes and `GET /api/definitions`
 returns: `users` (with `password_hash` and `hashing_algorithm`), `vhosts`, `permissions`,
-`policies`, `queues`, `exchanges`, `bindings`, plus `parameters`, `global_parameters` and
-`topic_permissions`, which are exported empty and ignored on import. So a RabbitMQ user can
+`topic_permissions`, `policies`, `queues`, `exchanges`, `bindings`, plus `parameters` and
+`global_parameters`, which are exported empty and ignored on import. So a RabbitMQ user can
 load their topology here and the other way round.
+
+Password hashes: RabbitMQ's `rabbit_password_hashing_sha256` is imported as is and checked
+at login; a password set here is a salted scrypt hash, exported with the algorithm name
+`gateway_password_hashing_scrypt` (RabbitMQ cannot check it: set such users' passwords
+again there). Both import here. A user's WAMP-CRA key is not exported (it would let anyone
+holding the file answer WAMP-CRA challenges): after an import such users log in to WAMP
+with ticket until their password is set again.
 
 What is exported: every user, vhost, permission and policy; durable, non-exclusive queues;
 durable exchanges other than the predeclared ones (`""`, `amq.*`); bindings between durable
@@ -24,6 +31,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gateway
+from gateway.auth.passwords import (
+    HASHING_SCRYPT,
+    HASHING_SHA256,
+    hashing_algorithm,
+    is_password_hash,
+)
+from gateway.auth.service import check_topic_pattern
 from gateway.core.errors import PreconditionFailed
 from gateway.core.exchange import EXCHANGE_TYPES
 from gateway.core.policy import Policy
@@ -33,7 +47,8 @@ if TYPE_CHECKING:
     from gateway.auth.service import AuthService
     from gateway.core.broker import Broker
 
-HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
+HASHING_ALGORITHM = HASHING_SHA256
+_ALGORITHMS = (HASHING_SHA256, HASHING_SCRYPT)
 _PREDECLARED = frozenset({"", "amq.direct", "amq.fanout", "amq.topic", "amq.headers",
                           "amq.match", "amq.rabbitmq.trace"})
 
@@ -50,7 +65,8 @@ def export_definitions(broker: Broker, auth: AuthService) -> dict[str, Any]:
         "product_version": gateway.__version__,
         "users": [
             {"name": u.name, "password_hash": u.password_hash,
-             "hashing_algorithm": HASHING_ALGORITHM, "tags": list(u.tags), "limits": {}}
+             "hashing_algorithm": hashing_algorithm(u.password_hash), "tags": list(u.tags),
+             "limits": {}}
             for u in auth.list_users()],
         "vhosts": [{"name": v, "limits": [], "metadata": {"description": "", "tags": []}}
                    for v in auth.list_vhosts()],
@@ -58,7 +74,10 @@ def export_definitions(broker: Broker, auth: AuthService) -> dict[str, Any]:
             {"user": p.user, "vhost": p.vhost, "configure": p.configure, "write": p.write,
              "read": p.read}
             for p in auth.list_permissions()],
-        "topic_permissions": [],
+        "topic_permissions": [
+            {"user": t.user, "vhost": t.vhost, "exchange": t.exchange, "write": t.write,
+             "read": t.read}
+            for t in auth.list_topic_permissions()],
         "parameters": [],
         "global_parameters": [],
         "policies": [],
@@ -154,20 +173,35 @@ def import_definitions(broker: Broker, auth: AuthService, data: dict[str, Any], 
         raise PreconditionFailed("definitions: the document must be a JSON object")
     users = []
     for u in _items(data, "users"):
-        algorithm = u.text("hashing_algorithm", HASHING_ALGORITHM)
-        if algorithm != HASHING_ALGORITHM:
+        password_hash = u.text("password_hash", "")
+        algorithm = u.text("hashing_algorithm", hashing_algorithm(password_hash))
+        if algorithm not in _ALGORITHMS:
             raise PreconditionFailed(
                 f"definitions: {u.where}: hashing_algorithm {algorithm!r} is not supported "
-                f"(only {HASHING_ALGORITHM})")
+                f"(only {' and '.join(_ALGORITHMS)})")
+        if password_hash and not is_password_hash(password_hash, algorithm):
+            raise PreconditionFailed(
+                f"definitions: {u.where}.password_hash is not a {algorithm} hash")
         tags = u.data.get("tags", [])
         if isinstance(tags, str):
             tags = [t for t in tags.split(",") if t]
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise PreconditionFailed(f"definitions: {u.where}.tags must be a list of strings")
-        users.append((u.text("name"), u.text("password_hash", ""), tags))
+        users.append((u.text("name"), password_hash, tags))
     vhosts = [v.text("name") for v in _items(data, "vhosts")]
     perms = [(p.text("user"), p.text("vhost"), p.text("configure"), p.text("write"),
               p.text("read")) for p in _items(data, "permissions")]
+    topic_perms = [(t.text("user"), t.text("vhost"), t.text("exchange"), t.text("write"),
+                    t.text("read")) for t in _items(data, "topic_permissions")]
+    for t in topic_perms:
+        check_topic_pattern("definitions: topic_permissions write", t[3])
+        check_topic_pattern("definitions: topic_permissions read", t[4])
+    known_users = {u[0] for u in users} | {u.name for u in auth.list_users()}
+    for what, user in ([("permission", p[0]) for p in perms]
+                       + [("topic permission", t[0]) for t in topic_perms]):
+        if user not in known_users:
+            raise PreconditionFailed(f"definitions: {what} for user '{user}', who is "
+                                     "neither defined nor existing")
     policies = []
     for p in _items(data, "policies"):
         priority = p.data.get("priority", 0)
@@ -199,6 +233,7 @@ def import_definitions(broker: Broker, auth: AuthService, data: dict[str, Any], 
                          b.text("routing_key", ""), b.table("arguments")))
     known_vhosts = set(vhosts) | set(auth.list_vhosts())
     for what, vhost in ([("permission", p[1]) for p in perms]
+                        + [("topic permission", t[1]) for t in topic_perms]
                         + [("policy", p[0]) for p in policies]
                         + [("exchange", x[0]) for x in exchanges]
                         + [("queue", q[0]) for q in queues]
@@ -215,6 +250,8 @@ def import_definitions(broker: Broker, auth: AuthService, data: dict[str, Any], 
         broker.add_vhost(name)
     for user, vhost, c, w, r in perms:
         auth.set_permissions(user, vhost, c, w, r)
+    for user, vhost, exchange, w, r in topic_perms:
+        auth.set_topic_permissions(user, vhost, exchange, w, r)
     for vhost, name, pattern, definition, priority, apply_to in policies:
         broker.vhost(vhost).set_policy(name, pattern, definition, priority, apply_to, now=now)
     for vhost, name, xtype, durable, auto_delete, internal, args in exchanges:

@@ -14,6 +14,7 @@ from gateway.auth import (
     User,
     check_password,
     hash_password,
+    hash_password_sha256,
     is_loopback,
     is_password_hash,
 )
@@ -31,7 +32,7 @@ EXPORTED_HASH = "y4xPTRVfzXg68sz9ALqeQzARam3CwnGo53xS752cDV5+Utzh"
 
 
 def test_hash_matches_fixed_salt_vector() -> None:
-    assert hash_password("test12", salt=FIXED_SALT) == FIXED_HASH
+    assert hash_password_sha256("test12", salt=FIXED_SALT) == FIXED_HASH
     assert check_password(FIXED_HASH, "test12")
     assert not check_password(FIXED_HASH, "test13")
 
@@ -40,12 +41,12 @@ def test_hash_exported_from_rabbitmq_checks() -> None:
     assert check_password(EXPORTED_HASH, "1")
     assert not check_password(EXPORTED_HASH, "2")
     salt = base64.b64decode(EXPORTED_HASH)[:4]
-    assert hash_password("1", salt=salt) == EXPORTED_HASH
+    assert hash_password_sha256("1", salt=salt) == EXPORTED_HASH
 
 
 def test_hash_layout_is_salt_then_sha256() -> None:
     salt = b"\x01\x02\x03\x04"
-    raw = base64.b64decode(hash_password("pässwörd", salt=salt))
+    raw = base64.b64decode(hash_password_sha256("pässwörd", salt=salt))
     assert raw[:4] == salt
     assert raw[4:] == hashlib.sha256(salt + "pässwörd".encode()).digest()
 
@@ -67,7 +68,7 @@ def test_malformed_hash_never_matches(bad: str) -> None:
 
 def test_salt_must_be_four_bytes() -> None:
     with pytest.raises(ValueError):
-        hash_password("x", salt=b"abc")
+        hash_password_sha256("x", salt=b"abc")
 
 
 # --------------------------------------------------------------------------- login

@@ -4,10 +4,14 @@ The rules are RabbitMQ's internal backend (`rabbit_auth_backend_internal`,
 `rabbit_access_control`), so users, vhosts and permission regexes copied from a RabbitMQ
 definitions export behave the same here:
 
-- Login: the password is checked against the salted hash; a user listed in
-  `loopback_users` is refused unless the peer is a loopback address. The client is told only
-  "Login was refused using authentication mechanism <M>. ..." (as RabbitMQ tells a client
-  that announced `authentication_failure_close`); the reason goes to the log.
+- Login: the password is checked against the salted hash (`passwords`: scrypt for passwords
+  set here, RabbitMQ's SHA-256 for pasted hashes); a user listed in `loopback_users` is
+  refused unless the peer is a loopback address. The client is told only "Login was
+  refused using authentication mechanism <M>. ..." (as RabbitMQ tells a client that
+  announced `authentication_failure_close`); the reason goes to the log, with the protocol,
+  source address and user name of every failed login. Failures are counted per source
+  address (`login.FailedLogins`); a blocked address is refused without a password check.
+  A scrypt check is handed to the I/O layer to run in a worker thread (`login`).
 - Vhost: a vhost that does not exist -> 530 "vhost X not found"; a user with no permission
   row on it -> 530 "access to vhost 'X' refused for user 'U'".
 - Resource: each permission (configure, write, read) is a regex *searched* in the resource
@@ -16,6 +20,13 @@ definitions export behave the same here:
   The empty pattern "" stands for "^$": it matches only the empty name, and the only
   resource with an empty name, the default exchange, is checked as "amq.default", so ""
   grants nothing. A refusal is 403 "access to queue 'q' in vhost '/' refused for user 'u'".
+- Topic: RabbitMQ's topic permissions (`set_topic_permissions`): per user, vhost and topic
+  exchange, a write and a read regex searched in the routing key (publish) or binding key
+  (subscribe). `{username}`, `{vhost}` and, for MQTT, `{client_id}` in a pattern are
+  replaced by the session's values (escaped, so a name is matched literally; RabbitMQ
+  substitutes them raw). A user with no topic permission on an exchange may use every
+  routing key on it, as in RabbitMQ. A refusal is 403 "access to topic 'k' in exchange 'x'
+  in vhost '/' refused for user 'u'".
 
 Users, vhosts and permissions can change at run time (the management API calls the
 methods of `AuthService`); regexes are compiled once per change, here.
@@ -24,14 +35,28 @@ methods of `AuthService`); regexes are compiled once per change, here.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final, Literal
 
-from gateway.auth.passwords import check_password, hash_password, is_password_hash
+from gateway.auth.login import FailedLogins, PendingCheck, VerifiedCache
+from gateway.auth.passwords import (
+    CraKey,
+    check_password,
+    derive_cra_key,
+    hash_password,
+    is_password_hash,
+    is_slow_hash,
+)
 from gateway.core.errors import AccessRefused, NotAllowed, NotFound, PreconditionFailed
-from gateway.store.base import PermissionRecord, Recovered, UserRecord
+from gateway.store.base import (
+    PermissionRecord,
+    Recovered,
+    TopicPermissionRecord,
+    UserRecord,
+)
 
 if TYPE_CHECKING:
     from gateway.config import AuthConfig, PermissionConfig
@@ -43,9 +68,12 @@ __all__ = [
     "LoginRefused",
     "Permission",
     "ResourceKind",
+    "TopicPermission",
     "User",
     "is_loopback",
 ]
+
+log = logging.getLogger("gateway.auth")
 
 Permission = Literal["configure", "write", "read"]
 ResourceKind = Literal["queue", "exchange"]
@@ -60,6 +88,21 @@ class User:
     name: str
     tags: tuple[str, ...] = ()
     password_hash: str = field(default="", repr=False, compare=False)
+    wampcra: str = field(default="", repr=False, compare=False)  # `CraKey.encode()` or ""
+
+    def record(self) -> UserRecord:
+        return UserRecord(self.name, self.password_hash, list(self.tags), self.wampcra)
+
+
+@dataclass(frozen=True)
+class TopicPermission:
+    """RabbitMQ's topic permission: write and read regexes over routing keys."""
+
+    user: str
+    vhost: str
+    exchange: str
+    write: str
+    read: str
 
 
 class LoginRefused(AccessRefused):
@@ -115,15 +158,25 @@ class AuthService:
 
     def __init__(self, config: AuthConfig) -> None:
         self._users: dict[str, User] = {
-            u.name: User(u.name, tuple(u.tags), u.password_hash) for u in config.users}
+            u.name: User(u.name, tuple(u.tags), u.password_hash, u.wampcra)
+            for u in config.users}
         self._vhosts: dict[str, None] = dict.fromkeys(config.vhosts)
         self._perms: dict[tuple[str, str], tuple[str, str, str]] = {
             (p.user, p.vhost): (p.configure, p.write, p.read) for p in config.permissions}
         self._grants = {key: _Grant(*(_compile(x) for x in value))
                         for key, value in self._perms.items()}
+        self._topic: dict[tuple[str, str, str], TopicPermission] = {}
         self._loopback_users = config.loopback_users
         self._store: Store | None = None
         self._broker: Broker | None = None
+        self.failed_logins = FailedLogins(config.failed_login_limit,
+                                          config.failed_login_window,
+                                          config.failed_login_block,
+                                          config.failed_login_exempt)
+        self._verified = VerifiedCache()
+        # False: slow checks are returned as a `PendingCheck` for the I/O layer to run in a
+        # worker thread (the server sets this); True: run at once (sans-IO tests, tools)
+        self.inline_checks = True
         # Checked against when the user is unknown, so that an unknown name costs the
         # same as a wrong password and does not reveal which names exist.
         self._decoy_hash = hash_password("")
@@ -142,11 +195,11 @@ class AuthService:
     def snapshot_into(self, state: Recovered) -> None:
         """Add users, vhosts and permissions to a snapshot of the durable state."""
         state.seeded = True
-        state.users = [UserRecord(u.name, u.password_hash, list(u.tags))
-                       for u in self._users.values()]
+        state.users = [u.record() for u in self._users.values()]
         state.vhosts = list(self._vhosts)
         state.permissions = [PermissionRecord(user, vhost, c, w, r)
                              for (user, vhost), (c, w, r) in self._perms.items()]
+        state.topic_permissions = [_topic_record(t) for t in self._topic.values()]
 
     def restore(self, state: Recovered) -> None:
         """Take users, vhosts and permissions from a recovered store; on a store that was
@@ -154,20 +207,23 @@ class AuthService:
         if not state.seeded:
             if self._store is not None:
                 for u in self._users.values():
-                    self._store.put_user(UserRecord(u.name, u.password_hash, list(u.tags)))
+                    self._store.put_user(u.record())
                 for v in self._vhosts:
                     self._store.put_vhost(v)
                 for (user, vhost), (c, w, r) in self._perms.items():
                     self._store.put_permission(PermissionRecord(user, vhost, c, w, r))
                 self._store.mark_seeded()
             return
-        self._users = {u.name: User(u.name, tuple(u.tags), u.password_hash)
+        self._users = {u.name: User(u.name, tuple(u.tags), u.password_hash, u.wampcra)
                        for u in state.users}
         self._vhosts = dict.fromkeys(state.vhosts)
         self._perms = {(p.user, p.vhost): (p.configure, p.write, p.read)
                        for p in state.permissions}
         self._grants = {key: _Grant(*(_compile(x) for x in value))
                         for key, value in self._perms.items()}
+        self._topic = {(t.user, t.vhost, t.exchange):
+                       TopicPermission(t.user, t.vhost, t.exchange, t.write, t.read)
+                       for t in state.topic_permissions}
         if self._broker is not None:
             for name in [v for v in self._broker.vhosts if v not in self._vhosts]:
                 del self._broker.vhosts[name]  # from the config; deleted since (still empty)
@@ -181,24 +237,29 @@ class AuthService:
 
     def add_user(self, name: str, *, password: str | None = None,
                  password_hash: str | None = None, tags: Iterable[str] = ()) -> User:
-        """Create or replace a user (as the HTTP API's PUT does). Give a password or a
-        RabbitMQ SHA-256 hash, not both; neither (or "") makes a user who cannot log in
-        with a password."""
+        """Create or replace a user (as the HTTP API's PUT does). Give a password (stored
+        as a scrypt hash and a WAMP-CRA key) or a hash (scrypt, or RabbitMQ's SHA-256), not
+        both; neither (or "") makes a user who cannot log in with a password."""
         if not isinstance(name, str) or not name:
             raise PreconditionFailed("user name must be a non-empty string")
         if password is not None and password_hash is not None:
             raise PreconditionFailed("give a password or a password_hash, not both")
+        wampcra = ""
         if password is not None:
-            digest = hash_password(password) if password else ""
+            digest, wampcra = _secrets_of(password)
         elif password_hash:
             if not is_password_hash(password_hash):
                 raise PreconditionFailed(
-                    "password_hash is not a RabbitMQ salted SHA-256 hash (base64 of 4 salt "
-                    "bytes + 32 digest bytes)")
+                    "password_hash is neither a RabbitMQ salted SHA-256 hash (base64 of 4 "
+                    "salt bytes + 32 digest bytes) nor a gateway scrypt hash "
+                    "($scrypt$ln=..,r=..,p=..$salt$key)")
             digest = password_hash
+            old = self._users.get(name)
+            if old is not None and old.password_hash == password_hash:
+                wampcra = old.wampcra  # the same password (a tags change): keep its key
         else:
             digest = ""
-        user = User(name, _tags(tags), digest)
+        user = User(name, _tags(tags), digest, wampcra)
         self._users[name] = user
         self._write_user(user)
         return user
@@ -210,13 +271,15 @@ class AuthService:
         for key in [k for k in self._perms if k[0] == name]:
             del self._perms[key]
             self._grants.pop(key, None)
+        for tkey in [k for k in self._topic if k[0] == name]:
+            del self._topic[tkey]
         if self._store is not None:
             self._store.delete_user(name)
 
     def change_password(self, name: str, password: str) -> None:
         user = self._get_user(name)
-        self._users[name] = replace(user, password_hash=hash_password(password)
-                                    if password else "")
+        digest, wampcra = _secrets_of(password)
+        self._users[name] = replace(user, password_hash=digest, wampcra=wampcra)
         self._write_user(self._users[name])
 
     def set_user_tags(self, name: str, tags: Iterable[str]) -> None:
@@ -232,7 +295,7 @@ class AuthService:
 
     def _write_user(self, user: User) -> None:
         if self._store is not None:
-            self._store.put_user(UserRecord(user.name, user.password_hash, list(user.tags)))
+            self._store.put_user(user.record())
 
     # -- vhosts ----------------------------------------------------------------------------
 
@@ -267,6 +330,8 @@ class AuthService:
         for key in [k for k in self._perms if k[1] == name]:
             del self._perms[key]
             self._grants.pop(key, None)
+        for tkey in [k for k in self._topic if k[1] == name]:
+            del self._topic[tkey]
         if self._broker is not None:
             self._broker.delete_vhost(name)  # writes the store record itself
         elif self._store is not None:
@@ -301,27 +366,135 @@ class AuthService:
         return [PermissionConfig(user, vhost, c, w, r)
                 for (user, vhost), (c, w, r) in self._perms.items()]
 
+    # -- topic permissions -----------------------------------------------------------------
+
+    def set_topic_permissions(self, user: str, vhost: str, exchange: str, write: str,
+                              read: str) -> None:
+        """Create or replace the user's topic permission on `exchange` in `vhost`."""
+        if user not in self._users:
+            raise NotFound(f"user '{user}' not found")
+        if vhost not in self._vhosts:
+            raise NotFound(f"vhost '{vhost}' not found")
+        if not isinstance(exchange, str) or not exchange:
+            raise PreconditionFailed("exchange: expected a non-empty exchange name")
+        check_topic_pattern("write", write)
+        check_topic_pattern("read", read)
+        perm = TopicPermission(user, vhost, exchange, write, read)
+        self._topic[(user, vhost, exchange)] = perm
+        if self._store is not None:
+            self._store.put_topic_permission(_topic_record(perm))
+
+    def clear_topic_permissions(self, user: str, vhost: str,
+                                exchange: str | None = None) -> None:
+        """Remove the user's topic permission on `exchange` (on every exchange: None)."""
+        keys = [k for k in self._topic if k[0] == user and k[1] == vhost
+                and (exchange is None or k[2] == exchange)]
+        if not keys:
+            where = f" on exchange '{exchange}'" if exchange is not None else ""
+            raise NotFound(f"no topic permissions for user '{user}' in vhost '{vhost}'{where}")
+        for key in keys:
+            del self._topic[key]
+            if self._store is not None:
+                self._store.delete_topic_permission(*key)
+
+    @property
+    def has_topic_permissions(self) -> bool:
+        """Whether any topic permission exists (publish paths skip the check otherwise)."""
+        return bool(self._topic)
+
+    def list_topic_permissions(self) -> list[TopicPermission]:
+        return list(self._topic.values())
+
+    def topic_allowed(self, user: User, vhost: str, exchange: str, permission: Permission,
+                      routing_key: str, *, client_id: str | None = None) -> bool:
+        """True if `user` may write (publish) or read (bind) `routing_key` on the topic
+        exchange; always True without a topic permission for that user, vhost, exchange."""
+        if not self._topic:
+            return True
+        perm = self._topic.get((user.name, vhost, exchange))
+        if perm is None:
+            return True
+        pattern = perm.write if permission == "write" else perm.read
+        values = {"username": user.name, "vhost": vhost}
+        if client_id is not None:
+            values["client_id"] = client_id
+        return _compile(_expand(pattern, values)).search(routing_key) is not None
+
+    def check_topic(self, user: User, vhost: str, exchange: str, permission: Permission,
+                    routing_key: str, *, client_id: str | None = None) -> None:
+        """Raises `AccessRefused` (403) unless `topic_allowed`."""
+        if not self.topic_allowed(user, vhost, exchange, permission, routing_key,
+                                  client_id=client_id):
+            raise AccessRefused(
+                f"access to topic '{routing_key}' in exchange '{exchange}' in vhost "
+                f"'{vhost}' refused for user '{user.name}'")
+
     # -- the questions sessions ask --------------------------------------------------------
 
     def user(self, name: str) -> User | None:
         """The user of that name, without checking a password (None if there is none)."""
         return self._users.get(name)
 
-    def authenticate(
-        self, username: str, password: str, *, loopback: bool, mechanism: str = "PLAIN"
-    ) -> User:
-        """The user, if the password is right and the peer may log in as them.
+    def login(
+        self,
+        username: str,
+        password: str,
+        *,
+        peer: str,
+        protocol: str,
+        now: float,
+        then: Callable[[User | LoginRefused], None],
+        mechanism: str = "PLAIN",
+        loopback: bool | None = None,
+    ) -> PendingCheck | None:
+        """Check a password login from source address `peer` over `protocol` (for the log).
+        `loopback` (whether `peer` is a loopback address) is worked out from `peer` unless
+        given.
 
-        Raises `LoginRefused` (an `AccessRefused`, 403) otherwise; `mechanism` names the
-        SASL mechanism in the text the client is told.
+        The answer (the user, or the `LoginRefused` to send) goes to `then`: at once, and
+        None is returned, unless the check is slow (scrypt) and `inline_checks` is off;
+        then a `PendingCheck` is returned, and `then` is called when it finishes.
         """
+        blocked = self.failed_logins.blocked_for(peer, now)
+        if blocked:
+            then(self._refused(username, peer, protocol, mechanism, now,
+                               f"user '{username}' - address blocked for {blocked:.0f} s "
+                               "more after repeated failed logins", count=False))
+            return None
+        if loopback is None:
+            loopback = is_loopback(peer)
         found = self._users.get(username)
-        stored = found.password_hash if found is not None else None
-        matches = check_password(stored or self._decoy_hash, password)
-        if found is None or not stored or not password or not matches:
-            raise LoginRefused(mechanism, f"user '{username}' - invalid credentials")
-        if username in self._loopback_users and not loopback:
-            raise LoginRefused(mechanism, f"user '{username}' can only connect via localhost")
+        stored = found.password_hash if found is not None else ""
+        if found is not None and stored and password and self._verified.hit(
+                username, stored, password, now):
+            then(self._conclude(username, found, password, True, peer, loopback, protocol,
+                                mechanism, now))
+            return None
+        digest = stored or self._decoy_hash
+
+        def finish(ok: bool) -> None:
+            then(self._conclude(username, found, password, ok, peer, loopback, protocol,
+                                mechanism, now))
+
+        def verify() -> bool:
+            return check_password(digest, password)
+
+        if self.inline_checks or not is_slow_hash(digest):
+            finish(verify())
+            return None
+        return PendingCheck(verify, finish)
+
+    def _conclude(self, username: str, found: User | None, password: str, ok: bool,
+                  peer: str, loopback: bool, protocol: str, mechanism: str, now: float
+                  ) -> User | LoginRefused:
+        if found is None or not found.password_hash or not password or not ok:
+            return self._refused(username, peer, protocol, mechanism, now,
+                                 f"user '{username}' - invalid credentials")
+        if found.name in self._loopback_users and not loopback:
+            return self._refused(username, peer, protocol, mechanism, now,
+                                 f"user '{username}' can only connect via localhost",
+                                 count=False)
+        self._verified.put(found.name, found.password_hash, password, now)
         return found
 
     def authenticate_certificate(self, username: str, *, loopback: bool,
@@ -336,6 +509,47 @@ class AuthService:
         if username in self._loopback_users and not loopback:
             raise LoginRefused(mechanism, f"user '{username}' can only connect via localhost")
         return found
+
+    def _refused(self, username: str, peer: str, protocol: str, mechanism: str, now: float,
+                 reason: str, *, count: bool = True) -> LoginRefused:
+        log.warning("login failed: protocol=%s address=%s user=%r: %s", protocol, peer,
+                    username, reason)
+        if count and self.failed_logins.failed(peer, now):
+            log.warning("login: address %s blocked for %d s after %d failed logins within "
+                        "%d s", peer, self.failed_logins.block, self.failed_logins.limit,
+                        self.failed_logins.window)
+        return LoginRefused(mechanism, reason)
+
+    def refuse_login(self, username: str, *, peer: str, protocol: str, now: float,
+                     why: str, mechanism: str = "PLAIN") -> LoginRefused:
+        """Record and log a failed login decided elsewhere (a WAMP-CRA signature)."""
+        return self._refused(username, peer, protocol, mechanism, now,
+                             f"user '{username}' - {why}")
+
+    def login_blocked(self, peer: str, now: float) -> bool:
+        return self.failed_logins.blocked_for(peer, now) > 0
+
+    def authenticate(self, username: str, password: str, *, loopback: bool | None = None,
+                     peer: str | None = None, mechanism: str = "PLAIN",
+                     protocol: str = "AMQP", now: float = 0.0) -> User:
+        """`login` with the check run at once: the user, or raises `LoginRefused` (403)."""
+        answer: list[User | LoginRefused] = []
+        pending = self.login(username, password, peer=peer or "", protocol=protocol, now=now,
+                             then=answer.append, mechanism=mechanism,
+                             loopback=loopback if loopback is not None else peer is None)
+        if pending is not None:
+            pending.finish(pending.verify())
+        result = answer[0]
+        if isinstance(result, LoginRefused):
+            raise result
+        return result
+
+    def wampcra_key(self, name: str) -> CraKey | None:
+        """The user's WAMP-CRA key (None: no such user, or only an imported hash)."""
+        user = self._users.get(name)
+        if user is None or not user.wampcra:
+            return None
+        return CraKey.decode(user.wampcra)
 
     def check_vhost(self, user: User, vhost: str) -> None:
         """Raises `NotAllowed` (530) unless the vhost exists and the user has a permission
@@ -377,6 +591,28 @@ class AuthService:
                 f"access to {resource_kind} '{name}' in vhost '{vhost}' "
                 f"refused for user '{user.name}'"
             )
+
+
+def _secrets_of(password: str) -> tuple[str, str]:
+    """The scrypt hash and the WAMP-CRA key of a new password ("" and "" for none)."""
+    if not password:
+        return "", ""
+    return hash_password(password), derive_cra_key(password).encode()
+
+
+def check_topic_pattern(what: str, pattern: str) -> None:
+    """Raises `PreconditionFailed` unless `pattern` is a valid topic permission regex."""
+    _regex(what, _expand(pattern, {"username": "u", "vhost": "v", "client_id": "c"}))
+
+
+def _expand(pattern: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        pattern = pattern.replace("{" + key + "}", re.escape(value))
+    return pattern
+
+
+def _topic_record(t: TopicPermission) -> TopicPermissionRecord:
+    return TopicPermissionRecord(t.user, t.vhost, t.exchange, t.write, t.read)
 
 
 def _tags(tags: Iterable[str] | str) -> tuple[str, ...]:

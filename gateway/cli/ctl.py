@@ -238,18 +238,51 @@ def clear_permissions(c: Client, a: argparse.Namespace, out: Out) -> None:
     c.call("DELETE", f"/permissions/{seg(a.vhost)}/{seg(a.username)}")
 
 
-@command("list_permissions", "list the permissions on a vhost")
-def list_permissions(c: Client, a: argparse.Namespace, out: Out) -> None:
-    out.info(f'Listing permissions for vhost "{a.vhost}" ...')
-    rows = c.call("GET", f"/vhosts/{seg(a.vhost)}/permissions")
-    out.table(rows, ["user", "configure", "write", "read"])
+@command("set_topic_permissions", "grant a user write/read regexes over the routing keys of a "
+         "topic exchange", _pos("username", "exchange", "write", "read"))
+def set_topic_permissions(c: Client, a: argparse.Namespace, out: Out) -> None:
+    out.info(f'Setting topic permissions on "{a.exchange}" for user "{a.username}" in vhost '
+             f'"{a.vhost}" ...')
+    c.call("PUT", f"/topic-permissions/{seg(a.vhost)}/{seg(a.username)}",
+           {"exchange": a.exchange, "write": a.write, "read": a.read})
 
 
-@command("list_user_permissions", "list a user's permissions", _pos("username"))
-def list_user_permissions(c: Client, a: argparse.Namespace, out: Out) -> None:
-    out.info(f'Listing permissions for user "{a.username}" ...')
-    rows = c.call("GET", f"/users/{seg(a.username)}/permissions")
-    out.table(rows, ["vhost", "configure", "write", "read"])
+def _clear_topic_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("username")
+    p.add_argument("exchange", nargs="?", help="only this exchange's (default: all)")
+
+
+@command("clear_topic_permissions", "revoke a user's topic permissions on a vhost",
+         _clear_topic_args)
+def clear_topic_permissions(c: Client, a: argparse.Namespace, out: Out) -> None:
+    where = f' on "{a.exchange}"' if a.exchange else ""
+    out.info(f'Clearing topic permissions{where} for user "{a.username}" in vhost '
+             f'"{a.vhost}" ...')
+    query = f"?exchange={seg(a.exchange)}" if a.exchange else ""
+    c.call("DELETE", f"/topic-permissions/{seg(a.vhost)}/{seg(a.username)}{query}")
+
+
+def _grant_lister(what: str, per_user: bool, columns: list[str]) -> Command:
+    """`list_[user_][topic_]permissions`: the (topic) permissions on a vhost or of a user."""
+    def run(c: Client, a: argparse.Namespace, out: Out) -> None:
+        if per_user:
+            out.info(f'Listing {what} for user "{a.username}" ...')
+            rows = c.call("GET", f"/users/{seg(a.username)}/{what.replace(' ', '-')}")
+        else:
+            out.info(f'Listing {what} for vhost "{a.vhost}" ...')
+            rows = c.call("GET", f"/vhosts/{seg(a.vhost)}/{what.replace(' ', '-')}")
+        out.table(rows, columns)
+
+    return run
+
+
+for _what, _grant_columns in (("permissions", ["configure", "write", "read"]),
+                              ("topic permissions", ["exchange", "write", "read"])):
+    _kind = _what.replace(" ", "_")
+    command(f"list_{_kind}", f"list the {_what} on a vhost")(
+        _grant_lister(_what, False, ["user", *_grant_columns]))
+    command(f"list_user_{_kind}", f"list a user's {_what}", _pos("username"))(
+        _grant_lister(_what, True, ["vhost", *_grant_columns]))
 
 
 QUEUE_COLUMNS = {"name", "messages", "messages_ready", "messages_unacknowledged", "consumers",

@@ -1,4 +1,4 @@
-"""Routes for users, vhosts, permissions, policies and definitions.
+"""Routes for users, vhosts, permissions, topic permissions, policies and definitions.
 
 Reads come from `AuthService` and the vhosts; changes go through `AuthService`,
 `VirtualHost.set_policy/clear_policy` and `gateway.definitions`, which persist them. An
@@ -9,13 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.auth.passwords import (
+    HASHING_SCRYPT,
+    HASHING_SHA256,
+    hashing_algorithm,
+    is_password_hash,
+)
 from gateway.core.vhost import VirtualHost
 from gateway.management.router import Access, ApiError, Ctx, Routes, list_result, not_found
 from gateway.management.shapes import NODE
 from gateway.server.http import Response
 
 routes = Routes()
-HASHING = "rabbit_password_hashing_sha256"
 
 
 def call(obj: object, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -40,8 +45,10 @@ def _tags(value: Any) -> list[str]:
 
 
 def user_json(u: Any) -> dict[str, Any]:
-    return {"name": u.name, "password_hash": getattr(u, "password_hash", ""),
-            "hashing_algorithm": HASHING, "tags": list(u.tags), "limits": {}}
+    password_hash = getattr(u, "password_hash", "")
+    return {"name": u.name, "password_hash": password_hash,
+            "hashing_algorithm": hashing_algorithm(password_hash), "tags": list(u.tags),
+            "limits": {}}
 
 
 def _users(ctx: Ctx) -> list[Any]:
@@ -80,9 +87,12 @@ def put_user(ctx: Ctx) -> Response:
         raise ApiError(400, "password_hash must be a string")
     if password is None and password_hash is None:
         raise ApiError(400, "[{key_missing,password_hash}]")
-    algorithm = body.get("hashing_algorithm", HASHING)
-    if password_hash and algorithm != HASHING:
-        raise ApiError(400, f"hashing_algorithm {algorithm!r} is not supported")
+    algorithm = body.get("hashing_algorithm")
+    if password_hash and algorithm is not None and not is_password_hash(password_hash,
+                                                                       algorithm):
+        raise ApiError(400, f"hashing_algorithm {algorithm!r} is not supported here or "
+                            "does not match password_hash (supported: "
+                            f"{HASHING_SHA256}, {HASHING_SCRYPT})")
     call(ctx.app.auth, "add_user", name, password=password, password_hash=password_hash,
          tags=_tags(body.get("tags")))
     ctx.app.changed()
@@ -194,18 +204,25 @@ def permission(ctx: Ctx) -> dict[str, Any]:
     raise not_found()
 
 
-@routes.add("PUT", "/permissions/{vhost}/{user}", Access.ADMINISTRATOR)
-def put_permission(ctx: Ctx) -> Response:
+def _grant_body(ctx: Ctx, keys: tuple[str, ...]) -> tuple[str, str, list[str]]:
+    """(vhost, user, the body's strings under `keys`) of a PUT of a (topic) permission:
+    400 for a missing key, 404 for an unknown user or vhost."""
     vhost, name = ctx.params["vhost"], ctx.params["user"]
     body = ctx.body_json()
-    regexes = []
-    for key in ("configure", "write", "read"):
+    values = []
+    for key in keys:
         value = body.get(key)
         if not isinstance(value, str):
             raise ApiError(400, f"[{{key_missing,{key}}}]")
-        regexes.append(value)
+        values.append(value)
     if ctx.app.auth.user(name) is None or vhost not in ctx.app.broker.vhosts:
         raise not_found()
+    return vhost, name, values
+
+
+@routes.add("PUT", "/permissions/{vhost}/{user}", Access.ADMINISTRATOR)
+def put_permission(ctx: Ctx) -> Response:
+    vhost, name, regexes = _grant_body(ctx, ("configure", "write", "read"))
     existed = any(p["vhost"] == vhost and p["user"] == name for p in _permissions(ctx))
     call(ctx.app.auth, "set_permissions", name, vhost, *regexes)
     ctx.app.changed()
@@ -216,6 +233,64 @@ def put_permission(ctx: Ctx) -> Response:
 def delete_permission(ctx: Ctx) -> None:
     call(ctx.app.auth, "clear_permissions", ctx.params["user"], ctx.params["vhost"])
     ctx.app.changed()
+
+
+# -- topic permissions (RabbitMQ's shape: user, vhost, exchange, write, read) -----------------
+
+
+def _topic_permissions(ctx: Ctx) -> list[dict[str, Any]]:
+    out = [{"user": t.user, "vhost": t.vhost, "exchange": t.exchange, "write": t.write,
+            "read": t.read} for t in call(ctx.app.auth, "list_topic_permissions")]
+    return sorted(out, key=lambda t: (t["vhost"], t["user"], t["exchange"]))
+
+
+@routes.add("GET", "/topic-permissions", Access.ADMINISTRATOR)
+def topic_permissions(ctx: Ctx) -> Any:
+    return list_result(ctx, _topic_permissions(ctx))
+
+
+@routes.add("GET", "/topic-permissions/{vhost}/{user}", Access.ADMINISTRATOR)
+def user_vhost_topic_permissions(ctx: Ctx) -> Any:  # a list, as in RabbitMQ
+    vhost, name = ctx.params["vhost"], ctx.params["user"]
+    found = [t for t in _topic_permissions(ctx) if t["vhost"] == vhost and t["user"] == name]
+    if not found:
+        raise not_found()
+    return list_result(ctx, found)
+
+
+@routes.add("PUT", "/topic-permissions/{vhost}/{user}", Access.ADMINISTRATOR)
+def put_topic_permission(ctx: Ctx) -> Response:
+    vhost, name, values = _grant_body(ctx, ("exchange", "write", "read"))
+    existed = any(t["vhost"] == vhost and t["user"] == name and t["exchange"] == values[0]
+                  for t in _topic_permissions(ctx))
+    call(ctx.app.auth, "set_topic_permissions", name, vhost, *values)
+    ctx.app.changed()
+    return Response(204 if existed else 201, b"")
+
+
+@routes.add("DELETE", "/topic-permissions/{vhost}/{user}", Access.ADMINISTRATOR)
+def delete_topic_permission(ctx: Ctx) -> None:
+    """Clears every topic permission of the user in the vhost (RabbitMQ's API), or only
+    the one on `?exchange=name`."""
+    exchange = ctx.query("exchange")
+    call(ctx.app.auth, "clear_topic_permissions", ctx.params["user"], ctx.params["vhost"],
+         exchange or None)
+    ctx.app.changed()
+
+
+@routes.add("GET", "/users/{user}/topic-permissions", Access.ADMINISTRATOR)
+def user_topic_permissions(ctx: Ctx) -> Any:
+    if ctx.app.auth.user(ctx.params["user"]) is None:
+        raise not_found()
+    return list_result(ctx, [t for t in _topic_permissions(ctx)
+                             if t["user"] == ctx.params["user"]])
+
+
+@routes.add("GET", "/vhosts/{vhost}/topic-permissions", Access.ADMINISTRATOR)
+def vhost_topic_permissions(ctx: Ctx) -> Any:
+    ctx.app.vhost(ctx, ctx.params["vhost"])
+    return list_result(ctx, [t for t in _topic_permissions(ctx)
+                             if t["vhost"] == ctx.params["vhost"]])
 
 
 # -- policies -----------------------------------------------------------------------------

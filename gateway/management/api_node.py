@@ -190,7 +190,7 @@ def _none(ctx: Ctx) -> list[Any]:
     return []
 
 
-for _path in ("/feature-flags", "/parameters", "/global-parameters", "/topic-permissions",
+for _path in ("/feature-flags", "/parameters", "/global-parameters",
               "/vhost-limits", "/operator-policies", "/federation-links", "/shovels"):
     routes.add("GET", _path)(_none)
 

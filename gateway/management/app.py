@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from gateway.auth.service import LoginRefused, User, is_loopback
+from gateway.auth.service import LoginRefused, User
 from gateway.core.errors import BrokerError
 from gateway.management import api_access, api_node, api_objects, api_tools
 from gateway.management.metrics import make_registry, render_metrics
@@ -25,6 +25,7 @@ from gateway.management.router import Access, ApiError, Ctx, Routes, dumps
 from gateway.management.shapes import Listening
 from gateway.management.stats import Stats
 from gateway.management.trace import Tracer
+from gateway.server.connection import run_password_check
 from gateway.server.http import Request, Response
 
 if TYPE_CHECKING:
@@ -116,13 +117,13 @@ class ManagementApp:
             body, content_type = render_metrics(self.metrics)
             return Response(200, body, content_type)
         if path == "/api" or path.startswith("/api/"):
-            return self._api(request)
+            return await self._api(request)
         return self._static_file(request)
 
-    def _api(self, request: Request) -> Response:
+    async def _api(self, request: Request) -> Response:
         try:
             route, params = self.routes.find(request.method, request.path[len("/api"):])
-            user = self._authenticate(request)
+            user = await self._authenticate(request)
             access = Access.of(user.tags)
             if access < Access.MANAGEMENT:
                 raise ApiError(401, "Not management user", "not_authorised")
@@ -148,7 +149,9 @@ class ManagementApp:
             response.headers = [h for h in response.headers if h[0] != "www-authenticate"]
         return response
 
-    def _authenticate(self, request: Request) -> User:
+    async def _authenticate(self, request: Request) -> User:
+        """HTTP basic auth against broker users; a slow (scrypt) check runs in a worker
+        thread, failures count against the source address like any protocol's."""
         header = request.header("authorization")
         if not header or not header.lower().startswith("basic "):
             raise ApiError(401, "Login failed", "not_authorised")
@@ -157,11 +160,14 @@ class ManagementApp:
         except (binascii.Error, UnicodeDecodeError):
             raise ApiError(401, "Login failed", "not_authorised") from None
         name, _, password = decoded.partition(":")
-        try:
-            return self.auth.authenticate(name, password, loopback=is_loopback(request.peer[0]))
-        except LoginRefused as err:
-            log.info("HTTP API login refused: %s", err.reason)
-            raise ApiError(401, "Login failed", "not_authorised") from None
+        answer: list[User | LoginRefused] = []
+        pending = self.auth.login(name, password, peer=request.peer[0], protocol="HTTP",
+                                  now=self.now(), then=answer.append)
+        if pending is not None:
+            await run_password_check(pending)
+        if isinstance(answer[0], LoginRefused):
+            raise ApiError(401, "Login failed", "not_authorised")
+        return answer[0]
 
     def _static_file(self, request: Request) -> Response:
         if request.method not in ("GET", "HEAD"):

@@ -65,6 +65,9 @@ SCHEMAS: dict[str, Any] = {
     "Permission": _obj(["user", "vhost", "configure", "write", "read"],
                        {"user": STR, "vhost": STR, "configure": STR, "write": STR,
                         "read": STR}),
+    "TopicPermission": _obj(["user", "vhost", "exchange", "write", "read"],
+                            {"user": STR, "vhost": STR, "exchange": STR, "write": STR,
+                             "read": STR}),
     "Policy": _obj(["vhost", "name", "pattern", "definition", "priority", "apply-to"],
                    {"vhost": STR, "name": STR, "pattern": STR, "definition": OBJ,
                     "priority": INT, "apply-to": STR}),
@@ -99,6 +102,8 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PUT", "/vhosts/{vhost}"): _obj([], {"description": STR, "tracing": BOOL}),
     ("PUT", "/permissions/{vhost}/{user}"): _obj(["configure", "write", "read"], {
         "configure": STR, "write": STR, "read": STR}),
+    ("PUT", "/topic-permissions/{vhost}/{user}"): _obj(["exchange", "write", "read"], {
+        "exchange": STR, "write": STR, "read": STR}),
     ("PUT", "/policies/{vhost}/{name}"): _obj(["pattern", "definition"], {
         "pattern": STR, "definition": OBJ, "priority": INT,
         "apply-to": {"enum": ["queues", "exchanges", "all"]}}),
@@ -122,6 +127,8 @@ RESPONSES: dict[str, dict[str, Any]] = {
     "/queues/{vhost}/{name}/bindings": _list("Binding"), "/users": _list("User"),
     "/users/{user}": _ref("User"), "/vhosts": _list("Vhost"), "/vhosts/{vhost}": _ref("Vhost"),
     "/permissions": _list("Permission"), "/permissions/{vhost}/{user}": _ref("Permission"),
+    "/topic-permissions": _list("TopicPermission"),
+    "/topic-permissions/{vhost}/{user}": _list("TopicPermission"),
     "/policies": _list("Policy"), "/policies/{vhost}": _list("Policy"),
     "/policies/{vhost}/{name}": _ref("Policy"),
     "/health/checks/alarms": _ref("Health"),

@@ -89,6 +89,7 @@ class Server:
         self.broker.meter.paging_threshold = config.store.paging_threshold
         self.broker.max_queues_per_vhost = config.limits.max_queues_per_vhost
         self.auth.attach(self.store, self.broker)
+        self.auth.inline_checks = False  # scrypt checks go to worker threads (connection.py)
         self.broker.on_vhost_deleted.append(self._vhost_deleted)
         self.sessions: set[Any] = set()
         self.connections: set[Connection] = set()

@@ -9,6 +9,12 @@ Timers are not a task either: the server calls `tick` for every connection once 
 (Per idle MQTT connection this took the broker from about 16 KiB to about 10 KiB; see
 docs/performance.md.)
 
+Password checks: a session that needs a slow (scrypt) password check exposes it as
+`password_check` and holds its further input; `settle_password_check` runs the check in a
+worker thread (at most `PASSWORD_CHECK_THREADS` at once: each takes 16 MiB and a core for
+some 30 ms), hands the answer back and lets the session go on (`resume_input`), so one
+login never stalls the other clients.
+
 Back-pressure: the reader stops reading while the session's outbound buffer is above its
 high-water mark (a client that does not read what it is sent cannot make the broker buffer
 without bound), and consumers get no credit meanwhile (see `AMQPConsumer.can_take`).
@@ -24,9 +30,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Final, Protocol
 
 import trio
+
+from gateway.auth.login import PendingCheck
 
 log = logging.getLogger("gateway.server")
 
@@ -104,6 +112,24 @@ class HandshakeLimits:
 
     def why(self) -> str:
         return f"not logged in within the handshake timeout ({self.timeout:g} s)"
+
+PASSWORD_CHECK_THREADS: Final = 2
+_password_checks = trio.CapacityLimiter(PASSWORD_CHECK_THREADS)
+
+
+async def run_password_check(check: PendingCheck) -> None:
+    """Run one slow password check in a worker thread; its answer goes where it says."""
+    ok = await trio.to_thread.run_sync(check.verify, limiter=_password_checks)
+    check.finish(ok)
+
+
+async def settle_password_check(session: Any) -> None:
+    """Run the session's pending password checks, one after another, off the event loop."""
+    while (check := getattr(session, "password_check", None)) is not None:
+        ok = await trio.to_thread.run_sync(check.verify, limiter=_password_checks)
+        session.password_check = None
+        check.finish(ok)
+        session.resume_input()
 
 
 class Session(Protocol):
@@ -265,6 +291,8 @@ class Connection:
                 self._reading = True  # output from this input is sent below, not by a writer
                 try:
                     session.receive_data(data)
+                    if getattr(session, "password_check", None) is not None:
+                        await settle_password_check(session)  # its input waits meanwhile
                 finally:
                     self._reading = False
                 if self.handshake.over(session, len(data)):

@@ -56,12 +56,17 @@ from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.utilities import RemoteProtocolError
 
 from gateway.auth.service import is_loopback
-from gateway.server.connection import SendStalled, peer_of, send_with_timeout
+from gateway.server.connection import (
+    SendStalled,
+    peer_of,
+    send_with_timeout,
+    settle_password_check,
+)
 from gateway.server.factories import SESSION_FACTORIES
 from gateway.server.tls import peer_info
 from protocols.wamp.codec import Serializer
 from protocols.wamp.router import WampRouter
-from protocols.wamp.session import WampSession
+from protocols.wamp.session import WampSession, broker_cra_lookup
 
 if TYPE_CHECKING:
     from gateway.config import Limits
@@ -200,16 +205,14 @@ def wamp_router(server: Server) -> WampRouter:
 
 def wamp_session(server: Server, peer: tuple[str, int], wake: Callable[[], None],
                  serializer: Serializer, options: WebSocketOptions) -> WampSession:
-    # WAMP-CRA needs each user's secret on the router side; the auth service may offer it
-    # (`wampcra_secret(name)`); without it only ticket and anonymous logins are available
-    cra = getattr(server.auth, "wampcra_secret", None)
-    kwargs: dict[str, Any] = {"cra_lookup": cra} if callable(cra) else {}
+    # WAMP-CRA signs with each user's salted key, stored when the password was set
     return WampSession(
         server.broker, server.auth, wamp_router(server), serializer, peer=peer,
         loopback=is_loopback(peer[0]), clock=server.clock, wake=wake,
         loopback_users=server.config.auth.loopback_users,
         max_message_size=options.max_message_size, high_water=options.high_water,
-        disclose=options.wamp_disclose, admit=server.admit, **kwargs)
+        disclose=options.wamp_disclose, admit=server.admit,
+        cra_lookup=broker_cra_lookup(server.auth))
 
 
 class WebSocketFront:
@@ -505,6 +508,9 @@ class WebSocketConnection:
         if early and not self._feed(early):  # frames that came with the handshake
             return
         self.wake()
+        if getattr(session, "password_check", None) is not None:
+            await settle_password_check(session)
+            self.wake()
         while True:
             while session.pending_output > self.options.high_water and not session.closed:
                 self._drained = trio.Event()
@@ -527,6 +533,9 @@ class WebSocketConnection:
             self._pinged = False
             if not self._feed(data):
                 return
+            if getattr(session, "password_check", None) is not None:
+                await settle_password_check(session)  # its later input waits meanwhile
+                self.wake()
 
     def _feed(self, data: bytes | bytearray) -> bool:
         """Bytes read from the peer; False when reading should stop."""

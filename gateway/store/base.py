@@ -93,6 +93,7 @@ class UserRecord:
     name: str
     password_hash: str
     tags: list[str]
+    wampcra: str = ""  # the user's WAMP-CRA key (`gateway.auth.passwords.CraKey.encode`)
 
 
 @dataclass
@@ -100,6 +101,15 @@ class PermissionRecord:
     user: str
     vhost: str
     configure: str
+    write: str
+    read: str
+
+
+@dataclass
+class TopicPermissionRecord:
+    user: str
+    vhost: str
+    exchange: str
     write: str
     read: str
 
@@ -124,6 +134,7 @@ class Recovered:
     users: list[UserRecord] = field(default_factory=list)
     vhosts: list[str] = field(default_factory=list)
     permissions: list[PermissionRecord] = field(default_factory=list)
+    topic_permissions: list[TopicPermissionRecord] = field(default_factory=list)
     policies: list[PolicyRecord] = field(default_factory=list)
     exchanges: list[ExchangeRecord] = field(default_factory=list)
     queues: list[QueueRecord] = field(default_factory=list)
@@ -156,6 +167,8 @@ class Store(Protocol):
     def delete_vhost(self, name: str) -> None: ...
     def put_permission(self, perm: PermissionRecord) -> None: ...
     def delete_permission(self, user: str, vhost: str) -> None: ...
+    def put_topic_permission(self, perm: TopicPermissionRecord) -> None: ...
+    def delete_topic_permission(self, user: str, vhost: str, exchange: str) -> None: ...
     def put_policy(self, policy: PolicyRecord) -> None: ...
     def delete_policy(self, vhost: str, name: str) -> None: ...
     def mark_seeded(self) -> None: ...
@@ -225,6 +238,12 @@ class MemoryStore:
         self._note()
 
     def delete_permission(self, user: str, vhost: str) -> None:
+        self._note()
+
+    def put_topic_permission(self, perm: TopicPermissionRecord) -> None:
+        self._note()
+
+    def delete_topic_permission(self, user: str, vhost: str, exchange: str) -> None:
         self._note()
 
     def put_policy(self, policy: PolicyRecord) -> None:

@@ -40,6 +40,7 @@ from gateway.store.base import (
     QueueRecord,
     Recovered,
     StoredMessage,
+    TopicPermissionRecord,
     UserRecord,
 )
 from gateway.store.serial import DecodeError, decode, encode
@@ -71,6 +72,8 @@ DEL_POLICY = 17
 SEEDED = 18  # users/vhosts/permissions have been written once; the config no longer seeds
 PUT_VALUE = 19  # a protocol's own durable value (MQTT retained messages, session state)
 DEL_VALUE = 20
+PUT_TOPIC_PERMISSION = 21
+DEL_TOPIC_PERMISSION = 22
 
 
 def _frame(kind: int, payload: tuple[Any, ...]) -> bytes:
@@ -142,11 +145,13 @@ class DiskStore:
         if state.seeded:
             yield _frame(SEEDED, ())
         for u in state.users:
-            yield _frame(PUT_USER, (u.name, u.password_hash, list(u.tags)))
+            yield _frame(PUT_USER, (u.name, u.password_hash, list(u.tags), u.wampcra))
         for v in state.vhosts:
             yield _frame(PUT_VHOST, (v,))
         for p in state.permissions:
             yield _frame(PUT_PERMISSION, (p.user, p.vhost, p.configure, p.write, p.read))
+        for t in state.topic_permissions:
+            yield _frame(PUT_TOPIC_PERMISSION, (t.user, t.vhost, t.exchange, t.write, t.read))
         for pol in state.policies:
             yield _frame(PUT_POLICY, (pol.vhost, pol.name, pol.pattern, pol.definition,
                                       pol.priority, pol.apply_to))
@@ -240,7 +245,8 @@ class DiskStore:
         self._append(_frame(ACK, (vhost, queue, seq)))
 
     def put_user(self, user: UserRecord) -> None:
-        self._append(_frame(PUT_USER, (user.name, user.password_hash, list(user.tags))))
+        self._append(_frame(PUT_USER, (user.name, user.password_hash, list(user.tags),
+                                       user.wampcra)))
 
     def delete_user(self, name: str) -> None:
         self._append(_frame(DEL_USER, (name,)))
@@ -257,6 +263,13 @@ class DiskStore:
 
     def delete_permission(self, user: str, vhost: str) -> None:
         self._append(_frame(DEL_PERMISSION, (user, vhost)))
+
+    def put_topic_permission(self, perm: TopicPermissionRecord) -> None:
+        self._append(_frame(PUT_TOPIC_PERMISSION, (perm.user, perm.vhost, perm.exchange,
+                                                   perm.write, perm.read)))
+
+    def delete_topic_permission(self, user: str, vhost: str, exchange: str) -> None:
+        self._append(_frame(DEL_TOPIC_PERMISSION, (user, vhost, exchange)))
 
     def put_policy(self, policy: PolicyRecord) -> None:
         self._append(_frame(PUT_POLICY, (policy.vhost, policy.name, policy.pattern,
@@ -352,6 +365,7 @@ def _replay(records: list[tuple[int, Any]]) -> Recovered:
     users: dict[str, UserRecord] = {}
     vhosts: dict[str, None] = {}
     perms: dict[tuple[str, str], PermissionRecord] = {}
+    topic_perms: dict[tuple[str, str, str], TopicPermissionRecord] = {}
     policies: dict[tuple[str, str], PolicyRecord] = {}
     values: dict[str, dict[tuple[Any, ...], Any]] = {}
     seeded = False
@@ -364,7 +378,8 @@ def _replay(records: list[tuple[int, Any]]) -> Recovered:
             values.get(p[0], {}).pop(tuple(p[1]), None)
             continue
         if kind >= PUT_USER:
-            seeded = _replay_auth(kind, p, users, vhosts, perms, policies) or seeded
+            seeded = _replay_auth(kind, p, users, vhosts, (perms, topic_perms),
+                                  policies) or seeded
             if kind == DEL_VHOST:
                 for d in (exchanges, queues, entries):
                     for key in [k for k in d if k[0] == p[0]]:
@@ -408,6 +423,7 @@ def _replay(records: list[tuple[int, Any]]) -> Recovered:
     state.users = list(users.values())
     state.vhosts = list(vhosts)
     state.permissions = list(perms.values())
+    state.topic_permissions = list(topic_perms.values())
     state.policies = list(policies.values())
     state.exchanges = list(exchanges.values())
     state.queues = list(queues.values())
@@ -427,29 +443,39 @@ def _replay(records: list[tuple[int, Any]]) -> Recovered:
 
 
 def _replay_auth(kind: int, p: Any, users: dict[str, UserRecord], vhosts: dict[str, None],
-                 perms: dict[tuple[str, str], PermissionRecord],
+                 all_perms: tuple[dict[tuple[str, str], PermissionRecord],
+                                  dict[tuple[str, str, str], TopicPermissionRecord]],
                  policies: dict[tuple[str, str], PolicyRecord]) -> bool:
     """Apply one user/vhost/permission/policy record; True for the SEEDED marker."""
+    perms, topic_perms = all_perms
     if kind == SEEDED:
         return True
-    if kind == PUT_USER:
-        users[p[0]] = UserRecord(p[0], p[1], list(p[2]))
+    if kind == PUT_USER:  # (a 4th field, the WAMP-CRA key, was added later)
+        users[p[0]] = UserRecord(p[0], p[1], list(p[2]), p[3] if len(p) > 3 else "")
     elif kind == DEL_USER:
         users.pop(p[0], None)
         for key in [k for k in perms if k[0] == p[0]]:
             del perms[key]
+        for tkey in [k for k in topic_perms if k[0] == p[0]]:
+            del topic_perms[tkey]
     elif kind == PUT_VHOST:
         vhosts[p[0]] = None
     elif kind == DEL_VHOST:
         vhosts.pop(p[0], None)
         for key in [k for k in perms if k[1] == p[0]]:
             del perms[key]
+        for tkey in [k for k in topic_perms if k[1] == p[0]]:
+            del topic_perms[tkey]
         for key in [k for k in policies if k[0] == p[0]]:
             del policies[key]
     elif kind == PUT_PERMISSION:
         perms[(p[0], p[1])] = PermissionRecord(p[0], p[1], p[2], p[3], p[4])
     elif kind == DEL_PERMISSION:
         perms.pop((p[0], p[1]), None)
+    elif kind == PUT_TOPIC_PERMISSION:
+        topic_perms[(p[0], p[1], p[2])] = TopicPermissionRecord(p[0], p[1], p[2], p[3], p[4])
+    elif kind == DEL_TOPIC_PERMISSION:
+        topic_perms.pop((p[0], p[1], p[2]), None)
     elif kind == PUT_POLICY:
         policies[(p[0], p[1])] = PolicyRecord(p[0], p[1], p[2], p[3], p[4], p[5])
     elif kind == DEL_POLICY:

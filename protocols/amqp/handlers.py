@@ -299,6 +299,8 @@ def publish(s: AMQPSession, ch: Channel, m: C.Basic.Publish,
     if exchange is None or exchange.deleted:
         _check(s, "write", "exchange", name)
         exchange = ch.write_ok[name] = vh.exchange_for_publish(name)
+    if exchange.type == "topic" and s.auth.has_topic_permissions:
+        s.auth.check_topic(s.user, vh.name, exchange.name, "write", m.routing_key)
     props = from_amqp(properties)
     if props.user_id is not None or props.expiration is not None:
         validate_publish(props, s.user.name)

@@ -60,7 +60,8 @@ from protocols.amqp.mapping import encoded_properties, parse_credentials
 from protocols.outbox import Outbox
 
 if TYPE_CHECKING:
-    from gateway.auth.service import AuthService, User
+    from gateway.auth.login import PendingCheck
+    from gateway.auth.service import AuthService, LoginRefused, User
     from gateway.core.broker import Broker
     from gateway.core.vhost import VirtualHost
     from protocols.tls import TLSPeer
@@ -135,6 +136,8 @@ class AMQPSession(Outbox):
         self.alarm = False  # the broker is over its memory high-watermark
         self.read_paused = False  # blocked: published while the alarm was on
         self.blocked_notify = False
+        # a slow password check the I/O layer runs in a thread; input waits meanwhile
+        self.password_check: PendingCheck | None = None
 
     # -- I/O boundary ----------------------------------------------------------------------
 
@@ -172,7 +175,7 @@ class AMQPSession(Outbox):
         codec = self.codec
         codec.receive_data(data)
         next_event = codec.next_event
-        while not self.closed:
+        while not self.closed and self.password_check is None:
             try:
                 event = next_event()
             except BadProtocolHeader:
@@ -436,23 +439,36 @@ class AMQPSession(Outbox):
             cert_user = self._cert_user()
             if self._mechanism == "EXTERNAL" and cert_user is not None:
                 # the certificate is the credential; the response (pika sends "") is unused
-                self.user = self.auth.authenticate_certificate(cert_user,
-                                                               loopback=self.loopback)
-            else:
-                login, password = parse_credentials(self._mechanism, raw)
-                self.user = self.auth.authenticate(login, password, loopback=self.loopback,
-                                                   mechanism=self._mechanism)
+                self._logged_in(self.auth.authenticate_certificate(cert_user,
+                                                                   loopback=self.loopback))
+                return
+            login, password = parse_credentials(self._mechanism, raw)
         except BrokerError as err:
             log.info("connection %s: login refused: %s", self.name,
                      getattr(err, "reason", err.text))
             self.close_connection(ReplyCode.ACCESS_REFUSED, reply_text(err))
             return
+        self.password_check = self.auth.login(
+            login, password, peer=self.peer[0], loopback=self.loopback, protocol="AMQP",
+            mechanism=self._mechanism, now=self.clock(), then=self._logged_in)
+
+    def _logged_in(self, result: User | LoginRefused) -> None:
+        if self.state is not State.START_OK:
+            return  # closed meanwhile
+        if isinstance(result, BrokerError):
+            self.close_connection(ReplyCode.ACCESS_REFUSED, reply_text(result))
+            return
+        self.user = result
         self.send_method(0, commands.Connection.Tune(self.channel_max, self.frame_max,
                                                      self.heartbeat))
         self.state = State.TUNE_OK
 
     def _cert_user(self) -> str | None:
         return self.tls.cert_user if self.tls is not None else None
+
+    def resume_input(self) -> None:
+        """A password check finished: handle the input that waited for it."""
+        self.receive_data(b"")
 
     def _on_tune_ok(self, m: commands.Connection.TuneOk) -> None:
         if m.frame_max and m.frame_max < 4096:

@@ -46,6 +46,7 @@ from protocols.mqtt.mapping import (
     parse_shared,
     reply_queue,
     to_core,
+    topic_to_routing_key,
     valid_topic_filter,
 )
 from protocols.mqtt.retain import Retained
@@ -127,7 +128,8 @@ def publish(s: MQTTSession, p: Publish) -> None:
                             "more unacknowledged QoS 1/2 PUBLISHes than Receive Maximum "
                             "[MQTT-3.3.4-7]")
     exchange_name = "" if topic.startswith(REPLY_PREFIX) else "amq.topic"
-    if not s.allowed("write", "exchange", exchange_name):
+    if not s.allowed("write", "exchange", exchange_name) or (
+            exchange_name and not s.topic_allowed("write", topic_to_routing_key(topic))):
         if p.qos == 0 or not v5:
             raise ProtocolError(ReasonCode.NOT_AUTHORIZED,
                                 f"no write access to exchange '{exchange_name}'")
@@ -241,7 +243,8 @@ def subscribe(s: MQTTSession, p: Subscribe) -> None:
         if not (s.allowed("configure", "queue", queue_name)
                 and s.allowed("write", "queue", queue_name)
                 and s.allowed("read", "exchange", "amq.topic")
-                and s.allowed("read", "queue", queue_name)):
+                and s.allowed("read", "queue", queue_name)
+                and s.topic_allowed("read", filter_to_binding_key(topic_filter))):
             codes.append(_failure(s, ReasonCode.NOT_AUTHORIZED))
             continue
         opts = SubOptions(sub.qos, sub.no_local, sub.retain_as_published, sub_id)

@@ -54,6 +54,7 @@ from protocols.mqtt.state import MQTTState, SessionState, state_for
 from protocols.outbox import Outbox
 
 if TYPE_CHECKING:
+    from gateway.auth.login import PendingCheck
     from gateway.auth.service import AuthService, Permission, ResourceKind, User
     from gateway.config import MQTTConfig
     from gateway.core.broker import Broker
@@ -84,7 +85,7 @@ class MQTTSession(Outbox):
         "client_receive_maximum", "clock", "codec", "config", "connect_timeout", "consumer",
         "high_water",
         "inbound_qos1", "keepalive", "last_recv", "loopback", "loopback_users",
-        "mqtt", "peer", "pending_acks", "queue", "read_paused",
+        "mqtt", "password_check", "peer", "pending_acks", "queue", "read_paused",
         "shared_consumers", "st", "started", "state", "tls", "user", "vhost", "wake", "will",
     )
 
@@ -124,6 +125,8 @@ class MQTTSession(Outbox):
                                          config.retained_max_bytes)
         self.state = State.CONNECT_WAIT
         self.user: User | None = None
+        # a slow password check the I/O layer runs in a thread; input waits meanwhile
+        self.password_check: PendingCheck | None = None
         self.vhost: VirtualHost | None = None
         self.client_id = ""
         self.st: SessionState | None = None
@@ -210,7 +213,7 @@ class MQTTSession(Outbox):
             return
         self.last_recv = self.clock()
         self.codec.receive_data(data)
-        while not self.closed:
+        while not self.closed and self.password_check is None:
             try:
                 packet = self.codec.next_event()
             except ProtocolError as exc:
@@ -226,6 +229,10 @@ class MQTTSession(Outbox):
                 log.info("connection %s: %s", self.name, err.text)
                 self.close(ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, err.text)
         self.flush_confirms()
+
+    def resume_input(self) -> None:
+        """A password check finished: handle the input that waited for it."""
+        self.receive_data(b"")
 
     def _protocol_error(self, exc: ProtocolError) -> None:
         log.info("connection %s: %s: %s", self.name, exc.reason.name, exc.text)
@@ -330,6 +337,16 @@ class MQTTSession(Outbox):
             ok = self._permissions[key] = self.auth.allowed(
                 self.user, self.vhost.name, permission, name, resource_kind=kind)
         return ok
+
+    def topic_allowed(self, permission: Permission, routing_key: str,
+                      client_id: str | None = None) -> bool:
+        """RabbitMQ's topic permission on amq.topic for this routing (or binding) key, with
+        `{client_id}` standing for this client's id."""
+        if not self.auth.has_topic_permissions:
+            return True
+        assert self.user is not None and self.vhost is not None
+        return self.auth.topic_allowed(self.user, self.vhost.name, "amq.topic", permission,
+                                       routing_key, client_id=client_id or self.client_id)
 
     def remember_reply_topic(self, correlation_id: str | None, topic: str) -> None:
         self._last_reply_topic = topic

@@ -13,6 +13,7 @@ deletes that queue before it fires [MQTT-3.1.3-9]. Such a delayed will is not re
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gateway.core.errors import BrokerError
@@ -39,6 +40,7 @@ from protocols.mqtt.state import (
 )
 
 if TYPE_CHECKING:
+    from gateway.auth.service import LoginRefused, User
     from gateway.core.queue import Queue
     from protocols.mqtt.session import MQTTSession
 
@@ -55,7 +57,9 @@ def _refuse(s: MQTTSession, reason: ReasonCode, text: str) -> None:
     s._finish()
 
 
-def _login(s: MQTTSession, c: Connect) -> bool:
+def _login(s: MQTTSession, c: Connect, then: Callable[[], None]) -> None:
+    """Log the client in; `then` continues the CONNECT once the user and vhost are set
+    (at once, or after a slow password check that the I/O layer runs, see `login`)."""
     cfg = s.config
     vhost_name = cfg.default_vhost
     if c.username is None and c.password is None and s.cert_user is not None:
@@ -66,49 +70,61 @@ def _login(s: MQTTSession, c: Connect) -> bool:
         except BrokerError as err:
             log.info("connection %s: login refused: %s", s.name, getattr(err, "reason", err))
             _refuse(s, ReasonCode.NOT_AUTHORIZED, "certificate user refused")
-            return False
-    elif c.username is None:
+            return
+        _enter(s, user, vhost_name, then)
+        return
+    if c.username is None:
         if not cfg.allow_anonymous or c.password is not None:
             _refuse(s, ReasonCode.BAD_USER_NAME_OR_PASSWORD, "credentials required")
-            return False
+            return
         anonymous = s.auth.user(cfg.anonymous_user)
         if anonymous is None or (anonymous.name in s.loopback_users and not s.loopback):
             _refuse(s, ReasonCode.NOT_AUTHORIZED, "anonymous login refused")
-            return False
-        user = anonymous
-    else:
-        name = c.username
-        if ":" in name:  # RabbitMQ's `vhost:user`
-            vhost_name, name = name.split(":", 1)
-        try:
-            password = (c.password or b"").decode("utf-8")
-        except UnicodeDecodeError:
-            password = ""
-        try:
-            user = s.auth.authenticate(name, password, loopback=s.loopback, mechanism="MQTT")
-        except BrokerError as err:
-            log.info("connection %s: login refused: %s", s.name, getattr(err, "reason", err))
+            return
+        _enter(s, anonymous, vhost_name, then)
+        return
+    name = c.username
+    if ":" in name:  # RabbitMQ's `vhost:user`
+        vhost_name, name = name.split(":", 1)
+    try:
+        password = (c.password or b"").decode("utf-8")
+    except UnicodeDecodeError:
+        password = ""
+
+    def logged_in(result: User | LoginRefused) -> None:
+        from protocols.mqtt.session import State
+
+        if s.state is not State.CONNECT_WAIT:
+            return  # the connection went meanwhile
+        if isinstance(result, BrokerError):
             _refuse(s, ReasonCode.BAD_USER_NAME_OR_PASSWORD, "bad user name or password")
-            return False
+            return
+        _enter(s, result, vhost_name, then)
+
+    s.password_check = s.auth.login(name, password, peer=s.peer[0], loopback=s.loopback,
+                                    protocol="MQTT", mechanism="MQTT", now=s.clock(),
+                                    then=logged_in)
+
+
+def _enter(s: MQTTSession, user: User, vhost_name: str, then: Callable[[], None]) -> None:
     try:
         s.auth.check_vhost(user, vhost_name)
     except BrokerError as err:
         _refuse(s, ReasonCode.NOT_AUTHORIZED, err.text)
-        return False
+        return
     try:
         s.admit(s, user.name)
     except BrokerError as err:  # a connection limit: 0x97, or 3 (server unavailable) on 3.1.1
         _refuse(s, ReasonCode.QUOTA_EXCEEDED, err.text)
-        return False
+        return
     s.vhost = s.broker.vhost(vhost_name)
     s.user = user
-    return True
+    then()
 
 
 def connect(s: MQTTSession, c: Connect) -> None:
-    from protocols.mqtt.session import State, new_client_id
+    from protocols.mqtt.session import new_client_id
 
-    cfg = s.config
     v5 = c.protocol_level == MQTT_5
     props = Properties()
     client_id = c.client_id
@@ -134,9 +150,18 @@ def connect(s: MQTTSession, c: Connect) -> None:
         _refuse(s, ReasonCode.BAD_AUTHENTICATION_METHOD,
                 f"authentication method {c.properties.authentication_method!r} not supported")
         return
-    if not _login(s, c):
-        return
-    if c.will is not None and not s.allowed("write", "exchange", "amq.topic"):
+    _login(s, c, lambda: _connected(s, c, client_id, props))
+
+
+def _connected(s: MQTTSession, c: Connect, client_id: str, props: Properties) -> None:
+    """CONNECT, after the login: the session, CONNACK, and what a resumed session held."""
+    from protocols.mqtt.session import State
+
+    cfg = s.config
+    v5 = c.protocol_level == MQTT_5
+    if c.will is not None and not (
+            s.allowed("write", "exchange", "amq.topic")
+            and s.topic_allowed("write", topic_to_routing_key(c.will.topic), client_id)):
         _refuse(s, ReasonCode.NOT_AUTHORIZED, "no write access to amq.topic for the will")
         return
     assert s.vhost is not None

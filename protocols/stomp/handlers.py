@@ -133,8 +133,9 @@ def _is_ip(text: str) -> bool:
     return True
 
 
-def _login(s: StompSession, login: str | None, passcode: str) -> User:
-    if login is None and s.cert_user is not None:
+def _without_password(s: StompSession) -> User:
+    """The user of a CONNECT without login: the client certificate's, or anonymous."""
+    if s.cert_user is not None:
         # RabbitMQ's stomp.ssl_cert_login: the verified certificate names the user
         try:
             return s.auth.authenticate_certificate(s.cert_user, loopback=s.loopback,
@@ -143,20 +144,14 @@ def _login(s: StompSession, login: str | None, passcode: str) -> User:
             s.close_reason = err.reason
             raise StompError("Bad CONNECT",
                              f"Access refused for user '{s.cert_user}'") from err
-    if login is None:
-        # RabbitMQ's `default_user`: a CONNECT without login is the anonymous user, unless
-        # that is switched off; a loopback-only user still needs a loopback peer
-        name = s.anonymous_user
-        user = s.auth.user(name) if name is not None else None
-        if user is None or (user.name in s.loopback_users and not s.loopback):
-            raise StompError("Bad CONNECT", "Access refused: the CONNECT frame has no login "
-                             "header and anonymous login is not allowed.")
-        return user
-    try:
-        return s.auth.authenticate(login, passcode, loopback=s.loopback)
-    except LoginRefused as err:
-        s.close_reason = err.reason
-        raise StompError("Bad CONNECT", f"Access refused for user '{login}'") from err
+    # RabbitMQ's `default_user`: a CONNECT without login is the anonymous user, unless that
+    # is switched off; a loopback-only user still needs a loopback peer
+    name = s.anonymous_user
+    user = s.auth.user(name) if name is not None else None
+    if user is None or (user.name in s.loopback_users and not s.loopback):
+        raise StompError("Bad CONNECT", "Access refused: the CONNECT frame has no login "
+                         "header and anonymous login is not allowed.")
+    return user
 
 
 def connect(s: StompSession, frame: Frame) -> After:
@@ -167,7 +162,32 @@ def connect(s: StompSession, frame: Frame) -> After:
     login = frame.get("login")
     passcode = frame.get("passcode", "") or ""
     vhost = _vhost_name(s, frame.get("host"))
-    user = _login(s, login, passcode)
+    if login is None:
+        _connected(s, _without_password(s), vhost, version, sx, sy)
+        return None
+    receipt = frame.get("receipt")
+
+    def logged_in(result: User | LoginRefused) -> None:
+        from protocols.stomp.session import State
+
+        if s.state is not State.CONNECTING:
+            return  # the connection went meanwhile
+        try:
+            if isinstance(result, LoginRefused):
+                s.close_reason = result.reason
+                raise StompError("Bad CONNECT", f"Access refused for user '{login}'")
+            _connected(s, result, vhost, version, sx, sy)
+        except StompError as exc:
+            s.send_error(exc.message, exc.detail, receipt, exc.headers)
+
+    # answered at once, or after a slow password check run by the I/O layer
+    s.password_check = s.auth.login(login, passcode, peer=s.peer[0], loopback=s.loopback,
+                                    protocol="STOMP", now=s.clock(), then=logged_in)
+    return None
+
+
+def _connected(s: StompSession, user: User, vhost: str, version: Version, sx: int,
+               sy: int) -> None:
     login = user.name
     if not s.auth.vhost_exists(vhost) or vhost not in s.broker.vhosts:
         raise StompError("Bad CONNECT", f"Virtual host '{vhost}' access denied: it does not "
@@ -188,7 +208,6 @@ def connect(s: StompSession, frame: Frame) -> After:
         ("server", f"gateway/{gateway.__version__}"),
         ("heart-beat", f"{sx},{sy}"),
     ])
-    return None
 
 
 def disconnect(s: StompSession, frame: Frame) -> After:
@@ -253,6 +272,8 @@ def send(s: StompSession, frame: Frame) -> After:
         _check(s, "write", "exchange", exchange_name)
         s.write_ok.add(exchange_name)
     exchange = vh.exchange_for_publish(exchange_name)
+    if exchange.type == "topic" and s.auth.has_topic_permissions:
+        s.auth.check_topic(s.user, vh.name, exchange_name, "write", key)
     message = Message(vh.next_message_id(), exchange_name, key, props, frame.body, "stomp")
     vh.publish(exchange, key, message, s.clock())
     if s.alarm:
@@ -268,7 +289,10 @@ def _subscription_queue(s: StompSession, dest: Destination, destination: str, su
     vh = _vh(s)
     exchange = TOPIC_EXCHANGE if dest.kind is Kind.TOPIC else dest.name
     key = dest.name if dest.kind is Kind.TOPIC else dest.key
-    vh.get_exchange(exchange)  # 404 before anything is declared
+    x = vh.get_exchange(exchange)  # 404 before anything is declared
+    if x.type == "topic" and s.auth.has_topic_permissions:
+        assert s.user is not None
+        s.auth.check_topic(s.user, vh.name, exchange, "read", key)
     name = frame.get("x-queue-name") or subscription_queue_name(destination, sub_id, durable)
     queue = _declare(s, name, frame, durable=durable, auto_delete=not durable,
                      exclusive=not durable)

@@ -60,6 +60,7 @@ from protocols.stomp.mapping import message_destination, message_headers
 from protocols.stomp.subscription import AckMode, Subscription
 
 if TYPE_CHECKING:
+    from gateway.auth.login import PendingCheck
     from gateway.auth.service import AuthService, User
     from gateway.core.broker import Broker
     from gateway.core.vhost import VirtualHost
@@ -132,6 +133,8 @@ class StompSession(Outbox):
         self.auth = auth
         self.peer = peer
         self.loopback = loopback
+        # a slow password check the I/O layer runs in a thread; input waits meanwhile
+        self.password_check: PendingCheck | None = None
         self.clock = clock
         self.wake = wake
         self.codec = StompCodec(max_frame_size=max_frame_size, max_headers=max_headers,
@@ -200,7 +203,8 @@ class StompSession(Outbox):
             return
         self.last_recv = self.clock()
         self.codec.receive_data(data)
-        while self.state is State.CONNECTED or self.state is State.CONNECTING:
+        while (self.state is State.CONNECTED or self.state is State.CONNECTING) \
+                and self.password_check is None:
             try:
                 event = self.codec.next_event()
             except StompProtocolError as exc:
@@ -212,6 +216,10 @@ class StompSession(Outbox):
                 continue
             self._handle(event)
         self.flush_confirms()
+
+    def resume_input(self) -> None:
+        """A password check finished: handle the input that waited for it."""
+        self.receive_data(b"")
 
     def timer(self, now: float) -> None:
         """Heart-beats both ways, and the deadline for CONNECT."""

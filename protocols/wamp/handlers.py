@@ -96,15 +96,16 @@ def publish(s: WampSession, m: Publish) -> None:
             headers[header] = value
     vh = s.vhost
     assert vh is not None
+    key = topic_routing_key(m.topic)
     try:
         s.check("write", "exchange", TOPIC_EXCHANGE)
         exchange = vh.exchange_for_publish(TOPIC_EXCHANGE)
+        s.check_topic("write", key)
     except BrokerError as err:
         if ack:
             _error(s, T.PUBLISH, m.request, s.error_uri(err, "wamp.error.not_authorized"),
                    err.text)
         return
-    key = topic_routing_key(m.topic)
     props = Properties(content_type=body.content_type, message_id=str(pub), headers=headers)
     message = Message(vh.next_message_id(), TOPIC_EXCHANGE, key, props, body.data, "wamp")
     vh.publish(exchange, key, message, s.clock())
@@ -128,6 +129,7 @@ def subscribe(s: WampSession, m: Subscribe) -> None:
         return
     try:
         s.check("read", "exchange", TOPIC_EXCHANGE)
+        s.check_topic("read", binding.key)
         sub_id = s.subs.subscribe(m.topic, match, binding)
     except BrokerError as err:
         _error(s, T.SUBSCRIBE, m.request, s.error_uri(err, "wamp.error.not_authorized"),

@@ -63,7 +63,8 @@ from protocols.wamp.rpc import RpcState
 from protocols.wamp.subscriptions import SubscriptionState
 
 if TYPE_CHECKING:
-    from gateway.auth.service import AuthService, User
+    from gateway.auth.login import PendingCheck
+    from gateway.auth.service import AuthService, LoginRefused, User
     from gateway.core.broker import Broker
     from gateway.core.vhost import VirtualHost
 
@@ -123,10 +124,14 @@ ERROR_URIS: Final[dict[ReplyCode, str]] = {
 AUTH_METHODS: Final = ("ticket", "wampcra", "anonymous")
 AUTH_PROVIDER: Final = "gateway"
 
-# (secret, salt, iterations, keylen) of a user for WAMP-CRA, or None: WAMP-CRA needs the
-# secret (or a PBKDF2 key of it) on the router side, which a password hash cannot give
-CraSecret = tuple[str, str | None, int, int]
+# A user's WAMP-CRA key, or None: (HMAC key, salt, iterations, keylen). With a salt, the key
+# is the PBKDF2 key of the password that the client derives from the challenge's salt,
+# iterations and keylen (the broker stores it when a password is set, see
+# `gateway.auth.passwords.CraKey`); without one, the key is the shared secret itself. A
+# password hash cannot give either, so a user who has only a hash has no WAMP-CRA.
+CraSecret = tuple[bytes, str | None, int, int]
 CraLookup = Callable[[str], CraSecret | None]
+MAX_HELD: Final = 64  # messages a client may send while its password is being checked
 
 
 def _no_cra(_: str) -> CraSecret | None:
@@ -138,11 +143,15 @@ def cra_signature(key: bytes, challenge: str) -> str:
         hmac.new(key, challenge.encode("utf-8"), hashlib.sha256).digest()).decode("ascii")
 
 
-def derive_cra_key(secret: str, salt: str, iterations: int, keylen: int) -> bytes:
-    """The salted WAMP-CRA key as clients derive it: base64 of PBKDF2-HMAC-SHA256."""
-    raw = hashlib.pbkdf2_hmac("sha256", secret.encode("utf-8"), salt.encode("utf-8"),
-                              iterations, keylen)
-    return base64.b64encode(raw)
+def broker_cra_lookup(auth: AuthService) -> CraLookup:
+    """WAMP-CRA keys of broker users: the salted key stored when their password was set."""
+    def lookup(authid: str) -> CraSecret | None:
+        key = auth.wampcra_key(authid)
+        if key is None:
+            return None
+        return key.key.encode("ascii"), key.salt, key.iterations, key.keylen
+
+    return lookup
 
 
 class WampSession:
@@ -198,6 +207,10 @@ class WampSession:
         self.client_roles: dict[str, Any] = {}
         self.client_properties: dict[str, Any] = {}
         self._pending_auth: tuple[str, Hello, str] | None = None  # method, hello, expected
+        # a slow password check (ticket) the I/O layer runs in a thread; the messages
+        # that arrive meanwhile wait in `_held`
+        self.password_check: PendingCheck | None = None
+        self._held: deque[bytes | str] = deque()
         self._out: deque[bytes | str] = deque()
         self._out_size = 0
         self.output_blocked = False
@@ -257,6 +270,20 @@ class WampSession:
     def receive_message(self, data: bytes | str) -> None:
         if self.state is State.CLOSED:
             return
+        if self.password_check is not None or self._held:
+            if len(self._held) >= MAX_HELD:
+                self.abort("wamp.error.protocol_violation", "too many messages before WELCOME")
+                return
+            self._held.append(data)
+            return
+        self._receive(data)
+
+    def resume_input(self) -> None:
+        """A password check finished: handle the messages that waited for it."""
+        while self._held and self.password_check is None and self.state is not State.CLOSED:
+            self._receive(self._held.popleft())
+
+    def _receive(self, data: bytes | str) -> None:
         try:
             msg = self.codec.decode(data)
             if msg.TYPE not in ACCEPTS[self.state]:
@@ -355,6 +382,7 @@ class WampSession:
         if not isinstance(methods, list) or not isinstance(authid, str | None):
             raise ProtocolViolation("HELLO.Details.authmethods must be a list, authid a "
                                     "string")
+        hash_only = False
         for method in methods:
             if method == "anonymous" and self.allow_anonymous:
                 self._login_anonymous(msg)
@@ -365,8 +393,18 @@ class WampSession:
                 self.send(Challenge("ticket", {}))
                 return
             if method == "wampcra" and authid and self.cra_lookup is not _no_cra:
+                if self.auth.user(authid) is not None and self.cra_lookup(authid) is None:
+                    hash_only = True  # only a hash (imported): try the next method
+                    continue
                 self._challenge_cra(msg, authid)
                 return
+        if hash_only:
+            self.abort("wamp.error.authentication_failed",
+                       f"user '{authid}' has no WAMP-CRA key: the broker holds only a "
+                       "password hash for this user (imported), which cannot check a "
+                       "WAMP-CRA signature; log in with ticket, or set the password on "
+                       "this broker (gateway ctl change_password) to enable WAMP-CRA")
+            return
         self.abort("wamp.error.no_matching_auth_method" if methods != ["anonymous"]
                    else "wamp.error.not_authorized",
                    f"none of the authentication methods {methods} is available")
@@ -381,7 +419,10 @@ class WampSession:
     def _challenge_cra(self, hello: Hello, authid: str) -> None:
         self.session_id = self.router.realm(hello.realm).new_session_id()
         found = self.cra_lookup(authid) if self.auth.user(authid) is not None else None
-        secret, salt, iterations, keylen = found or (secrets.token_hex(16), None, 0, 0)
+        # an unknown authid gets a challenge like any other (salted, so it looks like a
+        # user's) that no signature can answer, so names cannot be probed
+        key, salt, iterations, keylen = found or (
+            secrets.token_bytes(32), secrets.token_urlsafe(16), 1000, 32)
         challenge = json.dumps({
             "authid": authid, "authrole": self._role_of(self.auth.user(authid)),
             "authmethod": "wampcra", "authprovider": AUTH_PROVIDER,
@@ -391,10 +432,7 @@ class WampSession:
         }, separators=(",", ":"))
         extra: dict[str, Any] = {"challenge": challenge}
         if salt is not None:
-            key = derive_cra_key(secret, salt, iterations, keylen)
             extra.update(salt=salt, iterations=iterations, keylen=keylen)
-        else:
-            key = secret.encode("utf-8")
         expected = cra_signature(key, challenge) if found else ""
         self._pending_auth = ("wampcra", hello, expected)
         self.state = State.CHALLENGED
@@ -406,27 +444,37 @@ class WampSession:
         self._pending_auth = None
         authid = hello.details.get("authid")
         assert isinstance(authid, str)
+        now = self.clock()
         if method == "ticket":
-            try:
-                user = self.auth.authenticate(authid, msg.signature, loopback=self.loopback,
-                                              mechanism="WAMP-ticket")
-            except BrokerError as err:
-                log.info("wamp session %s: login refused: %s", self.name,
-                         getattr(err, "reason", err.text))
-                self.abort("wamp.error.authentication_failed", err.text)
-                return
-        else:
-            found = self.auth.user(authid)
-            if found is None or not expected or not hmac.compare_digest(
-                    expected.encode(), msg.signature.encode("utf-8", "replace")):
-                self.abort("wamp.error.authentication_failed", "WAMP-CRA signature refused")
-                return
-            if authid in self.loopback_users and not self.loopback:
-                self.abort("wamp.error.authentication_failed",
-                           f"user '{authid}' can only connect via localhost")
-                return
-            user = found
-        self._join(hello, user, authid, method)
+            def logged_in(result: User | LoginRefused) -> None:
+                if self.state is not State.CHALLENGED:
+                    return  # the transport went meanwhile
+                if isinstance(result, BrokerError):
+                    self.abort("wamp.error.authentication_failed", result.text)
+                    return
+                self._join(hello, result, authid, method)
+
+            # answered at once, or after a slow password check run by the I/O layer
+            self.password_check = self.auth.login(
+                authid, msg.signature, peer=self.peer[0], loopback=self.loopback,
+                protocol="WAMP", mechanism="WAMP-ticket", now=now, then=logged_in)
+            return
+        if self.auth.login_blocked(self.peer[0], now):
+            self.abort("wamp.error.authentication_failed",
+                       "too many failed logins from this address; try again later")
+            return
+        found = self.auth.user(authid)
+        if found is None or not expected or not hmac.compare_digest(
+                expected.encode(), msg.signature.encode("utf-8", "replace")):
+            self.auth.refuse_login(authid, peer=self.peer[0], protocol="WAMP", now=now,
+                                   why="WAMP-CRA signature refused", mechanism="WAMP-CRA")
+            self.abort("wamp.error.authentication_failed", "WAMP-CRA signature refused")
+            return
+        if authid in self.loopback_users and not self.loopback:
+            self.abort("wamp.error.authentication_failed",
+                       f"user '{authid}' can only connect via localhost")
+            return
+        self._join(hello, found, authid, method)
 
     @staticmethod
     def _role_of(user: User | None) -> str:
@@ -491,6 +539,13 @@ class WampSession:
 
     def error_uri(self, err: BrokerError, default: str) -> str:
         return ERROR_URIS.get(err.code, default)
+
+    def check_topic(self, permission: str, routing_key: str) -> None:
+        """RabbitMQ's topic permission on amq.topic for a routing (or binding) key."""
+        if self.auth.has_topic_permissions:
+            assert self.user is not None and self.vhost is not None
+            self.auth.check_topic(self.user, self.vhost.name, "amq.topic",
+                                  permission, routing_key)  # type: ignore[arg-type]
 
     def check(self, permission: str, kind: str, name: str) -> None:
         assert self.user is not None and self.vhost is not None

@@ -85,7 +85,7 @@ def test_export_then_import_into_a_fresh_broker_round_trips(tmp_path: Path) -> N
     json.dumps(exported)  # JSON-ready
     assert [q["name"] for q in exported["queues"]] == ["work"]
     user = next(u for u in exported["users"] if u["name"] == "u1")
-    assert user["hashing_algorithm"] == "rabbit_password_hashing_sha256"
+    assert user["hashing_algorithm"] == "gateway_password_hashing_scrypt"  # set here
     assert check_password(user["password_hash"], "p1")
     stop(broker)
 

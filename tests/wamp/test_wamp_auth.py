@@ -9,6 +9,8 @@ import pytest
 from ab_client import JoinFailed, join, leave
 from ws_harness import Gateway, in_asyncio, running_gateway
 
+from gateway.auth import hash_password_sha256
+
 
 @pytest.fixture
 async def gw(tmp_path: Path) -> Any:
@@ -55,19 +57,44 @@ async def test_unknown_realm_is_aborted(gw: Gateway) -> None:
     assert await _try_join(gw, realm="nope") == "wamp.error.no_such_realm"
 
 
-@pytest.mark.parametrize("salted", [False, True])
-async def test_wampcra_with_the_users_secret(gw: Gateway, salted: bool) -> None:
-    secrets = {"alice": ("s3cret", "salt123" if salted else None, 100, 32)}
-    gw.server.auth.wampcra_secret = secrets.get  # type: ignore[attr-defined]
+async def test_wampcra_with_the_broker_password(gw: Gateway) -> None:
+    # autobahn derives the key from the challenge's salt, iterations and keylen
     ok = await _try_join(gw, realm="realm1", authmethods=["wampcra"], authid="alice",
                          secret="s3cret")
     assert ok == ("alice", "user", "wampcra", "realm1")
     bad = await _try_join(gw, realm="realm1", authmethods=["wampcra"], authid="alice",
                           secret="nope")
     assert bad == "wamp.error.authentication_failed"
+    unknown = await _try_join(gw, realm="realm1", authmethods=["wampcra"], authid="ghost",
+                              secret="s3cret")
+    assert unknown == "wamp.error.authentication_failed"
 
 
-async def test_wampcra_is_not_offered_without_a_secret_source(gw: Gateway) -> None:
-    # a password hash cannot check a WAMP-CRA signature: no secrets, no WAMP-CRA
+async def test_wampcra_key_follows_a_password_change(gw: Gateway) -> None:
+    gw.server.auth.change_password("alice", "n3w")
     assert await _try_join(gw, realm="realm1", authmethods=["wampcra"], authid="alice",
-                           secret="s3cret") == "wamp.error.no_matching_auth_method"
+                           secret="s3cret") == "wamp.error.authentication_failed"
+    assert await _try_join(gw, realm="realm1", authmethods=["wampcra"], authid="alice",
+                           secret="n3w") == ("alice", "user", "wampcra", "realm1")
+
+
+async def test_wampcra_refused_clearly_for_a_user_with_only_a_hash(gw: Gateway) -> None:
+    # an imported RabbitMQ hash (of "s3cret") cannot check a WAMP-CRA signature
+    auth = gw.server.auth
+    auth.add_user("bob", password_hash=hash_password_sha256("s3cret"))
+    auth.set_permissions("bob", "realm1", ".*", ".*", ".*")
+
+    async def main() -> tuple[str, str | None]:
+        try:
+            await join(gw.ws_url, realm="realm1", authmethods=["wampcra"], authid="bob",
+                       secret="s3cret")
+        except JoinFailed as exc:
+            return exc.reason, exc.message
+        raise AssertionError("joined with WAMP-CRA without a key")
+
+    reason, message = await in_asyncio(main)
+    assert reason == "wamp.error.authentication_failed"
+    assert message is not None and "no WAMP-CRA key" in message and "ticket" in message
+    # ticket still works for that user
+    assert await _try_join(gw, realm="realm1", authmethods=["ticket"], authid="bob",
+                           secret="s3cret") == ("bob", "user", "ticket", "realm1")

@@ -18,6 +18,7 @@ class JoinFailed(Exception):
     def __init__(self, reason: str, message: str | None) -> None:
         super().__init__(f"{reason}: {message}")
         self.reason = reason
+        self.message = message
 
 
 async def join(url: str, realm: str = "/", *, serializer: str | None = "json",
