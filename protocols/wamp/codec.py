@@ -175,7 +175,7 @@ def to_list(msg: Message) -> list[Any]:
     if names[-1] == "details" and msg.TYPE in (MessageType.UNSUBSCRIBED,
                                                MessageType.UNREGISTERED):
         out += values[:-1]
-        if values[-1]:
+        if values[-1] is not None:  # given (even empty): kept, so decoding gives it back
             out.append(values[-1])
         return out
     out += values
