@@ -192,7 +192,7 @@ class TLSConfig:
     cafile: Path | None = None  # PEM: CAs a client certificate must be signed by
     verify: str = "none"  # "none", "peer" (ask, check if given), "require" (must give one)
     minimum_version: str = "TLSv1.2"
-    handshake_timeout: float = 10.0  # seconds for a client to finish the TLS handshake
+    handshake_timeout: int = 5_000  # ms for a client to finish the TLS handshake
 
 
 @dataclass(frozen=True)
@@ -582,9 +582,9 @@ def _build_tls(root: _Table) -> TLSConfig:
     if version not in TLS_VERSIONS:
         raise tls_t.error("minimum_version",
                           f"must be one of {', '.join(TLS_VERSIONS)}, got {version!r}")
-    timeout = tls_t.integer("handshake_timeout", 1, 3600)
+    timeout = tls_t.integer("handshake_timeout", 100, 3_600_000)
     tls = TLSConfig(certfile=path("certfile"), keyfile=path("keyfile"), cafile=path("cafile"),
-                    verify=verify, minimum_version=version, handshake_timeout=float(timeout))
+                    verify=verify, minimum_version=version, handshake_timeout=timeout)
     tls_t.done()
     return tls
 

@@ -188,7 +188,7 @@ class Server:
         self.handshakes += 1
         try:
             return await handshake(stream, self.ssl_context,
-                                   self.config.tls.handshake_timeout, https=https)
+                                   self.config.tls.handshake_timeout / 1000, https=https)
         finally:
             self.handshakes -= 1
 

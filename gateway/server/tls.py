@@ -2,7 +2,7 @@
 
 Every TLS listener (amqps, mqtts, stomps, https, web_stomp_tls, web_mqtt_tls) accepts TCP as
 the plain ones do, then wraps the stream in a `trio.SSLStream` and completes the handshake
-before any protocol code sees it, within `[tls] handshake_timeout` seconds. A client that
+before any protocol code sees it, within `[tls] handshake_timeout` milliseconds. A client that
 sends nothing, sends plain text, or fails certificate checks is closed there; it costs its
 own task only, so the listener and every other client go on.
 

@@ -32,7 +32,7 @@ from tls_kit import (
     user_cert,
 )
 
-HANDSHAKE_TIMEOUT = 5  # the brokers' [tls] handshake_timeout, seconds
+HANDSHAKE_TIMEOUT = 5  # the brokers' [tls] handshake_timeout, seconds (given in ms)
 
 # what a plain-text client of each protocol sends first
 PLAIN_TEXT = {
@@ -54,7 +54,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 def peer_broker(tmp_path_factory: pytest.TempPathFactory, certs: Certs) -> Iterator[Broker]:
     """verify = "peer": a certificate is checked when given, clients without one are let in."""
     broker = start_broker(tmp_path_factory.mktemp("peer"), certs, verify="peer",
-                          handshake_timeout=HANDSHAKE_TIMEOUT)
+                          handshake_timeout=HANDSHAKE_TIMEOUT * 1000)
     yield broker
     broker.stop()
 
@@ -63,7 +63,7 @@ def peer_broker(tmp_path_factory: pytest.TempPathFactory, certs: Certs) -> Itera
 def require_broker(tmp_path_factory: pytest.TempPathFactory, certs: Certs) -> Iterator[Broker]:
     """verify = "require": a client without a certificate signed by the CA is refused."""
     broker = start_broker(tmp_path_factory.mktemp("require"), certs, verify="require",
-                          handshake_timeout=HANDSHAKE_TIMEOUT)
+                          handshake_timeout=HANDSHAKE_TIMEOUT * 1000)
     yield broker
     broker.stop()
 
@@ -202,7 +202,7 @@ def test_certificate_of_no_user_gets_each_protocols_refusal(peer_broker: Broker,
 def test_handshakes_under_way_count_against_max_connections(
         tmp_path_factory: pytest.TempPathFactory, certs: Certs) -> None:
     broker = start_broker(tmp_path_factory.mktemp("limited"), certs, verify="peer",
-                          handshake_timeout=60, extra="[limits]\nmax_connections = 2\n")
+                          handshake_timeout=60_000, extra="[limits]\nmax_connections = 2\n")
     try:
         silent = [socket.create_connection((HOST, broker.ports["amqps"]), TIMEOUT)
                   for _ in range(3)]

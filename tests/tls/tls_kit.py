@@ -35,7 +35,7 @@ def make_certs(directory: Path) -> Certs:
     return Certs(files, stranger, foreign)
 
 
-def broker_config(certs: Certs, *, verify: str, handshake_timeout: int = 10,
+def broker_config(certs: Certs, *, verify: str, handshake_timeout: int = 10_000,
                   extra: str = "") -> str:
     files = certs.files
     ports = "".join(f"{name} = 0\n" for name in TLS_LISTENERS)
@@ -86,7 +86,7 @@ read = ".*"
 
 
 def start_broker(directory: Path, certs: Certs, *, verify: str,
-                 handshake_timeout: int = 10, extra: str = "") -> Broker:
+                 handshake_timeout: int = 10_000, extra: str = "") -> Broker:
     """A broker with every TLS listener on a free port; `extra` is more TOML (sections
     other than [listeners], [tls], [mqtt], [stomp] and the users)."""
     config = directory / f"gateway-{verify}.toml"
