@@ -5,9 +5,10 @@ Two formats are stored and recognised by their shape:
 - scrypt (`HASHING_SCRYPT`, what every new password gets): the text
   ``$scrypt$ln=14,r=8,p=1$<salt>$<key>`` with a 16-byte random salt and a 32-byte key,
   both base64 without padding (the layout passlib and others use). The parameters are
-  n = 2**14, r = 8, p = 1: 16 MiB of memory and about 27 ms of one core per check on the
-  2-vCPU machine this was written on (scrypt's "interactive login" setting), which makes
-  guessing expensive while a login stays quick. The parameters travel inside the hash, so
+  n = 2**14, r = 8, p = 1 (scrypt's "interactive login" setting): 16 MiB of memory and a
+  median 27 ms of one core per check on the idle 2-vCPU machine this was written on (60 ms
+  when that machine ran a load average of 8.5), which makes guessing expensive while a
+  login stays quick. The parameters travel inside the hash, so
   a later change of the defaults keeps old hashes valid. A check this slow runs in a worker
   thread (see `gateway.auth.login`), never on the event loop.
 - RabbitMQ's `rabbit_password_hashing_sha256` (`HASHING_SHA256`): base64 of 4 salt bytes +

@@ -43,6 +43,9 @@ from typing import TYPE_CHECKING, Final, Literal
 
 from gateway.auth.login import FailedLogins, PendingCheck, VerifiedCache
 from gateway.auth.passwords import (
+    SCRYPT_LOG_N,
+    SCRYPT_P,
+    SCRYPT_R,
     CraKey,
     check_password,
     derive_cra_key,
@@ -79,6 +82,11 @@ Permission = Literal["configure", "write", "read"]
 ResourceKind = Literal["queue", "exchange"]
 
 DEFAULT_EXCHANGE_RESOURCE: Final = "amq.default"
+# Checked against when the user is unknown (or has no password), so that an unknown name
+# costs the same scrypt check as a wrong password and does not reveal which names exist.
+# Such a login is refused whatever the check says, so the hash is of nothing (zero salt,
+# zero key), and no start-up time goes into making one.
+DECOY_HASH: Final = f"$scrypt$ln={SCRYPT_LOG_N},r={SCRYPT_R},p={SCRYPT_P}${'A' * 22}${'A' * 43}"
 
 
 @dataclass(frozen=True)
@@ -177,9 +185,6 @@ class AuthService:
         # False: slow checks are returned as a `PendingCheck` for the I/O layer to run in a
         # worker thread (the server sets this); True: run at once (sans-IO tests, tools)
         self.inline_checks = True
-        # Checked against when the user is unknown, so that an unknown name costs the
-        # same as a wrong password and does not reveal which names exist.
-        self._decoy_hash = hash_password("")
 
     # -- persistence -----------------------------------------------------------------------
 
@@ -470,7 +475,7 @@ class AuthService:
             then(self._conclude(username, found, password, True, peer, loopback, protocol,
                                 mechanism, now))
             return None
-        digest = stored or self._decoy_hash
+        digest = stored or DECOY_HASH
 
         def finish(ok: bool) -> None:
             then(self._conclude(username, found, password, ok, peer, loopback, protocol,

@@ -12,7 +12,7 @@ docs/performance.md.)
 Password checks: a session that needs a slow (scrypt) password check exposes it as
 `password_check` and holds its further input; `settle_password_check` runs the check in a
 worker thread (at most `PASSWORD_CHECK_THREADS` at once: each takes 16 MiB and a core for
-some 30 ms), hands the answer back and lets the session go on (`resume_input`), so one
+some 30-60 ms), hands the answer back and lets the session go on (`resume_input`), so one
 login never stalls the other clients.
 
 Back-pressure: the reader stops reading while the session's outbound buffer is above its

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 from sec_clients import amqp_login, http_login, mqtt_login, stomp_login, wamp_login
 
-BLOCK = 2  # seconds
+BLOCK = 5  # seconds (room for six refused logins on a busy machine)
 CONFIG = f"""
 [auth]
 loopback_users = ["guest"]
@@ -75,7 +75,7 @@ def test_failures_on_three_protocols_block_every_protocol(
     for protocol in ("AMQP", "MQTT", "STOMP"):
         assert (f"login failed: protocol={protocol} address=127.0.0.1 user='alice': "
                 "user 'alice' - invalid credentials") in log, protocol
-    assert "login: address 127.0.0.1 blocked for 2 s after 3 failed logins" in log
+    assert f"login: address 127.0.0.1 blocked for {BLOCK} s after 3 failed logins" in log
     for protocol in ("WAMP", "HTTP"):
         assert f"login failed: protocol={protocol} address=127.0.0.1 user='alice': " \
                "user 'alice' - address blocked" in log, protocol
@@ -93,7 +93,6 @@ def test_wamp_and_http_failures_count_too(configured_broker: Callable[[str], Any
     assert "login failed: protocol=WAMP address=127.0.0.1 user='bob': user 'bob' - " \
            "WAMP-CRA signature refused" in log
     assert "login failed: protocol=HTTP address=127.0.0.1 user='ghost'" in log
-    wait_unblocked(lambda: http_login(broker, "bob", PASSWORD))
 
 
 def test_loopback_is_exempt_by_default(broker: Any) -> None:
