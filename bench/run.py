@@ -60,6 +60,17 @@ SCENARIOS = {
         "what": "persistent messages (delivery_mode 2) to a durable queue (RabbitMQ: classic), "
         "publisher confirms, batches of {batch}; consumer auto-ack",
     },
+    # the same without a consumer: every message must reach the disk before its confirm
+    # (with a consumer keeping up, both brokers confirm what was consumed before it was
+    # written without writing it); msg/s is the publisher's confirmed rate
+    "persistent-backlog": {
+        "ack": "auto",
+        "confirm": True,
+        "persistent": True,
+        "consumer": False,
+        "what": "persistent messages to a durable queue, publisher confirms, batches of "
+        "{batch}; no consumer (the queue is deleted after each run)",
+    },
 }
 CLIENT_NAMES = {
     "pika": "pika {pika} BlockingConnection (publisher and consumer; the batched-confirms "
@@ -189,23 +200,30 @@ def run_once(broker, scenario: str, client: str, n: int, args, tag: str) -> dict
         admin(broker, lambda ch: ch.queue_declare(qname, durable=durable, auto_delete=False))
         # whole-window accounting: machine, this runner and its clients, the broker
         m0, s0, w0, own0, b0 = *machine_cpu(), time.monotonic(), own_cpu(), broker.cpu_seconds()
-        consumer, c_out, c_err = spawn_client("consume", broker, qname, args, scen, client, n)
-        procs.append((consumer, c_err))
-        ready_deadline = time.monotonic() + 60
-        while True:
-            line = c_out.next(ready_deadline)
-            if line is None:
-                raise RuntimeError("consumer exited before it was ready")
-            if line == "ready":
-                break
-            if line.startswith("{"):
-                raise RuntimeError(json.loads(line).get("error", line))
+        with_consumer = scen.get("consumer", True)
+        if with_consumer:
+            consumer, c_out, c_err = spawn_client("consume", broker, qname, args, scen,
+                                                  client, n)
+            procs.append((consumer, c_err))
+            ready_deadline = time.monotonic() + 60
+            while True:
+                line = c_out.next(ready_deadline)
+                if line is None:
+                    raise RuntimeError("consumer exited before it was ready")
+                if line == "ready":
+                    break
+                if line.startswith("{"):
+                    raise RuntimeError(json.loads(line).get("error", line))
         cpu0 = broker.cpu_seconds()
         publisher, p_out, p_err = spawn_client("publish", broker, qname, args, scen, client, n)
         procs.append((publisher, p_err))
         deadline = time.monotonic() + args.timeout + 30
         pub = json_result(p_out, deadline)
-        con = json_result(c_out, deadline)
+        if with_consumer:
+            con = json_result(c_out, deadline)
+        else:  # the publisher's confirmed rate is the figure
+            con = {"role": "consume", "received": pub.get("confirmed", 0),
+                   "last": pub.get("last"), "cpu": 0.0}
         cpu1 = broker.cpu_seconds()
         for proc, _ in procs:
             reap(proc)

@@ -62,10 +62,12 @@ class Durability:
         store = self.store
         if isinstance(store, DiskStore) and store.needs_compaction():
             snapshot = self.broker.snapshot()
+            store.snapshot_taken()
             await trio.to_thread.run_sync(store.compact, snapshot)
         batch = store.take_batch()
         if batch is not None:
-            await trio.to_thread.run_sync(store.write_batch, batch)
+            if getattr(batch, "data", True):  # (acks may have cancelled every record)
+                await trio.to_thread.run_sync(store.write_batch, batch)
             store.committed(batch)
         for session in list(self.sessions):
             session.flush_confirms()

@@ -13,6 +13,19 @@ takes the batch, writes it and fsyncs it in a worker thread, then marks it durab
 a batch is being written the next one fills up, so one fsync covers every publish that
 arrived meanwhile.
 
+Settled before written: a queue entry acked while its enqueue record still waits in
+`_pending` (a consumer keeping up, above all with automatic acknowledgement) is not written
+at all: its enqueue record, and its message record once no pending enqueue needs it, are
+dropped, and no ack record is added. So that dropping costs nothing, message and enqueue
+records wait in `_pending` unencoded and are encoded when the batch is taken (a message is
+not changed once it is enqueued). Its publisher is confirmed when the batch it was in
+commits, with nothing left to write for it (as RabbitMQ confirms a persistent message
+consumed and acknowledged before it reached the disk). A batch left empty commits without
+a write or an fsync; when nothing pending is left to write and no batch is being written,
+`settle` makes it all durable at once, so a session's confirms need not wait for the store
+task. A snapshot for compaction ends the dropping of what is pending (`snapshot_taken`):
+the entries in it are then on disk in the snapshot, and their acks must be written.
+
 Compaction: when the log has grown well past the live state, the store task asks the
 broker for a snapshot of the durable state (in the event loop, so it is consistent), writes
 it to a new file in a worker thread, swaps the files, then writes the batch that filled up
@@ -117,7 +130,14 @@ class DiskStore:
         self.compact_min_bytes = compact_min_bytes
         self.appended = 0
         self.durable = 0
-        self._pending: list[bytes] = []
+        # encoded records, message / enqueue records still to encode (tuples), None dropped
+        self._pending: list[bytes | tuple[Any, ...] | None] = []
+        # what of `_pending` an ack can still cancel: (vhost, queue, seq) -> (index of the
+        # enqueue record, message id); message id -> [index of its record, pending enqueues]
+        self._pending_enqueues: dict[tuple[str, str, int], tuple[int, int]] = {}
+        self._pending_messages: dict[int, list[int]] = {}
+        self._live = 0  # records in `_pending` not dropped
+        self._taken = 0  # the `appended` count of the last batch taken
         self._last_message_id = -1
         self._file: BinaryIO | None = None
         self._size = 0
@@ -207,9 +227,10 @@ class DiskStore:
 
     # -- appends (event loop) --------------------------------------------------------------
 
-    def _append(self, frame: bytes) -> None:
+    def _append(self, frame: bytes | tuple[Any, ...]) -> None:
         self._pending.append(frame)
         self.appended += 1
+        self._live += 1
 
     def put_exchange(self, vhost: str, exchange: Any) -> None:
         self._append(_frame(PUT_EXCHANGE, (vhost, exchange.name, exchange.type,
@@ -232,17 +253,45 @@ class DiskStore:
         self._append(_frame(DEL_BINDING, _binding_tuple(vhost, binding)))
 
     def enqueue(self, vhost: str, queue: str, seq: int, message: StoredMessage) -> None:
+        mid = message.id
+        pending = self._pending
         # a publish enqueues one message in its queues one after another: write it once
-        if message.id != self._last_message_id:
-            self._last_message_id = message.id
-            props = message.properties
-            self._append(_frame(MESSAGE, (
-                message.id, message.exchange, message.routing_key,
-                [getattr(props, f) for f in PROPERTY_FIELDS], message.body, message.origin)))
-        self._append(_frame(ENQUEUE, (vhost, queue, seq, message.id)))
+        if mid != self._last_message_id:
+            self._last_message_id = mid
+            self._pending_messages[mid] = [len(pending), 0]
+            self._append((MESSAGE, message))
+        counted = self._pending_messages.get(mid)
+        if counted is not None:
+            counted[1] += 1
+        self._pending_enqueues[(vhost, queue, seq)] = (len(pending), mid)
+        self._append((ENQUEUE, vhost, queue, seq, mid))
 
     def ack(self, vhost: str, queue: str, seq: int) -> None:
-        self._append(_frame(ACK, (vhost, queue, seq)))
+        cancel = self._pending_enqueues.pop((vhost, queue, seq), None)
+        if cancel is None:
+            self._append(_frame(ACK, (vhost, queue, seq)))
+            return
+        # settled before written: neither its enqueue nor (if now unused) its message goes
+        index, mid = cancel
+        self._pending[index] = None
+        self._live -= 1
+        counted = self._pending_messages.get(mid)
+        if counted is not None:
+            counted[1] -= 1
+            if not counted[1]:
+                self._pending[counted[0]] = None
+                self._live -= 1
+                del self._pending_messages[mid]
+
+    def settle(self) -> None:
+        """When every pending record was dropped and no batch is being written, there is
+        nothing to wait for: what was appended is durable now (a confirm need not wait for
+        the store task)."""
+        if self._pending and not self._live and self.durable >= self._taken:
+            self._pending.clear()
+            self._pending_enqueues.clear()
+            self._pending_messages.clear()
+            self._taken = self.durable = self.appended
 
     def put_user(self, user: UserRecord) -> None:
         self._append(_frame(PUT_USER, (user.name, user.password_hash, list(user.tags),
@@ -311,15 +360,23 @@ class DiskStore:
     # -- group commit ----------------------------------------------------------------------
 
     def take_batch(self) -> Batch | None:
+        """The pending records as one batch (its data empty when acks cancelled them all:
+        it commits without a write), or None when nothing is pending."""
         if not self._pending:
             return None
-        data = b"".join(self._pending)
+        data = b"".join(_encoded(self._pending))
         self._pending.clear()
+        self._pending_enqueues.clear()
+        self._pending_messages.clear()
+        self._live = 0
+        self._taken = self.appended
         return Batch(data, self.appended)
 
     def write_batch(self, batch: Batch) -> None:
         """Runs in a worker thread; touches only the file."""
         assert self._file is not None
+        if not batch.data:
+            return
         self._file.write(batch.data)
         self._file.flush()
         if self.fsync:
@@ -338,6 +395,13 @@ class DiskStore:
             return False
         return self._size > self.compact_min_bytes and self._size > 2 * self._base_size
 
+    def snapshot_taken(self) -> None:
+        """The broker's state was just copied for a compaction: the entries in it are
+        written there, so from now on acking one of them must add an ack record, even if
+        its enqueue record is still pending (it cannot be dropped any more)."""
+        self._pending_enqueues.clear()
+        self._pending_messages.clear()
+
     def compact(self, state: Recovered) -> None:
         """Runs in a worker thread: replace the log by `state` (taken in the event loop)."""
         self._write_file(self._snapshot_frames(state))
@@ -349,6 +413,22 @@ class DiskStore:
         if self._pages is not None:
             self._pages.close()
             self._pages = None
+
+
+def _encoded(pending: list[bytes | tuple[Any, ...] | None]) -> Iterator[bytes]:
+    for item in pending:
+        if item is None:
+            continue
+        if isinstance(item, bytes):
+            yield item
+        elif item[0] == MESSAGE:
+            m = item[1]
+            props = m.properties
+            yield _frame(MESSAGE, (m.id, m.exchange, m.routing_key,
+                                   [getattr(props, f) for f in PROPERTY_FIELDS], m.body,
+                                   m.origin))
+        else:
+            yield _frame(ENQUEUE, item[1:])
 
 
 def _binding_tuple(vhost: str, b: Any) -> tuple[Any, ...]:

@@ -505,7 +505,9 @@ class AMQPSession(Outbox):
         """Send the confirms whose messages are durable, coalesced with `multiple`."""
         if not self._confirm_channels:
             return
-        durable = self.broker.store.durable
+        store = self.broker.store
+        store.settle()  # (nothing left to write: confirm now)
+        durable = store.durable
         for ch in list(self._confirm_channels):
             pending = ch.confirms
             last_ack = 0

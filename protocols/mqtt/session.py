@@ -366,7 +366,9 @@ class MQTTSession(Outbox):
         pending = self.pending_acks
         if not pending or self.state is not State.CONNECTED:
             return
-        durable = self.broker.store.durable
+        store = self.broker.store
+        store.settle()  # (nothing left to write: acknowledge now)
+        durable = store.durable
         done = 0
         for position, packet in pending:
             if position > durable:

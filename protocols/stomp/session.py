@@ -389,7 +389,9 @@ class StompSession(Outbox):
         receipts = self.receipts
         if not receipts:
             return
-        durable = self.broker.store.durable
+        store = self.broker.store
+        store.settle()  # (nothing left to write: receipts now)
+        durable = store.durable
         while receipts and receipts[0].upto <= durable:
             receipt = receipts.popleft()
             self.send_frame(Command.RECEIPT, [("receipt-id", receipt.receipt_id)])

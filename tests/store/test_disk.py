@@ -66,11 +66,11 @@ def test_every_record_kind_round_trips(tmp_path: Path) -> None:
     s.enqueue("v", "q1", 1, m2)
     s.enqueue("v", "q1", 2, _msg(13, b"acked"))
     s.enqueue("v", "gone-q", 0, _msg(14, b"lost"))  # its queue is deleted
-    s.ack("v", "q1", 2)
-    assert s.appended == 23  # one MESSAGE record for m1 in two queues
+    s.ack("v", "q1", 2)  # acked before written: its records are not written at all
+    assert s.appended == 22  # one MESSAGE record for m1 in two queues
     assert s.durable == 0
     flush(s)
-    assert s.durable == 23
+    assert s.durable == 22
     s.close()
 
     state = DiskStore(tmp_path, fsync=False).recover()
@@ -99,6 +99,7 @@ def test_recover_rewrites_a_compact_log(tmp_path: Path) -> None:
     s = _store(tmp_path)
     for i in range(50):
         s.enqueue("v", "q", i, _msg(i + 1, b"x" * 100))
+        flush(s)
         s.ack("v", "q", i)
     s.put_queue("v", _QueueStub("q"))
     s.enqueue("v", "q", 50, _msg(99, b"live"))
@@ -219,6 +220,7 @@ def test_compaction_keeps_live_state_and_shrinks(tmp_path: Path) -> None:
         publish(vh, "x", "k", f"m{i}" * 20, delivery_mode=2)
         e = q.get(False, 0)
         assert e is not None
+        flush(broker.store)
         if i % 50:
             q.ack(e)  # every 50th stays unacked
         flush(broker.store)
@@ -295,6 +297,7 @@ def test_needs_compaction(tmp_path: Path) -> None:
     s.put_queue("v", _QueueStub("q"))
     for i in range(40):
         s.enqueue("v", "q", i, _msg(i + 1, b"y" * 50))
+        flush(s)
         s.ack("v", "q", i)
     flush(s)
     assert s.needs_compaction()
@@ -332,3 +335,91 @@ def test_unclaimed_values_survive_compaction_until_claimed(tmp_path: Path) -> No
     broker.store.compact(broker.snapshot())  # type: ignore[attr-defined]
     broker = restart(broker, tmp_path)
     assert broker.claim_values("space") == {}
+
+
+def test_settled_before_written_is_not_written(tmp_path: Path) -> None:
+    """An entry acked while its enqueue record is still pending costs no write: its enqueue
+    record goes, its message record too once no pending enqueue needs it, and no ack record
+    is added; an ack after its batch was taken is a record as before."""
+    s = _store(tmp_path)
+    s.put_queue("v", _QueueStub("q1"))
+    s.put_queue("v", _QueueStub("q2"))
+    flush(s)
+    size = _log(tmp_path).stat().st_size
+    both = _msg(1, b"in two queues")
+    s.enqueue("v", "q1", 0, both)
+    s.enqueue("v", "q2", 0, both)
+    s.enqueue("v", "q1", 1, _msg(2, b"consumed at once"))
+    s.ack("v", "q1", 1)
+    s.ack("v", "q1", 0)  # still wanted by q2: the message record stays
+    before = s.appended
+    batch = s.take_batch()
+    assert batch is not None and batch.upto == before
+    assert [kind for kind, _ in _read_records(batch.data)[0]] == [7, 8]  # message, enqueue
+    s.write_batch(batch)
+    s.committed(batch)
+    s.ack("v", "q2", 0)  # its batch is written: an ack record
+    s.enqueue("v", "q1", 2, _msg(3, b"gone before the disk"))
+    s.ack("v", "q1", 2)
+    batch = s.take_batch()
+    assert batch is not None
+    assert [kind for kind, _ in _read_records(batch.data)[0]] == [9]
+    s.write_batch(batch)
+    s.committed(batch)
+    s.enqueue("v", "q2", 1, _msg(4, b"nothing left"))
+    s.ack("v", "q2", 1)
+    batch = s.take_batch()
+    assert batch is not None and batch.data == b"" and batch.upto == s.appended
+    s.write_batch(batch)  # nothing to write
+    s.committed(batch)
+    assert s.durable == s.appended
+    s.close()
+    assert [kind for kind, _ in _records(tmp_path)][-3:] == [7, 8, 9]
+    assert _log(tmp_path).stat().st_size > size
+    state = DiskStore(tmp_path, fsync=False).recover()
+    assert state.messages == {("v", "q1"): [], ("v", "q2"): []}
+
+
+def test_settle_and_a_snapshot_in_between(tmp_path: Path) -> None:
+    """`settle` makes everything durable at once only when nothing is left to write and no
+    batch is being written; after a snapshot was taken for compaction, an ack of an entry
+    in it is written (the snapshot holds the entry) instead of dropping its records."""
+    broker = open_disk_broker(tmp_path)
+    s = broker.store
+    assert isinstance(s, DiskStore)
+    vh = broker.vhost("/")
+    q = vh.declare_queue("q", durable=True)
+    flush(s)
+    publish(vh, "", "q", b"consumed at once", delivery_mode=2)
+    entry = q.get(False, 0)
+    assert entry is not None
+    q.ack(entry)
+    assert s.durable < s.appended
+    s.settle()  # nothing to write: durable now, without a batch
+    assert s.durable == s.appended and s.take_batch() is None
+
+    publish(vh, "", "q", b"in flight", delivery_mode=2)
+    batch = s.take_batch()  # being written ...
+    publish(vh, "", "q", b"acked while the other batch is written", delivery_mode=2)
+    entry = q.get(False, 0)
+    assert entry is not None and entry.message.body == b"in flight"
+    second = q.get(False, 0)
+    assert second is not None
+    q.ack(second)
+    s.settle()
+    assert s.durable < s.appended  # ... so not durable before that batch is
+    s.write_batch(batch)
+    s.committed(batch)
+    flush(s)
+
+    publish(vh, "", "q", b"in the snapshot", delivery_mode=2)
+    snapshot = broker.snapshot()
+    s.snapshot_taken()
+    third = q.get(False, 0)
+    assert third is not None and third.message.body == b"in the snapshot"
+    q.ack(third)
+    q.ack(entry)
+    s.compact(snapshot)
+    flush(s)
+    broker = restart(broker, tmp_path)
+    assert ready_bodies(broker.vhost("/").queues["q"]) == []
