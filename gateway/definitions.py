@@ -37,7 +37,7 @@ from gateway.auth.passwords import (
     hashing_algorithm,
     is_password_hash,
 )
-from gateway.auth.service import check_topic_pattern
+from gateway.auth.topics import check_topic_pattern
 from gateway.core.errors import PreconditionFailed
 from gateway.core.exchange import EXCHANGE_TYPES
 from gateway.core.policy import Policy

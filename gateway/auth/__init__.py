@@ -20,10 +20,10 @@ from gateway.auth.service import (
     LoginRefused,
     Permission,
     ResourceKind,
-    TopicPermission,
     User,
     is_loopback,
 )
+from gateway.auth.topics import TopicPermission
 
 __all__ = [
     "AuthService",

@@ -20,13 +20,10 @@ definitions export behave the same here:
   The empty pattern "" stands for "^$": it matches only the empty name, and the only
   resource with an empty name, the default exchange, is checked as "amq.default", so ""
   grants nothing. A refusal is 403 "access to queue 'q' in vhost '/' refused for user 'u'".
-- Topic: RabbitMQ's topic permissions (`set_topic_permissions`): per user, vhost and topic
-  exchange, a write and a read regex searched in the routing key (publish) or binding key
-  (subscribe). `{username}`, `{vhost}` and, for MQTT, `{client_id}` in a pattern are
-  replaced by the session's values (escaped, so a name is matched literally; RabbitMQ
-  substitutes them raw). A user with no topic permission on an exchange may use every
-  routing key on it, as in RabbitMQ. A refusal is 403 "access to topic 'k' in exchange 'x'
-  in vhost '/' refused for user 'u'".
+- Topic: RabbitMQ's topic permissions (`set_topic_permissions`, rules in `topics`): per
+  user, vhost and topic exchange, a write and a read regex searched in the routing key
+  (publish) or binding key (subscribe). A refusal is 403 "access to topic 'k' in exchange
+  'x' in vhost '/' refused for user 'u'".
 
 Users, vhosts and permissions can change at run time (the management API calls the
 methods of `AuthService`); regexes are compiled once per change, here.
@@ -53,13 +50,14 @@ from gateway.auth.passwords import (
     is_password_hash,
     is_slow_hash,
 )
-from gateway.core.errors import AccessRefused, NotAllowed, NotFound, PreconditionFailed
-from gateway.store.base import (
-    PermissionRecord,
-    Recovered,
-    TopicPermissionRecord,
-    UserRecord,
+from gateway.auth.topics import (
+    TopicGrants,
+    TopicPermission,
+    checked_pattern,
+    compile_pattern,
 )
+from gateway.core.errors import AccessRefused, NotAllowed, NotFound, PreconditionFailed
+from gateway.store.base import PermissionRecord, Recovered, UserRecord
 
 if TYPE_CHECKING:
     from gateway.config import AuthConfig, PermissionConfig
@@ -71,7 +69,6 @@ __all__ = [
     "LoginRefused",
     "Permission",
     "ResourceKind",
-    "TopicPermission",
     "User",
     "is_loopback",
 ]
@@ -102,17 +99,6 @@ class User:
         return UserRecord(self.name, self.password_hash, list(self.tags), self.wampcra)
 
 
-@dataclass(frozen=True)
-class TopicPermission:
-    """RabbitMQ's topic permission: write and read regexes over routing keys."""
-
-    user: str
-    vhost: str
-    exchange: str
-    write: str
-    read: str
-
-
 class LoginRefused(AccessRefused):
     """A refused login (403). `text` is what the client is told; `reason` is for the log."""
 
@@ -139,20 +125,6 @@ class _Grant:
         return self.read
 
 
-def _compile(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern if pattern else "^$")
-
-
-def _regex(what: str, pattern: str) -> re.Pattern[str]:
-    if not isinstance(pattern, str):
-        raise PreconditionFailed(f"{what}: expected a string, got {pattern!r}")
-    try:
-        return _compile(pattern)
-    except re.error as exc:
-        raise PreconditionFailed(f"{what}: not a valid regular expression {pattern!r}: "
-                                 f"{exc}") from exc
-
-
 class AuthService:
     """Authentication and authorisation over users, vhosts and permissions.
 
@@ -171,9 +143,9 @@ class AuthService:
         self._vhosts: dict[str, None] = dict.fromkeys(config.vhosts)
         self._perms: dict[tuple[str, str], tuple[str, str, str]] = {
             (p.user, p.vhost): (p.configure, p.write, p.read) for p in config.permissions}
-        self._grants = {key: _Grant(*(_compile(x) for x in value))
+        self._grants = {key: _Grant(*(compile_pattern(x) for x in value))
                         for key, value in self._perms.items()}
-        self._topic: dict[tuple[str, str, str], TopicPermission] = {}
+        self._topic = TopicGrants()
         self._loopback_users = config.loopback_users
         self._store: Store | None = None
         self._broker: Broker | None = None
@@ -204,7 +176,7 @@ class AuthService:
         state.vhosts = list(self._vhosts)
         state.permissions = [PermissionRecord(user, vhost, c, w, r)
                              for (user, vhost), (c, w, r) in self._perms.items()]
-        state.topic_permissions = [_topic_record(t) for t in self._topic.values()]
+        state.topic_permissions = [t.record() for t in self._topic.all()]
 
     def restore(self, state: Recovered) -> None:
         """Take users, vhosts and permissions from a recovered store; on a store that was
@@ -224,11 +196,11 @@ class AuthService:
         self._vhosts = dict.fromkeys(state.vhosts)
         self._perms = {(p.user, p.vhost): (p.configure, p.write, p.read)
                        for p in state.permissions}
-        self._grants = {key: _Grant(*(_compile(x) for x in value))
+        self._grants = {key: _Grant(*(compile_pattern(x) for x in value))
                         for key, value in self._perms.items()}
-        self._topic = {(t.user, t.vhost, t.exchange):
-                       TopicPermission(t.user, t.vhost, t.exchange, t.write, t.read)
-                       for t in state.topic_permissions}
+        self._topic = TopicGrants([
+            TopicPermission(t.user, t.vhost, t.exchange, t.write, t.read)
+            for t in state.topic_permissions])
         if self._broker is not None:
             for name in [v for v in self._broker.vhosts if v not in self._vhosts]:
                 del self._broker.vhosts[name]  # from the config; deleted since (still empty)
@@ -276,8 +248,7 @@ class AuthService:
         for key in [k for k in self._perms if k[0] == name]:
             del self._perms[key]
             self._grants.pop(key, None)
-        for tkey in [k for k in self._topic if k[0] == name]:
-            del self._topic[tkey]
+        self._topic.remove(name, None)
         if self._store is not None:
             self._store.delete_user(name)
 
@@ -335,8 +306,7 @@ class AuthService:
         for key in [k for k in self._perms if k[1] == name]:
             del self._perms[key]
             self._grants.pop(key, None)
-        for tkey in [k for k in self._topic if k[1] == name]:
-            del self._topic[tkey]
+        self._topic.remove(None, name)
         if self._broker is not None:
             self._broker.delete_vhost(name)  # writes the store record itself
         elif self._store is not None:
@@ -350,8 +320,8 @@ class AuthService:
             raise NotFound(f"user '{user}' not found")
         if vhost not in self._vhosts:
             raise NotFound(f"vhost '{vhost}' not found")
-        grant = _Grant(_regex("configure", configure), _regex("write", write),
-                       _regex("read", read))
+        grant = _Grant(checked_pattern("configure", configure), checked_pattern("write", write),
+                       checked_pattern("read", read))
         self._perms[(user, vhost)] = (configure, write, read)
         self._grants[(user, vhost)] = grant
         if self._store is not None:
@@ -382,23 +352,19 @@ class AuthService:
             raise NotFound(f"vhost '{vhost}' not found")
         if not isinstance(exchange, str) or not exchange:
             raise PreconditionFailed("exchange: expected a non-empty exchange name")
-        check_topic_pattern("write", write)
-        check_topic_pattern("read", read)
         perm = TopicPermission(user, vhost, exchange, write, read)
-        self._topic[(user, vhost, exchange)] = perm
+        self._topic.put(perm)
         if self._store is not None:
-            self._store.put_topic_permission(_topic_record(perm))
+            self._store.put_topic_permission(perm.record())
 
     def clear_topic_permissions(self, user: str, vhost: str,
                                 exchange: str | None = None) -> None:
         """Remove the user's topic permission on `exchange` (on every exchange: None)."""
-        keys = [k for k in self._topic if k[0] == user and k[1] == vhost
-                and (exchange is None or k[2] == exchange)]
+        keys = self._topic.remove(user, vhost, exchange)
         if not keys:
             where = f" on exchange '{exchange}'" if exchange is not None else ""
             raise NotFound(f"no topic permissions for user '{user}' in vhost '{vhost}'{where}")
         for key in keys:
-            del self._topic[key]
             if self._store is not None:
                 self._store.delete_topic_permission(*key)
 
@@ -408,22 +374,14 @@ class AuthService:
         return bool(self._topic)
 
     def list_topic_permissions(self) -> list[TopicPermission]:
-        return list(self._topic.values())
+        return self._topic.all()
 
     def topic_allowed(self, user: User, vhost: str, exchange: str, permission: Permission,
                       routing_key: str, *, client_id: str | None = None) -> bool:
         """True if `user` may write (publish) or read (bind) `routing_key` on the topic
         exchange; always True without a topic permission for that user, vhost, exchange."""
-        if not self._topic:
-            return True
-        perm = self._topic.get((user.name, vhost, exchange))
-        if perm is None:
-            return True
-        pattern = perm.write if permission == "write" else perm.read
-        values = {"username": user.name, "vhost": vhost}
-        if client_id is not None:
-            values["client_id"] = client_id
-        return _compile(_expand(pattern, values)).search(routing_key) is not None
+        return not self._topic or self._topic.allowed(user.name, vhost, exchange, permission,
+                                                      routing_key, client_id=client_id)
 
     def check_topic(self, user: User, vhost: str, exchange: str, permission: Permission,
                     routing_key: str, *, client_id: str | None = None) -> None:
@@ -603,21 +561,6 @@ def _secrets_of(password: str) -> tuple[str, str]:
     if not password:
         return "", ""
     return hash_password(password), derive_cra_key(password).encode()
-
-
-def check_topic_pattern(what: str, pattern: str) -> None:
-    """Raises `PreconditionFailed` unless `pattern` is a valid topic permission regex."""
-    _regex(what, _expand(pattern, {"username": "u", "vhost": "v", "client_id": "c"}))
-
-
-def _expand(pattern: str, values: dict[str, str]) -> str:
-    for key, value in values.items():
-        pattern = pattern.replace("{" + key + "}", re.escape(value))
-    return pattern
-
-
-def _topic_record(t: TopicPermission) -> TopicPermissionRecord:
-    return TopicPermissionRecord(t.user, t.vhost, t.exchange, t.write, t.read)
 
 
 def _tags(tags: Iterable[str] | str) -> tuple[str, ...]:
