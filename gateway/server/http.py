@@ -47,15 +47,25 @@ class Request:
     body: bytes = b""
     peer: tuple[str, int] = ("", 0)
 
+    @classmethod
+    def from_h11(cls, event: h11.Request, peer: tuple[str, int]) -> Request:
+        return cls(
+            method=event.method.decode("ascii", "replace"),
+            target=event.target.decode("latin-1"),
+            headers=[(k.decode("latin-1").lower(), v.decode("latin-1"))
+                     for k, v in event.headers],
+            peer=peer,
+        )
+
     @property
     def path(self) -> str:
         """The raw (still percent-encoded) path: split it before decoding, so that `%2F`
         inside a segment stays inside it."""
-        return urlsplit(self.target).path or "/"
+        return _split_target(self.target)[0] or "/"
 
     @property
     def query(self) -> dict[str, str]:
-        return dict(parse_qsl(urlsplit(self.target).query, keep_blank_values=True))
+        return dict(parse_qsl(_split_target(self.target)[1], keep_blank_values=True))
 
     def header(self, name: str, default: str | None = None) -> str | None:
         name = name.lower()
@@ -70,6 +80,18 @@ class Request:
         lines = [f"{self.method} {self.target} HTTP/1.1"]
         lines += [f"{k}: {v}" for k, v in self.headers]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _split_target(target: str) -> tuple[str, str]:
+    """Path and query of a request target. `urlsplit` refuses some that h11 lets through
+    (`//[x/ws`: an unclosed IPv6 authority), and a raise here would end the listener's
+    nursery; such a target is split at the first `?` instead."""
+    try:
+        parts = urlsplit(target)
+    except ValueError:
+        path, _, query = target.partition("?")
+        return path, query.partition("#")[0]
+    return parts.path, parts.query
 
 
 @dataclass(slots=True)
@@ -165,13 +187,7 @@ class HTTPServer:
             return None
         if not isinstance(event, h11.Request):
             raise _Closed
-        request = Request(
-            method=event.method.decode("ascii", "replace"),
-            target=event.target.decode("latin-1"),
-            headers=[(k.decode("latin-1").lower(), v.decode("latin-1"))
-                     for k, v in event.headers],
-            peer=peer,
-        )
+        request = Request.from_h11(event, peer)
         if conn.they_are_waiting_for_100_continue:
             await self._write(stream, conn.send(h11.InformationalResponse(
                 status_code=100, headers=[])))

@@ -21,8 +21,9 @@ Fragmented messages are reassembled up to `max_message_size` (close 1009 beyond 
 more is buffered; a frame header announcing more is refused before its payload is read, by
 `FrameSizeGuard`, since wsproto reports payload only as it arrives); pings are answered; a
 silent peer is pinged after `ping_interval` seconds and dropped after twice that; wsproto's
-parse errors close with their code (1002, 1007). The server's limits apply as on the TCP
-listeners (`limits.websocket_max_message_size`, `connection_buffer`, `send_timeout`,
+parse errors close with their code (1002, 1007), and a handshake wsproto cannot read (a
+malformed header, a non-ASCII value) gets an HTTP 400. The server's limits apply as on the
+TCP listeners (`limits.websocket_max_message_size`, `connection_buffer`, `send_timeout`,
 `handshake_timeout` and `handshake_max_bytes`, the last two counted from the upgrade for
 the session inside). A session that ends (WAMP ABORT or GOODBYE answered, MQTT DISCONNECT,
 STOMP ERROR) closes the WebSocket with 1000 once its last message is written; broker
@@ -279,6 +280,16 @@ class WebSocketFront:
     async def serve(self, stream: trio.abc.Stream, data: bytes, peer: tuple[str, int]
                     ) -> None:
         """Handshake from `data` (the request head and whatever followed it), then run."""
+        ws, wire, chosen, rest = self.handshake(data)
+        if not await _send(stream, wire) or chosen is None:
+            return
+        conn = WebSocketConnection(self, stream, ws, chosen, peer)
+        await conn.run(rest)
+
+    def handshake(self, data: bytes) -> tuple[WSConnection, bytes, str | None, bytes]:
+        """The sans-IO part of `serve`: the server's connection, the bytes to answer with
+        (101, or a refusal), the subprotocol chosen (None: refused, close after sending)
+        and the bytes that came after the request head."""
         ws = WSConnection(ConnectionType.SERVER)
         # wsproto's server handshake drops what follows the request head, so keep the
         # frames that came with it and feed them once the connection is open
@@ -292,21 +303,18 @@ class WebSocketFront:
             # a client that offered none gets the endpoint's default, not echoed back
             subprotocol = chosen if chosen in request.subprotocols else None
         except RemoteProtocolError as exc:
-            await _refuse(stream, str(exc))
-            return
+            return ws, _refusal(str(exc)), None, b""
+        except UnicodeError as exc:  # wsproto decodes header values as ASCII (Host: IDNA)
+            return ws, _refusal(f"malformed handshake header: {exc}"), None, b""
         except HandshakeRefused as exc:
-            await _send(stream, ws.send(RejectConnection(
+            wire = ws.send(RejectConnection(
                 status_code=exc.status, has_body=True, headers=[
                     (b"content-type", b"text/plain; charset=utf-8"),
-                    (b"content-length", str(len(exc.reason.encode())).encode())])))
-            await _send(stream, ws.send(RejectData(data=exc.reason.encode())))
-            return
+                    (b"content-length", str(len(exc.reason.encode())).encode())]))
+            return ws, wire + ws.send(RejectData(data=exc.reason.encode())), None, b""
         extensions: list[Extension] = [PerMessageDeflate()] if _offers_deflate(request) else []
         wire = ws.send(AcceptConnection(subprotocol=subprotocol, extensions=extensions))
-        if not await _send(stream, wire):
-            return
-        conn = WebSocketConnection(self, stream, ws, chosen, peer)
-        await conn.run(rest)
+        return ws, wire, chosen, rest
 
     def _check(self, request: Request) -> str:
         path = request.target.split("?", 1)[0]
@@ -355,11 +363,15 @@ async def _close(stream: trio.abc.Stream) -> None:
             pass
 
 
-async def _refuse(stream: trio.abc.Stream, reason: str) -> None:
+def _refusal(reason: str) -> bytes:
     body = reason.encode()
-    await _send(stream, b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8"
-                        b"\r\nconnection: close\r\ncontent-length: " + str(len(body)).encode()
-                + b"\r\n\r\n" + body)
+    return (b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8"
+            b"\r\nconnection: close\r\ncontent-length: " + str(len(body)).encode()
+            + b"\r\n\r\n" + body)
+
+
+async def _refuse(stream: trio.abc.Stream, reason: str) -> None:
+    await _send(stream, _refusal(reason))
 
 
 class WebSocketConnection:

@@ -19,6 +19,7 @@ from gateway.core.errors import AccessRefused, NotAllowed, NotFound, Preconditio
 from gateway.core.exchange import Exchange
 from gateway.core.message import Message
 from gateway.core.queue import Entry, Queue
+from protocols.amqp.frames import reply
 
 if TYPE_CHECKING:
     from protocols.amqp.session import AMQPSession
@@ -119,8 +120,9 @@ class Channel:
         msg = entry.message
         self.session.send_content(
             self.number,
-            Basic.GetOk(tag, entry.redelivered, msg.exchange, msg.routing_key,
-                        queue.message_count),
+            reply(Basic.GetOk, delivery_tag=tag, redelivered=entry.redelivered,
+                  exchange=msg.exchange, routing_key=msg.routing_key,
+                  message_count=queue.message_count),
             msg)
 
     def broker_cancelled(self, consumer: AMQPConsumer) -> None:

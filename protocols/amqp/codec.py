@@ -583,8 +583,9 @@ def _table_value(buf: bytearray, p: int, end: int, depth: int) -> tuple[Any, int
 
 
 # -- encoders -----------------------------------------------------------------------------
-# Whole method frames for the three content methods the server sends with every message;
-# each shortstr is a length octet ("%c" refuses > 255 with OverflowError) and its bytes.
+# Whole method frames for the three content methods the server sends with every message
+# (and queue.declare-ok); each shortstr is a length octet ("%c" refuses > 255 with
+# OverflowError) and its bytes.
 
 
 def _deliver(channel: int, m: Any) -> bytes:
@@ -612,7 +613,18 @@ def _return(channel: int, m: Any) -> bytes:
     )
 
 
+def _declare_ok(channel: int, m: Any) -> bytes:
+    # by hand, as the three above: pamqp's marshal refuses queue names outside the spec's
+    # character class, which RabbitMQ (and we) accept (see frames.reply)
+    queue = m.queue.encode()
+    return b"%s\x00\x32\x00\x0b%c%s%s\xce" % (
+        _FRAME_HEADER.pack(FRAME_METHOD, channel, 13 + len(queue)), len(queue), queue,
+        struct.pack(">II", m.message_count, m.consumer_count),
+    )
+
+
 _FAST_ENCODERS: Final[dict[type[base.Frame], Callable[[int, Any], bytes]]] = {
+    commands.Queue.DeclareOk: _declare_ok,
     Basic.Deliver: _deliver,
     Basic.GetOk: _get_ok,
     Basic.Return: _return,

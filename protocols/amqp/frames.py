@@ -15,11 +15,27 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias, TypeVar
 
 from pamqp import base, commands
 
 PROTOCOL_HEADER: Final = b"AMQP\x00\x00\x09\x01"
+M = TypeVar("M", bound=base.Frame)
+
+
+def reply(method_class: type[M], **values: Any) -> M:
+    """A method the server sends that carries client-chosen names, built without pamqp's
+    ``validate``: pamqp holds queue and exchange names to ``^[a-zA-Z0-9-_.:@#,/+ ]*$`` and
+    exchange names to 127 characters, while RabbitMQ (and this broker) accept any UTF-8
+    name up to 255 bytes, so a queue.declare-ok, basic.get-ok or basic.return for a name
+    we accepted must be buildable. Every field is given by name."""
+    method = method_class.__new__(method_class)
+    for name in method_class.attributes():
+        setattr(method, name, values.pop(name))
+    if values:
+        raise TypeError(f"{method_class.name} has no fields {sorted(values)}")
+    return method
+
 
 
 class ReplyCode(enum.IntEnum):

@@ -22,6 +22,7 @@ from gateway.core.errors import (
 from gateway.core.message import Message
 from gateway.core.queue import Queue
 from protocols.amqp.channel import REPLY_TO, Channel
+from protocols.amqp.frames import reply
 from protocols.amqp.mapping import CACHE_KEY, from_amqp, validate_publish
 
 if TYPE_CHECKING:
@@ -118,7 +119,8 @@ def queue_declare(s: AMQPSession, ch: Channel, m: C.Queue.Declare) -> None:
     if name == REPLY_TO or name.startswith(REPLY_TO + "."):
         # the pseudo-queue of direct reply-to always "exists"
         if not m.nowait:
-            s.send_method(ch.number, C.Queue.DeclareOk(name, 0, 0))
+            s.send_method(ch.number, reply(C.Queue.DeclareOk, queue=name, message_count=0,
+                                                consumer_count=0))
         return
     if not m.passive and name:
         _check(s, "configure", "queue", name)
@@ -132,7 +134,9 @@ def queue_declare(s: AMQPSession, ch: Channel, m: C.Queue.Declare) -> None:
         _check(s, "configure", "queue", q.name)
     ch.last_queue = q.name
     if not m.nowait:
-        s.send_method(ch.number, C.Queue.DeclareOk(q.name, q.message_count, q.consumer_count))
+        s.send_method(ch.number, reply(C.Queue.DeclareOk, queue=q.name,
+                                        message_count=q.message_count,
+                                        consumer_count=q.consumer_count))
 
 
 def _queue(s: AMQPSession, ch: Channel, name: str) -> Queue:
@@ -321,7 +325,8 @@ def _route(s: AMQPSession, ch: Channel, exchange: Any, routing_key: str, message
     before = store.appended
     result = _vh(s).publish(exchange, routing_key, message, s.clock())
     if mandatory and not result.routed:
-        s.send_content(ch.number, C.Basic.Return(312, "NO_ROUTE", exchange.name, routing_key),
+        s.send_content(ch.number, reply(C.Basic.Return, reply_code=312, reply_text="NO_ROUTE",
+                                        exchange=exchange.name, routing_key=routing_key),
                        message)
     if ch.confirm:
         ch.publish_seq += 1

@@ -213,7 +213,9 @@ class MQTTSession(Outbox):
             return
         self.last_recv = self.clock()
         self.codec.receive_data(data)
-        while not self.closed and self.password_check is None:
+        # after our DISCONNECT (CLOSING) the rest of the read is dropped, not handled
+        while (self.state is State.CONNECTED or self.state is State.CONNECT_WAIT) \
+                and self.password_check is None:
             try:
                 packet = self.codec.next_event()
             except ProtocolError as exc:

@@ -322,14 +322,16 @@ def end(s: MQTTSession, *, publish_will: bool) -> None:
     if s.consumer is not None:
         s.consumer.queue.remove_consumer(s.consumer, now)
         s.consumer = None
+    # detach from the shared groups first: a requeue dispatches at once, and must not
+    # hand the message straight back to this connection after its DISCONNECT
+    for consumer in list(s.shared_consumers.values()):
+        vhost.cancel(consumer.queue, consumer, now)
+    s.shared_consumers.clear()
     for pid, out in list(st.outgoing.items()):
         # a shared subscription's messages go to another member of the group
         if out.entry is not None and out.entry.queue.name != session_queue_name(s.client_id):
             del st.outgoing[pid]
             out.entry.queue.requeue([out.entry], now)
-    for consumer in list(s.shared_consumers.values()):
-        vhost.cancel(consumer.queue, consumer, now)
-    s.shared_consumers.clear()
     if publish_will and s.will is not None:
         _publish_will(s, st.expiry)
     s.will = None

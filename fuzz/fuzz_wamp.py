@@ -1,0 +1,7 @@
+"""Atheris target: wamp, JSON and MessagePack (see target.py for how to run it, oracles.py
+for the property)."""
+
+from target import run
+
+if __name__ == "__main__":
+    run("wamp")
