@@ -32,6 +32,7 @@ shutdown with 1001.
 
 from __future__ import annotations
 
+import binascii
 import logging
 import weakref
 from collections.abc import Callable
@@ -320,6 +321,7 @@ class WebSocketFront:
         path = request.target.split("?", 1)[0]
         if path != self.options.path:
             raise HandshakeRefused(f"no WebSocket endpoint at {path}")
+        _check_key(request)
         server = self.server
         limit = server.config.limits.max_connections
         if len(server.connections) + len(server.sessions) - _tcp_sessions(server) >= limit:
@@ -333,6 +335,19 @@ class WebSocketFront:
                 f"no supported subprotocol offered (offered: {offered}; supported: "
                 f"{', '.join(sorted(self.available()))})")
         return chosen
+
+
+def _check_key(request: Request) -> None:
+    """Exactly one Sec-WebSocket-Key, 16 bytes in base64 [RFC 6455 4.2.1, 11.3.1]. wsproto
+    joins repeated keys with ", " and answers with the accept token of that string, which
+    no client can verify: refuse instead."""
+    keys = [v for k, v in request.extra_headers if k.lower() == b"sec-websocket-key"]
+    try:
+        nonce = binascii.a2b_base64(keys[0], strict_mode=True) if len(keys) == 1 else b""
+    except binascii.Error:
+        nonce = b""
+    if len(nonce) != 16:
+        raise HandshakeRefused("Sec-WebSocket-Key must be sent once, 16 bytes in base64")
 
 
 def _tcp_sessions(server: Server) -> int:

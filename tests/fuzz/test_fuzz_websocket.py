@@ -107,6 +107,28 @@ def test_crash_non_ascii_handshake_headers_are_refused_with_400(data: bytes,
     assert b"malformed handshake header" in received
 
 
+# a request with two Sec-WebSocket-Key headers (the first not 16 bytes): wsproto joined them
+# with ", " and answered 101 with the accept token of that string, which no client can
+# check; found by fuzz_websocket.py, refused with 400 now [RFC 6455 4.2.1, 11.3.1]
+CRASH_TWO_KEYS = (
+    b"\x01GET /ws HTTP/2.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade.1"
+    b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25"
+    b"\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Protocol: mqtt\r\n\r\n!\x92\x00\x00\x00\x00\x10\x10\x00\x04MQTT\x04\x02"
+    b"\x00<fu\x00\x04zz")
+
+
+def test_crash_two_keys_are_refused() -> None:
+    check_websocket(CRASH_TWO_KEYS)
+    for via_http in (True, False):
+        received = run_websocket(CRASH_TWO_KEYS[1:].replace(b"HTTP/2.1", b"HTTP/1.1"),
+                                 via_http=via_http)
+        assert received.startswith(b"HTTP/1.1 400 ") and b"Sec-WebSocket-Key" in received
+    for key in (b"", b"c2hvcnQ=", b"not base64!!"):
+        bad = upgrade_request(key=key)
+        assert handshake(bad, via_http=True).startswith(b"HTTP/1.1 400 ")
+
+
 def test_crash_data_after_a_close_that_came_with_the_head() -> None:
     """A close frame sent with the request head and more bytes already waiting: the reader
     fed them to a closed wsproto connection (LocalProtocolError, logged as a failed
