@@ -95,16 +95,15 @@ def test_crash_queue_named_outside_the_spec_pattern_gets_declare_ok() -> None:
 def test_names_outside_pamqps_pattern_work_for_declare_get_and_return() -> None:
     """What the crash needs, spelled out: declare-ok, get-ok and basic.return for names
     pamqp would refuse ("é q", a 200-character exchange)."""
-    from oracles import CONFIG, PEER, Clock
+    from oracles import AUTH, CONFIG, PEER, Clock
     from pamqp import body as pbody
     from pamqp import frame, header
 
-    from gateway.auth.service import AuthService
     from gateway.core.broker import Broker
     from gateway.store.base import MemoryStore
     from protocols.amqp.session import AMQPSession
 
-    session = AMQPSession(Broker(MemoryStore(), CONFIG.auth.vhosts), AuthService(CONFIG.auth),
+    session = AMQPSession(Broker(MemoryStore(), CONFIG.auth.vhosts), AUTH,
                           peer=PEER, loopback=True, clock=Clock())
     session.receive_data(AMQP_HANDSHAKE)
     session.data_to_send()

@@ -93,15 +93,14 @@ CRASH_AFTER_DISCONNECT = bytes.fromhex(
 
 def test_crash_packets_after_the_servers_disconnect_are_dropped() -> None:
     check_mqtt(CRASH_AFTER_DISCONNECT)
-    from oracles import CONFIG, MQTT_CONFIG, PEER, Clock, mqtt_output
+    from oracles import AUTH, CONFIG, MQTT_CONFIG, PEER, Clock, mqtt_output
 
-    from gateway.auth.service import AuthService
     from gateway.core.broker import Broker
     from gateway.store.base import MemoryStore
     from protocols.mqtt.session import MQTTSession, State
 
     broker = Broker(MemoryStore(), CONFIG.auth.vhosts)
-    session = MQTTSession(broker, AuthService(CONFIG.auth), MQTT_CONFIG, peer=PEER,
+    session = MQTTSession(broker, AUTH, MQTT_CONFIG, peer=PEER,
                           loopback=True, clock=Clock())
     session.receive_data(mqtt_connect(MQTT_5, clean=False) + CRASH_AFTER_DISCONNECT[1:])
     out = mqtt_output(session.data_to_send(), MQTT_5)
@@ -129,14 +128,13 @@ CRASH_SHARED_REQUEUE = bytes.fromhex(
 
 def test_crash_nothing_is_written_after_the_servers_disconnect() -> None:
     check_mqtt(CRASH_SHARED_REQUEUE)
-    from oracles import CONFIG, MQTT_CONFIG, PEER, Clock, mqtt_output
+    from oracles import AUTH, CONFIG, MQTT_CONFIG, PEER, Clock, mqtt_output
 
-    from gateway.auth.service import AuthService
     from gateway.core.broker import Broker
     from gateway.store.base import MemoryStore
     from protocols.mqtt.session import MQTTSession
 
-    session = MQTTSession(Broker(MemoryStore(), CONFIG.auth.vhosts), AuthService(CONFIG.auth),
+    session = MQTTSession(Broker(MemoryStore(), CONFIG.auth.vhosts), AUTH,
                           MQTT_CONFIG, peer=PEER, loopback=True, clock=Clock())
     session.receive_data(mqtt_connect(MQTT_5) + CRASH_SHARED_REQUEUE[1:])
     out = mqtt_output(session.data_to_send(), MQTT_5)
