@@ -177,6 +177,10 @@ class AMQPCodec:
         self._greeted = False
         self._pending: dict[int, _Pending] = {}
         self._failed: ProtocolError | None = None
+        # the last property list decoded, by its bytes: a publisher repeats the same one,
+        # and without headers the decoded object holds only immutable values to share
+        self._last_raw = b""
+        self._last_properties: commands.Basic.Properties | None = None
 
     @property
     def buffered(self) -> int:
@@ -284,8 +288,13 @@ class AMQPCodec:
             pending.remaining = body_size
             return OversizeContent(channel, pending.method, body_size)
         if flags:
-            properties = _decode_properties(flags, self._buf, start + 14, end, channel)
             raw = bytes(self._buf[start + 12 : end])
+            if raw == self._last_raw and self._last_properties is not None:
+                properties = self._last_properties
+            else:
+                properties = _decode_properties(flags, self._buf, start + 14, end, channel)
+                self._last_raw = raw
+                self._last_properties = properties if properties.headers is None else None
         elif end - start == 14:
             properties = EMPTY_PROPERTIES
             raw = b"\x00\x00"

@@ -258,6 +258,22 @@ def test_publish_yields_one_content(props: Basic.Properties, payload: bytes) -> 
     assert type(events[0].body) is bytes
 
 
+def test_repeated_property_lists_decode_alike_and_headers_are_never_shared() -> None:
+    """A property list like the last one is decoded once and reused; one with headers (a
+    mutable table) is decoded for every message."""
+    method = Basic.Publish(exchange="", routing_key="q")
+    plain = Basic.Properties(delivery_mode=2, content_type="text/plain")
+    other = Basic.Properties(delivery_mode=1, priority=3)
+    with_headers = Basic.Properties(headers={"k": "v"}, delivery_mode=2)
+    order = [plain, plain, other, plain, with_headers, with_headers, plain]
+    data = b"".join(marshal(*publish_frames(1, method, props, b"x")) for props in order)
+    events = feed(data)
+    assert [summary(e)[3] for e in events] == order
+    assert events[0].properties is events[1].properties  # decoded once
+    assert events[4].properties is not events[5].properties
+    assert events[4].properties.headers is not events[5].properties.headers
+
+
 @pytest.mark.parametrize("routing_key", ROUTING_KEYS)
 def test_publish_fields_decode_like_pamqp(routing_key: str) -> None:
     method = Basic.Publish(exchange="ex", routing_key=routing_key, immediate=True)
