@@ -27,7 +27,7 @@ from gateway.server.connection import Connection, HandshakeLimits, peer_of
 from gateway.server.factories import SESSION_FACTORIES, SessionFactory
 from gateway.server.tls import handshake, peer_info, server_context
 from gateway.store.base import Store
-from gateway.store.disk import DiskStore
+from gateway.store.disk import DiskStore, return_large_buffers_to_the_system
 
 log = logging.getLogger("gateway.server")
 
@@ -104,6 +104,8 @@ class Server:
 
     async def serve(self, *, task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED
                     ) -> None:
+        if isinstance(self.store, DiskStore):
+            return_large_buffers_to_the_system()
         state = self.store.recover()
         self.auth.restore(state)
         restored = self.broker.restore(state, self.clock())

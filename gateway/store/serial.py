@@ -32,6 +32,11 @@ def encode(value: Any) -> bytes:
     return bytes(out)
 
 
+def encode_into(value: Any, out: bytearray) -> None:
+    """`encode`, appended to `out` (no copy of its own)."""
+    _enc(value, out)
+
+
 def _enc(v: Any, out: bytearray) -> None:
     if v is None:
         out += b"N"

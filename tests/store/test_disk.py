@@ -423,3 +423,14 @@ def test_settle_and_a_snapshot_in_between(tmp_path: Path) -> None:
     flush(s)
     broker = restart(broker, tmp_path)
     assert ready_bodies(broker.vhost("/").queues["q"]) == []
+
+
+def test_records_written_into_a_batch_are_the_framed_records() -> None:
+    from gateway.store.disk import ENQUEUE, MESSAGE, _frame, _frame_into
+
+    out = bytearray(b"before")
+    payloads = [(MESSAGE, (7, "ex", "rk", [None, {"h": [1, "x"]}], b"\x00body" * 99, "mqtt")),
+                (ENQUEUE, ("v", "q", 3, 7))]
+    for kind, payload in payloads:
+        _frame_into(out, kind, payload)
+    assert bytes(out) == b"before" + b"".join(_frame(k, p) for k, p in payloads)
