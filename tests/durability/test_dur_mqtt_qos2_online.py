@@ -86,5 +86,5 @@ def test_qos2_exactly_once_subscriber_online_through_kill_9(fresh_broker: Broker
     assert not unknown, f"messages nobody sent: {sorted(unknown)[:5]}"
     assert not lost, f"lost {len(lost)} PUBCOMPed messages: {sorted(lost)[:5]}"
     assert not duplicates, f"delivered more than once: {duplicates[:5]}"
-    assert len(confirmed) >= 450
+    assert len(confirmed) >= 350  # by construction: 100 + 50 + 200 at least
     assert held_at_kill[2] >= 5, "the stalled subscriber held nothing at the kill"
