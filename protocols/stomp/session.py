@@ -289,7 +289,13 @@ class StompSession(Outbox):
 
     def _release_all(self) -> None:
         now = self.clock()
-        for sub in list(self.subscriptions.values()):
+        subs = list(self.subscriptions.values())
+        # every subscription stops consuming before any requeues: a requeue dispatches at
+        # once, and must not hand a message to another subscription of this closing session
+        for sub in subs:
+            if not sub.queue.deleted:
+                sub.queue.vhost.cancel(sub.queue, sub, now)
+        for sub in subs:
             self.end_subscription(sub, now)
         self.transactions.clear()
         self.tx_bytes = 0

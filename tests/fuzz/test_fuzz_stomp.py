@@ -93,3 +93,41 @@ def test_edits_of_a_valid_conversation(version: str, edits: list[tuple[str, int,
 @given(st.binary(min_size=1, max_size=400))
 def test_the_atheris_entry_reads_any_input(data: bytes) -> None:
     check_stomp(data)
+
+
+# -- crashes found by fuzz/fuzz_stomp.py, as regression tests ----------------------------------
+
+# STOMP 1.2: a SEND to /queue/q, two client-ack subscriptions to /queue/q (ids "D" and
+# "\x03SUBSCRIBE"), then a bad command line (ERROR). Closing ended the subscriptions one by
+# one, and the message "D" had not acked was requeued while the other was still consuming:
+# a MESSAGE written after the ERROR.
+CRASH_REQUEUE_TO_SIBLING = bytes.fromhex(
+    "0353454e440a65657374696e6174696f6e3a2f71752f750000000000000000652f615c63624942450a646573"
+    "74696e6174696f6e3a2f71756575652f710a69643a300a61636b3a636c69656e740a0a000a53554253435249"
+    "42450a64737469656e6174696f6e3a2f746f7069632f612e320a69643a440a65657374696e6174696f6e3a2f"
+    "71752f750000000000000000652f615c63624942450a64657374696e6174696f6e3a2f71756575652f710a69"
+    "643a300a61636b3a636c69656e740a0a000a5355425343524942450a64737469656e6174696f6e3a2f746f70"
+    "69632f612e320a69643a035355425343524942450a64657374696e6174696f6e3a2f71756575652f710a6964"
+    "3a310a61636b3a636c69656e740a0a000a535542035355425343524942450a64657374696e6174696f6e3a2f"
+    "71756575652f710a69643a310a61636b3a636c69656e740a0a000a5355425343524942450a64657374696e61"
+    "7469000000000000000d")
+
+
+def test_crash_nothing_is_written_after_the_error() -> None:
+    check_stomp(CRASH_REQUEUE_TO_SIBLING)
+    session = run_stomp(stomp_connect("1.2") + CRASH_REQUEUE_TO_SIBLING[1:])
+    assert session.closed
+    from oracles import AUTH, CONFIG, PEER, Clock, stomp_output
+
+    from gateway.core.broker import Broker
+    from gateway.store.base import MemoryStore
+    from protocols.stomp.session import StompSession
+
+    broker = Broker(MemoryStore(), CONFIG.auth.vhosts)
+    session = StompSession(broker, AUTH, peer=PEER, loopback=True, clock=Clock(),
+                           **STOMP_LIMITS)
+    session.receive_data(stomp_connect("1.2") + CRASH_REQUEUE_TO_SIBLING[1:])
+    frames = stomp_output(session.data_to_send())
+    assert [f.command for f in frames] == [Command.CONNECTED, Command.MESSAGE, Command.ERROR]
+    # the message is back on its queue, for the next consumer
+    assert broker.vhost("/").queues["q"].message_count == 1
