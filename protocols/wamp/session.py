@@ -217,6 +217,7 @@ class WampSession:
         self.alarm = False
         self.read_paused = False
         self.close_reason: str | None = None
+        self._leaving = False
         self.subs = SubscriptionState(self)
         self.rpc = RpcState(self)
 
@@ -253,6 +254,8 @@ class WampSession:
 
     def send(self, msg: Message) -> bool:
         """Queue one message; False when the serializer cannot carry its values."""
+        if self._leaving:
+            return True
         try:
             data = self.codec.encode(msg)
         except ValueError as exc:
@@ -529,8 +532,14 @@ class WampSession:
         if self.realm is None:
             self.session_id = 0
             return
-        self.rpc.release()
-        self.subs.release()
+        # what releasing says to this session itself (the answer to a call it made to its
+        # own registration, an INTERRUPT of it) is not sent: it has left
+        self._leaving = True
+        try:
+            self.rpc.release()
+            self.subs.release()
+        finally:
+            self._leaving = False
         self.realm.sessions.pop(self.session_id, None)
         self.realm = None
         self.session_id = 0

@@ -15,7 +15,7 @@ import pytest
 from fuzz_profile import fuzz
 from hypothesis import given
 from hypothesis import strategies as st
-from oracles import check_wamp, run_wamp, wamp_wire
+from oracles import WAMP_HELLO, check_wamp, check_wamp_any, run_wamp, wamp_split, wamp_wire
 
 from protocols.wamp.codec import SCHEMA, Serializer
 
@@ -105,3 +105,39 @@ def test_json_wire_is_text_and_msgpack_wire_is_binary() -> None:
     assert isinstance(wamp_wire(Serializer.JSON, [1]), str)
     assert json.loads(wamp_wire(Serializer.JSON, [1, "/", {}])) == [1, "/", {}]
     assert isinstance(wamp_wire(Serializer.MSGPACK, [1]), bytes)
+
+
+# -- crashes found by fuzz/fuzz_wamp.py, as regression tests -----------------------------------
+
+# JSON, after HELLO: the session registers com.p ("roundrobin"), calls it (so it is its own
+# callee), then sends a message that does not parse. Its ABORT was followed by what leaving
+# said to itself: the canceled call's ERROR (then, with only that fixed, an INTERRUPT).
+CRASH_CALL_TO_ITSELF = bytes.fromhex(
+    "015b33322c20312c207b7d2c2022636f6d2e61225dfffe5b33322c20322c207b226d61746368223a20227769"
+    "6c6463617264227d2c2022636f6d2e2e62225dfffe5b31362c20332c207b2261636b6e6f776c65646765223a"
+    "20747275652c20226578636c7564655f6d65223a2066616c73657d2c2022636f6d2e61222c205b302c202278"
+    "225d2c207b226b223a207b226e223a206e756c6c7d7d5dfffe5b33342c20312c20315dfffe5b36342c20342c"
+    "207b22696e766f6b65223a2022726f756e64726f62696e227d2c20226f636d2e70225dfffe5b34382c20352c"
+    "207b2274696d65919174223a203130302c2022726563656976655f70726f6772657373223a20747275657d2c"
+    "2022636d2e61225dfffe5b33322c20322c207b226d61746368223a2022776961646c646372227d2c2022636f"
+    "6d2e2e62225dfffe5b31362c20332c207b2261636b6e6f776c65646765223a20747275652c20226578636c75"
+    "64655f6d65223a2066616c73657d2c2022636f6d2e61222c205b302c202278225d2c207b226b223a207b226e"
+    "223a206e756c6c7d7d5dfffe5b33342c20312c20315dfffe5b36342c20342c207b22696e766f6b65223a2022"
+    "726f756e64726f62696e227d2c20226f636d2e70225dfffe5b34382c20352c207b2274696d65919174223a20"
+    "31307d2c20226f636d2e70225dfffe5b34382c20352c207b2274696d65919174223a203130302c2022726563"
+    "656976655f70726f6772657373223a2074727565626f726f6d2e70222c205b315d5dfffe5b34392c20352c20"
+    "7b226d72726f722e61626f72ffff5d")
+
+
+def test_crash_nothing_is_sent_after_the_abort() -> None:
+    check_wamp_any(CRASH_CALL_TO_ITSELF)
+    from oracles import WampWorld
+
+    world = WampWorld()
+    session = world.session(Serializer.JSON)
+    for message in [wamp_wire(Serializer.JSON, WAMP_HELLO), *wamp_split(
+            Serializer.JSON, CRASH_CALL_TO_ITSELF[1:])]:
+        session.receive_message(message)
+    last = json.loads(session.messages_to_send()[-1])
+    assert last[0] == 3 and last[2] == "wamp.error.protocol_violation"
+    assert session.closed
