@@ -7,6 +7,7 @@ Sessions reach the model through `Broker.vhost(name)`; the server drives time th
 from __future__ import annotations
 
 import itertools
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -134,7 +135,9 @@ class Broker:
             if source.add_binding(binding) and isinstance(dest, Queue):
                 dest.bound_by[binding] = None
         restored = 0
-        shared: dict[int, Message] = {}  # one message in many queues is one object again
+        # one message in many queues is one object again; held weakly, so that a body the
+        # queue pages out leaves memory (a restart with a backlog larger than memory)
+        shared: weakref.WeakValueDictionary[int, Message] = weakref.WeakValueDictionary()
         for (vhost, qname), entries in state.messages.items():
             queue = self.vhosts[vhost].queues.get(qname)
             if queue is None:

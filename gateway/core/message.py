@@ -38,7 +38,7 @@ class Properties:
         return props
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, weakref_slot=True)
 class Message:
     """A published message: body, properties and the broker's annotations.
 

@@ -13,6 +13,7 @@ Stores take and return plain values only; they know nothing of the core's classe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -140,7 +141,7 @@ class Recovered:
     queues: list[QueueRecord] = field(default_factory=list)
     bindings: list[BindingRecord] = field(default_factory=list)
     # (vhost, queue) -> [(seq, message)] in seq order
-    messages: dict[tuple[str, str], list[tuple[int, MessageRecord]]] = field(
+    messages: dict[tuple[str, str], Sequence[tuple[int, MessageRecord]]] = field(
         default_factory=dict)
     max_message_id: int = 0
     # what the protocols keep beyond the core's model (MQTT retained messages and session

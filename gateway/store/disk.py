@@ -8,6 +8,14 @@ suffix of records over a state that already contains them gives the same state. 
 replays the log, stops at the first torn or corrupt record (the tail of a write cut off by
 a crash, which was never reported durable), and writes the live state into a fresh log.
 
+Recovery streams: the old log is read in chunks, and of a message record replay keeps only
+where it lies, not its body. The fresh log copies each live message record byte for byte
+from the old one, and the recovered state's message lists (`RecoveredEntries`) read a
+message back from the fresh log only when the broker takes it, so the queues' paging sees
+one body at a time. A restart with a backlog larger than memory thus costs an index (a few
+hundred bytes per message while the log is replayed, 24 per message after), not the log's
+size.
+
 Group commit: the core appends encoded records to `_pending`; the server's store task
 takes the batch, writes it and fsyncs it in a worker thread, then marks it durable. While
 a batch is being written the next one fills up, so one fsync covers every publish that
@@ -34,11 +42,13 @@ in the meantime on top (idempotent records make the overlap harmless).
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import struct
 import zlib
-from collections.abc import Iterable, Iterator
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -124,26 +134,107 @@ def _frame_into(out: bytearray, kind: int, payload: tuple[Any, ...]) -> None:
     _HEAD.pack_into(out, start, len(out) - start - 8, crc)
 
 
-def _read_records(data: bytes) -> tuple[list[tuple[int, Any]], int]:
-    """Decode whole records; returns them and the length of the valid prefix."""
-    out: list[tuple[int, Any]] = []
-    pos = 0
-    n = len(data)
-    while pos + 8 <= n:
-        length, crc = _HEAD.unpack_from(data, pos)
-        end = pos + 8 + length
-        if length == 0 or end > n:
-            break
-        body = data[pos + 8:end]
-        if zlib.crc32(body) != crc:
-            break
-        try:
-            payload = decode(body[1:])
-        except DecodeError:
-            break
-        out.append((body[0], payload))
-        pos = end
-    return out, pos
+READ_CHUNK = 1024 * 1024  # bytes of the old log read at a time during recovery
+WRITE_CHUNK = 1024 * 1024  # bytes of records joined into one write of a new log
+
+
+class _LogReader:
+    """The records of a log file, read in chunks: (kind, payload, offset, frame length) of
+    each, up to the first torn or corrupt one. `valid` is then the length of the good prefix."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.valid = 0
+
+    def __iter__(self) -> Iterator[tuple[int, Any, int, int]]:
+        buf = b""
+        base = 0  # file offset of buf[0]
+        pos = 0
+        eof = False
+        while True:
+            if len(buf) - pos < 8 or (
+                    len(buf) - pos < 8 + _HEAD.unpack_from(buf, pos)[0]):
+                if eof:
+                    return
+                more = self.f.read(READ_CHUNK)
+                eof = not more
+                base += pos
+                buf = buf[pos:] + more
+                pos = 0
+                continue
+            length, crc = _HEAD.unpack_from(buf, pos)
+            end = pos + 8 + length
+            if length == 0:
+                return
+            body = memoryview(buf)[pos + 8:end]
+            if zlib.crc32(body) != crc:
+                return
+            try:
+                payload = decode(body[1:])
+            except DecodeError:
+                return
+            kind = body[0]
+            yield kind, payload, base + pos, end - pos
+            pos = end
+            self.valid = base + pos
+
+
+def _read_records(data: bytes | bytearray) -> tuple[list[tuple[int, Any]], int]:
+    """The records in a buffer (a batch, a whole log) and the length of its valid prefix."""
+    reader = _LogReader(io.BytesIO(data))
+    records = [(kind, payload) for kind, payload, _, _ in reader]
+    return records, reader.valid
+
+
+class RecoveredEntries(Sequence[tuple[int, MessageRecord]]):
+    """One queue's recovered messages, (seq, message) in seq order, each read from the log
+    only when asked for (see the module docstring: recovery streams)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._seqs = array("q")
+        self._offsets = array("q")
+        self._lengths = array("q")
+
+    def add(self, seq: int, offset: int, length: int) -> None:
+        self._seqs.append(seq)
+        self._offsets.append(offset)
+        self._lengths.append(length)
+
+    def __len__(self) -> int:
+        return len(self._seqs)
+
+    def _load(self, i: int) -> tuple[int, MessageRecord]:
+        frame = _pread_all(self._fd, self._lengths[i], self._offsets[i])
+        return self._seqs[i], _message_record(decode(frame[9:]))
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self._load(j) for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self._load(i)
+
+    def __iter__(self) -> Iterator[tuple[int, MessageRecord]]:
+        for i in range(len(self)):
+            yield self._load(i)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"RecoveredEntries({list(self)!r})"
+
+
+def _message_record(p: Any) -> MessageRecord:
+    props = dict(zip(PROPERTY_FIELDS, p[3], strict=False))
+    return MessageRecord(p[0], p[1], p[2], props, p[4], p[5])
 
 
 @dataclass
@@ -173,23 +264,68 @@ class DiskStore:
         self._size = 0
         self._base_size = 0
         self._pages: PageFile | None = None
+        self._recovered_fd = -1  # the log as recovery wrote it, read by RecoveredEntries
 
     # -- recovery --------------------------------------------------------------------------
 
     def recover(self) -> Recovered:
-        """Read the log back, then start a fresh compacted log holding just that state."""
+        """Read the log back, then start a fresh compacted log holding just that state. The
+        state's message lists read their messages from the fresh log when iterated."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         path = self.data_dir / LOG_NAME
-        data = path.read_bytes() if path.exists() else b""
-        records, valid = _read_records(data)
-        if valid != len(data):
-            log.warning("store: ignored %d bytes of an incomplete write at the end of the log",
-                        len(data) - valid)
-        state = _replay(records)
-        self._write_file(self._snapshot_frames(state))
+        if not path.exists():
+            path.touch()
+        with open(path, "rb") as old:
+            size = os.fstat(old.fileno()).st_size
+            reader = _LogReader(old)
+            state, queued, located = _replay(reader)
+            if reader.valid != size:
+                log.warning("store: ignored %d bytes of an incomplete write at the end of the "
+                            "log", size - reader.valid)
+            placed: dict[int, int] = {}  # message id -> offset in the fresh log
+            self._write_file(self._recovery_frames(state, queued, located, old.fileno(),
+                                                   placed))
+        self._close_recovered()
+        self._recovered_fd = os.open(path, os.O_RDONLY)
+        for key, seqs in queued.items():
+            entries = RecoveredEntries(self._recovered_fd)
+            for seq, mid in sorted(seqs.items()):
+                offset = placed.get(mid)
+                if offset is not None:
+                    entries.add(seq, offset, located[mid][1])
+            state.messages[key] = entries
         if self._pages is None:
             self._pages = PageFile(self.data_dir)
         return state
+
+    def _recovery_frames(self, state: Recovered, queued: dict[tuple[str, str], dict[int, int]],
+                         located: dict[int, tuple[int, int]], old_fd: int,
+                         placed: dict[int, int]) -> Iterator[bytes]:
+        """The fresh log's records: the state without messages, then each live message
+        record copied from the old log (noting where it lands in `placed`) and its enqueue
+        records."""
+        offset = 0
+        for frame in self._snapshot_frames(state):
+            offset += len(frame)
+            yield frame
+        for (vhost, queue), seqs in queued.items():
+            for seq, mid in sorted(seqs.items()):
+                where = located.get(mid)
+                if where is None:
+                    continue
+                if mid not in placed:
+                    frame = _pread_all(old_fd, where[1], where[0])
+                    placed[mid] = offset
+                    offset += len(frame)
+                    yield frame
+                frame = _frame(ENQUEUE, (vhost, queue, seq, mid))
+                offset += len(frame)
+                yield frame
+
+    def _close_recovered(self) -> None:
+        if self._recovered_fd >= 0:
+            os.close(self._recovered_fd)
+            self._recovered_fd = -1
 
     def _snapshot_frames(self, state: Recovered) -> Iterator[bytes]:
         if state.seeded:
@@ -232,12 +368,15 @@ class DiskStore:
         size = 0
         with open(tmp, "wb") as f:
             chunk: list[bytes] = []
+            chunk_bytes = 0
             for fr in frames:
                 chunk.append(fr)
                 size += len(fr)
-                if len(chunk) >= 4096:
+                chunk_bytes += len(fr)
+                if chunk_bytes >= WRITE_CHUNK:
                     f.write(b"".join(chunk))
                     chunk.clear()
+                    chunk_bytes = 0
             f.write(b"".join(chunk))
             f.flush()
             if self.fsync:
@@ -435,8 +574,11 @@ class DiskStore:
     def compact(self, state: Recovered) -> None:
         """Runs in a worker thread: replace the log by `state` (taken in the event loop)."""
         self._write_file(self._snapshot_frames(state))
+        # the broker took the recovered messages at start; let the replaced file go
+        self._close_recovered()
 
     def close(self) -> None:
+        self._close_recovered()
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -468,11 +610,25 @@ def _binding_tuple(vhost: str, b: Any) -> tuple[Any, ...]:
     return (vhost, b.source.name, from_queue, b.destination.name, b.routing_key, b.arguments)
 
 
-def _replay(records: list[tuple[int, Any]]) -> Recovered:
+def _pread_all(fd: int, length: int, offset: int) -> bytes:
+    data = os.pread(fd, length, offset)
+    while len(data) < length:
+        more = os.pread(fd, length - len(data), offset + len(data))
+        if not more:
+            raise OSError(f"store: log truncated at {offset + len(data)}")
+        data += more
+    return data
+
+
+def _replay(records: Iterable[tuple[int, Any, int, int]]
+            ) -> tuple[Recovered, dict[tuple[str, str], dict[int, int]],
+                       dict[int, tuple[int, int]]]:
+    """The state a log's records build, without messages; and, apart, each live queue's
+    entries (seq -> message id) and where each message record lies (id -> offset, length)."""
     exchanges: dict[tuple[str, str], ExchangeRecord] = {}
     queues: dict[tuple[str, str], QueueRecord] = {}
     bindings: dict[tuple[Any, ...], BindingRecord] = {}
-    messages: dict[int, MessageRecord] = {}
+    located: dict[int, tuple[int, int]] = {}
     entries: dict[tuple[str, str], dict[int, int]] = {}
     users: dict[str, UserRecord] = {}
     vhosts: dict[str, None] = {}
@@ -482,7 +638,7 @@ def _replay(records: list[tuple[int, Any]]) -> Recovered:
     values: dict[str, dict[tuple[Any, ...], Any]] = {}
     seeded = False
     max_id = 0
-    for kind, p in records:
+    for kind, p, offset, length in records:
         if kind == PUT_VALUE:
             values.setdefault(p[0], {})[tuple(p[1])] = p[2]
             continue
@@ -519,8 +675,7 @@ def _replay(records: list[tuple[int, Any]]) -> Recovered:
             else:
                 bindings.pop(rec.key(), None)
         elif kind == MESSAGE:
-            props = dict(zip(PROPERTY_FIELDS, p[3], strict=False))
-            messages[p[0]] = MessageRecord(p[0], p[1], p[2], props, p[4], p[5])
+            located[p[0]] = (offset, length)
             max_id = max(max_id, p[0])
         elif kind == ENQUEUE:
             q = entries.get((p[0], p[1]))
@@ -546,12 +701,8 @@ def _replay(records: list[tuple[int, Any]]) -> Recovered:
         source_ok = (b.vhost, b.source) in live_x or b.source.startswith("amq.")
         if dest_ok and source_ok:
             state.bindings.append(b)
-    for key, seqs in entries.items():
-        if key not in queues:
-            continue
-        state.messages[key] = [(seq, messages[mid]) for seq, mid in sorted(seqs.items())
-                               if mid in messages]
-    return state
+    queued = {key: seqs for key, seqs in entries.items() if key in queues}
+    return state, queued, located
 
 
 def _replay_auth(kind: int, p: Any, users: dict[str, UserRecord], vhosts: dict[str, None],

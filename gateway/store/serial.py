@@ -82,7 +82,7 @@ def _enc(v: Any, out: bytearray) -> None:
         raise TypeError(f"cannot store a value of type {type(v).__name__}")
 
 
-def decode(data: bytes) -> Any:
+def decode(data: bytes | bytearray | memoryview) -> Any:
     value, pos = _dec(memoryview(data), 0)
     if pos != len(data):
         raise DecodeError("trailing bytes")
