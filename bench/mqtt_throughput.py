@@ -29,25 +29,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen import _mstr as _str  # noqa: E402  (the load generator's MQTT encoding)
+from loadgen import mqtt_packet as _packet  # noqa: E402
+
 DEADLINE = 120.0  # seconds one case may take before it is reported as failed
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + _varint(len(body)) + body
-
-
-def _str(s: str) -> bytes:
-    raw = s.encode()
-    return struct.pack(">H", len(raw)) + raw
 
 
 def connect_packet(client_id: str) -> bytes:
