@@ -35,6 +35,7 @@ from enum import Enum
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final, TypeAlias
+from urllib.parse import urlsplit
 
 from gateway.auth.passwords import derive_cra_key, hash_password, is_password_hash
 
@@ -72,7 +73,7 @@ _AMQP_SHORT_MAX: Final = 0xFFFF
 _MAX_MESSAGE_SIZE: Final = 512 * 1024 * 1024  # RabbitMQ's hard ceiling as well
 _USER_TABLES: Final = ("users", "vhosts", "permissions")
 _SECTIONS: Final = ("listeners", "store", "definitions", "amqp", "stomp", "limits", "auth", "mqtt",
-                    "tls")
+                    "tls", "wamp", "http")
 # the TLS listeners (RabbitMQ's ports: 5671, 8883, 61614, 15671, 15673, 15676), all off by
 # default; each needs [tls] certfile and keyfile
 TLS_LISTENERS: Final = ("amqps", "mqtts", "stomps", "https", "web_stomp_tls", "web_mqtt_tls")
@@ -244,6 +245,24 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class HTTPConfig:
+    """What a browser may do (see gateway/server/origin.py)."""
+
+    # Origins ("https://app.example.com", "http://localhost:8080"; "*" = any) besides the
+    # broker's own from which WebSocket upgrades and API writes are accepted.
+    allowed_origins: tuple[str, ...] = ()
+    # Host header names besides IP addresses and "localhost" that requests may carry
+    # ("broker.example.com"; "*" = any): a defence against DNS rebinding.
+    allowed_hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WAMPConfig:
+    allow_anonymous: bool = False  # a HELLO without authid/authmethods joins as anonymous_user
+    anonymous_user: str = "guest"
+
+
+@dataclass(frozen=True)
 class Config:
     listeners: Listeners
     store: StoreConfig
@@ -254,6 +273,8 @@ class Config:
     mqtt: MQTTConfig
     definitions: DefinitionsConfig = DefinitionsConfig()
     tls: TLSConfig = TLSConfig()
+    http: HTTPConfig = HTTPConfig()
+    wamp: WAMPConfig = WAMPConfig()
 
 
 # --------------------------------------------------------------------------- public API
@@ -559,13 +580,40 @@ def _build(document: _Doc, source: str) -> Config:
     )
     mqtt_t.done()
 
+    http_t = root.table("http")
+    http = HTTPConfig(
+        allowed_origins=tuple(_origin(http_t, o) for o in http_t.strings("allowed_origins")),
+        allowed_hosts=tuple(h.strip().lower() for h in http_t.strings("allowed_hosts")),
+    )
+    http_t.done()
+
+    wamp_t = root.table("wamp")
+    wamp = WAMPConfig(
+        allow_anonymous=wamp_t.boolean("allow_anonymous"),
+        anonymous_user=wamp_t.string("anonymous_user"),
+    )
+    wamp_t.done()
+
     tls = _build_tls(root)
     _check_tls(tls, listeners, source)
     auth = _build_auth(root)
     root.done()
     return Config(listeners=listeners, store=store, amqp=amqp, stomp=stomp, limits=limits,
                   auth=auth, mqtt=mqtt,
-                  definitions=definitions, tls=tls)
+                  definitions=definitions, tls=tls, http=http, wamp=wamp)
+
+
+def _origin(table: _Table, text: str) -> str:
+    """An allowed origin as browsers send it: scheme://host[:port], lower-case, no path."""
+    value = text.strip().lower().rstrip("/")
+    if value == "*":
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
+        raise table.error("allowed_origins",
+                          f"{text!r} is not an origin (scheme://host[:port], e.g. "
+                          "\"https://app.example.com\") or \"*\"")
+    return value
 
 
 def _build_tls(root: _Table) -> TLSConfig:
