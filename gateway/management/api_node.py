@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import gateway
 from gateway.core.exchange import EXCHANGE_TYPES
 from gateway.management import shapes
+from gateway.management.history import RETENTION, Ranges, add_overview_samples
 from gateway.management.router import Access, ApiError, Ctx, Routes, list_result, not_found
 from gateway.management.shapes import NODE, details
 
@@ -106,10 +107,11 @@ def overview(ctx: Ctx) -> dict[str, Any]:
         by_protocol[name] = by_protocol.get(name, 0) + 1
     channels = sum(len(getattr(s, "channels", {}) or {}) for s in sessions)
     rate = stats.total_rate
-    return {
+    out = {
         "management_version": gateway.__version__,
         "rates_mode": "basic",
-        "sample_retention_policies": {"global": [5], "basic": [5], "detailed": [5]},
+        "sample_retention_policies": {"global": [RETENTION], "basic": [RETENTION],
+                                      "detailed": [RETENTION]},
         "exchange_types": [{"name": t, "description": "", "enabled": True}
                            for t in EXCHANGE_TYPES],
         "product_version": gateway.__version__,
@@ -155,6 +157,10 @@ def overview(ctx: Ctx) -> dict[str, Any]:
         "contexts": [{"node": NODE, "description": "gateway management", "path": "/",
                       "port": str(app.server.ports.get("http", 0))}],
     }
+    ranges = Ranges.of(ctx.request.query)
+    if ranges:
+        add_overview_samples(out, stats, [vh.name for vh in vhosts], ranges)
+    return out
 
 
 @routes.add("GET", "/whoami")
@@ -254,13 +260,13 @@ def close_connection(ctx: Ctx) -> None:
 @routes.add("GET", "/connections/{name}/channels")
 def connection_channels(ctx: Ctx) -> Any:
     s = _session_named(ctx, ctx.params["name"])
-    return list_result(ctx, shapes.channels_of(s, ctx.app.listening))
+    return list_result(ctx, shapes.channels_of(s, ctx.app.listening, ctx.app.stats))
 
 
 def _channels(ctx: Ctx, vhost: str | None = None) -> Any:
     out: list[dict[str, Any]] = []
     for s in _sessions(ctx, vhost):
-        out += shapes.channels_of(s, ctx.app.listening)
+        out += shapes.channels_of(s, ctx.app.listening, ctx.app.stats)
     return list_result(ctx, out)
 
 
@@ -277,7 +283,7 @@ def vhost_channels(ctx: Ctx) -> Any:
 @routes.add("GET", "/channels/{name}")
 def channel(ctx: Ctx) -> dict[str, Any]:
     for s in _sessions(ctx):
-        for ch in shapes.channels_of(s, ctx.app.listening):
+        for ch in shapes.channels_of(s, ctx.app.listening, ctx.app.stats):
             if ch["name"] == ctx.params["name"]:
                 return ch
     raise not_found()

@@ -16,6 +16,7 @@ from gateway.core.message import Message, Properties
 from gateway.core.queue import Queue
 from gateway.core.vhost import VirtualHost
 from gateway.management import shapes
+from gateway.management.history import Ranges, add_queue_samples
 from gateway.management.router import ApiError, Ctx, Routes, jsonable, list_result, not_found
 from gateway.server.http import Response
 
@@ -199,10 +200,16 @@ def publish(ctx: Ctx) -> dict[str, Any]:
 # -- queues -------------------------------------------------------------------------------
 
 
+def _queue(ctx: Ctx, q: Queue, ranges: Ranges) -> dict[str, Any]:
+    out = shapes.queue(q, ctx.app.stats, ctx.app.now())
+    if ranges:
+        add_queue_samples(out, ctx.app.stats, q, ranges)
+    return out
+
+
 def _queues(ctx: Ctx, vhosts: list[VirtualHost]) -> Any:
-    now = ctx.app.now()
-    stats = ctx.app.stats
-    return list_result(ctx, [shapes.queue(q, stats, now) for vh in vhosts
+    ranges = Ranges.of(ctx.request.query)
+    return list_result(ctx, [_queue(ctx, q, ranges) for vh in vhosts
                              for q in vh.queues.values() if not q.hidden])
 
 
@@ -232,7 +239,7 @@ def get_queue(ctx: Ctx) -> tuple[VirtualHost, Queue]:
 @routes.add("GET", "/queues/{vhost}/{name}")
 def queue(ctx: Ctx) -> dict[str, Any]:
     _, q = get_queue(ctx)
-    out = shapes.queue(q, ctx.app.stats, ctx.app.now())
+    out = _queue(ctx, q, Ranges.of(ctx.request.query))
     out["consumer_details"] = [shapes.consumer(c, q, ctx.app.listening) for c in q.consumers]
     out["deliveries"] = []
     out["incoming"] = []

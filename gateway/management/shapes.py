@@ -15,7 +15,13 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from gateway.management.router import jsonable
-from gateway.management.stats import QUEUE_FIELDS, Stats, protocol_key
+from gateway.management.stats import (
+    CHANNEL_FIELDS,
+    QUEUE_FIELDS,
+    Stats,
+    channel_counters,
+    protocol_key,
+)
 
 if TYPE_CHECKING:
     from gateway.core.exchange import Binding, Exchange
@@ -246,7 +252,8 @@ def ssl_fields(tls: Any) -> dict[str, Any]:
             "peer_cert_subject": tls.cert_subject or None}
 
 
-def channels_of(session: Any, listening: Listening) -> list[dict[str, Any]]:
+def channels_of(session: Any, listening: Listening, stats: Stats | None = None
+                ) -> list[dict[str, Any]]:
     channels = getattr(session, "channels", None)
     if not isinstance(channels, dict):
         return []
@@ -254,21 +261,32 @@ def channels_of(session: Any, listening: Listening) -> list[dict[str, Any]]:
     out = []
     for number, ch in sorted(channels.items()):
         consumers = getattr(ch, "consumers", {}) or {}
-        out.append({
+        user = user_name(session)
+        item: dict[str, Any] = {
             "name": f"{ref['name']} ({number})",
             "number": number,
             "node": NODE,
-            "user": user_name(session),
+            "user": user,
+            "user_who_performed_action": user,
             "vhost": vhost_name(session),
             "connection_details": {"name": ref["name"], "peer_host": ref["peer_host"],
                                    "peer_port": ref["peer_port"]},
             "consumer_count": len(consumers),
             "messages_unacknowledged": len(getattr(ch, "unacked", {}) or {}),
             "messages_unconfirmed": len(getattr(ch, "confirms", ()) or ()),
+            "messages_uncommitted": len(getattr(ch, "tx_publishes", ()) or ()),
+            "acks_uncommitted": len(getattr(ch, "tx_acks", ()) or ()),
             "prefetch_count": int(getattr(ch, "prefetch", 0) or 0),
             "global_prefetch_count": int(getattr(ch, "global_prefetch", 0) or 0),
             "confirm": bool(getattr(ch, "confirm", False)),
             "transactional": bool(getattr(ch, "tx", False)),
             "state": "running" if getattr(ch, "flow", True) else "flow",
-        })
+        }
+        if stats is not None:
+            message_stats: dict[str, Any] = {}
+            for field, value in zip(CHANNEL_FIELDS, channel_counters(ch), strict=True):
+                message_stats[field] = value
+                message_stats[f"{field}_details"] = details(stats.channel_rate(ch, field))
+            item["message_stats"] = message_stats
+        out.append(item)
     return out

@@ -7,6 +7,11 @@ which rates are computed (`<metric>_details.rate`, per second over the last few 
 and folds the counters of queues that went away into totals, so that broker-wide counters
 never go down. It also notes the connections of every protocol as they come and go.
 
+Every `history.INTERVAL` seconds it also records each queue's and each vhost's counters in
+a `history.Series` (RETENTION seconds kept), which the API serves as RabbitMQ's `samples`
+for the UI's charts; see `gateway/management/history.py`. Channels get rates too (publish,
+deliver_get, ack), from counters the AMQP channel keeps.
+
 Nothing here is on a message's path: the cost is one pass over queues and sessions per
 second while the HTTP listener runs.
 """
@@ -15,6 +20,8 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
+
+from gateway.management.history import INTERVAL, Series
 
 if TYPE_CHECKING:
     from gateway.core.broker import Broker
@@ -28,6 +35,10 @@ QUEUE_FIELDS = ("publish", "deliver_get", "ack", "redeliver", "messages_ready",
                 "messages_unacknowledged")
 # broker-wide: the queue fields summed, then publishes into exchanges and unroutable ones
 TOTAL_FIELDS = (*QUEUE_FIELDS, "publish_in", "unroutable")
+# per vhost in the history: as TOTAL_FIELDS (ready and unacknowledged of visible queues)
+VHOST_FIELDS = TOTAL_FIELDS
+# per AMQP channel
+CHANNEL_FIELDS = ("publish", "deliver_get", "ack")
 
 Sample = tuple[float, tuple[int, ...]]
 
@@ -42,6 +53,12 @@ def protocol_key(session: Any) -> str:
 def queue_counters(q: Queue) -> tuple[int, ...]:
     return (q.stats_published, q.stats_delivered, q.stats_acked, q.stats_redelivered,
             q.message_count, len(q.unacked))
+
+
+def channel_counters(ch: Any) -> tuple[int, ...]:
+    """publish, deliver_get (a delivery tag is spent on each delivery and get), ack."""
+    return (int(getattr(ch, "stats_publish", 0)), int(getattr(ch, "next_tag", 1)) - 1,
+            int(getattr(ch, "stats_ack", 0)))
 
 
 def _rate(series: deque[Sample] | None, index: int) -> float:
@@ -72,24 +89,84 @@ class Stats:
         # messages published, by origin protocol (counted by trace.Tracer's wrapper)
         self.received: dict[str, int] = {}
         self.unroutable: dict[str, int] = {}
+        self._channels: dict[Any, deque[Sample]] = {}
+        # the history (see history.py): buckets are wall-clock seconds // INTERVAL
+        self.queue_history: dict[Queue, Series] = {}
+        self.vhost_history: dict[str, Series] = {}
+        self.first_bucket = -1  # when the history began (-1: not yet)
+        self.last_bucket = -1
+        self._vhost_retired: dict[str, list[int]] = {}  # like `retired`, per vhost
 
     # -- sampling --------------------------------------------------------------------------
 
     def sample(self, now: float) -> None:
+        bucket = int(now // INTERVAL)
+        record = bucket > self.last_bucket  # a new history sample is due
         alive: set[Queue] = set()
+        sums: dict[str, list[int]] = {}
         for vh in self.broker.vhosts.values():
+            acc = sums[vh.name] = [0] * 6
             for q in vh.queues.values():
                 alive.add(q)
+                values = queue_counters(q)
                 series = self._queues.get(q)
                 if series is None:
                     series = self._queues[q] = deque(maxlen=KEEP)
-                series.append((now, queue_counters(q)))
+                series.append((now, values))
+                if record:
+                    history = self.queue_history.get(q)
+                    if history is None:
+                        history = self.queue_history[q] = Series(bucket)
+                    history.record(bucket, values)
+                    for i in range(4):
+                        acc[i] += values[i]
+                    if not q.hidden:
+                        acc[4] += values[4]
+                        acc[5] += values[5]
         for q in [q for q in self._queues if q not in alive]:
             last = self._queues.pop(q)[-1][1]
+            self.queue_history.pop(q, None)
+            gone = self._vhost_retired.setdefault(q.vhost.name, [0, 0, 0, 0])
             for i in range(4):
                 self.retired[i] += last[i]
+                gone[i] += last[i]
         self._totals.append((now, self.totals()))
+        if record:
+            self._record_vhosts(bucket, sums)
         self.note_sessions(now)
+        self._sample_channels(now)
+
+    def _record_vhosts(self, bucket: int, sums: dict[str, list[int]]) -> None:
+        for vh in self.broker.vhosts.values():
+            acc = sums[vh.name]
+            gone = self._vhost_retired.get(vh.name, (0, 0, 0, 0))
+            values = (acc[0] + gone[0], acc[1] + gone[1], acc[2] + gone[2], acc[3] + gone[3],
+                      acc[4], acc[5], vh.stats_published, vh.stats_unroutable)
+            history = self.vhost_history.get(vh.name)
+            if history is None:
+                history = self.vhost_history[vh.name] = Series(bucket)
+            history.record(bucket, values)
+        for name in [n for n in self.vhost_history if n not in sums]:
+            del self.vhost_history[name]
+            self._vhost_retired.pop(name, None)
+        if self.first_bucket < 0:
+            self.first_bucket = bucket
+        self.last_bucket = bucket
+
+    def _sample_channels(self, now: float) -> None:
+        alive: set[Any] = set()
+        for s in self.sessions:
+            channels = getattr(s, "channels", None)
+            if not isinstance(channels, dict):
+                continue
+            for ch in channels.values():
+                alive.add(ch)
+                series = self._channels.get(ch)
+                if series is None:
+                    series = self._channels[ch] = deque(maxlen=KEEP)
+                series.append((now, channel_counters(ch)))
+        for ch in [c for c in self._channels if c not in alive]:
+            del self._channels[ch]
 
     def note_sessions(self, now: float) -> None:
         current = set(self.sessions)
@@ -123,6 +200,9 @@ class Stats:
 
     def queue_rate(self, q: Queue, field: str) -> float:
         return _rate(self._queues.get(q), QUEUE_FIELDS.index(field))
+
+    def channel_rate(self, ch: Any, field: str) -> float:
+        return _rate(self._channels.get(ch), CHANNEL_FIELDS.index(field))
 
     def total_rate(self, field: str) -> float:
         return _rate(self._totals, TOTAL_FIELDS.index(field))

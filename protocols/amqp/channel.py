@@ -72,6 +72,9 @@ class Channel:
         self.consumers: dict[str, AMQPConsumer] = {}
         self.unacked: dict[int, tuple[Entry, AMQPConsumer | None]] = {}
         self.next_tag = 1
+        # counted for the management API's channel rates (deliveries: next_tag - 1)
+        self.stats_publish = 0
+        self.stats_ack = 0
         self.prefetch = 0
         self.global_prefetch = 0
         self.last_queue: str | None = None
@@ -193,6 +196,8 @@ class Channel:
     def settle(self, tag: int, multiple: bool, *, ack: bool, requeue: bool,
                now: float) -> None:
         taken = self._take(tag, multiple)
+        if ack:
+            self.stats_ack += len(taken)
         queues: dict[Queue, list[Entry]] = {}
         for entry, consumer in taken:
             if consumer is not None:

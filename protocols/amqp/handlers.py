@@ -323,6 +323,7 @@ def _route(s: AMQPSession, ch: Channel, exchange: Any, routing_key: str, message
            mandatory: bool) -> None:
     store = s.broker.store
     before = store.appended
+    ch.stats_publish += 1
     result = _vh(s).publish(exchange, routing_key, message, s.clock())
     if mandatory and not result.routed:
         s.send_content(ch.number, reply(C.Basic.Return, reply_code=312, reply_text="NO_ROUTE",
