@@ -57,13 +57,15 @@ const th = (...names) => el("tr", {}, names.map((n) =>
   el("th", { class: n.startsWith("#") ? "num" : "" }, n.replace(/^#/, ""))));
 const table = (head, rows, empty) => rows.length
   ? el("table", {}, el("thead", {}, head), el("tbody", {}, rows))
-  : el("p", { class: "muted" }, empty || "Nothing here yet.");
+  : el("p", { class: "muted empty" }, empty || "Nothing here yet.");
 const vhostSeg = (v) => enc(v);
 const json = (v) => el("pre", {}, JSON.stringify(v, null, 1));
 
 function bar(value, max) {
   const w = max > 0 ? Math.max(value > 0 ? 2 : 0, Math.round(120 * value / max)) : 0;
-  return el("span", { class: "bar", style: `width:${w}px` });
+  const node = el("span", { class: "bar" });
+  node.style.width = `${w}px`; // through the CSSOM: a style attribute is refused by the CSP
+  return node;
 }
 
 function field(label, input) { return el("label", {}, label, input); }
@@ -88,12 +90,47 @@ async function vhostSelect(name) {
     vhosts.map((v) => el("option", { value: v.name }, v.name)));
 }
 
+// -- charts of the sample history -----------------------------------------------------------
+
+const RANGES = [["60", "Last minute"], ["600", "Last ten minutes"]];
+const rangeAge = () => sessionStorage.getItem("gw-range") || "60";
+const historyQuery = () => {
+  const age = rangeAge();
+  return `lengths_age=${age}&lengths_incr=5&msg_rates_age=${age}&msg_rates_incr=5`;
+};
+const QUEUE_RATES = [["publish", "Publish"], ["deliver_get", "Deliver / get"],
+  ["ack", "Consumer ack"], ["redeliver", "Redelivered"]];
+const OVERVIEW_RATES = [...QUEUE_RATES, ["return_unroutable", "Unroutable"]];
+
+function rangeSelect(onchange) {
+  const select = el("select", { id: "chart-range", "aria-label": "Chart range" },
+    RANGES.map(([v, text]) => el("option", { value: v, selected: v === rangeAge() }, text)));
+  select.addEventListener("change", () => {
+    sessionStorage.setItem("gw-range", select.value);
+    onchange();
+  });
+  return select;
+}
+
+// lengths: an object with messages*_details; stats: one with <rate>_details
+function charts(lengths, stats, rateKeys) {
+  return el("div", { class: "charts" },
+    Charts.line("chart-queued", "Queued messages", [
+      { key: "ready", label: "Ready", points: Charts.levels(lengths.messages_ready_details) },
+      { key: "unacked", label: "Unacked",
+        points: Charts.levels(lengths.messages_unacknowledged_details) },
+      { key: "total", label: "Total", points: Charts.levels(lengths.messages_details),
+        dashed: true }], ""),
+    Charts.line("chart-rates", "Message rates", rateKeys.map(([key, label]) => ({
+      key, label, points: Charts.rates((stats || {})[key + "_details"]) })), "/s"));
+}
+
 // -- pages --------------------------------------------------------------------------------
 
 const pages = {};
 
 pages.overview = async (root) => {
-  const o = await api("GET", "/overview");
+  const o = await api("GET", "/overview?" + historyQuery());
   const t = o.object_totals, q = o.queue_totals, m = o.message_stats || {};
   const card = (k, v) => el("div", { class: "card" }, el("div", { class: "v" }, fmt(v)),
     el("div", { class: "k" }, k));
@@ -103,6 +140,8 @@ pages.overview = async (root) => {
       card("Queues", t.queues), card("Consumers", t.consumers),
       card("Messages ready", q.messages_ready), card("Unacknowledged", q.messages_unacknowledged),
       card("Publish /s", rate(m, "publish")), card("Deliver /s", rate(m, "deliver_get"))),
+    el("div", { class: "flow" }, el("h2", {}, "Totals"), rangeSelect(route)),
+    charts(q, m, OVERVIEW_RATES),
     el("h2", {}, "Connections by protocol"),
     table(th("Protocol", "#Connections"), Object.entries(o.connections_by_protocol || {})
       .map(([p, n]) => el("tr", {}, el("td", {}, p), num(n))), "No connections."),
@@ -118,7 +157,7 @@ pages.connections = async (root) => {
   const groups = {};
   for (const c of conns) (groups[c.protocol] = groups[c.protocol] || []).push(c);
   root.append(el("h1", {}, "Connections"));
-  if (!conns.length) root.append(el("p", { class: "muted" }, "No client is connected."));
+  if (!conns.length) root.append(el("p", { class: "muted empty" }, "No client is connected."));
   for (const [proto, list] of Object.entries(groups).sort()) {
     root.append(el("h2", {}, `${proto} (${list.length})`), table(
       th("Name", "User", "Vhost", "State", "#Channels", "Client", ""),
@@ -129,6 +168,24 @@ pages.connections = async (root) => {
           await api("DELETE", "/connections/" + enc(c.name)); toast("Connection closed");
           route(); } }, "Close"))))));
   }
+};
+
+pages.channels = async (root) => {
+  const channels = await api("GET", "/channels");
+  const mode = (c) => [c.confirm ? el("span", { class: "tag", title: "confirm" }, "C") : null,
+    c.transactional ? el("span", { class: "tag", title: "transactional" }, "T") : null];
+  const prefetch = (c) => el("td", { class: "num" }, fmt(c.prefetch_count) +
+    (c.global_prefetch_count ? ` (${fmt(c.global_prefetch_count)} global)` : ""));
+  const r = (c, k) => num(rate(c.message_stats, k));
+  root.append(el("h1", {}, "Channels"), table(
+    th("Connection", "#Channel", "Vhost", "User", "Mode", "State", "#Prefetch", "#Unacked",
+      "#Unconfirmed", "#Consumers", "#Publish /s", "#Deliver / get /s", "#Ack /s"),
+    channels.map((c) => el("tr", {}, el("td", {}, (c.connection_details || {}).name || ""),
+      num(c.number), el("td", {}, c.vhost || ""), el("td", {}, c.user || ""),
+      el("td", {}, mode(c)), el("td", {}, c.state), prefetch(c),
+      num(c.messages_unacknowledged), num(c.messages_unconfirmed), num(c.consumer_count),
+      r(c, "publish"), r(c, "deliver_get"), r(c, "ack"))),
+    "No channel is open."));
 };
 
 pages.queues = async (root) => {
@@ -145,8 +202,8 @@ pages.queues = async (root) => {
         q.policy ? el("span", { class: "tag" }, q.policy) : null),
       el("td", {}, bar(q.messages, max)), num(q.messages_ready),
       num(q.messages_unacknowledged), num(q.consumers),
-      num(rate(q.message_stats, "publish")), num(rate(q.message_stats, "deliver_get"))))),
-    "No queues yet.");
+      num(rate(q.message_stats, "publish")), num(rate(q.message_stats, "deliver_get")))),
+    "No queues yet."));
   root.append(el("h2", {}, "Add a queue"), form("inline", [
     field("Vhost", await vhostSelect()), field("Name", el("input", { name: "name", required: true })),
     field("Durable", el("select", { name: "durable" }, el("option", { value: "true" }, "yes"),
@@ -172,16 +229,24 @@ function messageRows(messages, withPosition) {
 
 pages.queue = async (root, vhost, name) => {
   const base = `/queues/${vhostSeg(vhost)}/${enc(name)}`;
-  const q = await api("GET", base);
+  const q = await api("GET", `${base}?${historyQuery()}`);
   const bindings = await api("GET", base + "/bindings");
+  const summary = (q) => [el("div", { class: "cards" }, ...[["Ready", q.messages_ready],
+    ["Unacknowledged", q.messages_unacknowledged], ["Consumers", q.consumers],
+    ["Published", q.message_stats.publish], ["Delivered", q.message_stats.deliver_get]]
+    .map(([k, v]) => el("div", { class: "card" }, el("div", { class: "v" }, fmt(v)),
+      el("div", { class: "k" }, k)))), charts(q, q.message_stats, QUEUE_RATES)];
+  const live = el("div", { id: "queue-live" }, summary(q));
+  // the charts and counts refresh by themselves; the rest of the page keeps its state
+  const refresh = async () => live.replaceChildren(...summary(
+    await api("GET", `${base}?${historyQuery()}`)));
+  state.timer = setInterval(() => refresh().catch(() => {}), 5000);
   root.append(el("h1", {}, `Queue ${q.name}`),
     el("p", { class: "muted" }, `vhost ${q.vhost} · ${q.durable ? "durable" : "transient"} · ` +
       `arguments ${JSON.stringify(q.arguments)}` + (q.policy ? ` · policy ${q.policy}` : "")),
-    el("div", { class: "cards" }, ...[["Ready", q.messages_ready],
-      ["Unacknowledged", q.messages_unacknowledged], ["Consumers", q.consumers],
-      ["Published", q.message_stats.publish], ["Delivered", q.message_stats.deliver_get]]
-      .map(([k, v]) => el("div", { class: "card" }, el("div", { class: "v" }, fmt(v)),
-        el("div", { class: "k" }, k)))),
+    el("div", { class: "flow" }, el("span", { class: "muted" }, "Charts:"),
+      rangeSelect(() => refresh().catch((e) => toast(e.message, true)))),
+    live,
     el("h2", {}, "Consumers"),
     table(th("Tag", "Connection", "Ack", "#Prefetch"), q.consumer_details.map((c) =>
       el("tr", {}, el("td", {}, c.consumer_tag),
@@ -356,7 +421,7 @@ pages.admin = async (root) => {
 
 // -- routing and login --------------------------------------------------------------------
 
-const REFRESH = { overview: 5000, connections: 5000, queues: 5000 };
+const REFRESH = { overview: 5000, connections: 5000, channels: 5000, queues: 5000 };
 
 async function route() {
   clearInterval(state.timer);
