@@ -135,13 +135,25 @@ RESPONSES: dict[str, dict[str, Any]] = {
 }
 
 
+# RabbitMQ's sample-history parameters (seconds; see gateway/management/history.py)
+_HISTORY = [{"name": f"{kind}_{part}", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 0 if part == "age" else 1},
+             "description": "with its pair: add `samples`, `avg`, `avg_rate` to the "
+                            f"{kind.replace('_', ' ')} `_details` objects"}
+            for kind in ("lengths", "msg_rates") for part in ("age", "incr")]
+QUERY: dict[str, list[dict[str, Any]]] = {
+    path: _HISTORY for path in ("/overview", "/queues", "/queues/detailed",
+                                "/queues/{vhost}", "/queues/{vhost}/{name}")}
+
+
 def _operation(method: str, path: str, access: Access, handler: Any) -> dict[str, Any]:
     doc = (handler.__doc__ or "").strip().split("\n")[0]
     op: dict[str, Any] = {
         "summary": doc or f"{method} {path}",
         "description": f"Needs a user tagged {access.name.lower()} or above.",
         "parameters": [{"name": p, "in": "path", "required": True, "schema": STR}
-                       for p in re.findall(r"{(\w+)}", path)],
+                       for p in re.findall(r"{(\w+)}", path)]
+        + (QUERY.get(path, []) if method == "GET" else []),
         "responses": {"401": {"description": "not authenticated or not allowed",
                               "content": {"application/json": {"schema": _ref("Error")}}},
                       "404": {"description": "no such object",
