@@ -112,17 +112,18 @@ function rangeSelect(onchange) {
   return select;
 }
 
-// lengths: an object with messages*_details; stats: one with <rate>_details
+// lengths: an object with messages* and messages*_details; stats: one with <rate>_details
 function charts(lengths, stats, rateKeys) {
+  const level = (key, label, field, dashed) => ({ key, label, dashed,
+    points: Charts.levels(lengths[field + "_details"]), current: lengths[field] });
   return el("div", { class: "charts" },
     Charts.line("chart-queued", "Queued messages", [
-      { key: "ready", label: "Ready", points: Charts.levels(lengths.messages_ready_details) },
-      { key: "unacked", label: "Unacked",
-        points: Charts.levels(lengths.messages_unacknowledged_details) },
-      { key: "total", label: "Total", points: Charts.levels(lengths.messages_details),
-        dashed: true }], ""),
+      level("ready", "Ready", "messages_ready"),
+      level("unacked", "Unacked", "messages_unacknowledged"),
+      level("total", "Total", "messages", true)], ""),
     Charts.line("chart-rates", "Message rates", rateKeys.map(([key, label]) => ({
-      key, label, points: Charts.rates((stats || {})[key + "_details"]) })), "/s"));
+      key, label, points: Charts.rates((stats || {})[key + "_details"]),
+      current: rate(stats, key) })), "/s"));
 }
 
 // -- pages --------------------------------------------------------------------------------

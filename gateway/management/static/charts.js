@@ -48,7 +48,7 @@ const Charts = (() => {
     return out;
   }
 
-  // series: [{key, label, points, dashed?}]; unit: "" or "/s"
+  // series: [{key, label, points, current?, dashed?}]; unit: "" or "/s"
   function line(id, title, series, unit) {
     const all = series.flatMap((s) => s.points);
     const figure = document.createElement("figure");
@@ -84,7 +84,9 @@ const Charts = (() => {
     series.forEach((s, i) => {
       const cls = `s${i % 6}`;
       const coords = s.points.map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`);
-      const last = s.points.length ? s.points[s.points.length - 1][1] : 0;
+      // the legend tells the value now, as RabbitMQ's does; the line ends at the last sample
+      const last = s.current !== undefined ? s.current
+        : s.points.length ? s.points[s.points.length - 1][1] : 0;
       const poly = svg("polyline", { class: `series ${cls}${s.dashed ? " dashed" : ""}`,
         "data-series": s.key,
         points: coords.join(" ") }, svg("title", {}, s.label));
