@@ -168,7 +168,7 @@ class Paho:
     """A paho-mqtt client; `events` gets ("connack", (rc, session_present)), ("suback",
     codes), ("puback", rc), ("message", (topic, payload)), ("disconnect", rc)."""
 
-    def __init__(self, t: Tenants, user: str, vhost: str, client_id: str, *,
+    def __init__(self, t: Any, user: str, vhost: str, client_id: str, *,
                  version: int = mqtt.MQTTv5, clean: bool = True, expiry: int = 0) -> None:
         kwargs: dict[str, Any] = {}
         if version != mqtt.MQTTv5:
@@ -605,3 +605,38 @@ def test_mqtt_response_topic_needs_configure_on_the_session_queue(
     own = f"alice-{t.tag}-rpc"
     assert _request(t, own) in (0, 0x10)
     assert watch_a.keys() == ["alice.requests"]
+
+
+def test_mqtt_session_owner_survives_a_restart(fresh_broker: Any) -> None:
+    """The owner is kept in the store: after a restart another user still gets a fresh
+    session, and the owner still resumes hers."""
+    from types import SimpleNamespace
+
+    b = fresh_broker
+    api = httpx.Client(base_url=f"http://127.0.0.1:{b.ports['http']}/api",
+                       auth=(b.user, b.password), timeout=TIMEOUT)
+    for user in ("carol", "dave"):
+        assert api.put(f"/users/{user}", json={"password": PASSWORD, "tags": ""}
+                       ).status_code == 201
+        assert api.put(f"/permissions/%2F/{user}", json={
+            "configure": ".*", "write": ".*", "read": ".*"}).status_code == 201
+    api.close()
+    t = SimpleNamespace(broker=b)
+    for cid in ("stolen", "kept"):
+        carol = Paho(t, "carol", "/", cid, clean=False, expiry=3600)
+        carol.client.subscribe("inbox/#", qos=1)
+        carol.next("suback")
+        carol.close()
+    admin = pika.BlockingConnection(pika.URLParameters(b.url))
+    admin.channel().basic_publish("amq.topic", "inbox.secret", b"for carol",
+                                  pika.BasicProperties(delivery_mode=2))
+    admin.close()
+    b.restart(kill=False)
+    dave = Paho(t, "dave", "/", "stolen", clean=False, expiry=3600)
+    assert dave.rc == 0 and dave.session_present is False
+    assert dave.messages() == []
+    dave.close()
+    carol = Paho(t, "carol", "/", "kept", clean=False, expiry=3600)
+    assert carol.session_present is True
+    assert carol.next("message") == ("inbox/secret", b"for carol")
+    carol.close()
