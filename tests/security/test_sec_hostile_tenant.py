@@ -640,3 +640,71 @@ def test_mqtt_session_owner_survives_a_restart(fresh_broker: Any) -> None:
     assert carol.session_present is True
     assert carol.next("message") == ("inbox/secret", b"for carol")
     carol.close()
+
+
+# -- reading, purging, deleting what is not hers; calling; a will ---------------------------
+
+
+def test_reading_or_removing_another_queue_refused_everywhere(t: Tenants) -> None:
+    admin = admin_amqp(t, t.a)
+    ach = admin.channel()
+    ach.queue_declare("payroll.q", durable=True)
+    ach.basic_publish("", "payroll.q", b"salary", pika.BasicProperties(delivery_mode=2))
+    conn = amqp(t, t.alice, t.a)
+    try:
+        for attempt in (lambda ch: ch.basic_get("payroll.q"),
+                        lambda ch: ch.basic_consume("payroll.q", lambda *a: None),
+                        lambda ch: ch.queue_purge("payroll.q"),
+                        lambda ch: ch.queue_delete("payroll.q"),
+                        lambda ch: ch.queue_bind("payroll.q", "amq.topic", "alice.x")):
+            ch = conn.channel()
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker) as closed:
+                attempt(ch)
+            assert closed.value.reply_code == 403
+    finally:
+        conn.close()
+    peer = stomp(t, t.alice, t.a)
+    peer.conn.subscribe(destination="/amq/queue/payroll.q", id="s1")
+    assert peer.error().headers["message"] == "access_refused"
+    peer.close()
+    with t.as_user(t.alice) as api:
+        base = f"/queues/{t.a}/payroll.q"
+        assert api.post(f"{base}/get", json={"count": 1, "ackmode": "ack_requeue_false",
+                                             "encoding": "auto"}).status_code == 403
+        assert api.get(f"{base}/browse").status_code == 403
+        assert api.delete(f"{base}/contents").status_code == 403
+        assert api.delete(base).status_code == 403
+
+    async def main() -> str:
+        callee = await join(ws_url(t.broker), t.a, authmethods=["ticket"],
+                            authid=t.broker.user, secret=t.broker.password)
+        reg = await callee.register(lambda: "secret", "payroll.proc")
+        s = await wamp(t, t.alice, t.a)
+        try:
+            return await wamp_error(s.call("payroll.proc"))
+        finally:
+            await leave(s)
+            await reg.unregister()
+            await leave(callee)
+
+    assert run(main()) == "wamp.error.not_authorized"
+    method, _p, body = ach.basic_get("payroll.q", auto_ack=True)
+    assert method is not None and body == b"salary"  # still there, untouched
+    ach.queue_delete("payroll.q")
+    admin.close()
+
+
+def test_mqtt_will_outside_topic_permission_refused(t: Tenants, watch_a: Watcher) -> None:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"alice-{t.tag}-will",
+                         protocol=mqtt.MQTTv5)
+    client.username_pw_set(f"{t.a}:{t.alice}", PASSWORD)
+    client.will_set("payroll/leak", b"will", qos=1)
+    codes: queue.Queue[int] = queue.Queue()
+    client.on_connect = lambda _c, _u, _f, rc, _p: codes.put(int(getattr(rc, "value", rc)))
+    client.connect("127.0.0.1", t.broker.ports["mqtt"])
+    client.loop_start()
+    try:
+        assert codes.get(timeout=TIMEOUT) == 0x87
+    finally:
+        client.loop_stop()
+    assert watch_a.keys() == []
