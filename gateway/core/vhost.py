@@ -238,8 +238,11 @@ class VirtualHost:
         self, name: str, *, passive: bool = False, durable: bool = False,
         exclusive: bool = False, auto_delete: bool = False,
         arguments: dict[str, Any] | None = None, owner: object | None = None,
-        now: float = 0.0, hidden: bool = False,
+        now: float = 0.0, hidden: bool = False, server_named: bool = False,
     ) -> Queue:
+        """Declare a queue; "" gets a server name. A caller that must check permissions on
+        the name before the queue exists passes a `server_queue_name()` it made itself with
+        `server_named=True` (the `amq.` prefix is then its own, not the client's)."""
         args = dict(arguments or {})
         existing = self.queues.get(name) if name else None
         if passive:
@@ -270,7 +273,7 @@ class VirtualHost:
             return existing
         if not name:
             name = server_queue_name()
-        elif name.startswith("amq.") and not hidden:
+        elif name.startswith("amq.") and not hidden and not server_named:
             raise AccessRefused(f"ACCESS_REFUSED - queue name '{name}' contains reserved "
                                 "prefix 'amq.*'")
         if self.max_queues and not hidden and len(self.queues) >= self.max_queues:

@@ -1,8 +1,11 @@
 """Routes for exchanges, queues and bindings: list, show, declare, delete, purge, and the
 two message operations RabbitMQ's API has (publish to an exchange, get from a queue).
 
-Declaring and deleting check the user's configure permission, publishing write, getting
-read, exactly as an AMQP client of the same user would be checked.
+Every operation asks `gateway.auth.access`, as an AMQP client of the same user would be
+asked, before it changes anything: declaring and deleting need configure (and an alternate
+or dead-letter exchange write), binding write on the destination, read on the source and
+the topic read permission on the binding key, publishing write and the topic write
+permission on the routing key, getting and purging read.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import base64
 import binascii
 from typing import Any
 
+from gateway.auth import access
 from gateway.core.exchange import Exchange
 from gateway.core.message import Message, Properties
 from gateway.core.queue import Queue
@@ -48,11 +52,6 @@ def _arguments(body: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(args, dict):
         raise ApiError(400, "arguments must be a JSON object")
     return args
-
-
-def _check(ctx: Ctx, vh: VirtualHost, permission: str, name: str, kind: str) -> None:
-    ctx.app.auth.check(ctx.user, vh.name, permission,  # type: ignore[arg-type]
-                       name, resource_kind=kind)  # type: ignore[arg-type]
 
 
 def _created(existed: bool) -> Response:
@@ -98,11 +97,12 @@ def declare_exchange(ctx: Ctx) -> Response:
     xtype = body.get("type")
     if not isinstance(xtype, str):
         raise ApiError(400, "[{key_missing,type}]")
-    _check(ctx, vh, "configure", name, "exchange")
+    args = _arguments(body)
+    access.declare_exchange(ctx.app.auth, ctx.user, vh, name, arguments=args)
     existed = name in vh.exchanges
     vh.declare_exchange(name, xtype, durable=_bool(body, "durable", True),
                         auto_delete=_bool(body, "auto_delete"),
-                        internal=_bool(body, "internal"), arguments=_arguments(body))
+                        internal=_bool(body, "internal"), arguments=args)
     ctx.app.changed()
     return _created(existed)
 
@@ -110,7 +110,7 @@ def declare_exchange(ctx: Ctx) -> Response:
 @routes.add("DELETE", "/exchanges/{vhost}/{name}")
 def delete_exchange(ctx: Ctx) -> None:
     vh, x = _get_exchange(ctx)
-    _check(ctx, vh, "configure", x.name, "exchange")
+    access.delete_exchange(ctx.app.auth, ctx.user, vh, x.name)
     vh.delete_exchange(x.name, if_unused=ctx.flag("if-unused"))
     ctx.app.changed()
 
@@ -189,7 +189,7 @@ def publish(ctx: Ctx) -> dict[str, Any]:
         raise ApiError(400, "routing_key must be a string")
     props = properties_from_json(body.get("properties") or {})
     payload = decode_payload(body)
-    _check(ctx, vh, "write", x.name, "exchange")
+    access.publish(ctx.app.auth, ctx.user, vh, x.name, routing_key)
     vh.exchange_for_publish(x.name)
     message = Message(vh.next_message_id(), x.name, routing_key, props, payload, "management")
     result = vh.publish(x, routing_key, message, ctx.app.now())
@@ -255,7 +255,7 @@ def declare_queue(ctx: Ctx) -> Response:
     qtype = body.get("type") or args.get("x-queue-type")
     if qtype not in (None, "classic"):
         raise ApiError(400, f"queue type '{qtype}' is not supported: only classic queues")
-    _check(ctx, vh, "configure", name, "queue")
+    access.declare_queue(ctx.app.auth, ctx.user, vh, name, arguments=args)
     existed = name in vh.queues
     vh.declare_queue(name, durable=_bool(body, "durable", True),
                      auto_delete=_bool(body, "auto_delete"), arguments=args,
@@ -267,7 +267,7 @@ def declare_queue(ctx: Ctx) -> Response:
 @routes.add("DELETE", "/queues/{vhost}/{name}")
 def delete_queue(ctx: Ctx) -> None:
     vh, q = get_queue(ctx)
-    _check(ctx, vh, "configure", q.name, "queue")
+    access.delete_queue(ctx.app.auth, ctx.user, vh, q.name)
     vh.delete_queue(q.name, if_unused=ctx.flag("if-unused"), if_empty=ctx.flag("if-empty"),
                     owner=q.exclusive_owner)
     ctx.app.changed()
@@ -276,7 +276,7 @@ def delete_queue(ctx: Ctx) -> None:
 @routes.add("DELETE", "/queues/{vhost}/{name}/contents")
 def purge_queue(ctx: Ctx) -> None:
     vh, q = get_queue(ctx)
-    _check(ctx, vh, "read", q.name, "queue")
+    access.purge(ctx.app.auth, ctx.user, vh, q.name)
     q.purge()
     ctx.app.changed()
 
@@ -331,7 +331,7 @@ def get_messages(ctx: Ctx) -> list[dict[str, Any]]:
         raise ApiError(400, "encoding must be 'auto' or 'base64'")
     if truncate is not None and (not isinstance(truncate, int) or truncate < 0):
         raise ApiError(400, "truncate must be a non-negative integer")
-    _check(ctx, vh, "read", q.name, "queue")
+    access.get(ctx.app.auth, ctx.user, vh, q.name)
     now = ctx.app.now()
     requeue = ackmode.endswith("requeue_true")
     taken = []
@@ -394,9 +394,9 @@ def _create_binding(ctx: Ctx, kind: str) -> Response:
     if not isinstance(routing_key, str):
         raise ApiError(400, "routing_key must be a string")
     args = _arguments(body)
-    dest_kind = "queue" if isinstance(dest, Queue) else "exchange"
-    _check(ctx, vh, "write", dest.name, dest_kind)
-    _check(ctx, vh, "read", source.name, "exchange")
+    access.bind(ctx.app.auth, ctx.user, vh, source=source.name, destination=dest.name,
+                destination_kind="queue" if isinstance(dest, Queue) else "exchange",
+                routing_key=routing_key)
     vh.bind(dest, source.name, routing_key, args)
     ctx.app.changed()
     key = shapes.properties_key(routing_key, args)
@@ -422,8 +422,9 @@ def _binding_named(ctx: Ctx, kind: str) -> tuple[VirtualHost, Any]:
 def _delete_binding(ctx: Ctx, kind: str) -> None:
     vh, b = _binding_named(ctx, kind)
     dest = b.destination
-    _check(ctx, vh, "write", dest.name, "queue" if isinstance(dest, Queue) else "exchange")
-    _check(ctx, vh, "read", b.source.name, "exchange")
+    access.unbind(ctx.app.auth, ctx.user, vh, source=b.source.name, destination=dest.name,
+                  destination_kind="queue" if isinstance(dest, Queue) else "exchange",
+                  routing_key=b.routing_key)
     vh.unbind(dest, b.source.name, b.routing_key, b.arguments)
     ctx.app.changed()
 

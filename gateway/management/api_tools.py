@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from gateway.auth import access
 from gateway.management.api_objects import get_queue, message_json
 from gateway.management.router import Access, ApiError, Ctx, Routes
 
@@ -32,7 +33,7 @@ def browse(ctx: Ctx) -> dict[str, Any]:
     """Peek at ready messages in delivery order: nothing is taken, requeued or reordered,
     and no redelivered flag is set. Needs read permission on the queue, as a get does."""
     vh, q = get_queue(ctx)
-    ctx.app.auth.check(ctx.user, vh.name, "read", q.name, resource_kind="queue")
+    access.get(ctx.app.auth, ctx.user, vh, q.name)
     offset = _int(ctx, "offset", 0, 0, 1 << 62)
     count = _int(ctx, "count", 50, 1, BROWSE_MAX)
     truncate = _int(ctx, "truncate", 4096, 0, 1 << 30)

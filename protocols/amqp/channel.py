@@ -87,8 +87,8 @@ class Channel:
         self.tx_acks: list[tuple[str, int, bool, bool]] = []
         self.reply_queue: Queue | None = None
         self._consumer_seq = 0
-        # exchanges this channel may publish to (write permission checked), by name
-        self.write_ok: dict[str, Exchange] = {}
+        # the exchanges this channel published to, by name (permissions: every publish)
+        self.publish_exchanges: dict[str, Exchange] = {}
 
     # -- delivery --------------------------------------------------------------------------
 

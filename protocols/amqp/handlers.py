@@ -1,9 +1,11 @@
 """One handler per AMQP channel method; `TABLE` at the bottom is the table of contents.
 
-Each handler checks permissions the way RabbitMQ does (configure to declare or delete,
-write to publish or bind into, read to consume, get, purge or bind from), calls the core,
-and answers. Errors propagate as `BrokerError`; the session closes the channel or the
-connection with their reply code.
+Each handler first asks `gateway.auth.access` for its operation's permissions (the
+decision every protocol shares: configure to declare or delete, write to publish or bind
+into, read to consume, get, purge or bind from, topic permissions on publish and bind),
+then calls the core, and answers; a refused operation has created nothing. Errors
+propagate as `BrokerError`; the session closes the channel or the connection with their
+reply code.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pamqp import commands
 
+from gateway.auth import access
 from gateway.core.errors import (
     BrokerError,
     NotImplementedFeature,
@@ -21,11 +24,13 @@ from gateway.core.errors import (
 )
 from gateway.core.message import Message
 from gateway.core.queue import Queue
+from gateway.core.vhost import server_queue_name
 from protocols.amqp.channel import REPLY_TO, Channel
 from protocols.amqp.frames import reply
 from protocols.amqp.mapping import CACHE_KEY, from_amqp, validate_publish
 
 if TYPE_CHECKING:
+    from gateway.auth.service import User
     from gateway.core.vhost import VirtualHost
     from protocols.amqp.session import AMQPSession
 
@@ -38,10 +43,9 @@ def _vh(s: AMQPSession) -> VirtualHost:
     return s.vhost
 
 
-def _check(s: AMQPSession, permission: str, kind: str, name: str) -> None:
-    assert s.user is not None and s.vhost is not None
-    s.auth.check(s.user, s.vhost.name, permission, name,  # type: ignore[arg-type]
-                 resource_kind=kind)  # type: ignore[arg-type]
+def _user(s: AMQPSession) -> User:
+    assert s.user is not None
+    return s.user
 
 
 # -- channel -------------------------------------------------------------------------------
@@ -71,12 +75,9 @@ def channel_flow_ok(s: AMQPSession, ch: Channel, m: C.Channel.FlowOk) -> None:
 
 def exchange_declare(s: AMQPSession, ch: Channel, m: C.Exchange.Declare) -> None:
     vh = _vh(s)
-    if not m.passive:
-        _check(s, "configure", "exchange", m.exchange)
     args = dict(m.arguments or {})
-    ae = args.get("alternate-exchange")
-    if isinstance(ae, str) and not m.passive:
-        _check(s, "write", "exchange", ae)
+    if not m.passive:
+        access.declare_exchange(s.auth, _user(s), vh, m.exchange, arguments=args)
     vh.declare_exchange(m.exchange, m.exchange_type, passive=m.passive, durable=m.durable,
                         auto_delete=m.auto_delete, internal=m.internal, arguments=args)
     if not m.nowait:
@@ -84,29 +85,28 @@ def exchange_declare(s: AMQPSession, ch: Channel, m: C.Exchange.Declare) -> None
 
 
 def exchange_delete(s: AMQPSession, ch: Channel, m: C.Exchange.Delete) -> None:
-    _check(s, "configure", "exchange", m.exchange)
+    access.delete_exchange(s.auth, _user(s), _vh(s), m.exchange)
     _vh(s).delete_exchange(m.exchange, if_unused=m.if_unused)
     if not m.nowait:
         s.send_method(ch.number, C.Exchange.DeleteOk())
 
 
-def _exchange_binding(s: AMQPSession, m: Any) -> Any:
-    vh = _vh(s)
-    _check(s, "write", "exchange", m.destination)
-    _check(s, "read", "exchange", m.source)
-    return vh.get_exchange(m.destination)
-
-
 def exchange_bind(s: AMQPSession, ch: Channel, m: C.Exchange.Bind) -> None:
-    dest = _exchange_binding(s, m)
-    _vh(s).bind(dest, m.source, m.routing_key, m.arguments)
+    vh = _vh(s)
+    access.bind(s.auth, _user(s), vh, source=m.source, destination=m.destination,
+                destination_kind="exchange", routing_key=m.routing_key)
+    dest = vh.get_exchange(m.destination)
+    vh.bind(dest, m.source, m.routing_key, m.arguments)
     if not m.nowait:
         s.send_method(ch.number, C.Exchange.BindOk())
 
 
 def exchange_unbind(s: AMQPSession, ch: Channel, m: C.Exchange.Unbind) -> None:
-    dest = _exchange_binding(s, m)
-    _vh(s).unbind(dest, m.source, m.routing_key, m.arguments)
+    vh = _vh(s)
+    access.unbind(s.auth, _user(s), vh, source=m.source, destination=m.destination,
+                  destination_kind="exchange", routing_key=m.routing_key)
+    dest = vh.get_exchange(m.destination)
+    vh.unbind(dest, m.source, m.routing_key, m.arguments)
     if not m.nowait:
         s.send_method(ch.number, C.Exchange.UnbindOk())
 
@@ -122,16 +122,15 @@ def queue_declare(s: AMQPSession, ch: Channel, m: C.Queue.Declare) -> None:
             s.send_method(ch.number, reply(C.Queue.DeclareOk, queue=name, message_count=0,
                                                 consumer_count=0))
         return
-    if not m.passive and name:
-        _check(s, "configure", "queue", name)
     args = dict(m.arguments or {})
-    dlx = args.get("x-dead-letter-exchange")
-    if isinstance(dlx, str) and not m.passive:
-        _check(s, "write", "exchange", dlx)
+    server_named = not name and not m.passive
+    if server_named:
+        name = server_queue_name()  # named first, so the check sees the name it will have
+    if not m.passive:
+        access.declare_queue(s.auth, _user(s), vh, name, arguments=args)
     q = vh.declare_queue(name, passive=m.passive, durable=m.durable, exclusive=m.exclusive,
-                         auto_delete=m.auto_delete, arguments=args, owner=s, now=s.clock())
-    if not name and not m.passive:
-        _check(s, "configure", "queue", q.name)
+                         auto_delete=m.auto_delete, arguments=args, owner=s, now=s.clock(),
+                         server_named=server_named)
     ch.last_queue = q.name
     if not m.nowait:
         s.send_method(ch.number, reply(C.Queue.DeclareOk, queue=q.name,
@@ -145,10 +144,10 @@ def _queue(s: AMQPSession, ch: Channel, name: str) -> Queue:
 
 def queue_bind(s: AMQPSession, ch: Channel, m: C.Queue.Bind) -> None:
     name = ch.queue_name(m.queue)
-    _check(s, "write", "queue", name)
-    _check(s, "read", "exchange", m.exchange)
+    key = m.routing_key if (m.routing_key or m.queue) else name
+    access.bind(s.auth, _user(s), _vh(s), source=m.exchange, destination=name,
+                destination_kind="queue", routing_key=key)
     q = _vh(s).get_queue(name, owner=s)
-    key = m.routing_key if (m.routing_key or m.queue) else q.name
     _vh(s).bind(q, m.exchange, key, m.arguments)
     if not m.nowait:
         s.send_method(ch.number, C.Queue.BindOk())
@@ -156,8 +155,8 @@ def queue_bind(s: AMQPSession, ch: Channel, m: C.Queue.Bind) -> None:
 
 def queue_unbind(s: AMQPSession, ch: Channel, m: C.Queue.Unbind) -> None:
     name = ch.queue_name(m.queue)
-    _check(s, "write", "queue", name)
-    _check(s, "read", "exchange", m.exchange)
+    access.unbind(s.auth, _user(s), _vh(s), source=m.exchange, destination=name,
+                  destination_kind="queue", routing_key=m.routing_key)
     q = _vh(s).get_queue(name, owner=s)
     _vh(s).unbind(q, m.exchange, m.routing_key, m.arguments)
     s.send_method(ch.number, C.Queue.UnbindOk())
@@ -165,7 +164,7 @@ def queue_unbind(s: AMQPSession, ch: Channel, m: C.Queue.Unbind) -> None:
 
 def queue_purge(s: AMQPSession, ch: Channel, m: C.Queue.Purge) -> None:
     name = ch.queue_name(m.queue)
-    _check(s, "read", "queue", name)
+    access.purge(s.auth, _user(s), _vh(s), name)
     n = _vh(s).purge_queue(name, owner=s)
     if not m.nowait:
         s.send_method(ch.number, C.Queue.PurgeOk(n))
@@ -173,7 +172,7 @@ def queue_purge(s: AMQPSession, ch: Channel, m: C.Queue.Purge) -> None:
 
 def queue_delete(s: AMQPSession, ch: Channel, m: C.Queue.Delete) -> None:
     name = ch.queue_name(m.queue)
-    _check(s, "configure", "queue", name)
+    access.delete_queue(s.auth, _user(s), _vh(s), name)
     n = _vh(s).delete_queue(name, if_unused=m.if_unused, if_empty=m.if_empty, owner=s)
     if not m.nowait:
         s.send_method(ch.number, C.Queue.DeleteOk(n))
@@ -211,7 +210,7 @@ def basic_consume(s: AMQPSession, ch: Channel, m: C.Basic.Consume) -> None:
         ch.add_consumer(q, tag, True, True, None, now)
         return
     name = ch.queue_name(name)
-    _check(s, "read", "queue", name)
+    access.consume(s.auth, _user(s), vh, name)
     q = vh.get_queue(name, owner=s)
     tag = ch.consumer_tag(m.consumer_tag)
     # consume-ok must precede the first delivery: answer, then attach the consumer
@@ -253,7 +252,7 @@ def basic_cancel(s: AMQPSession, ch: Channel, m: C.Basic.Cancel) -> None:
 
 def basic_get(s: AMQPSession, ch: Channel, m: C.Basic.Get) -> None:
     name = ch.queue_name(m.queue)
-    _check(s, "read", "queue", name)
+    access.get(s.auth, _user(s), _vh(s), name)
     q = _vh(s).get_queue(name, owner=s)
     ch.get(q, m.no_ack, s.clock())
 
@@ -299,12 +298,10 @@ def publish(s: AMQPSession, ch: Channel, m: C.Basic.Publish,
     if m.immediate:
         raise BrokerError("NOT_IMPLEMENTED - immediate=true", ReplyCode.NOT_IMPLEMENTED)
     name = m.exchange
-    exchange = ch.write_ok.get(name)
+    access.publish(s.auth, s.user, vh, name, m.routing_key)
+    exchange = ch.publish_exchanges.get(name)
     if exchange is None or exchange.deleted:
-        _check(s, "write", "exchange", name)
-        exchange = ch.write_ok[name] = vh.exchange_for_publish(name)
-    if exchange.type == "topic" and s.auth.has_topic_permissions:
-        s.auth.check_topic(s.user, vh.name, exchange.name, "write", m.routing_key)
+        exchange = ch.publish_exchanges[name] = vh.exchange_for_publish(name)
     props = from_amqp(properties)
     if props.user_id is not None or props.expiration is not None:
         validate_publish(props, s.user.name)

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from gateway.auth import access
+from gateway.core.errors import AccessRefused
 from protocols.mqtt import persist, sessions
 from protocols.mqtt.delivery import FROM_KEY, RETAIN_KEY, kick, send_publish
 from protocols.mqtt.frames import (
@@ -68,13 +70,13 @@ def route_publish(s: MQTTSession, topic: str, payload: bytes, qos: int, retain: 
     vh = s.vhost
     assert vh is not None
     now = s.clock()
+    own: str | None = None
     if props.response_topic is not None:
         s.remember_reply_topic(
             props.correlation_data.decode("utf-8", "replace")
             if props.correlation_data is not None else None, props.response_topic)
-        own: str | None = sessions.ensure_queue(s).name
-    else:
-        own = None
+        if needs_own_queue(props) and sessions.may_make_queue(s):
+            own = sessions.ensure_queue(s).name
     message = to_core(topic, payload, qos, props, own_queue=own,
                       message_id=vh.next_message_id())
     message.cache[FROM_KEY] = s.key_cached
@@ -93,6 +95,30 @@ def route_publish(s: MQTTSession, topic: str, payload: bytes, qos: int, retain: 
         message.routing_key = reply_queue(topic)
     result = vh.publish(exchange, message.routing_key, message, now)
     return result, (store.appended if store.appended != before else 0)
+
+
+def needs_own_queue(props: Properties) -> bool:
+    """A Response Topic that is not an AMQP reply queue: an AMQP replier answers through the
+    session's queue (the message's reply-to), which this publish may have to declare."""
+    topic = props.response_topic
+    return topic is not None and not topic.startswith(REPLY_PREFIX)
+
+
+def _publish_refused(s: MQTTSession, topic: str, props: Properties) -> str | None:
+    """Why this PUBLISH may not go (None: it may): write on the exchange and the topic
+    permission, and for a Response Topic the session queue it would declare."""
+    assert s.user is not None and s.vhost is not None
+    exchange_name = "" if topic.startswith(REPLY_PREFIX) else "amq.topic"
+    key = reply_queue(topic) if not exchange_name else topic_to_routing_key(topic)
+    try:
+        access.publish(s.auth, s.user, s.vhost, exchange_name, key, client_id=s.client_id)
+    except AccessRefused as err:
+        return err.text
+    if needs_own_queue(props) and not sessions.may_make_queue(s):
+        return (f"a Response Topic needs the session queue "
+                f"'{session_queue_name(s.client_id)}', which user '{s.user.name}' may not "
+                "declare and consume")
+    return None
 
 
 def publish(s: MQTTSession, p: Publish) -> None:
@@ -127,17 +153,15 @@ def publish(s: MQTTSession, p: Publish) -> None:
         raise ProtocolError(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED,
                             "more unacknowledged QoS 1/2 PUBLISHes than Receive Maximum "
                             "[MQTT-3.3.4-7]")
-    exchange_name = "" if topic.startswith(REPLY_PREFIX) else "amq.topic"
-    if not s.allowed("write", "exchange", exchange_name) or (
-            exchange_name and not s.topic_allowed("write", topic_to_routing_key(topic))):
+    props = replace(p.properties, topic_alias=None) if alias is not None else p.properties
+    refused = _publish_refused(s, topic, props)
+    if refused is not None:
         if p.qos == 0 or not v5:
-            raise ProtocolError(ReasonCode.NOT_AUTHORIZED,
-                                f"no write access to exchange '{exchange_name}'")
+            raise ProtocolError(ReasonCode.NOT_AUTHORIZED, refused)
         assert p.packet_id is not None
         ack_cls = PubAck if p.qos == 1 else PubRec
         s.send(ack_cls(p.packet_id, ReasonCode.NOT_AUTHORIZED))
         return
-    props = replace(p.properties, topic_alias=None) if alias is not None else p.properties
     result, position = route_publish(s, topic, p.payload, p.qos, p.retain, props)
     if p.qos == 0:
         return
@@ -240,11 +264,12 @@ def subscribe(s: MQTTSession, p: Subscribe) -> None:
                                 "no local on a shared subscription [MQTT-3.8.3-4]")
         queue_name = (shared_queue_name(group, topic_filter) if group is not None
                       else session_queue_name(s.client_id))
-        if not (s.allowed("configure", "queue", queue_name)
-                and s.allowed("write", "queue", queue_name)
-                and s.allowed("read", "exchange", "amq.topic")
-                and s.allowed("read", "queue", queue_name)
-                and s.topic_allowed("read", filter_to_binding_key(topic_filter))):
+        try:
+            assert s.user is not None
+            access.subscribe(s.auth, s.user, vh, queue=queue_name, exchange="amq.topic",
+                             binding_key=filter_to_binding_key(topic_filter),
+                             client_id=s.client_id)
+        except AccessRefused:
             codes.append(_failure(s, ReasonCode.NOT_AUTHORIZED))
             continue
         opts = SubOptions(sub.qos, sub.no_local, sub.retain_as_published, sub_id)

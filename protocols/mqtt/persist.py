@@ -26,6 +26,10 @@ QoS 1 needs none (a message not PUBACKed is simply redelivered, with a new packe
 DUP). A retained message sent at QoS 2 on SUBSCRIBE is not recorded: after a restart the
 client gets it again by subscribing.
 
+A persistent session's owner, the user who made it, is kept too (space `mqtt.owner`, key
+`(vhost, client id)`, value the user name), so that after a restart as before it only
+that user resumes the session; another user reusing the client id gets a fresh one.
+
 Retained messages (space `mqtt.retained`) are written by `RetainedStore` itself.
 """
 
@@ -46,6 +50,7 @@ if TYPE_CHECKING:
     from protocols.mqtt.state import MQTTState, SessionState
 
 SPACE = "mqtt.session"
+OWNER_SPACE = "mqtt.owner"
 OUT = "out"
 IN = "in"
 SENT = 0
@@ -58,6 +63,9 @@ def take_over(state: MQTTState, broker: Broker) -> None:
         state.retained(vhost).load(retain.from_value(topic, value))
     for (vhost, client_id, direction, pid), value in broker.claim_values(SPACE).items():
         state.dormant.setdefault((vhost, client_id), {})[(direction, pid)] = value
+    for (vhost, client_id), user in broker.claim_values(OWNER_SPACE).items():
+        if isinstance(user, str):
+            state.owners[(vhost, client_id)] = user
     broker.snapshot_hooks.append(lambda into: snapshot(state, into))
     broker.on_vhost_deleted.append(state.vhost_deleted)
 
@@ -67,6 +75,9 @@ def snapshot(state: MQTTState, into: Recovered) -> None:
     for store in state.retained_stores():
         for m in store.all():
             retained[(store.vhost, m.topic)] = retain.to_value(m)
+    owners = into.values.setdefault(OWNER_SPACE, {})
+    for key, user in state.owners.items():
+        owners[key] = user
     sessions = into.values.setdefault(SPACE, {})
     for (vhost, client_id), records in state.dormant.items():
         for (direction, pid), value in records.items():
@@ -152,9 +163,23 @@ def incoming_released(s: MQTTSession, pid: int) -> int:
 
 # -- a session's life ----------------------------------------------------------------------
 
+def own(state: MQTTState, st: SessionState) -> None:
+    """Record the owner of a persistent session (nothing for a clean one)."""
+    key = (st.vhost, st.client_id)
+    if st.expiry > 0 and state.owners.get(key) != st.owner:
+        state.owners[key] = st.owner
+        state.store.put_value(OWNER_SPACE, key, st.owner)
+
+
+def _forget_owner(state: MQTTState, key: tuple[str, str]) -> None:
+    if state.owners.pop(key, None) is not None:
+        state.store.delete_value(OWNER_SPACE, key)
+
+
 def forget(state: MQTTState, st: SessionState) -> None:
     """The session ends for good: delete its records."""
     key = (st.vhost, st.client_id)
+    _forget_owner(state, key)
     records = state.dormant.pop(key, None)
     if not st.recorded and not records:
         return
@@ -169,6 +194,7 @@ def forget(state: MQTTState, st: SessionState) -> None:
 
 def forget_dormant(state: MQTTState, vhost: str, client_id: str) -> None:
     """A clean start for a client whose session was read back at start."""
+    _forget_owner(state, (vhost, client_id))
     records = state.dormant.pop((vhost, client_id), None)
     for direction, pid in sorted(records or ()):
         state.store.delete_value(SPACE, (vhost, client_id, direction, pid))

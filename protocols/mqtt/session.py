@@ -55,7 +55,7 @@ from protocols.outbox import Outbox
 
 if TYPE_CHECKING:
     from gateway.auth.login import PendingCheck
-    from gateway.auth.service import AuthService, Permission, ResourceKind, User
+    from gateway.auth.service import AuthService, User
     from gateway.config import MQTTConfig
     from gateway.core.broker import Broker
     from gateway.core.vhost import VirtualHost
@@ -80,7 +80,7 @@ class MQTTSession(Outbox):
     __slots__ = (
         "_ended", "_key", "_last_reply_topic", "_linger_until", "_out", "_out_size",
         "output_blocked", "last_send",
-        "_permissions", "_reply_topics", "admit", "alarm", "aliases_in", "aliases_out", "auth",
+        "_reply_topics", "admit", "alarm", "aliases_in", "aliases_out", "auth",
         "broker", "cert_user", "client_alias_maximum", "client_id", "client_max_packet",
         "client_receive_maximum", "clock", "codec", "config", "connect_timeout", "consumer",
         "high_water",
@@ -150,7 +150,6 @@ class MQTTSession(Outbox):
         self.inbound_qos1 = 0  # QoS 1 PUBLISHes received whose PUBACK is not sent yet
         self._reply_topics: dict[str, str] = {}
         self._last_reply_topic: str | None = None
-        self._permissions: dict[tuple[str, str, str], bool] = {}
         self.alarm = False
         self.read_paused = False
         self._ended = False
@@ -330,25 +329,6 @@ class MQTTSession(Outbox):
         sessions.end(self, publish_will=publish_will)
 
     # -- helpers for handlers --------------------------------------------------------------
-
-    def allowed(self, permission: Permission, kind: ResourceKind, name: str) -> bool:
-        key = (permission, kind, name)
-        ok = self._permissions.get(key)
-        if ok is None:
-            assert self.user is not None and self.vhost is not None
-            ok = self._permissions[key] = self.auth.allowed(
-                self.user, self.vhost.name, permission, name, resource_kind=kind)
-        return ok
-
-    def topic_allowed(self, permission: Permission, routing_key: str,
-                      client_id: str | None = None) -> bool:
-        """RabbitMQ's topic permission on amq.topic for this routing (or binding) key, with
-        `{client_id}` standing for this client's id."""
-        if not self.auth.has_topic_permissions:
-            return True
-        assert self.user is not None and self.vhost is not None
-        return self.auth.topic_allowed(self.user, self.vhost.name, "amq.topic", permission,
-                                       routing_key, client_id=client_id or self.client_id)
 
     def remember_reply_topic(self, correlation_id: str | None, topic: str) -> None:
         self._last_reply_topic = topic

@@ -8,6 +8,15 @@ Persistent sessions map onto the core as RabbitMQ maps them: a durable queue wit
 `amq.topic` with the will's routing key, so the core's clock publishes it; a reconnect
 deletes that queue before it fires [MQTT-3.1.3-9]. Such a delayed will is not retained
 (as in RabbitMQ); an immediate one is.
+
+A session belongs to the user who made it. A CONNECT by another user with the same client
+id takes the connection over as the spec says, but never the session: it is handled as a
+Clean Start (the old session, its queue and its messages are discarded; session present
+is 0), so the new user sees nothing queued for the old one. Discarding a session that has a
+queue is deleting that queue, so it needs the configure permission on it; without that the
+CONNECT is refused (not authorized) and the old session stays as it was. Every check of a
+CONNECT (the will's publish, a delayed will's queue, discarding) comes before any of it is
+done (`gateway.auth.access`).
 """
 
 from __future__ import annotations
@@ -16,7 +25,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from gateway.core.errors import BrokerError
+from gateway.auth import access
+from gateway.core.errors import AccessRefused, BrokerError
 from protocols.mqtt import persist
 from protocols.mqtt.delivery import MQTTConsumer, resend_inflight
 from protocols.mqtt.frames import (
@@ -153,51 +163,99 @@ def connect(s: MQTTSession, c: Connect) -> None:
     _login(s, c, lambda: _connected(s, c, client_id, props))
 
 
+def _will_refused(s: MQTTSession, c: Connect, client_id: str, expiry: int) -> str | None:
+    """Why the CONNECT's will may not be published (None: it may)."""
+    will = c.will
+    if will is None:
+        return None
+    assert s.user is not None and s.vhost is not None
+    try:
+        access.publish(s.auth, s.user, s.vhost, "amq.topic",
+                       topic_to_routing_key(will.topic), client_id=client_id)
+        if min(will.properties.will_delay_interval or 0, expiry) > 0:
+            access.declare_queue(s.auth, s.user, s.vhost, will_queue_name(client_id),
+                                 arguments=_will_queue_arguments(1, "will"))
+    except AccessRefused as err:
+        return f"will refused: {err.text}"
+    return None
+
+
+def _foreign(s: MQTTSession, st: SessionState | None, clean_start: bool) -> bool:
+    """Whether the session kept under this client id is another user's (so this CONNECT
+    must not resume it). A session read back from a data directory written before owners
+    were recorded is adopted, as RabbitMQ would resume it, by a user who may declare and
+    consume its queue."""
+    assert s.user is not None and s.vhost is not None
+    owner = st.owner if st is not None else s.mqtt.owners.get(s.key)
+    if owner:
+        return owner != s.user.name
+    if st is not None or clean_start:
+        return False
+    name = session_queue_name(s.client_id)
+    if name not in s.vhost.queues:
+        return False
+    try:
+        access.declare_queue(s.auth, s.user, s.vhost, name)
+        access.consume(s.auth, s.user, s.vhost, name)
+    except AccessRefused:
+        return True
+    return False
+
+
 def _connected(s: MQTTSession, c: Connect, client_id: str, props: Properties) -> None:
     """CONNECT, after the login: the session, CONNACK, and what a resumed session held."""
     from protocols.mqtt.session import State
 
     cfg = s.config
     v5 = c.protocol_level == MQTT_5
-    if c.will is not None and not (
-            s.allowed("write", "exchange", "amq.topic")
-            and s.topic_allowed("write", topic_to_routing_key(c.will.topic), client_id)):
-        _refuse(s, ReasonCode.NOT_AUTHORIZED, "no write access to amq.topic for the will")
-        return
-    assert s.vhost is not None
-    s.client_id = client_id
-    key = s.key
-    now = s.clock()
-    s.mqtt.sweep(now)
-    old = s.mqtt.active.get(key)
-    if old is not None and old is not s:
-        old.taken_over()
-    # a new connection cancels a delayed will of the same client [MQTT-3.1.3-9]
-    s.vhost.delete_queue(will_queue_name(client_id))
-
+    assert s.vhost is not None and s.user is not None
     if v5:
         expiry = c.properties.session_expiry_interval or 0
     else:
         expiry = 0 if c.clean_start else cfg.max_session_expiry
     granted_expiry = min(expiry, cfg.max_session_expiry)
+    refused = _will_refused(s, c, client_id, granted_expiry)
+    if refused is not None:
+        _refuse(s, ReasonCode.NOT_AUTHORIZED, refused)
+        return
+    s.client_id = client_id
+    key = s.key
+    now = s.clock()
+    s.mqtt.sweep(now)
+    st = s.mqtt.sessions.get(key)
+    clean = c.clean_start or _foreign(s, st, c.clean_start)
+    queue_name = session_queue_name(client_id)
+    if (clean or (st is not None and st.expired(now))) and queue_name in s.vhost.queues:
+        try:  # discarding the session deletes its queue
+            access.delete_queue(s.auth, s.user, s.vhost, queue_name)
+        except AccessRefused as err:
+            _refuse(s, ReasonCode.NOT_AUTHORIZED, f"session not discarded: {err.text}")
+            return
+    old = s.mqtt.active.get(key)
+    if old is not None and old is not s:
+        old.taken_over()
+    # a new connection cancels a delayed will of the same client [MQTT-3.1.3-9]
+    s.vhost.delete_queue(will_queue_name(client_id))
     if v5 and granted_expiry != expiry:
         props = _with(props, session_expiry_interval=granted_expiry)
 
     st = s.mqtt.sessions.get(key)
-    if st is not None and (c.clean_start or st.expired(now)):
+    if st is not None and (clean or st.expired(now)):
         discard(s, st)
         st = None
-    elif st is None and c.clean_start:
+    elif st is None and clean:
         # a session from before a restart, not resumed: it ends here [MQTT-3.1.2-4]
         persist.forget_dormant(s.mqtt, *key)
-        s.vhost.delete_queue(session_queue_name(client_id))
-    if st is None and not c.clean_start:
+        s.vhost.delete_queue(queue_name)
+    if st is None and not clean:
         st = _recover(s, client_id)
-    present = st is not None and not c.clean_start
+    present = st is not None and not clean
     if st is None:
         st = SessionState(s.vhost.name, client_id)
         s.mqtt.sessions[key] = st
+    st.owner = s.user.name
     st.expiry = granted_expiry
+    persist.own(s.mqtt, st)
     st.disconnected_at = None
     s.st = st
     s.mqtt.active[key] = s
@@ -341,6 +399,26 @@ def end(s: MQTTSession, *, publish_will: bool) -> None:
         st.disconnected_at = now
 
 
+def _will_queue_arguments(delay: int, routing_key: str) -> dict[str, object]:
+    return {"x-message-ttl": delay * 1000, "x-dead-letter-exchange": "amq.topic",
+            "x-dead-letter-routing-key": routing_key, "x-expires": delay * 1000 + 60_000}
+
+
+def may_make_queue(s: MQTTSession) -> bool:
+    """Whether the session's queue exists or this user may declare and consume it (what
+    `ensure_queue` does)."""
+    assert s.user is not None and s.vhost is not None
+    name = session_queue_name(s.client_id)
+    if name in s.vhost.queues:
+        return True
+    try:
+        access.declare_queue(s.auth, s.user, s.vhost, name)
+        access.consume(s.auth, s.user, s.vhost, name)
+    except AccessRefused:
+        return False
+    return True
+
+
 def _publish_will(s: MQTTSession, session_expiry: int) -> None:
     will = s.will
     assert will is not None and s.vhost is not None
@@ -359,10 +437,15 @@ def _publish_will(s: MQTTSession, session_expiry: int) -> None:
 
     props = replace(will.properties, message_expiry_interval=None, will_delay_interval=None)
     rk = topic_to_routing_key(will.topic)
-    queue = s.vhost.declare_queue(will_queue_name(s.client_id), arguments={
-        "x-message-ttl": delay * 1000, "x-dead-letter-exchange": "amq.topic",
-        "x-dead-letter-routing-key": rk, "x-expires": delay * 1000 + 60_000},
-        now=s.clock())
+    name = will_queue_name(s.client_id)
+    args = _will_queue_arguments(delay, rk)
+    assert s.user is not None
+    try:  # checked at CONNECT; permissions may have changed since
+        access.declare_queue(s.auth, s.user, s.vhost, name, arguments=args)
+    except AccessRefused as err:
+        log.info("connection %s: delayed will dropped: %s", s.name, err.text)
+        return
+    queue = s.vhost.declare_queue(name, arguments=args, now=s.clock())
     message = to_core(will.topic, will.payload, will.qos, props, own_queue=None,
                       message_id=s.vhost.next_message_id())
     queue.enqueue(message, s.clock())

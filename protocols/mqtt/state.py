@@ -49,7 +49,12 @@ def will_queue_name(client_id: str) -> str:
 
 
 def shared_queue_name(group: str, topic_filter: str) -> str:
-    return f"mqtt-shared-{group}-{topic_filter}"
+    """The queue of shared subscription `$share/<group>/<filter>`. A share name never holds
+    a `/` [MQTT-4.8.2-2] (`parse_shared` splits at the first one), so the first `/` after
+    the prefix ends the group and the name is one-to-one with (group, filter):
+    `$share/grp-carol/payroll` and `$share/grp/carol-payroll` get different queues. (The
+    queues are transient, auto-delete: no name of an older scheme outlives a restart.)"""
+    return f"mqtt-shared-{group}/{topic_filter}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +107,7 @@ class SessionState:
     next_packet_id: int = 1
     disconnected_at: float | None = None
     recorded: bool = False  # the store has (or had) records of this session's packet ids
+    owner: str = ""  # the user who made the session; only that user resumes it
 
     def expired(self, now: float) -> bool:
         return self.disconnected_at is not None and now - self.disconnected_at >= self.expiry
@@ -126,6 +132,9 @@ class MQTTState:
         # session records read back at start, until the client returns: (vhost, client
         # id) -> {(direction, packet id): value} (see persist.py)
         self.dormant: dict[tuple[str, str], dict[tuple[str, int], Any]] = {}
+        # the user owning each persistent session, as kept in the store: (vhost, client
+        # id) -> user name (see persist.py)
+        self.owners: dict[tuple[str, str], str] = {}
         self.retained_max_messages = retained_max_messages
         self.retained_max_bytes = retained_max_bytes
         self._retained: dict[str, RetainedStore] = {}
@@ -145,7 +154,7 @@ class MQTTState:
     def vhost_deleted(self, vhost: str) -> None:
         """Everything of a deleted vhost goes (its store records went with it)."""
         self._retained.pop(vhost, None)
-        for d in (self.sessions, self.dormant):
+        for d in (self.sessions, self.dormant, self.owners):
             for key in [k for k in d if k[0] == vhost]:
                 del d[key]
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 import gateway
+from gateway.auth import access
 from gateway.auth.service import LoginRefused
 from gateway.core.errors import NotAllowed
 from gateway.core.message import Message
@@ -57,10 +58,9 @@ def _vh(s: StompSession) -> VirtualHost:
     return s.vhost
 
 
-def _check(s: StompSession, permission: str, kind: str, name: str) -> None:
-    assert s.user is not None and s.vhost is not None
-    s.auth.check(s.user, s.vhost.name, permission, name,  # type: ignore[arg-type]
-                 resource_kind=kind)  # type: ignore[arg-type]
+def _user(s: StompSession) -> User:
+    assert s.user is not None
+    return s.user
 
 
 def _required(frame: Frame, name: str) -> str:
@@ -221,14 +221,29 @@ def _declare(s: StompSession, name: str, frame: Frame, *, durable: bool, auto_de
              exclusive: bool) -> Queue:
     opts = queue_options(frame.headers, durable=durable, auto_delete=auto_delete,
                          exclusive=exclusive)
-    _check(s, "configure", "queue", name)
+    access.declare_queue(s.auth, _user(s), _vh(s), name, arguments=opts.arguments)
     return _vh(s).declare_queue(name, durable=opts.durable, auto_delete=opts.auto_delete,
                                 exclusive=opts.exclusive, arguments=opts.arguments,
                                 owner=s, now=s.clock())
 
 
+def _publish_address(dest: Destination) -> tuple[str, str]:
+    """(exchange, routing key) a SEND to `dest` will publish with, found without making
+    anything (a temp queue's name, not known yet, is "": the default exchange has no topic
+    permissions to check it against)."""
+    kind = dest.kind
+    if kind is Kind.TOPIC:
+        return TOPIC_EXCHANGE, dest.name
+    if kind is Kind.EXCHANGE:
+        return dest.name, dest.key
+    if kind is Kind.TEMP_QUEUE:
+        return "", ""
+    return "", dest.name
+
+
 def _publish_target(s: StompSession, dest: Destination, frame: Frame) -> tuple[str, str]:
-    """(exchange, routing key) a SEND to `dest` publishes with."""
+    """(exchange, routing key) a SEND to `dest` publishes with; declares a /queue/ (or a
+    temp queue) it names on first use."""
     kind = dest.kind
     if kind is Kind.QUEUE:
         if dest.name not in s.declared:
@@ -254,26 +269,24 @@ def send(s: StompSession, frame: Frame) -> After:
         # the messages go nowhere (RabbitMQ's plugin remembers and drops them)
         s.declared.discard(target[1])
         target = None
+    user = _user(s)
     if target is None:
         dest = parse_destination(destination)
+        # the publish is checked before the queue it may declare is declared
+        access.publish(s.auth, user, vh, *_publish_address(dest))
         target = _publish_target(s, dest, frame)
         if dest.kind is not Kind.TEMP_QUEUE:  # a temp queue may be gone and made anew
             if len(s.targets) >= MAX_TARGETS:
                 s.targets.clear()
             s.targets[destination] = target
+    exchange_name, key = target
+    access.publish(s.auth, user, vh, exchange_name, key)
     props = properties_from_headers(frame.headers)
-    assert s.user is not None
-    validate_publish(props, s.user.name)
+    validate_publish(props, user.name)
+    exchange = vh.exchange_for_publish(exchange_name)
     reply_to = props.reply_to
     if reply_to is not None and reply_to.startswith(Kind.TEMP_QUEUE.value):
         props.reply_to = s.temp_queue(parse_destination(reply_to).name).name
-    exchange_name, key = target
-    if exchange_name not in s.write_ok:
-        _check(s, "write", "exchange", exchange_name)
-        s.write_ok.add(exchange_name)
-    exchange = vh.exchange_for_publish(exchange_name)
-    if exchange.type == "topic" and s.auth.has_topic_permissions:
-        s.auth.check_topic(s.user, vh.name, exchange_name, "write", key)
     message = Message(vh.next_message_id(), exchange_name, key, props, frame.body, "stomp")
     vh.publish(exchange, key, message, s.clock())
     if s.alarm:
@@ -289,15 +302,15 @@ def _subscription_queue(s: StompSession, dest: Destination, destination: str, su
     vh = _vh(s)
     exchange = TOPIC_EXCHANGE if dest.kind is Kind.TOPIC else dest.name
     key = dest.name if dest.kind is Kind.TOPIC else dest.key
-    x = vh.get_exchange(exchange)  # 404 before anything is declared
-    if x.type == "topic" and s.auth.has_topic_permissions:
-        assert s.user is not None
-        s.auth.check_topic(s.user, vh.name, exchange, "read", key)
+    vh.get_exchange(exchange)  # 404 before anything is declared
     name = frame.get("x-queue-name") or subscription_queue_name(destination, sub_id, durable)
+    opts = queue_options(frame.headers, durable=durable, auto_delete=not durable,
+                         exclusive=not durable)
+    # every check of the subscription (declare, bind, consume) before any of it is done
+    access.subscribe(s.auth, _user(s), vh, queue=name, exchange=exchange, binding_key=key,
+                     arguments=opts.arguments)
     queue = _declare(s, name, frame, durable=durable, auto_delete=not durable,
                      exclusive=not durable)
-    _check(s, "write", "queue", queue.name)
-    _check(s, "read", "exchange", exchange)
     vh.bind(queue, exchange, key)
     return queue
 
@@ -325,10 +338,12 @@ def subscribe(s: StompSession, frame: Frame) -> After:
     vh = _vh(s)
     kind = dest.kind
     if kind is Kind.QUEUE:
+        access.consume(s.auth, _user(s), vh, dest.name)  # before the queue is declared
         queue = _declare(s, dest.name, frame, durable=True, auto_delete=False,
                          exclusive=False)
         s.declared.add(dest.name)  # a later SEND in this session does not redeclare it
     elif kind is Kind.AMQ_QUEUE:
+        access.consume(s.auth, _user(s), vh, dest.name)
         queue = vh.get_queue(dest.name, owner=s)
     elif kind is Kind.TOPIC or kind is Kind.EXCHANGE:
         if durable and frame.get("id") is None:
@@ -337,7 +352,6 @@ def subscribe(s: StompSession, frame: Frame) -> After:
     else:
         raise StompError("Invalid destination",
                          f"'{destination}' is not a valid destination for 'SUBSCRIBE'.")
-    _check(s, "read", "queue", queue.name)
     sub = Subscription(s, sub_id, queue, destination, mode, prefetch=prefetch,
                        priority=priority, durable=durable)
     vh.consume(queue, sub, exclusive=False, now=s.clock())
@@ -362,7 +376,7 @@ def unsubscribe(s: StompSession, frame: Frame) -> After:
                         or parse_bool(frame.headers, "persistent", False)):
         queue = sub.queue
         if not queue.deleted:
-            _check(s, "configure", "queue", queue.name)
+            access.delete_queue(s.auth, _user(s), _vh(s), queue.name)
             _vh(s).delete_queue(queue.name, owner=s)
     return None
 

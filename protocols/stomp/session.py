@@ -41,8 +41,10 @@ from collections.abc import Callable
 from enum import Enum, auto
 from typing import TYPE_CHECKING, Final, NamedTuple
 
+from gateway.auth import access
 from gateway.core.errors import BrokerError
 from gateway.core.queue import Entry, Queue
+from gateway.core.vhost import server_queue_name
 from protocols.admission import Admit, admit_all
 from protocols.outbox import Outbox
 from protocols.stomp import handlers
@@ -158,7 +160,6 @@ class StompSession(Outbox):
         self.temp_queues: dict[str, Queue] = {}
         self.declared: set[str] = set()  # /queue/ names declared by a SEND already
         self.targets: dict[str, tuple[str, str]] = {}  # SEND destination -> (exchange, key)
-        self.write_ok: set[str] = set()  # exchanges this user was allowed to write to
         self.receipts: deque[Receipt] = deque()
         self._dest_blocks: dict[str, bytes] = {}  # encoded `destination` lines, by value
         self._next_tag = 1
@@ -512,10 +513,11 @@ class StompSession(Outbox):
         vh = self.vhost
         assert vh is not None and self.user is not None
         now = self.clock()
-        queue = vh.declare_queue("", exclusive=True, auto_delete=True, owner=self, now=now)
-        if not self.auth.allowed(self.user, vh.name, "configure", queue.name):
-            vh.remove_queue(queue)
-            self.auth.check(self.user, vh.name, "configure", queue.name)
+        named = server_queue_name()  # named first: checked under the name it will have
+        access.declare_queue(self.auth, self.user, vh, named)
+        access.consume(self.auth, self.user, vh, named)
+        queue = vh.declare_queue(named, exclusive=True, auto_delete=True, owner=self,
+                                 now=now, server_named=True)
         self.temp_queues[name] = queue
         sub_id = f"/temp-queue/{name}"
         sub = Subscription(self, sub_id, queue, sub_id, AckMode.AUTO)

@@ -98,9 +98,8 @@ def publish(s: WampSession, m: Publish) -> None:
     assert vh is not None
     key = topic_routing_key(m.topic)
     try:
-        s.check("write", "exchange", TOPIC_EXCHANGE)
+        s.check_publish(TOPIC_EXCHANGE, key)
         exchange = vh.exchange_for_publish(TOPIC_EXCHANGE)
-        s.check_topic("write", key)
     except BrokerError as err:
         if ack:
             _error(s, T.PUBLISH, m.request, s.error_uri(err, "wamp.error.not_authorized"),
@@ -128,8 +127,7 @@ def subscribe(s: WampSession, m: Subscribe) -> None:
         _error(s, T.SUBSCRIBE, m.request, "wamp.error.invalid_uri", f"invalid prefix {m.topic!r}")
         return
     try:
-        s.check("read", "exchange", TOPIC_EXCHANGE)
-        s.check_topic("read", binding.key)
+        s.check_subscribe(TOPIC_EXCHANGE, binding.key)
         sub_id = s.subs.subscribe(m.topic, match, binding)
     except BrokerError as err:
         _error(s, T.SUBSCRIBE, m.request, s.error_uri(err, "wamp.error.not_authorized"),

@@ -147,7 +147,7 @@ class RpcState:
         queue = vh.queues.get(msg.procedure)
         if queue is None or not queue.consumers:
             raise NoSuchProcedure(msg.procedure)
-        s.check("write", "exchange", "")
+        s.check_publish("", msg.procedure)
         now = s.clock()
         reply_queue = self._reply_queue()
         cid = f"wamp-{s.session_id}-{next(self._cids)}"
@@ -245,8 +245,7 @@ class RpcState:
             self.registrations[existing.id] = existing
             return existing, False
         vh = self._vh()
-        s.check("configure", "queue", procedure)
-        s.check("read", "queue", procedure)
+        s.check_register(procedure)
         queue = vh.queues.get(procedure)
         created = queue is None
         if queue is None:

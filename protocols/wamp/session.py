@@ -43,6 +43,7 @@ from datetime import UTC, datetime
 from enum import Enum, auto
 from typing import TYPE_CHECKING, Any, Final
 
+from gateway.auth import access
 from gateway.core.errors import BrokerError, ReplyCode
 from protocols.admission import Admit, admit_all
 from protocols.wamp.codec import Serializer, WampCodec
@@ -549,14 +550,35 @@ class WampSession:
     def error_uri(self, err: BrokerError, default: str) -> str:
         return ERROR_URIS.get(err.code, default)
 
+    # the permission checks of each operation (`gateway.auth.access`), made before it is done
+
+    def check_publish(self, exchange: str, routing_key: str) -> None:
+        """PUBLISH (to amq.topic) and CALL (to the procedure's queue, by the default
+        exchange): write on the exchange and the topic write permission."""
+        assert self.user is not None and self.vhost is not None
+        access.publish(self.auth, self.user, self.vhost, exchange, routing_key)
+
+    def check_subscribe(self, exchange: str, binding_key: str) -> None:
+        """SUBSCRIBE: its queue is private (server-named, exclusive, gone with the
+        subscription), so read on the exchange and the topic read permission."""
+        assert self.user is not None and self.vhost is not None
+        access.subscribe_private(self.auth, self.user, self.vhost, exchange=exchange,
+                                 binding_key=binding_key)
+
+    def check_register(self, procedure: str) -> None:
+        """REGISTER: the procedure's queue is declared and consumed (configure, read)."""
+        assert self.user is not None and self.vhost is not None
+        access.declare_queue(self.auth, self.user, self.vhost, procedure)
+        access.consume(self.auth, self.user, self.vhost, procedure)
+
     def check_topic(self, permission: str, routing_key: str) -> None:
         """RabbitMQ's topic permission on amq.topic for a routing (or binding) key."""
-        if self.auth.has_topic_permissions:
-            assert self.user is not None and self.vhost is not None
-            self.auth.check_topic(self.user, self.vhost.name, "amq.topic",
-                                  permission, routing_key)  # type: ignore[arg-type]
+        assert self.user is not None and self.vhost is not None
+        access.require_topic(self.auth, self.user, self.vhost, "amq.topic",
+                             permission, routing_key)  # type: ignore[arg-type]
 
     def check(self, permission: str, kind: str, name: str) -> None:
+        """One permission; the operations use `gateway.auth.access`'s functions."""
         assert self.user is not None and self.vhost is not None
-        self.auth.check(self.user, self.vhost.name, permission,  # type: ignore[arg-type]
-                        name, resource_kind=kind)  # type: ignore[arg-type]
+        access.require(self.auth, self.user, self.vhost, permission,  # type: ignore[arg-type]
+                       kind, name)  # type: ignore[arg-type]
