@@ -171,12 +171,12 @@ class ManagementApp:
         return self._static_file(request)
 
     async def _admit(self, request: Request) -> _Admitted:
-        route, params = self.routes.find(request.method, request.path[len("/api"):])
         if request.method in WRITE_METHODS and not self.policy.origin_allowed(
                 request.header("origin"), request.header("host"), tls=request.tls):
             raise ApiError(403, f"Origin {request.header('origin')!r} may not change "
                                 "anything here: only the broker's own pages and [http] "
                                 "allowed_origins may", "access_refused")
+        route, params = self.routes.find(request.method, request.path[len("/api"):])
         user = await self._authenticate(request)
         granted = Access.granted(user.tags)
         if Access.MANAGEMENT not in granted:

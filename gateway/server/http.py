@@ -27,10 +27,11 @@ framing, no MIME sniffing, no Referer), unless the application set that header i
 Bounds: the request head (request line, headers and the blank line) is limited to
 `MAX_HEAD` bytes, exactly: while a head is incomplete no more is read than fills the buffer
 to `MAX_HEAD`, so a head one byte longer is refused with 431 whatever the reads return.
-The body is limited by `max_body` (413 beyond it), and a connection idle between
-requests longer than `idle_timeout` seconds is closed. The first request's head must be
-complete within `head_timeout` seconds of the accept (`limits.handshake_timeout`), so a
-client that sends nothing, or its headers a byte at a time, is closed.
+The body is limited by `max_body` (413 beyond it; at once, unread, when its
+Content-Length says so), and a connection idle between requests longer than
+`idle_timeout` seconds is closed. The first request's head must be complete within
+`head_timeout` seconds of the accept (`limits.handshake_timeout`), so a client that sends
+nothing, or its headers a byte at a time, is closed.
 """
 
 from __future__ import annotations
@@ -216,6 +217,7 @@ class HTTPServer:
             pass
         except h11.RemoteProtocolError as exc:
             await self._send_error(conn, stream, exc.error_status_hint, str(exc))
+            await _linger(stream)  # what is left of the request is not read: drop it
         except h11.LocalProtocolError as exc:
             log.debug("HTTP connection from %s:%d ended: %s", peer[0], peer[1], exc)
         finally:
@@ -275,6 +277,11 @@ class HTTPServer:
                     return request, early
                 await self._read_body(conn, stream, request)  # nothing: End of message
                 return request, early
+        announced = _content_length(request)
+        if announced > self.max_body:  # refused unread, as the head check's answers are
+            reason = f"request body of {announced} bytes is larger than {self.max_body}"
+            body = json.dumps({"error": "payload_too_large", "reason": reason}).encode()
+            return request, Response(413, body, headers=[("connection", "close")])
         if conn.they_are_waiting_for_100_continue:
             await self._write(stream, conn.send(h11.InformationalResponse(
                 status_code=100, headers=[])))
@@ -290,6 +297,7 @@ class HTTPServer:
                 body += event.data
                 if len(body) > self.max_body:
                     await self._send_error(conn, stream, 413, "request body too large")
+                    await _linger(stream)
                     raise _Closed
             elif isinstance(event, h11.EndOfMessage):
                 break
@@ -359,6 +367,12 @@ class HTTPServer:
             await stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             raise _Closed from None
+
+
+def _content_length(request: Request) -> int:
+    """The Content-Length announced (h11 has checked its form), 0 if none."""
+    value = request.header("content-length")
+    return int(value) if value and value.strip().isdigit() else 0
 
 
 def _internal_error() -> Response:
