@@ -264,6 +264,8 @@ def _sort_key(value: Any) -> tuple[int, Any]:
 
 REGEX_BUDGET = 0.1  # seconds of matching one `use_regex` filter may take, all names together
 REGEX_MAX_LENGTH = 1000  # characters of such a pattern
+REGEX_MAX_REPEATS = 100_000  # the product of its counted repetitions ({n}, {n,m})
+_COUNTED = regex.compile(r"\{(\d+)(?:,(\d*))?\}")
 
 
 def filter_by_regex(items: list[dict[str, Any]], pattern: str) -> list[dict[str, Any]]:
@@ -276,6 +278,14 @@ def filter_by_regex(items: list[dict[str, Any]], pattern: str) -> list[dict[str,
     never more), and a pattern that runs out is refused with 400."""
     if len(pattern) > REGEX_MAX_LENGTH:
         raise ApiError(400, f"name regex longer than {REGEX_MAX_LENGTH} characters")
+    # compiling expands counted repetitions, so nested ones (`(?:a{65535}){65535}`) would
+    # stall the compile, which has no timeout: their counts, multiplied, are bounded
+    repeats = 1
+    for low, high in _COUNTED.findall(pattern):
+        repeats *= max(int(low), int(high or 0)) or 1
+        if repeats > REGEX_MAX_REPEATS:
+            raise ApiError(400, "name regex repeats too much (its counted repetitions "
+                                f"multiply to more than {REGEX_MAX_REPEATS})")
     try:
         compiled = regex.compile(pattern)
     except (regex.error, OverflowError, RecursionError) as exc:
