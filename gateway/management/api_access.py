@@ -16,7 +16,15 @@ from gateway.auth.passwords import (
     is_password_hash,
 )
 from gateway.core.vhost import VirtualHost
-from gateway.management.router import Access, ApiError, Ctx, Routes, list_result, not_found
+from gateway.management.router import (
+    Access,
+    ApiError,
+    Ctx,
+    Routes,
+    VhostScope,
+    list_result,
+    not_found,
+)
 from gateway.management.shapes import NODE
 from gateway.server.http import Response
 
@@ -145,7 +153,7 @@ def vhosts(ctx: Ctx) -> Any:
                              sorted(ctx.app.visible_vhosts(ctx), key=lambda v: v.name)])
 
 
-@routes.add("GET", "/vhosts/{vhost}")
+@routes.add("GET", "/vhosts/{vhost}", vhost_scope=VhostScope.VISIBLE)
 def vhost(ctx: Ctx) -> dict[str, Any]:
     return vhost_json(ctx, ctx.app.vhost(ctx, ctx.params["vhost"]))
 
@@ -311,7 +319,7 @@ def _policies(vhosts: list[VirtualHost]) -> list[dict[str, Any]]:
 
 @routes.add("GET", "/policies", Access.POLICYMAKER)
 def policies(ctx: Ctx) -> Any:
-    return list_result(ctx, _policies(ctx.app.visible_vhosts(ctx)))
+    return list_result(ctx, _policies(ctx.app.login_vhosts(ctx)))
 
 
 @routes.add("GET", "/policies/{vhost}", Access.POLICYMAKER)

@@ -14,7 +14,15 @@ import gateway
 from gateway.core.exchange import EXCHANGE_TYPES
 from gateway.management import shapes
 from gateway.management.history import RETENTION, Ranges, add_overview_samples
-from gateway.management.router import Access, ApiError, Ctx, Routes, list_result, not_found
+from gateway.management.router import (
+    Access,
+    ApiError,
+    Ctx,
+    Routes,
+    VhostScope,
+    list_result,
+    not_found,
+)
 from gateway.management.shapes import NODE, details
 
 if TYPE_CHECKING:
@@ -245,7 +253,12 @@ def connection(ctx: Ctx) -> dict[str, Any]:
 
 @routes.add("DELETE", "/connections/{name}")
 def close_connection(ctx: Ctx) -> None:
+    """Administrators close any connection, others only their own (RabbitMQ's rule:
+    monitoring users see every connection but close only theirs)."""
     s = _session_named(ctx, ctx.params["name"])
+    if not (ctx.has(Access.ADMINISTRATOR) or ctx.app.owns_session(ctx, s)):
+        raise ApiError(401, "User not authorised to close another user's connection",
+                       "not_authorised")
     reason = ctx.request.header("x-reason")
     text = f"CONNECTION_FORCED - {reason}" if reason else CLOSE_TEXT
     try:
@@ -290,11 +303,21 @@ def channel(ctx: Ctx) -> dict[str, Any]:
 
 
 def _consumers(ctx: Ctx, vhosts: list[Any]) -> Any:
+    """Monitoring users and administrators see every consumer, others those on their
+    own connections (RabbitMQ's rule)."""
+    every = ctx.has(Access.MONITORING)
     out = []
     for vh in vhosts:
         for q in vh.queues.values():
-            out += [shapes.consumer(c, q, ctx.app.listening) for c in q.consumers]
+            out += [shapes.consumer(c, q, ctx.app.listening) for c in q.consumers
+                    if every or _consumer_user(c) == ctx.user.name]
     return list_result(ctx, out)
+
+
+def _consumer_user(consumer: Any) -> str | None:
+    channel = getattr(consumer, "channel", None)
+    session = getattr(channel, "session", None) or getattr(consumer, "session", None)
+    return getattr(getattr(session, "user", None), "name", None)
 
 
 @routes.add("GET", "/consumers")
@@ -302,7 +325,7 @@ def consumers(ctx: Ctx) -> Any:
     return _consumers(ctx, ctx.app.visible_vhosts(ctx))
 
 
-@routes.add("GET", "/consumers/{vhost}")
+@routes.add("GET", "/consumers/{vhost}", vhost_scope=VhostScope.VISIBLE)
 def vhost_consumers(ctx: Ctx) -> Any:
     return _consumers(ctx, [ctx.app.vhost(ctx, ctx.params["vhost"])])
 
@@ -373,7 +396,7 @@ def protocol_key_alias(name: str) -> str:
     return name
 
 
-@routes.add("GET", "/aliveness-test/{vhost}", Access.MONITORING)
+@routes.add("GET", "/aliveness-test/{vhost}")
 def aliveness(ctx: Ctx) -> Any:
     ctx.app.vhost(ctx, ctx.params["vhost"])
     return {"status": "ok"}

@@ -67,7 +67,7 @@ def _exchanges(ctx: Ctx, vhosts: list[VirtualHost]) -> Any:
 
 @routes.add("GET", "/exchanges")
 def exchanges(ctx: Ctx) -> Any:
-    return _exchanges(ctx, ctx.app.visible_vhosts(ctx))
+    return _exchanges(ctx, ctx.app.login_vhosts(ctx))
 
 
 @routes.add("GET", "/exchanges/{vhost}")
@@ -215,12 +215,12 @@ def _queues(ctx: Ctx, vhosts: list[VirtualHost]) -> Any:
 
 @routes.add("GET", "/queues")
 def queues(ctx: Ctx) -> Any:
-    return _queues(ctx, ctx.app.visible_vhosts(ctx))
+    return _queues(ctx, ctx.app.login_vhosts(ctx))
 
 
 @routes.add("GET", "/queues/detailed")
 def queues_detailed(ctx: Ctx) -> Any:
-    return _queues(ctx, ctx.app.visible_vhosts(ctx))
+    return _queues(ctx, ctx.app.login_vhosts(ctx))
 
 
 @routes.add("GET", "/queues/{vhost}")
@@ -357,7 +357,7 @@ def get_messages(ctx: Ctx) -> list[dict[str, Any]]:
 
 @routes.add("GET", "/bindings")
 def bindings(ctx: Ctx) -> Any:
-    return list_result(ctx, [b for vh in ctx.app.visible_vhosts(ctx)
+    return list_result(ctx, [b for vh in ctx.app.login_vhosts(ctx)
                              for b in shapes.bindings_of(vh)])
 
 

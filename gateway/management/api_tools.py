@@ -1,6 +1,8 @@
 """Routes that RabbitMQ's API does not have: a non-destructive browse of a queue's
-messages, and the per-vhost message trace (`trace.py`; it shows message contents of
-every queue in the vhost, so it needs the monitoring or administrator tag)."""
+messages (read permission on the queue, as a get), and the per-vhost message trace
+(`trace.py`; it shows the start of every message published in the vhost, so reading,
+switching and clearing it need the administrator tag, as RabbitMQ's tracing plugin
+does)."""
 
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ def browse(ctx: Ctx) -> dict[str, Any]:
             "unacknowledged": len(q.unacked), "offset": offset, "messages": messages}
 
 
-@routes.add("GET", "/traces/{vhost}", Access.MONITORING)
+@routes.add("GET", "/traces/{vhost}", Access.ADMINISTRATOR)
 def traces(ctx: Ctx) -> dict[str, Any]:
     vh = ctx.app.vhost(ctx, ctx.params["vhost"])
     limit = _int(ctx, "count", 100, 1, 1000)
@@ -59,7 +61,7 @@ def traces(ctx: Ctx) -> dict[str, Any]:
             "records": ctx.app.tracer.list(vh.name)[:limit]}
 
 
-@routes.add("PUT", "/traces/{vhost}", Access.MONITORING)
+@routes.add("PUT", "/traces/{vhost}", Access.ADMINISTRATOR)
 def set_trace(ctx: Ctx) -> None:
     vh = ctx.app.vhost(ctx, ctx.params["vhost"])
     enabled = ctx.body_json().get("enabled")
@@ -68,7 +70,7 @@ def set_trace(ctx: Ctx) -> None:
     ctx.app.tracer.enable(vh.name, enabled)
 
 
-@routes.add("DELETE", "/traces/{vhost}", Access.MONITORING)
+@routes.add("DELETE", "/traces/{vhost}", Access.ADMINISTRATOR)
 def clear_trace(ctx: Ctx) -> None:
     vh = ctx.app.vhost(ctx, ctx.params["vhost"])
     ctx.app.tracer.clear(vh.name)

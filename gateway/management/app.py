@@ -4,6 +4,13 @@ management API), `/metrics` (Prometheus), and the web UI's static files at `/`.
 Authentication is HTTP basic with broker users; what a user may do follows RabbitMQ's user
 tags (`router.Access`). Every handler runs in the event loop between two awaits, so it
 sees and changes the core as one consistent step, like a protocol session does.
+
+Each request is judged from its head first (`check_head`, before the HTTP server reads any
+body): the Host header (DNS rebinding), then for the API the route, the Origin of a request
+that changes something (a page on another site riding the browser's credentials), the
+credentials, the user's tags against the route, the user's access to the vhost the path
+names, and the body's Content-Type (JSON only: an HTML form cannot send that cross-site).
+Whatever fails is answered there, with the body never read.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import base64
 import binascii
 import logging
 import mimetypes
+from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -21,12 +29,13 @@ from gateway.auth.service import LoginRefused, User
 from gateway.core.errors import BrokerError
 from gateway.management import api_access, api_node, api_objects, api_tools
 from gateway.management.metrics import make_registry, render_metrics
-from gateway.management.router import Access, ApiError, Ctx, Routes, dumps
+from gateway.management.router import Access, ApiError, Ctx, Route, Routes, VhostScope, dumps
 from gateway.management.shapes import Listening
 from gateway.management.stats import Stats
 from gateway.management.trace import Tracer
 from gateway.server.connection import run_password_check
 from gateway.server.http import Request, Response
+from gateway.server.origin import BrowserPolicy
 
 if TYPE_CHECKING:
     from gateway.core.vhost import VirtualHost
@@ -38,6 +47,9 @@ SAMPLE_SECONDS = 1.0
 
 # AMQP reply codes as HTTP statuses, for core errors raised by API operations
 _STATUS = {403: 403, 404: 404, 405: 409, 406: 400, 530: 400, 503: 400, 540: 501}
+# methods that change something: refused from another site's page, and JSON bodies only
+WRITE_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+JSON_TYPE = "application/json"
 
 
 def _routes() -> Routes:
@@ -55,6 +67,8 @@ class ManagementApp:
         self.stats = Stats(server.broker, server.sessions)
         self.tracer = Tracer(server.broker, self.stats, server.clock)
         self.routes = _routes()
+        http = server.config.http
+        self.policy = BrowserPolicy(http.allowed_origins, http.allowed_hosts)
         self._static = _load_static()
         self.metrics = make_registry(self)
 
@@ -82,8 +96,20 @@ class ManagementApp:
         self.server.durability.kick()
 
     def visible_vhosts(self, ctx: Ctx) -> list[VirtualHost]:
+        """The vhosts whose names (and totals) the user sees: all for monitoring users
+        and administrators, else those the user has permissions on (RabbitMQ's
+        list_visible_vhosts)."""
         vhosts = list(self.broker.vhosts.values())
-        if ctx.access >= Access.MONITORING:
+        if ctx.has(Access.MONITORING):
+            return vhosts
+        return [vh for vh in vhosts if self.may_use_vhost(ctx.user, vh.name)]
+
+    def login_vhosts(self, ctx: Ctx) -> list[VirtualHost]:
+        """The vhosts whose objects (queues, exchanges, bindings, policies) the user may
+        list: all for administrators, else those the user has permissions on, whatever
+        the tag (RabbitMQ's filter_vhost)."""
+        vhosts = list(self.broker.vhosts.values())
+        if ctx.has(Access.ADMINISTRATOR):
             return vhosts
         return [vh for vh in vhosts if self.may_use_vhost(ctx.user, vh.name)]
 
@@ -98,38 +124,91 @@ class ManagementApp:
         vh = self.broker.vhosts.get(name)
         if vh is None:
             raise ApiError(404, "Not Found")
-        if ctx.access < Access.MONITORING and not self.may_use_vhost(ctx.user, name):
-            raise ApiError(401, f"access to vhost '{name}' refused for user "
-                                f"'{ctx.user.name}'", "not_authorised")
+        self._check_vhost_scope(ctx.user, name, ctx.vhost_scope)
         return vh
 
+    def _check_vhost_scope(self, user: User, name: str, scope: VhostScope) -> None:
+        """401 unless the user may act on vhost `name` under `scope`: administrators
+        always, monitoring users on routes open to every visible vhost, others (monitoring
+        users included) only with a permission row on it."""
+        granted = Access.granted(user.tags)
+        if Access.ADMINISTRATOR in granted or self.may_use_vhost(user, name):
+            return
+        if scope is VhostScope.VISIBLE and Access.MONITORING in granted:
+            return
+        raise ApiError(401, f"access to vhost '{name}' refused for user '{user.name}'",
+                       "not_authorised")
+
     def may_see_session(self, ctx: Ctx, session: Any) -> bool:
-        if ctx.access >= Access.MONITORING:
-            return True
+        """Monitoring users and administrators see every connection, others their own."""
+        return ctx.has(Access.MONITORING) or self.owns_session(ctx, session)
+
+    @staticmethod
+    def owns_session(ctx: Ctx, session: Any) -> bool:
         user = getattr(session, "user", None)
         return getattr(user, "name", None) == ctx.user.name
 
     # -- dispatch --------------------------------------------------------------------------
 
-    async def handle(self, request: Request) -> Response:
+    async def check_head(self, request: Request) -> Response | None:
+        """Judge a request from its head, before its body is read: an answer, or None
+        (then `request.auth` holds what `handle` needs). A request that needs no body
+        (the UI's files, /metrics) is answered here outright."""
+        if not self.policy.host_allowed(request.header("host")):
+            return ApiError(403, f"Host {request.header('host')!r} is not this broker's: "
+                                 "add it to [http] allowed_hosts",
+                            "access_refused").response()
         path = request.path
         if path == "/metrics" and request.method in ("GET", "HEAD"):
             body, content_type = render_metrics(self.metrics)
             return Response(200, body, content_type)
         if path == "/api" or path.startswith("/api/"):
-            return await self._api(request)
+            try:
+                request.auth = await self._admit(request)
+            except ApiError as err:
+                return self._error(request, err)
+            return None
         return self._static_file(request)
 
-    async def _api(self, request: Request) -> Response:
+    async def _admit(self, request: Request) -> _Admitted:
+        if request.method in WRITE_METHODS and not self.policy.origin_allowed(
+                request.header("origin"), request.header("host"), tls=request.tls):
+            raise ApiError(403, f"Origin {request.header('origin')!r} may not change "
+                                "anything here: only the broker's own pages and [http] "
+                                "allowed_origins may", "access_refused")
+        route, params = self.routes.find(request.method, request.path[len("/api"):])
+        user = await self._authenticate(request)
+        granted = Access.granted(user.tags)
+        if Access.MANAGEMENT not in granted:
+            raise ApiError(401, "Not management user", "not_authorised")
+        if route.access not in granted:
+            raise ApiError(401, f"Not {route.access.name.lower()} user", "not_authorised")
+        vhost = params.get("vhost")
+        if vhost is not None and vhost in self.broker.vhosts:
+            self._check_vhost_scope(user, vhost, route.vhost_scope)
+        if request.method in WRITE_METHODS and request.body_announced:
+            media = (request.header("content-type") or "").split(";")[0].strip().lower()
+            if media != JSON_TYPE:
+                raise ApiError(415, f"the request body must be JSON (Content-Type: "
+                                    f"{JSON_TYPE}), not {media or 'untyped'}",
+                               "unsupported_media_type")
+        return _Admitted(route, params, user)
+
+    async def handle(self, request: Request) -> Response:
+        admitted = request.auth
+        if not isinstance(admitted, _Admitted):
+            early = await self.check_head(request)
+            if early is not None:
+                return early
+            admitted = request.auth
+            assert isinstance(admitted, _Admitted)
+        return await self._api(request, admitted)
+
+    async def _api(self, request: Request, admitted: _Admitted) -> Response:
+        route, user = admitted.route, admitted.user
         try:
-            route, params = self.routes.find(request.method, request.path[len("/api"):])
-            user = await self._authenticate(request)
-            access = Access.of(user.tags)
-            if access < Access.MANAGEMENT:
-                raise ApiError(401, "Not management user", "not_authorised")
-            if access < route.access:
-                raise ApiError(401, f"Not {route.access.name.lower()} user", "not_authorised")
-            ctx = Ctx(self, request, user, access, params)
+            ctx = Ctx(self, request, user, Access.of(user.tags), admitted.params,
+                      route.vhost_scope)
             result = route.handler(ctx)
         except ApiError as err:
             return self._error(request, err)
@@ -180,6 +259,15 @@ class ManagementApp:
         if content_type.startswith("text/") or content_type.endswith("javascript"):
             content_type += "; charset=utf-8"
         return Response(200, data, content_type, [("cache-control", "no-cache")])
+
+
+@dataclass(frozen=True, slots=True)
+class _Admitted:
+    """What the head check found: the route, its path parameters, the user."""
+
+    route: Route
+    params: dict[str, str]
+    user: User
 
 
 def _load_static() -> dict[str, bytes]:

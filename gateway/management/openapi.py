@@ -144,13 +144,20 @@ _HISTORY = [{"name": f"{kind}_{part}", "in": "query", "required": False,
 QUERY: dict[str, list[dict[str, Any]]] = {
     path: _HISTORY for path in ("/overview", "/queues", "/queues/detailed",
                                 "/queues/{vhost}", "/queues/{vhost}/{name}")}
+NEEDS = {
+    Access.NONE: "Open to every user.",
+    Access.MANAGEMENT: "Needs a management, policymaker, monitoring or administrator tag.",
+    Access.POLICYMAKER: "Needs the policymaker or administrator tag.",
+    Access.MONITORING: "Needs the monitoring or administrator tag.",
+    Access.ADMINISTRATOR: "Needs the administrator tag.",
+}
 
 
 def _operation(method: str, path: str, access: Access, handler: Any) -> dict[str, Any]:
     doc = (handler.__doc__ or "").strip().split("\n")[0]
     op: dict[str, Any] = {
         "summary": doc or f"{method} {path}",
-        "description": f"Needs a user tagged {access.name.lower()} or above.",
+        "description": NEEDS[access],
         "parameters": [{"name": p, "in": "path", "required": True, "schema": STR}
                        for p in re.findall(r"{(\w+)}", path)]
         + (QUERY.get(path, []) if method == "GET" else []),
@@ -183,8 +190,13 @@ def _operation(method: str, path: str, access: Access, handler: Any) -> dict[str
         op["responses"]["201"] = {"description": "created"}
         op["responses"]["204"] = {"description": "done"}
     if method in ("PUT", "POST", "DELETE"):
-        op["responses"]["403"] = {"description": "refused by permissions", "content": {
+        op["responses"]["403"] = {"description": "refused by permissions, or sent by a web "
+                                                 "page of another origin", "content": {
             "application/json": {"schema": _ref("Error")}}}
+        if body is not None:
+            op["responses"]["415"] = {"description": "the body is not application/json",
+                                      "content": {"application/json": {
+                                          "schema": _ref("Error")}}}
         op["responses"]["409"] = {"description": "object locked by another connection",
                                   "content": {"application/json": {"schema": _ref("Error")}}}
     return op

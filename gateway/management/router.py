@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -17,6 +18,8 @@ from decimal import Decimal
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
+
+import regex
 
 from gateway.server.http import Request, Response
 
@@ -26,19 +29,47 @@ if TYPE_CHECKING:
 
 
 class Access(IntEnum):
-    """What a user's tags let them do, in RabbitMQ's order of privilege."""
+    """What a route needs of a user's tags (RabbitMQ's management tags).
+
+    Not a ladder: `policymaker` and `monitoring` are two branches above `management`, and
+    only `administrator` has both (RabbitMQ's is_policymaker: administrator or
+    policymaker; is_monitor: administrator or monitoring). `granted` says which a user
+    has; a route is open to a user whose grants include its access."""
 
     NONE = 0
-    MANAGEMENT = 1  # own vhosts' objects
+    MANAGEMENT = 1  # own vhosts' objects, own connections and channels
     POLICYMAKER = 2  # + policies and parameters of own vhosts
-    MONITORING = 3  # + every vhost, connection, channel and node
-    ADMINISTRATOR = 4  # everything: users, vhosts, permissions
+    MONITORING = 3  # + sees every vhost's name, every connection, channel and node
+    ADMINISTRATOR = 4  # everything: users, vhosts, permissions, tracing, others' connections
 
     @staticmethod
     def of(tags: tuple[str, ...]) -> Access:
+        """The highest tag (for display); use `granted` to decide."""
         levels = {"management": Access.MANAGEMENT, "policymaker": Access.POLICYMAKER,
                   "monitoring": Access.MONITORING, "administrator": Access.ADMINISTRATOR}
         return max((levels[t] for t in tags if t in levels), default=Access.NONE)
+
+    @staticmethod
+    def granted(tags: tuple[str, ...]) -> frozenset[Access]:
+        have = set(tags)
+        out = {Access.NONE}
+        if have & {"management", "policymaker", "monitoring", "administrator"}:
+            out.add(Access.MANAGEMENT)
+        if have & {"policymaker", "administrator"}:
+            out.add(Access.POLICYMAKER)
+        if have & {"monitoring", "administrator"}:
+            out.add(Access.MONITORING)
+        if "administrator" in have:
+            out.add(Access.ADMINISTRATOR)
+        return frozenset(out)
+
+
+class VhostScope(IntEnum):
+    """Who may call a route on the vhost its path names (RabbitMQ's is_authorized_vhost
+    and is_authorized_vhost_visible_for_monitoring). Administrators always may."""
+
+    LOGIN = 0  # users with a permission row on the vhost (whatever their tag)
+    VISIBLE = 1  # those, and monitoring users (who see every vhost's name)
 
 
 class ApiError(Exception):
@@ -75,6 +106,11 @@ class Ctx:
     user: User
     access: Access
     params: dict[str, str]
+    vhost_scope: VhostScope = VhostScope.LOGIN
+
+    def has(self, access: Access) -> bool:
+        """The user's tags grant `access` (see `Access`)."""
+        return access in Access.granted(self.user.tags)
 
     def body_json(self) -> dict[str, Any]:
         if not self.request.body.strip():
@@ -103,6 +139,7 @@ class Route:
     segments: tuple[str, ...]
     access: Access
     handler: HandlerFn
+    vhost_scope: VhostScope = VhostScope.LOGIN
 
     def match(self, parts: list[str]) -> dict[str, str] | None:
         if len(parts) != len(self.segments):
@@ -122,12 +159,12 @@ class Routes:
     def __init__(self) -> None:
         self.table: list[Route] = []
 
-    def add(self, method: str, path: str, access: Access = Access.MANAGEMENT
-            ) -> Callable[[HandlerFn], HandlerFn]:
+    def add(self, method: str, path: str, access: Access = Access.MANAGEMENT,
+            vhost_scope: VhostScope = VhostScope.LOGIN) -> Callable[[HandlerFn], HandlerFn]:
         segments = tuple(path.strip("/").split("/"))
 
         def register(fn: HandlerFn) -> HandlerFn:
-            self.table.append(Route(method, segments, access, fn))
+            self.table.append(Route(method, segments, access, fn, vhost_scope))
             return fn
 
         return register
@@ -225,21 +262,59 @@ def _sort_key(value: Any) -> tuple[int, Any]:
     return (2, str(value))
 
 
+REGEX_BUDGET = 0.1  # seconds of matching one `use_regex` filter may take, all names together
+REGEX_MAX_LENGTH = 1000  # characters of such a pattern
+REGEX_MAX_REPEATS = 100_000  # the product of its counted repetitions ({n}, {n,m})
+_COUNTED = regex.compile(r"\{(\d+)(?:,(\d*))?\}")
+
+
+def filter_by_regex(items: list[dict[str, Any]], pattern: str) -> list[dict[str, Any]]:
+    """The items whose name `pattern` finds (a search, as RabbitMQ's filter does).
+
+    Handlers run in the event loop, so a pattern that backtracks catastrophically
+    (`(a|aa)+$` against a long name) would stall every connection of every protocol:
+    matching is bounded by the `regex` module's timeout, REGEX_BUDGET seconds for the
+    whole list (its checks come every so often, so the stall can be a few times that,
+    never more), and a pattern that runs out is refused with 400."""
+    if len(pattern) > REGEX_MAX_LENGTH:
+        raise ApiError(400, f"name regex longer than {REGEX_MAX_LENGTH} characters")
+    # compiling expands counted repetitions, so nested ones (`(?:a{65535}){65535}`) would
+    # stall the compile, which has no timeout: their counts, multiplied, are bounded
+    repeats = 1
+    for low, high in _COUNTED.findall(pattern):
+        repeats *= max(int(low), int(high or 0)) or 1
+        if repeats > REGEX_MAX_REPEATS:
+            raise ApiError(400, "name regex repeats too much (its counted repetitions "
+                                f"multiply to more than {REGEX_MAX_REPEATS})")
+    try:
+        compiled = regex.compile(pattern)
+    except (regex.error, OverflowError, RecursionError) as exc:
+        raise ApiError(400, f"bad regex: {exc}") from None
+    deadline = time.monotonic() + REGEX_BUDGET
+    kept = []
+    for item in items:
+        left = deadline - time.monotonic()
+        try:
+            if left <= 0:
+                raise TimeoutError
+            if compiled.search(str(item.get("name", "")), timeout=left):
+                kept.append(item)
+        except TimeoutError:
+            raise ApiError(400, f"name regex took longer than {REGEX_BUDGET:g} s to match "
+                                "the names (it backtracks too much); simplify it"
+                           ) from None
+    return kept
+
+
 def list_result(ctx: Ctx, items: list[dict[str, Any]]) -> Any:
     """Apply `name` filter, `sort`, `sort_reverse`, `columns` and pagination."""
     total = len(items)
     name = ctx.query("name")
     if name:
-        needle = name.lower()
         if ctx.flag("use_regex"):
-            import re
-
-            try:
-                pattern = re.compile(name)
-            except re.error as exc:
-                raise ApiError(400, f"bad regex: {exc}") from None
-            items = [i for i in items if pattern.search(str(i.get("name", "")))]
+            items = filter_by_regex(items, name)
         else:
+            needle = name.lower()
             items = [i for i in items if needle in str(i.get("name", "")).lower()]
     sort = ctx.query("sort")
     if sort:

@@ -208,6 +208,7 @@ class Server:
 
         self.management = ManagementApp(self)
         self.http = HTTPServer(self.management.handle,
+                               check_head=self.management.check_head,
                                head_timeout=self.config.limits.handshake_timeout / 1000)
         from gateway.server.websocket import WebSocketFront
 

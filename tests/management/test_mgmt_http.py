@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import h11
 import trio
 
-from gateway.server.http import HTTPServer, Request, Response
+from gateway.server.http import MAX_HEAD, SECURITY_HEADERS, HTTPServer, Request, Response
 
 DEADLINE = 10
 
@@ -189,3 +189,95 @@ async def test_connections_over_the_cap_get_503() -> None:
             third = await trio.open_tcp_stream("127.0.0.1", port)
             await third.send_all(b"GET /3 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
             assert (await read_until_closed(third)).endswith(b"GET /3 {} 0")
+
+
+# -- the head: its exact limit, its check before the body, the headers every answer has ----
+
+
+def head_of(size: int, target: str = "/") -> bytes:
+    """A GET whose head (request line, headers, blank line) is exactly `size` bytes."""
+    start = f"GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-Pad: ".encode()
+    pad = size - len(start) - 4
+    assert pad > 0
+    return start + b"p" * pad + b"\r\n\r\n"
+
+
+async def test_a_head_of_64_kib_is_served_and_one_byte_more_is_431() -> None:
+    with trio.fail_after(DEADLINE):
+        async with serving(HTTPServer(echo)) as port:
+            for size, status in ((MAX_HEAD, 200), (MAX_HEAD + 1, 431),
+                                 (2 * MAX_HEAD, 431)):  # once let through: ~128 KiB
+                assert len(head_of(size)) == size
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                await stream.send_all(head_of(size))
+                data = await read_until_closed(stream)
+                assert data.startswith(f"HTTP/1.1 {status} ".encode()), (size, data[:80])
+
+
+async def test_a_refused_head_is_answered_without_reading_the_body_announced() -> None:
+    """The head check refuses: the answer comes while the 16 MiB body announced is
+    still unsent, no 100 Continue is offered, and the connection ends after it."""
+    bodies: list[int] = []
+
+    async def check(request: Request) -> Response | None:
+        if request.header("authorization") is None:
+            return Response(401, b"no")
+        return None
+
+    async def handle(request: Request) -> Response:
+        bodies.append(len(request.body))
+        return Response(200, b"yes")
+
+    with trio.fail_after(DEADLINE):
+        async with serving(HTTPServer(handle, check_head=check)) as port:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(b"POST /x HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+                                  b"Content-Length: 16777216\r\n\r\n")
+            data = await read_until_closed(stream)  # ends: the server closed
+            assert data.startswith(b"HTTP/1.1 401 ") and b"100 Continue" not in data
+            assert data.endswith(b"no")
+            # let through: 100 Continue, then the body is read and handled
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(b"POST /x HTTP/1.1\r\nHost: t\r\nAuthorization: y\r\n"
+                                  b"Expect: 100-continue\r\nContent-Length: 3\r\n"
+                                  b"Connection: close\r\n\r\n")
+            first = await stream.receive_some(65536)
+            assert first.startswith(b"HTTP/1.1 100 ")
+            await stream.send_all(b"abc")
+            data = await read_until_closed(stream)
+            assert b"HTTP/1.1 200 " in first + data
+            assert bodies == [3]
+
+
+async def test_a_refused_head_without_a_body_keeps_the_connection() -> None:
+    async def check(request: Request) -> Response | None:
+        return Response(403, b"not here") if request.path == "/no" else None
+
+    with trio.fail_after(DEADLINE):
+        async with serving(HTTPServer(echo, check_head=check)) as port:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(b"GET /no HTTP/1.1\r\nHost: t\r\n\r\n"
+                                  b"GET /yes HTTP/1.1\r\nHost: t\r\n\r\n")
+            answers = await read_responses(stream, 2)
+            assert answers == [(403, b"not here"), (200, b"GET /yes {} 0")]
+
+
+async def test_a_body_announced_over_the_limit_is_413_before_it_is_sent() -> None:
+    with trio.fail_after(DEADLINE):
+        async with serving(HTTPServer(echo, max_body=1024)) as port:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(b"PUT / HTTP/1.1\r\nHost: t\r\nContent-Length: 1025\r\n\r\n")
+            data = await read_until_closed(stream)
+            assert data.startswith(b"HTTP/1.1 413 ")
+
+
+async def test_every_answer_carries_the_security_headers() -> None:
+    with trio.fail_after(DEADLINE):
+        async with serving(HTTPServer(echo)) as port:
+            for wire in (b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                         head_of(MAX_HEAD + 1), b"NOT HTTP\r\n\r\n"):
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                await stream.send_all(wire)
+                head = (await read_until_closed(stream)).split(b"\r\n\r\n")[0].lower()
+                for name, value in SECURITY_HEADERS:
+                    assert f"{name}: {value}".lower().encode() in head, (name, head[:60])
