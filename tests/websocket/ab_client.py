@@ -24,12 +24,14 @@ class JoinFailed(Exception):
 async def join(url: str, realm: str = "/", *, serializer: str | None = "json",
                authmethods: list[str] | None = None, authid: str | None = None,
                secret: str | None = None, anonymous: bool = False,
-               headers: dict[str, str] | None = None) -> ApplicationSession:
+               headers: dict[str, str] | None = None,
+               challenges: list[dict[str, Any]] | None = None) -> ApplicationSession:
     """Open a WebSocket to `url`, join `realm`, return the joined session.
     `serializer=None` offers autobahn's full default list (cbor, msgpack, json, batched).
     Without `authmethods` the session logs in as guest with ticket (the broker refuses
     anonymous WAMP unless `[wamp] allow_anonymous`); `anonymous=True` sends a HELLO with no
-    credentials. `headers`: extra upgrade request headers (an `Origin`)."""
+    credentials. `headers`: extra upgrade request headers (an `Origin`); `challenges`
+    collects the extra of every CHALLENGE received."""
     if authmethods is None and not anonymous:
         authmethods, authid, secret = ["ticket"], authid or "guest", secret or "guest"
     loop = asyncio.get_running_loop()
@@ -41,6 +43,8 @@ async def join(url: str, realm: str = "/", *, serializer: str | None = "json",
 
         def onChallenge(self, challenge: Any) -> str:
             assert secret is not None
+            if challenges is not None:
+                challenges.append(dict(challenge.extra))
             if challenge.method == "ticket":
                 return secret
             if challenge.method == "wampcra":
