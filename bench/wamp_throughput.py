@@ -71,9 +71,13 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def gateway_router() -> Iterator[tuple[str, str]]:
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
+        # both routers let the clients in anonymously, as crossbar's config below does
+        config = Path(tmp) / "gateway.toml"
+        config.write_text("[wamp]\nallow_anonymous = true\n")
         cmd = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1",
                "--amqp-port", "off", "--mqtt-port", "off", "--stomp-port", "off",
-               "--http-port", str(port), "--data-dir", str(Path(tmp) / "data")]
+               "--http-port", str(port), "--data-dir", str(Path(tmp) / "data"),
+               "--config", str(config)]
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         try:

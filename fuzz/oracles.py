@@ -429,9 +429,10 @@ class WampWorld:
         self.router = WampRouter()
 
     def session(self, serializer: Serializer) -> WampSession:
+        # peers join with an anonymous HELLO, so this broker allows anonymous WAMP
         return WampSession(self.broker, self.auth, self.router, serializer, peer=PEER,
                            loopback=True, clock=self.clock, max_message_size=4096,
-                           high_water=1 << 16)
+                           high_water=1 << 16, allow_anonymous=True)
 
 
 def run_wamp(serializer: Serializer, messages: list[bytes | str], *, join: bool) -> None:

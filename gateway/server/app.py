@@ -212,7 +212,9 @@ class Server:
                                head_timeout=self.config.limits.handshake_timeout / 1000)
         from gateway.server.websocket import WebSocketFront
 
-        self.http.add_upgrade("/ws", WebSocketFront(self).handle)  # WAMP, MQTT, STOMP
+        front = WebSocketFront(self)  # WAMP, MQTT, STOMP
+        for path in front.paths:  # /ws, and /mqtt and /stomp as its aliases
+            self.http.add_upgrade(path, front.handle)
         listeners.start_soon(self.management.run)
 
         async def handler(stream: trio.SocketStream) -> None:

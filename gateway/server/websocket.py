@@ -7,6 +7,19 @@ request, the stream and the bytes read past the request head); `serve` does the 
 raw head bytes. The handshake is wsproto's, fed the request head again: the subprotocol is
 the first one the client offers that we speak (`SUBPROTOCOLS`), permessage-deflate is
 accepted when offered, and a request we cannot accept gets an HTTP 400 whose body says why.
+`/mqtt` and `/stomp` are aliases of `/ws` (paho-mqtt's default path is `/mqtt`).
+
+A web page cannot use the browser's place on the network against the broker: an upgrade
+whose `Origin` is neither the broker's own address nor listed in `[http] allowed_origins`,
+or whose `Host` names a host `[http] allowed_hosts` does not admit (DNS rebinding), gets
+HTTP 403 (the rules: `gateway.server.origin.BrowserPolicy`). Clients that are not browsers
+send no Origin and are served as before.
+
+A client that offers no subprotocol gets the endpoint's default one (STOMP on the Web-STOMP
+port, MQTT on the Web-MQTT port); on `/ws` of the HTTP port, which has none, it is accepted
+without one and its first message tells which protocol it speaks (`gateway.server.wsdetect`:
+a STOMP CONNECT, an MQTT CONNECT, a WAMP HELLO); the session is made then.
+
 Then one nursery per connection runs a reader, a writer and a ticker around the session:
 
 - WAMP (`wamp.2.json` in text messages, `wamp.2.msgpack` in binary ones): one WebSocket
@@ -34,9 +47,12 @@ from __future__ import annotations
 
 import binascii
 import logging
+import os
+import secrets
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
@@ -65,7 +81,9 @@ from gateway.server.connection import (
     settle_password_check,
 )
 from gateway.server.factories import SESSION_FACTORIES
+from gateway.server.origin import BrowserPolicy
 from gateway.server.tls import peer_info
+from gateway.server.wsdetect import MORE, detect
 from protocols.wamp.codec import Serializer
 from protocols.wamp.router import WampRouter
 from protocols.wamp.session import WampSession, broker_cra_lookup
@@ -96,12 +114,14 @@ class CloseCode:
 @dataclass(frozen=True)
 class WebSocketOptions:
     path: str = "/ws"
+    aliases: tuple[str, ...] = ("/mqtt", "/stomp")  # served exactly as `path`
     max_message_size: int = 16 * 1024 * 1024
     ping_interval: float = 30.0  # idle seconds before we ping; silent for twice: dropped
     high_water: int = 1024 * 1024  # outbound bytes before the reader pauses
     wamp_disclose: bool = False  # disclose publishers and callers without disclose_me
     # which subprotocols this endpoint speaks (None: all), and the one used when a client
-    # offers none (RabbitMQ's Web-STOMP accepts such clients; None: refuse them)
+    # offers none (RabbitMQ's Web-STOMP accepts such clients; None: tell it from the
+    # client's first message, `gateway.server.wsdetect`)
     subprotocols: tuple[str, ...] | None = None
     default_subprotocol: str | None = None
     handshake_timeout: float = 10.0  # seconds for the request head on a listener of its own
@@ -197,20 +217,51 @@ def choose_subprotocol(offered: list[str], available: set[str]) -> str | None:
 _routers: weakref.WeakKeyDictionary[Any, WampRouter] = weakref.WeakKeyDictionary()
 
 
+SECRET_FILE: Final = "wamp-cra.secret"  # in the data directory
+SECRET_SIZE: Final = 32
+
+
 def wamp_router(server: Server) -> WampRouter:
     """The WAMP state of one server (realms, registrations), made on first use."""
     router = _routers.get(server)
     if router is None:
-        router = _routers[server] = WampRouter()
+        secret = broker_secret(Path(server.config.store.data_dir) / SECRET_FILE)
+        router = _routers[server] = WampRouter(secret=secret)
     return router
+
+
+def broker_secret(path: Path) -> bytes | None:
+    """The broker's secret kept in `path` (made, readable by its owner only, on first use),
+    so the WAMP-CRA salts shown for unknown names stay the same across restarts, as real
+    users' salts do; None when the file cannot be read or written (a random one is used)."""
+    try:
+        data = path.read_bytes()
+        if len(data) >= SECRET_SIZE:
+            return data[:SECRET_SIZE]
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("cannot read %s (%s): WAMP-CRA decoy salts change on restart", path, exc)
+        return None
+    secret = secrets.token_bytes(SECRET_SIZE)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(secret)
+    except OSError as exc:
+        log.warning("cannot write %s (%s): WAMP-CRA decoy salts change on restart", path, exc)
+        return None
+    return secret
 
 
 def wamp_session(server: Server, peer: tuple[str, int], wake: Callable[[], None],
                  serializer: Serializer, options: WebSocketOptions) -> WampSession:
     # WAMP-CRA signs with each user's salted key, stored when the password was set
+    wamp = server.config.wamp
     return WampSession(
         server.broker, server.auth, wamp_router(server), serializer, peer=peer,
         loopback=is_loopback(peer[0]), clock=server.clock, wake=wake,
+        allow_anonymous=wamp.allow_anonymous, anonymous_user=wamp.anonymous_user,
         loopback_users=server.config.auth.loopback_users,
         max_message_size=options.max_message_size, high_water=options.high_water,
         disclose=options.wamp_disclose, admit=server.admit,
@@ -224,6 +275,14 @@ class WebSocketFront:
         """Without `options`: the defaults with the server's configured limits."""
         self.server = server
         self.options = options or with_limits(WebSocketOptions(), server.config.limits)
+        http = server.config.http
+        self.policy = BrowserPolicy(http.allowed_origins, http.allowed_hosts)
+        self.undecided = 0  # open connections whose first message has not come yet
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """The request paths this endpoint answers on (`/ws` and its aliases)."""
+        return (self.options.path, *self.options.aliases)
 
     def available(self) -> set[str]:
         names = set(WAMP)
@@ -281,16 +340,20 @@ class WebSocketFront:
     async def serve(self, stream: trio.abc.Stream, data: bytes, peer: tuple[str, int]
                     ) -> None:
         """Handshake from `data` (the request head and whatever followed it), then run."""
-        ws, wire, chosen, rest = self.handshake(data)
+        tls = isinstance(stream, trio.SSLStream)
+        ws, wire, chosen, rest = self.handshake(data, tls=tls)
         if not await _send(stream, wire) or chosen is None:
             return
-        conn = WebSocketConnection(self, stream, ws, chosen, peer)
+        conn = WebSocketConnection(self, stream, ws, chosen or None, peer)
         await conn.run(rest)
 
-    def handshake(self, data: bytes) -> tuple[WSConnection, bytes, str | None, bytes]:
+    def handshake(self, data: bytes, *, tls: bool = False
+                  ) -> tuple[WSConnection, bytes, str | None, bytes]:
         """The sans-IO part of `serve`: the server's connection, the bytes to answer with
-        (101, or a refusal), the subprotocol chosen (None: refused, close after sending)
-        and the bytes that came after the request head."""
+        (101, or a refusal), the subprotocol chosen (None: refused, close after sending;
+        "": none offered, the first message tells) and the bytes that came after the
+        request head. `tls`: the request came over TLS (the scheme of the broker's own
+        pages, for the Origin rule)."""
         ws = WSConnection(ConnectionType.SERVER)
         # wsproto's server handshake drops what follows the request head, so keep the
         # frames that came with it and feed them once the connection is open
@@ -300,7 +363,7 @@ class WebSocketFront:
             request = next((e for e in ws.events() if isinstance(e, Request)), None)
             if request is None:
                 raise HandshakeRefused("incomplete WebSocket handshake request")
-            chosen = self._check(request)
+            chosen = self._check(request, tls)
             # a client that offered none gets the endpoint's default, not echoed back
             subprotocol = chosen if chosen in request.subprotocols else None
         except RemoteProtocolError as exc:
@@ -317,24 +380,46 @@ class WebSocketFront:
         wire = ws.send(AcceptConnection(subprotocol=subprotocol, extensions=extensions))
         return ws, wire, chosen, rest
 
-    def _check(self, request: Request) -> str:
+    def _check(self, request: Request, tls: bool) -> str:
         path = request.target.split("?", 1)[0]
-        if path != self.options.path:
+        if path not in self.paths:
             raise HandshakeRefused(f"no WebSocket endpoint at {path}")
         _check_key(request)
+        self._check_browser(request, tls)
         server = self.server
         limit = server.config.limits.max_connections
-        if len(server.connections) + len(server.sessions) - _tcp_sessions(server) >= limit:
+        if len(server.connections) + len(server.sessions) - _tcp_sessions(server) \
+                + self.undecided >= limit:
             raise HandshakeRefused(f"connection limit reached (max_connections {limit})", 503)
         chosen = choose_subprotocol(list(request.subprotocols), self.available())
         if chosen is None and not request.subprotocols:
-            chosen = self.options.default_subprotocol
+            chosen = self.options.default_subprotocol or ""  # "": the first message tells
         if chosen is None:
             offered = ", ".join(request.subprotocols) or "none"
             raise HandshakeRefused(
                 f"no supported subprotocol offered (offered: {offered}; supported: "
                 f"{', '.join(sorted(self.available()))})")
         return chosen
+
+
+    def _check_browser(self, request: Request, tls: bool) -> None:
+        """HTTP 403 for a Host that `[http] allowed_hosts` does not admit, and for an Origin
+        (a web page) that is not the broker's own nor listed in `[http] allowed_origins`."""
+        host = request.host
+        if not self.policy.host_allowed(host):
+            log.info("websocket upgrade refused: Host %r not allowed", host)
+            raise HandshakeRefused(f"Host {host!r} is not allowed here (an IP address, "
+                                   "localhost, or a name in [http] allowed_hosts)", 403)
+        for name, value in request.extra_headers:
+            if name.lower() != b"origin":
+                continue
+            origin = value.decode("latin-1")
+            if not self.policy.origin_allowed(origin, host, tls=tls):
+                log.info("websocket upgrade refused: Origin %r not allowed (Host %r)",
+                         origin, host)
+                raise HandshakeRefused(f"Origin {origin!r} is not allowed: a page may open a "
+                                       "WebSocket to the broker only from the broker's own "
+                                       "address or an origin in [http] allowed_origins", 403)
 
 
 def _check_key(request: Request) -> None:
@@ -389,11 +474,42 @@ async def _refuse(stream: trio.abc.Stream, reason: str) -> None:
     await _send(stream, _refusal(reason))
 
 
+class Undecided:
+    """The session of a WebSocket that offered no subprotocol, until its first message tells
+    which protocol it speaks: not logged in, nothing to send. It is not one of the server's
+    sessions (the management API does not list it); the front counts it."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.alarm = False
+
+    authenticated: Final = False
+    pending_output: Final = 0
+    read_paused: Final = False
+    password_check: Final = None
+
+    def data_to_send(self) -> bytes:
+        return b""
+
+    def output_drained(self) -> None:
+        pass
+
+    def timer(self, now: float) -> None:
+        pass
+
+    def memory_alarm(self, on: bool) -> None:
+        self.alarm = on
+
+    def connection_lost(self) -> None:
+        self.closed = True
+
+
 class WebSocketConnection:
-    """One accepted WebSocket and the protocol session it carries."""
+    """One accepted WebSocket and the protocol session it carries (`subprotocol` None: told
+    by the first message, see `gateway.server.wsdetect`)."""
 
     def __init__(self, front: WebSocketFront, stream: trio.abc.Stream, ws: WSConnection,
-                 subprotocol: str, peer: tuple[str, int]) -> None:
+                 subprotocol: str | None, peer: tuple[str, int]) -> None:
         self.front = front
         self.stream = stream
         self.ws = ws
@@ -403,13 +519,10 @@ class WebSocketConnection:
         server = front.server
         self.clock = server.clock
         self.wamp: WampSession | None = None
-        if subprotocol in WAMP:
-            self.wamp = wamp_session(server, peer, self.wake, WAMP[subprotocol], self.options)
-            self.session: Any = self.wamp
-        else:
-            self.session = SESSION_FACTORIES[STREAM[subprotocol]](server, peer, self.wake,
-                                                                  peer_info(stream))
-        self.text_out = subprotocol.endswith(".stomp")
+        self.session: Any = Undecided()
+        self.text_out = False
+        if subprotocol is not None:
+            self._make_session(subprotocol)
         self._wakeup = trio.Event()
         self._drained = trio.Event()
         self._out = bytearray()  # WebSocket frames ready to write
@@ -423,24 +536,61 @@ class WebSocketConnection:
         self._refused = False
         self.handshake = server.handshake_limits()
 
+    def _make_session(self, subprotocol: str) -> None:
+        server = self.front.server
+        self.subprotocol = subprotocol
+        if subprotocol in WAMP:
+            self.wamp = wamp_session(server, self.peer, self.wake, WAMP[subprotocol],
+                                     self.options)
+            self.session = self.wamp
+        else:
+            self.session = SESSION_FACTORIES[STREAM[subprotocol]](
+                server, self.peer, self.wake, peer_info(self.stream))
+        self.text_out = subprotocol.endswith(".stomp")
+
+    def _decide(self, message: bytes | str) -> bool:
+        """The first message of a client that offered no subprotocol: make the session of
+        the protocol it speaks (True), or close (False; also for EOLs only, to wait)."""
+        chosen = detect(message)
+        if chosen == MORE:
+            return False
+        if chosen is None:
+            log.info("websocket %s:%s closed: no subprotocol offered and the first message "
+                     "is no STOMP CONNECT, MQTT CONNECT or WAMP HELLO", *self.peer)
+            self._close(CloseCode.PROTOCOL_ERROR, "offer a subprotocol (mqtt, v12.stomp, "
+                        "wamp.2.json) or start with CONNECT or HELLO")
+            self.session.connection_lost()
+            return False
+        self._make_session(chosen)
+        self.front.undecided -= 1
+        server = self.front.server
+        server.sessions.add(self.session)
+        self.session.memory_alarm(server.memory_alarm)
+        return True
+
     def wake(self) -> None:
         self._wakeup.set()
 
     async def run(self, early: bytes = b"") -> None:
         """Serve until closed; `early` holds the frames that came with the handshake."""
         server = self.front.server
-        server.sessions.add(self.session)
+        if isinstance(self.session, Undecided):
+            self.front.undecided += 1
+        else:
+            server.sessions.add(self.session)
         try:
             async with trio.open_nursery() as nursery:
                 self._cancel = nursery.cancel_scope
                 nursery.start_soon(self._reader, early)
                 nursery.start_soon(self._writer)
                 nursery.start_soon(self._ticker)
-                nursery.start_soon(self.handshake.watch, self.session, self._cut_off)
+                nursery.start_soon(self._login_deadline)
         except Exception:
             log.exception("websocket connection %s:%s failed", *self.peer)
         finally:
             self.session.connection_lost()
+            if isinstance(self.session, Undecided):
+                self.front.undecided -= 1
             server.sessions.discard(self.session)
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 try:
@@ -513,6 +663,16 @@ class WebSocketConnection:
                 self._cancel.deadline = min(self._cancel.deadline,
                                             trio.current_time() + 2)
 
+    async def _login_deadline(self) -> None:
+        """`limits.handshake_timeout` from the upgrade: cut off a session (or a client
+        whose first message has not come) that has not logged in by then."""
+        limits = self.handshake
+        if not limits.timeout:
+            return
+        await trio.sleep(limits.timeout)
+        if not self.session.authenticated:
+            self._cut_off(limits.why())
+
     def _stop(self) -> None:
         if self._cancel is not None:
             self._cancel.cancel()
@@ -531,14 +691,14 @@ class WebSocketConnection:
             self.wake()
 
     async def _reader(self, early: bytes) -> None:
-        session = self.session
         if early and not self._feed(early):  # frames that came with the handshake
             return
         self.wake()
-        if getattr(session, "password_check", None) is not None:
-            await settle_password_check(session)
+        if getattr(self.session, "password_check", None) is not None:
+            await settle_password_check(self.session)
             self.wake()
         while True:
+            session = self.session  # the first message of an undecided client replaces it
             while session.pending_output > self.options.high_water and not session.closed:
                 self._drained = trio.Event()
                 await self._drained.wait()
@@ -560,8 +720,8 @@ class WebSocketConnection:
             self._pinged = False
             if not self._feed(data):
                 return
-            if getattr(session, "password_check", None) is not None:
-                await settle_password_check(session)  # its later input waits meanwhile
+            if getattr(self.session, "password_check", None) is not None:
+                await settle_password_check(self.session)  # its later input waits meanwhile
                 self.wake()
 
     def _feed(self, data: bytes | bytearray) -> bool:
@@ -578,7 +738,7 @@ class WebSocketConnection:
             self._on_event(event)
         self.front.server.durability.kick()  # receipts/acks waiting for the disk
         self.wake()
-        if self.handshake.over(session, len(data)):
+        if self.handshake.over(self.session, len(data)):
             self._cut_off("sent more than handshake_max_bytes "
                           f"({self.handshake.max_bytes}) before logging in")
             return False
@@ -612,6 +772,11 @@ class WebSocketConnection:
             self.session.connection_lost()
 
     def _deliver(self, parts: list[bytes | str]) -> None:
+        if isinstance(self.session, Undecided):
+            first = "".join(p for p in parts if isinstance(p, str)) if isinstance(
+                parts[0], str) else b"".join(p for p in parts if isinstance(p, bytes))
+            if not self._decide(first):
+                return
         if isinstance(parts[0], str):
             text = "".join(p for p in parts if isinstance(p, str))
             if self.wamp is not None:

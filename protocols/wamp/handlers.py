@@ -41,6 +41,7 @@ from protocols.wamp.mapping import (
     H_PUBLISHER_AUTHID,
     H_PUBLISHER_AUTHROLE,
     H_SESSION,
+    ORIGIN,
     TOPIC_EXCHANGE,
     encode_payload,
     reserved_uri,
@@ -106,7 +107,7 @@ def publish(s: WampSession, m: Publish) -> None:
                    err.text)
         return
     props = Properties(content_type=body.content_type, message_id=str(pub), headers=headers)
-    message = Message(vh.next_message_id(), TOPIC_EXCHANGE, key, props, body.data, "wamp")
+    message = Message(vh.next_message_id(), TOPIC_EXCHANGE, key, props, body.data, ORIGIN)
     vh.publish(exchange, key, message, s.clock())
     if ack:
         s.send(Published(m.request, pub))

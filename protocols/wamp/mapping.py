@@ -32,10 +32,15 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-# headers carrying WAMP's own semantics through the core (non-WAMP clients see them too)
+# headers carrying WAMP's own semantics through the core (non-WAMP clients see them too).
+# Those naming a session or a user (publisher, caller, session) are believed only on messages
+# a WAMP session of this broker published (`Message.origin == ORIGIN`, set by the broker):
+# an AMQP, STOMP, MQTT or API publisher may set any header, so from them these mean nothing
+# (`identity_details`).
 H_PAYLOAD: Final = "x-wamp-payload"
 H_SESSION: Final = "x-wamp-session"  # the publishing/calling session (exclude_me)
 H_PUBLICATION: Final = "x-wamp-publication"
@@ -81,6 +86,33 @@ def valid_uri(uri: str, *, allow_empty: bool = False) -> bool:
 def reserved_uri(uri: str) -> bool:
     """Application URIs must not start with `wamp.` (spec "Reserved URIs")."""
     return uri == "wamp" or uri.startswith("wamp.")
+
+
+ORIGIN: Final = "wamp"  # `Message.origin` of what WAMP sessions publish and call
+
+_IDENTITY: Final = {
+    "publisher": (H_PUBLISHER, H_PUBLISHER_AUTHID, H_PUBLISHER_AUTHROLE),
+    "caller": (H_CALLER, H_CALLER_AUTHID, H_CALLER_AUTHROLE),
+}
+
+
+def identity_details(origin: str, headers: Mapping[str, Any], role: str) -> dict[str, Any]:
+    """EVENT/INVOCATION details naming the publisher or caller (`role`): `publisher`,
+    `publisher_authid`, `publisher_authrole` (or `caller*`), from the headers a WAMP session
+    of this broker set when it disclosed itself. Empty for a message of any other `origin`,
+    whatever its headers claim: identity comes from the broker, never from a client."""
+    if origin != ORIGIN:
+        return {}
+    session_h, authid_h, authrole_h = _IDENTITY[role]
+    session = headers.get(session_h)
+    if not isinstance(session, int) or isinstance(session, bool):
+        return {}
+    details: dict[str, Any] = {role: session}
+    for header, name in ((authid_h, f"{role}_authid"), (authrole_h, f"{role}_authrole")):
+        value = headers.get(header)
+        if isinstance(value, str):
+            details[name] = value
+    return details
 
 
 # -- topics --------------------------------------------------------------------------------

@@ -168,9 +168,13 @@ class Realm:
 class WampRouter:
     """The realms of one broker, made on first use."""
 
-    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, clock: Callable[[], float] | None = None, *,
+                 secret: bytes | None = None) -> None:
         self.realms: dict[str, Realm] = {}
         self.clock = clock
+        # the broker's own secret behind the WAMP-CRA challenges of names that have no key
+        # (`session.decoy_cra_secret`): kept across restarts by the server, random otherwise
+        self.secret = secret or secrets.token_bytes(32)
 
     def realm(self, name: str) -> Realm:
         realm = self.realms.get(name)

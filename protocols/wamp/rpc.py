@@ -32,8 +32,10 @@ from protocols.wamp.mapping import (
     H_PROGRESS,
     H_RECEIVE_PROGRESS,
     H_SESSION,
+    ORIGIN,
     Body,
     error_body,
+    identity_details,
 )
 from protocols.wamp.router import Registration
 from protocols.wamp.subscriptions import message_payload
@@ -169,7 +171,7 @@ class RpcState:
         self.calls[msg.request] = PendingCall(
             msg.request, cid, None if timeout is None else now + timeout, receive_progress)
         self.by_cid[cid] = msg.request
-        message = Message(vh.next_message_id(), "", msg.procedure, props, body.data, "wamp")
+        message = Message(vh.next_message_id(), "", msg.procedure, props, body.data, ORIGIN)
         if not vh.publish(vh.exchanges[""], msg.procedure, message, now).routed:
             self._forget(msg.request)
             raise NoSuchProcedure(msg.procedure)
@@ -236,6 +238,10 @@ class RpcState:
         s = self.session
         realm = s.realm
         assert realm is not None
+        # REGISTER may declare the procedure's queue (configure) and consumes it (read):
+        # the same check for whoever registers, the first callee or one joining a shared
+        # registration, before anything changes
+        s.check_register(procedure)
         existing = realm.registrations.get(procedure)
         if existing is not None:
             if existing.invoke_policy == "single" or invoke != existing.invoke_policy \
@@ -245,7 +251,6 @@ class RpcState:
             self.registrations[existing.id] = existing
             return existing, False
         vh = self._vh()
-        s.check_register(procedure)
         queue = vh.queues.get(procedure)
         created = queue is None
         if queue is None:
@@ -299,7 +304,7 @@ class RpcState:
             del realm.canceled[cid]
             entry.queue.ack(entry)
             return
-        from_wamp = message.origin == "wamp" and H_SESSION in headers
+        from_wamp = message.origin == ORIGIN and H_SESSION in headers
         inv_id = self._next_invocation
         self._next_invocation = inv_id + 1
         receive_progress = headers.get(H_RECEIVE_PROGRESS) is True
@@ -310,13 +315,7 @@ class RpcState:
         details: dict[str, Any] = {}
         if receive_progress:
             details["receive_progress"] = True
-        caller = headers.get(H_CALLER)
-        if isinstance(caller, int) and not isinstance(caller, bool):
-            details["caller"] = caller
-            for key, name in ((H_CALLER_AUTHID, "caller_authid"),
-                              (H_CALLER_AUTHROLE, "caller_authrole")):
-                if isinstance(headers.get(key), str):
-                    details[name] = headers[key]
+        details.update(identity_details(message.origin, headers, "caller"))
         args, kwargs = message_payload(message)
         s.send(Invocation(inv_id, reg.id, details, args, kwargs))
 
@@ -333,7 +332,7 @@ class RpcState:
             headers[H_PAYLOAD] = body.marker
         props = Properties(content_type=body.content_type, correlation_id=inv.correlation_id,
                            headers=headers or None)
-        message = Message(vh.next_message_id(), "", inv.reply_to, props, body.data, "wamp")
+        message = Message(vh.next_message_id(), "", inv.reply_to, props, body.data, ORIGIN)
         vh.publish(vh.exchanges[""], inv.reply_to, message, self.session.clock())
 
     def _settle(self, inv_id: int) -> None:

@@ -11,7 +11,7 @@ connection's publish produced it. No I/O and no awaits happen here.
 
 States and the messages each accepts (`ACCEPTS`, the transition table):
 
-    HANDSHAKE  --HELLO, no auth (anonymous)--> ESTABLISHED
+    HANDSHAKE  --HELLO, no auth (anonymous, when allowed)--> ESTABLISHED
     HANDSHAKE  --HELLO, ticket or wampcra--> CHALLENGED --AUTHENTICATE ok--> ESTABLISHED
     ESTABLISHED --GOODBYE from the client (we echo goodbye_and_out)--> HANDSHAKE
     ESTABLISHED --we send GOODBYE (shutdown)--> CLOSING --GOODBYE--> CLOSED
@@ -44,6 +44,7 @@ from enum import Enum, auto
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.auth import access
+from gateway.auth.passwords import CRA_ITERATIONS, CRA_KEYLEN
 from gateway.core.errors import BrokerError, ReplyCode
 from protocols.admission import Admit, admit_all
 from protocols.wamp.codec import Serializer, WampCodec
@@ -133,10 +134,26 @@ AUTH_PROVIDER: Final = "gateway"
 CraSecret = tuple[bytes, str | None, int, int]
 CraLookup = Callable[[str], CraSecret | None]
 MAX_HELD: Final = 64  # messages a client may send while its password is being checked
+CRA_REFUSED: Final = (
+    "WAMP-CRA signature refused: wrong secret or no such user; a user whose password hash "
+    "was imported has no WAMP-CRA key (a hash cannot check a WAMP-CRA signature): log in "
+    "with ticket, or set the password on this broker (gateway ctl change_password)")
 
 
 def _no_cra(_: str) -> CraSecret | None:
     return None
+
+
+def decoy_cra_secret(secret: bytes, authid: str) -> CraSecret:
+    """The WAMP-CRA key and salt shown for a name that has no key (no such user, or one with
+    only a password hash): made from the broker's `secret` and the name, so the same name
+    always gets the same salt, shaped like a real one (`derive_cra_key`: 16 random bytes,
+    URL-safe base64), with the same iterations and key length; no client can sign with it."""
+    name = authid.encode("utf-8", "surrogatepass")
+    salt = hmac.new(secret, b"wampcra-salt\x00" + name, hashlib.sha256).digest()[:16]
+    key = hmac.new(secret, b"wampcra-key\x00" + name, hashlib.sha256).digest()
+    return (base64.b64encode(key), base64.urlsafe_b64encode(salt).rstrip(b"=").decode("ascii"),
+            CRA_ITERATIONS, CRA_KEYLEN)
 
 
 def cra_signature(key: bytes, challenge: str) -> str:
@@ -169,7 +186,7 @@ class WampSession:
         loopback: bool,
         clock: Callable[[], float],
         wake: Callable[[], None] = lambda: None,
-        allow_anonymous: bool = True,
+        allow_anonymous: bool = False,
         anonymous_user: str = "guest",
         loopback_users: Iterable[str] = ("guest",),
         cra_lookup: CraLookup = _no_cra,
@@ -386,7 +403,6 @@ class WampSession:
         if not isinstance(methods, list) or not isinstance(authid, str | None):
             raise ProtocolViolation("HELLO.Details.authmethods must be a list, authid a "
                                     "string")
-        hash_only = False
         for method in methods:
             if method == "anonymous" and self.allow_anonymous:
                 self._login_anonymous(msg)
@@ -397,18 +413,11 @@ class WampSession:
                 self.send(Challenge("ticket", {}))
                 return
             if method == "wampcra" and authid and self.cra_lookup is not _no_cra:
-                if self.auth.user(authid) is not None and self.cra_lookup(authid) is None:
-                    hash_only = True  # only a hash (imported): try the next method
-                    continue
+                # every name gets a challenge of the same shape, whether it is a user with
+                # a key, a user with only a hash, or no user at all: nothing about the user
+                # shows before the signature is checked
                 self._challenge_cra(msg, authid)
                 return
-        if hash_only:
-            self.abort("wamp.error.authentication_failed",
-                       f"user '{authid}' has no WAMP-CRA key: the broker holds only a "
-                       "password hash for this user (imported), which cannot check a "
-                       "WAMP-CRA signature; log in with ticket, or set the password on "
-                       "this broker (gateway ctl change_password) to enable WAMP-CRA")
-            return
         self.abort("wamp.error.no_matching_auth_method" if methods != ["anonymous"]
                    else "wamp.error.not_authorized",
                    f"none of the authentication methods {methods} is available")
@@ -423,21 +432,21 @@ class WampSession:
     def _challenge_cra(self, hello: Hello, authid: str) -> None:
         self.session_id = self.router.realm(hello.realm).new_session_id()
         found = self.cra_lookup(authid) if self.auth.user(authid) is not None else None
-        # an unknown authid gets a challenge like any other (salted, so it looks like a
-        # user's) that no signature can answer, so names cannot be probed
-        key, salt, iterations, keylen = found or (
-            secrets.token_bytes(32), secrets.token_urlsafe(16), 1000, 32)
+        # a name with no key (no such user, or only a password hash) gets a challenge like
+        # a user's, with a salt stable per name, that no signature can answer: names cannot
+        # be probed. The challenge names no role: that is known only after the login.
+        key, salt, iterations, keylen = found or decoy_cra_secret(self.router.secret, authid)
         challenge = json.dumps({
-            "authid": authid, "authrole": self._role_of(self.auth.user(authid)),
-            "authmethod": "wampcra", "authprovider": AUTH_PROVIDER,
+            "authid": authid, "authmethod": "wampcra", "authprovider": AUTH_PROVIDER,
             "nonce": secrets.token_urlsafe(24),
             "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "session": self.session_id,
         }, separators=(",", ":"))
         extra: dict[str, Any] = {"challenge": challenge}
-        if salt is not None:
+        if salt is not None:  # else a shared secret: the client signs with it as it is
             extra.update(salt=salt, iterations=iterations, keylen=keylen)
-        expected = cra_signature(key, challenge) if found else ""
+        signature = cra_signature(key, challenge)  # computed alike for every name
+        expected = signature if found is not None else ""
         self._pending_auth = ("wampcra", hello, expected)
         self.state = State.CHALLENGED
         self.send(Challenge("wampcra", extra))
@@ -472,7 +481,9 @@ class WampSession:
                 expected.encode(), msg.signature.encode("utf-8", "replace")):
             self.auth.refuse_login(authid, peer=self.peer[0], protocol="WAMP", now=now,
                                    why="WAMP-CRA signature refused", mechanism="WAMP-CRA")
-            self.abort("wamp.error.authentication_failed", "WAMP-CRA signature refused")
+            # the same answer for a wrong secret, an unknown name and a user who has only
+            # a password hash (imported from RabbitMQ), so it says what each can do
+            self.abort("wamp.error.authentication_failed", CRA_REFUSED)
             return
         if authid in self.loopback_users and not self.loopback:
             self.abort("wamp.error.authentication_failed",

@@ -17,13 +17,12 @@ from protocols.wamp.mapping import (
     FILTER_HEADERS,
     H_PAYLOAD,
     H_PUBLICATION,
-    H_PUBLISHER,
-    H_PUBLISHER_AUTHID,
-    H_PUBLISHER_AUTHROLE,
     H_SESSION,
+    ORIGIN,
     TOPIC_EXCHANGE,
     TopicBinding,
     decode_payload,
+    identity_details,
     routing_key_topic,
 )
 from protocols.wamp.router import global_id
@@ -57,7 +56,7 @@ def message_payload(message: Message) -> tuple[list[Any] | None, dict[str, Any] 
         props = message.properties
         marker = (props.headers or {}).get(H_PAYLOAD)
         cached = message.cache[PAYLOAD_CACHE] = decode_payload(
-            message.body, props.content_type, marker, message.origin == "wamp")
+            message.body, props.content_type, marker, message.origin == ORIGIN)
     return cached
 
 
@@ -180,17 +179,11 @@ class SubscriptionState:
         if not sub.binding.accepts(message.routing_key):
             return
         headers = message.properties.headers or {}
-        if headers and message.origin == "wamp" and self._excluded(headers):
+        if headers and message.origin == ORIGIN and self._excluded(headers):
             return
         details: dict[str, Any] = {}
         if sub.match != "exact":
             details["topic"] = routing_key_topic(message.routing_key)
-        publisher = headers.get(H_PUBLISHER)
-        if isinstance(publisher, int) and not isinstance(publisher, bool):
-            details["publisher"] = publisher
-            for key, name in ((H_PUBLISHER_AUTHID, "publisher_authid"),
-                              (H_PUBLISHER_AUTHROLE, "publisher_authrole")):
-                if isinstance(headers.get(key), str):
-                    details[name] = headers[key]
+        details.update(identity_details(message.origin, headers, "publisher"))
         args, kwargs = message_payload(message)
         self.session.send(Event(sub.id, publication_id(message), details, args, kwargs))

@@ -107,10 +107,11 @@ def test_mqtt_and_wamp_subscribers_that_never_read(configured_broker: Callable[[
                  + struct.pack(">H", len(topic)) + topic + b"\x00")
     assert mqtt.recv(5) == b"\x90\x03\x00\x01\x00"  # SUBACK, QoS 0 granted
     wamp = websocket_open(broker.ports["http"], "wamp.2.json", rcvbuf=4096)
-    for message in ([1, "/", {"roles": {"subscriber": {}}}], [32, 1, {}, "flood.x"]):
+    for message in ([1, "/", {"roles": {"subscriber": {}}, "authmethods": ["ticket"],
+                               "authid": "guest"}], [5, "guest", {}], [32, 1, {}, "flood.x"]):
         text = json.dumps(message).encode()
         wamp.sendall(websocket_frame_header(len(text), opcode=1) + text)
-        reply = wamp.recv(4096)  # WELCOME, then SUBSCRIBED
+        reply = wamp.recv(4096)  # CHALLENGE, WELCOME, then SUBSCRIBED
         assert reply[:1] == b"\x81", reply
     # from here on neither reads its socket again
     conn = pika.BlockingConnection(pika.URLParameters(broker.url))

@@ -28,15 +28,17 @@ async def gw_disclose(tmp_path: Path) -> Any:
         yield gateway
 
 
-async def test_join_negotiates_msgpack_from_autobahns_default_offer(gw: Gateway) -> None:
+async def test_join_negotiates_msgpack_from_autobahns_default_offer(tmp_path: Path) -> None:
     async def main() -> tuple[str, int, dict[str, Any]]:
-        s = await join(gw.ws_url, serializer=None)
+        s = await join(gw.ws_url, serializer=None, anonymous=True)
         proto = s._transport.websocket_protocol_in_use
         details = (s.details.authmethod, s.details.session, s.details.realm)
         await leave(s)
         return proto, details[1], {"authmethod": details[0], "realm": details[2]}
 
-    proto, session_id, details = await in_asyncio(main)
+    # an anonymous join, so the broker allows it ([wamp] allow_anonymous = true)
+    async with running_gateway(tmp_path, wamp_anonymous=True) as gw:
+        proto, session_id, details = await in_asyncio(main)
     assert proto == "wamp.2.msgpack"
     assert 1 <= session_id <= 2**53
     assert details == {"authmethod": "anonymous", "realm": "/"}

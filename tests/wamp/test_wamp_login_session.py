@@ -94,3 +94,17 @@ def test_messages_wait_for_a_ticket_check_run_outside() -> None:
     welcome, subscribed = out(s)
     assert welcome[0] == 2 and welcome[2]["authmethod"] == "ticket"
     assert subscribed[:2] == [33, 7]
+
+
+@pytest.mark.parametrize(("details", "reason"), [
+    ({"roles": ROLES}, "wamp.error.not_authorized"),  # no authmethods: anonymous
+    ({"roles": ROLES, "authmethods": ["anonymous"]}, "wamp.error.not_authorized"),
+    ({"roles": ROLES, "authmethods": ["anonymous", "ticket"]},  # ticket needs an authid
+     "wamp.error.no_matching_auth_method"),
+])
+def test_anonymous_hello_is_aborted_unless_allowed(details: dict[str, Any], reason: str) -> None:
+    auth, broker = world()
+    s = session(auth, broker)  # the session's default, as [wamp] allow_anonymous's: false
+    send(s, 1, "/", details)
+    [[code, _details, got]] = out(s)
+    assert (code, got) == (3, reason) and s.closed and s.user is None

@@ -33,8 +33,14 @@ class World:
 
 
 class Peer:
+    """A client whose `join` is an anonymous HELLO: these tests are about the session's
+    mechanics, so their broker allows anonymous WAMP (`[wamp] allow_anonymous = true`)
+    unless a test says otherwise; the login rules are tested below and in
+    test_wamp_login_session.py / test_wamp_auth.py."""
+
     def __init__(self, world: World, **kwargs: Any) -> None:
         self.world = world
+        kwargs.setdefault("allow_anonymous", True)
         self.session = WampSession(world.broker, world.auth, world.router, Serializer.JSON,
                                    peer=("127.0.0.1", 5000), loopback=True,
                                    clock=lambda: world.now, **kwargs)

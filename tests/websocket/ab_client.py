@@ -23,9 +23,17 @@ class JoinFailed(Exception):
 
 async def join(url: str, realm: str = "/", *, serializer: str | None = "json",
                authmethods: list[str] | None = None, authid: str | None = None,
-               secret: str | None = None) -> ApplicationSession:
+               secret: str | None = None, anonymous: bool = False,
+               headers: dict[str, str] | None = None,
+               challenges: list[dict[str, Any]] | None = None) -> ApplicationSession:
     """Open a WebSocket to `url`, join `realm`, return the joined session.
-    `serializer=None` offers autobahn's full default list (cbor, msgpack, json, batched)."""
+    `serializer=None` offers autobahn's full default list (cbor, msgpack, json, batched).
+    Without `authmethods` the session logs in as guest with ticket (the broker refuses
+    anonymous WAMP unless `[wamp] allow_anonymous`); `anonymous=True` sends a HELLO with no
+    credentials. `headers`: extra upgrade request headers (an `Origin`); `challenges`
+    collects the extra of every CHALLENGE received."""
+    if authmethods is None and not anonymous:
+        authmethods, authid, secret = ["ticket"], authid or "guest", secret or "guest"
     loop = asyncio.get_running_loop()
     joined: asyncio.Future[ApplicationSession] = loop.create_future()
 
@@ -35,6 +43,8 @@ async def join(url: str, realm: str = "/", *, serializer: str | None = "json",
 
         def onChallenge(self, challenge: Any) -> str:
             assert secret is not None
+            if challenges is not None:
+                challenges.append(dict(challenge.extra))
             if challenge.method == "ticket":
                 return secret
             if challenge.method == "wampcra":
@@ -62,7 +72,7 @@ async def join(url: str, realm: str = "/", *, serializer: str | None = "json",
 
     serializers = None if serializer is None else [SERIALIZERS[serializer]()]
     factory = WampWebSocketClientFactory(lambda: Session(ComponentConfig(realm)), url=url,
-                                         serializers=serializers)
+                                         serializers=serializers, headers=headers)
     port = int(url.split(":")[2].split("/")[0])
     await loop.create_connection(factory, "127.0.0.1", port)
     return await joined

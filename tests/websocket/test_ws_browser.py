@@ -40,7 +40,8 @@ const WS = %(ws)s;
 window.results = {wamp: [], mqtt: [], errors: []};
 let waiting = 2;
 function readyOne() { if (--waiting === 0) window.ready = true; }
-const conn = new autobahn.Connection({url: WS, realm: "/"});
+const conn = new autobahn.Connection({url: WS, realm: "/", authmethods: ["ticket"],
+                                     authid: "guest", onchallenge: () => "guest"});
 conn.onopen = async (session) => {
   window.wampProtocol = conn.transport.info.protocol;
   await session.subscribe("com.browser.in", (args) => results.wamp.push(args[0]));
@@ -120,3 +121,79 @@ def test_browser_wamp_and_mqtt_over_websocket_meet_pika(browser: Browser, broker
     finally:
         context.close()
         conn.close()
+
+
+# -- a page from another origin: the browser is the attacker -------------------------------
+
+LISTED = "http://app.example:8080"
+ATTACKER = "http://attacker.example"
+PROBE = """<!doctype html><html><head><meta charset="utf-8">
+<script src="/wstest/mqtt.min.js"></script></head><body><script>
+const BASE = %(base)s;
+window.result = {wamp: [], mqtt: []};
+// WAMP on /ws: the upgrade, then a ticket login (the issue's page said HELLO anonymously)
+const ws = new WebSocket(BASE + "/ws", ["wamp.2.json"]);
+ws.onopen = () => {
+  result.wamp.push("open");
+  ws.send(JSON.stringify([1, "/", {roles: {subscriber: {}}, authmethods: ["ticket"],
+                                   authid: "guest"}]));
+};
+ws.onmessage = (e) => {
+  const m = JSON.parse(e.data);
+  if (m[0] === 4) ws.send(JSON.stringify([5, "guest", {}]));
+  else result.wamp.push(m[0] === 2 ? "welcome" : "message " + m[0]);
+};
+ws.onclose = () => result.wamp.push("close");
+// MQTT.js on /mqtt (its path alias)
+const client = mqtt.connect(BASE + "/mqtt", {username: "guest", password: "guest",
+  reconnectPeriod: 0, clientId: "probe-" + Math.random().toString(16).slice(2)});
+client.on("connect", () => { result.mqtt.push("connect"); client.end(); });
+client.on("close", () => result.mqtt.push("close"));
+client.on("error", () => {});
+</script></body></html>"""
+
+
+def probe_from(browser: Browser, page_origin: str, http_port: int) -> dict[str, list[str]]:
+    """Load a page from `page_origin` (answered by Playwright, never fetched) that opens a
+    WAMP and an MQTT WebSocket to the broker; what each saw."""
+    base = f"ws://127.0.0.1:{http_port}"
+
+    def serve(route: Route) -> None:
+        url = route.request.url
+        if url.endswith("/wstest/probe.html"):
+            route.fulfill(status=200, content_type="text/html",
+                          body=PROBE % {"base": json.dumps(base)})
+        else:
+            route.fulfill(status=200, content_type="application/javascript",
+                          body=SCRIPTS[url.rsplit("/", 1)[1]].read_bytes())
+
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.route(f"{page_origin}/wstest/*", serve)
+        page.goto(f"{page_origin}/wstest/probe.html")
+        page.wait_for_function(
+            "(result.wamp.includes('welcome') || result.wamp.includes('close')) && "
+            "(result.mqtt.includes('connect') || result.mqtt.includes('close'))")
+        result: dict[str, list[str]] = page.evaluate("window.result")
+        return result
+    finally:
+        context.close()
+
+
+def test_page_from_another_origin_cannot_open_a_websocket(browser: Browser,
+                                                          configured_broker: Any) -> None:
+    """The issue's attack: a page on another site opens the broker's /ws. Refused at the
+    upgrade (HTTP 403) for WAMP and MQTT alike; the broker's own page and a page of an
+    origin listed in [http] allowed_origins get in (so it is the Origin rule that refuses,
+    not the browser)."""
+    broker = configured_broker(f'[http]\nallowed_origins = ["{LISTED}"]\n')
+    port = broker.ports["http"]
+    attacker = probe_from(browser, ATTACKER, port)
+    assert attacker == {"wamp": ["close"], "mqtt": ["close"]}
+    assert f"websocket upgrade refused: Origin '{ATTACKER}' not allowed" in broker.output()
+    for origin in (f"http://127.0.0.1:{port}", LISTED):
+        served = probe_from(browser, origin, port)
+        assert served["wamp"][:2] == ["open", "welcome"], origin
+        assert served["mqtt"][:1] == ["connect"], origin

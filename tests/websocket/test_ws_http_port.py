@@ -34,7 +34,7 @@ async def test_wamp_on_the_http_port_of_gateway_serve(broker: Any) -> None:
 async def test_bad_upgrade_on_the_http_port_is_a_400(broker: Any) -> None:
     with trio.fail_after(10):
         stream = await trio.open_tcp_stream("127.0.0.1", broker.ports["http"])
-        await stream.send_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        await stream.send_all(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
                               b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
                               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                               b"Sec-WebSocket-Protocol: wamp.2.cbor\r\n\r\n")

@@ -30,13 +30,16 @@ from wsproto.extensions import PerMessageDeflate
 
 from gateway.server.websocket import WebSocketOptions, choose_subprotocol
 
+# These tests are about WebSocket framing around one WAMP login: an anonymous HELLO, answered
+# by WELCOME at once, so their brokers allow anonymous WAMP ([wamp] allow_anonymous = true).
 HELLO = json.dumps([1, "/", {"roles": {"subscriber": {}}}])
 DEADLINE = 10
 
 
 @pytest.fixture
 async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
-    async with running_gateway(tmp_path, WebSocketOptions(max_message_size=4096)) as g:
+    async with running_gateway(tmp_path, WebSocketOptions(max_message_size=4096),
+                               wamp_anonymous=True) as g:
         yield g
 
 
@@ -229,7 +232,8 @@ async def test_frame_sent_together_with_the_handshake_is_not_lost(gw: Gateway) -
 
 
 async def test_silent_client_is_pinged_then_dropped(tmp_path: Path) -> None:
-    async with running_gateway(tmp_path, WebSocketOptions(ping_interval=0.6)) as gw:
+    async with running_gateway(tmp_path, WebSocketOptions(ping_interval=0.6),
+                               wamp_anonymous=True) as gw:
         with trio.fail_after(DEADLINE):
             client = await connect(gw, ["wamp.2.json"])
             await client.send(TextMessage(data=HELLO))
@@ -245,7 +249,7 @@ async def test_silent_client_is_pinged_then_dropped(tmp_path: Path) -> None:
 
 
 async def test_connection_limit_refuses_with_a_reason(tmp_path: Path) -> None:
-    async with running_gateway(tmp_path, max_connections=1) as gw:
+    async with running_gateway(tmp_path, max_connections=1, wamp_anonymous=True) as gw:
         with trio.fail_after(DEADLINE):
             first = await connect(gw, ["wamp.2.json"])
             await first.send(TextMessage(data=HELLO))

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from gateway.config import load_config, with_overrides
+from gateway.config import HTTPConfig, load_config, with_overrides
 from gateway.server.app import Server
 from gateway.server.websocket import WebSocketFront, WebSocketOptions
 
@@ -42,9 +42,16 @@ class Gateway:
 
 @asynccontextmanager
 async def running_gateway(tmp_path: Path, options: WebSocketOptions | None = None,
-                          max_connections: int | None = None) -> AsyncIterator[Gateway]:
+                          max_connections: int | None = None, *,
+                          wamp_anonymous: bool = False, anonymous_user: str = "guest",
+                          http: HTTPConfig | None = None) -> AsyncIterator[Gateway]:
+    """`wamp_anonymous`: `[wamp] allow_anonymous = true` (a HELLO without credentials
+    joins as `anonymous_user`); `http`: the `[http]` section (allowed origins and hosts)."""
     config = with_overrides(load_config(), host="127.0.0.1", amqp_port=0, mqtt_port=0,
                             stomp_port=0, http_port=None, data_dir=tmp_path / "data")
+    config = replace(config, wamp=replace(config.wamp, allow_anonymous=wamp_anonymous,
+                                          anonymous_user=anonymous_user),
+                     http=http or config.http)
     if max_connections is not None:
         config = replace(config, limits=replace(config.limits,
                                                 max_connections=max_connections))
