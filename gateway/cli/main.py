@@ -32,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     for proto in ("amqp", "mqtt", "stomp", "http"):
         serve.add_argument(f"--{proto}-port", type=parse_port, default=KEEP,
                            help=f"{proto.upper()} port; 0 picks a free port, 'off' disables")
+    for name, what in (("web_stomp", "Web-STOMP (STOMP-only WebSocket, RabbitMQ's 15674)"),
+                       ("web_mqtt", "Web-MQTT (MQTT-only WebSocket, RabbitMQ's 15675)")):
+        serve.add_argument(f"--{name.replace('_', '-')}-port", type=parse_port, default=KEEP,
+                           dest=f"{name}_port",
+                           help=f"{what} port; 0 picks a free port, 'off' disables")
     for name in TLS_LISTENERS:
         serve.add_argument(f"--{name.replace('_', '-')}-port", type=parse_port, default=KEEP,
                            dest=f"{name}_port",
@@ -45,6 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_parser(sub)
     info.add_parser(sub)
     return parser
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException],
+                kinds: tuple[type[Exception], ...]) -> Exception | None:
+    """The first exception of `kinds` in a (nested) exception group."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_leaf(exc, kinds)
+            if found is not None:
+                return found
+        elif isinstance(exc, kinds):
+            return exc
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,20 +84,28 @@ def main(argv: list[str] | None = None) -> int:
         config = with_overrides(
             load_config(args.config), host=args.host, amqp_port=args.amqp_port,
             mqtt_port=args.mqtt_port, stomp_port=args.stomp_port, http_port=args.http_port,
+            web_stomp_port=args.web_stomp_port, web_mqtt_port=args.web_mqtt_port,
             data_dir=args.data_dir,
             tls_ports={name: getattr(args, f"{name}_port") for name in TLS_LISTENERS})
     except (ConfigError, OSError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
-    from gateway.server.app import run_server
+    from gateway.server.app import StartupError, run_server
 
     try:
         trio.run(run_server, config)
     except ConfigError as exc:  # a TLS certificate or key that cannot be loaded
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
+    except (OSError, StartupError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1
+    except BaseExceptionGroup as group:
+        # a listener that cannot be bound fails inside the server's nurseries: one line
+        reason = _first_leaf(group, (StartupError, ConfigError, OSError))
+        if reason is None:
+            raise
+        print(f"gateway: {reason}", file=sys.stderr)
+        return 2 if isinstance(reason, ConfigError) else 1
     logging.getLogger("gateway.server").info("stopped")
     return 0

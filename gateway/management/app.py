@@ -111,19 +111,21 @@ class ManagementApp:
 
     # -- dispatch --------------------------------------------------------------------------
 
-    async def handle(self, request: Request) -> Response:
+    async def handle(self, request: Request, *, as_user: User | None = None) -> Response:
+        """Answer a request; `as_user`: already authenticated as that user (the local
+        control channel), no credentials asked for."""
         path = request.path
         if path == "/metrics" and request.method in ("GET", "HEAD"):
             body, content_type = render_metrics(self.metrics)
             return Response(200, body, content_type)
         if path == "/api" or path.startswith("/api/"):
-            return await self._api(request)
+            return await self._api(request, as_user)
         return self._static_file(request)
 
-    async def _api(self, request: Request) -> Response:
+    async def _api(self, request: Request, as_user: User | None = None) -> Response:
         try:
             route, params = self.routes.find(request.method, request.path[len("/api"):])
-            user = await self._authenticate(request)
+            user = as_user or await self._authenticate(request)
             access = Access.of(user.tags)
             if access < Access.MANAGEMENT:
                 raise ApiError(401, "Not management user", "not_authorised")
