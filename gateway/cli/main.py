@@ -7,6 +7,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import trio
 
@@ -21,8 +22,19 @@ from gateway.config import (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gateway", description=gateway.__doc__)
+class Parser(argparse.ArgumentParser):
+    """argparse with the exit code of a usage error set per command: `gateway ctl` and
+    `gateway info` exit 64 (EX_USAGE, as rabbitmqctl does), the rest argparse's 2."""
+
+    usage_exit = 2
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(self.usage_exit, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="gateway", description=gateway.__doc__)
     parser.add_argument("--version", action="version", version=gateway.__version__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the broker")
@@ -47,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=["debug", "info", "warning", "error"])
     from gateway.cli import ctl, info
 
-    ctl.add_parser(sub)
-    info.add_parser(sub)
+    parser.commands = {"serve": serve, "ctl": ctl.add_parser(sub),  # type: ignore[attr-defined]
+                       "info": info.add_parser(sub)}
     return parser
 
 
@@ -66,7 +78,11 @@ def _first_leaf(group: BaseExceptionGroup[BaseException],
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the command's parser, with its exit code
+        parser.commands[args.command].error(  # type: ignore[attr-defined]
+            f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "ctl":
         from gateway.cli import ctl
 

@@ -112,8 +112,8 @@ class ManagementApp:
     # -- dispatch --------------------------------------------------------------------------
 
     async def handle(self, request: Request, *, as_user: User | None = None) -> Response:
-        """Answer a request; `as_user`: already authenticated as that user (the local
-        control channel), no credentials asked for."""
+        """Answer a request; `as_user`: a request without credentials is that user's (the
+        local control channel), one with credentials is checked as over HTTP."""
         path = request.path
         if path == "/metrics" and request.method in ("GET", "HEAD"):
             body, content_type = render_metrics(self.metrics)
@@ -125,7 +125,9 @@ class ManagementApp:
     async def _api(self, request: Request, as_user: User | None = None) -> Response:
         try:
             route, params = self.routes.find(request.method, request.path[len("/api"):])
-            user = as_user or await self._authenticate(request)
+            # the control channel's operator, unless the request brings credentials to check
+            user = (as_user if as_user is not None and not request.header("authorization")
+                    else await self._authenticate(request))
             access = Access.of(user.tags)
             if access < Access.MANAGEMENT:
                 raise ApiError(401, "Not management user", "not_authorised")

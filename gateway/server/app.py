@@ -341,7 +341,8 @@ class Server:
                 await trio.aclose_forcefully(stream)
                 return
             try:
-                await local.serve(stream, ("local", 0))
+                # a process on this machine: a loopback peer (as for loopback_users)
+                await local.serve(stream, ("127.0.0.1", 0))
             except Exception:
                 log.exception("local control connection failed")
 
