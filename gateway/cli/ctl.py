@@ -735,7 +735,7 @@ def _local_channel(args: argparse.Namespace) -> tuple[Path | None, str]:
     data_dir: Path | None = args.data_dir
     if data_dir is None:
         data_dir = _config(args).store.data_dir
-    path = Path(data_dir) / SOCKET_NAME
+    path = Path(data_dir).absolute() / SOCKET_NAME
 
     def unused(why: str) -> tuple[None, str]:
         return None, f" (the local control socket {path} was not used: {why})"
