@@ -348,16 +348,20 @@ def list_users(c: Client, a: argparse.Namespace, out: Out) -> None:
     out.table(rows, ["user", "tags"])
 
 
-@command("add_vhost", "create a virtual host", _pos("vhost"))
+def _vhost_name(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="vhost")  # (not `vhost`: that is -p's)
+
+
+@command("add_vhost", "create a virtual host", _vhost_name)
 def add_vhost(c: Client, a: argparse.Namespace, out: Out) -> None:
-    out.info(f'Adding vhost "{a.vhost}" ...')
-    c.call("PUT", f"/vhosts/{seg(a.vhost)}", {})
+    out.info(f'Adding vhost "{a.name}" ...')
+    c.call("PUT", f"/vhosts/{seg(a.name)}", {})
 
 
-@command("delete_vhost", "delete a virtual host and everything in it", _pos("vhost"))
+@command("delete_vhost", "delete a virtual host and everything in it", _vhost_name)
 def delete_vhost(c: Client, a: argparse.Namespace, out: Out) -> None:
-    out.info(f'Deleting vhost "{a.vhost}" ...')
-    c.call("DELETE", f"/vhosts/{seg(a.vhost)}")
+    out.info(f'Deleting vhost "{a.name}" ...')
+    c.call("DELETE", f"/vhosts/{seg(a.name)}")
 
 
 @command("list_vhosts", "list virtual hosts", _cols)
