@@ -94,6 +94,27 @@ def test_ctl_finds_the_socket_from_the_working_directory(operated: Broker, home:
     assert result.returncode == 0 and "Product name: gateway" in result.stdout
 
 
+def test_the_local_operator_holds_every_permission(operated: Broker, home: Path) -> None:
+    """No user has permissions on a new vhost; the operator on the socket still manages its
+    queues, as rabbitmqctl does on the node."""
+    assert operated.data_dir is not None
+    assert gateway("ctl", "add_vhost", "ops-vhost", cwd=home).returncode == 0
+    local = httpx.Client(transport=httpx.HTTPTransport(uds=str(operated.data_dir / "ctl.sock")),
+                         base_url="http://localhost/api", timeout=10)
+    with local:
+        assert local.get("/vhosts/ops-vhost/permissions").json() == []
+        assert local.put("/queues/ops-vhost/jobs", json={"durable": True}).status_code == 201
+        assert local.post("/exchanges/ops-vhost/amq.default/publish", json={
+            "routing_key": "jobs", "payload": "x", "payload_encoding": "string",
+            "properties": {}}).json() == {"routed": True}
+    result = gateway("ctl", "-q", "list_queues", "-p", "ops-vhost", cwd=home)
+    assert result.returncode == 0 and ["jobs", "1"] in rows(result.stdout), result.stderr
+    for args in (["purge_queue", "jobs"], ["delete_queue", "jobs"]):
+        result = gateway("ctl", *args, "-p", "ops-vhost", cwd=home)
+        assert result.returncode == 0, result.stderr
+    assert gateway("ctl", "delete_vhost", "ops-vhost", cwd=home).returncode == 0
+
+
 def test_the_socket_is_the_broker_users_alone(operated: Broker) -> None:
     assert operated.data_dir is not None
     info = os.stat(operated.data_dir / "ctl.sock")
