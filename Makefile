@@ -1,5 +1,6 @@
 # gateway: developer entry points. Every target bootstraps .venv itself.
-#   make run    start the broker with the embedded default config (AMQP on 127.0.0.1:5672)
+#   make run    start the broker with the embedded default config (AMQP on 127.0.0.1:5672);
+#               ARGS passes flags to `gateway serve`: make run ARGS="--amqp-port 5673"
 #   make test   ruff, mypy and the whole test suite (what .ci/run runs)
 #   make bench  gateway beside RabbitMQ and Mosquitto, every scenario (bench/suite.py);
 #               BENCH_ARGS=--quick for a short run
@@ -21,8 +22,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+ARGS ?=
+
 run: $(STAMP)
-	$(BIN)/gateway serve
+	$(BIN)/gateway serve $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

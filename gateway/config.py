@@ -327,6 +327,8 @@ def with_overrides(
     mqtt_port: int | None | Keep = KEEP,
     stomp_port: int | None | Keep = KEEP,
     http_port: int | None | Keep = KEEP,
+    web_stomp_port: int | None | Keep = KEEP,
+    web_mqtt_port: int | None | Keep = KEEP,
     data_dir: Path | str | None = None,
     tls_ports: Mapping[str, int | None | Keep] | None = None,
 ) -> Config:
@@ -344,8 +346,9 @@ def with_overrides(
             raise ConfigError(source, "listeners.host", "must not be empty")
         listeners = replace(listeners, host=host)
     requested = {"amqp": amqp_port, "mqtt": mqtt_port, "stomp": stomp_port, "http": http_port,
-                 **(tls_ports or {})}
-    ports = {**listeners.ports(), **listeners.tls_ports()}
+                 "web_stomp": web_stomp_port, "web_mqtt": web_mqtt_port, **(tls_ports or {})}
+    web = {"web_stomp": listeners.web_stomp, "web_mqtt": listeners.web_mqtt}
+    ports = {**listeners.ports(), **web, **listeners.tls_ports()}
     for name, port in requested.items():
         if isinstance(port, Keep):
             continue
@@ -356,7 +359,7 @@ def with_overrides(
                 source, f"listeners.{name}", f"port must be 0-{_MAX_PORT} or off, got {port!r}"
             )
         ports[name] = port
-    unknown = sorted(set(ports) - set(listeners.ports()) - set(TLS_LISTENERS))
+    unknown = sorted(set(ports) - set(listeners.ports()) - set(web) - set(TLS_LISTENERS))
     if unknown:
         raise ConfigError(source, f"listeners.{unknown[0]}", "no such listener")
     changes: dict[str, Any] = dict(ports)

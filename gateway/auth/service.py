@@ -94,6 +94,9 @@ class User:
     tags: tuple[str, ...] = ()
     password_hash: str = field(default="", repr=False, compare=False)
     wampcra: str = field(default="", repr=False, compare=False)  # `CraKey.encode()` or ""
+    # the broker's own operator on the local control channel (`gateway ctl` over the
+    # data directory's socket): not a stored user, holds every permission, as rabbitmqctl
+    node_local: bool = field(default=False, compare=False)
 
     def record(self) -> UserRecord:
         return UserRecord(self.name, self.password_hash, list(self.tags), self.wampcra)
@@ -380,8 +383,10 @@ class AuthService:
                       routing_key: str, *, client_id: str | None = None) -> bool:
         """True if `user` may write (publish) or read (bind) `routing_key` on the topic
         exchange; always True without a topic permission for that user, vhost, exchange."""
-        return not self._topic or self._topic.allowed(user.name, vhost, exchange, permission,
-                                                      routing_key, client_id=client_id)
+        if not self._topic or user.node_local:
+            return True
+        return self._topic.allowed(user.name, vhost, exchange, permission, routing_key,
+                                   client_id=client_id)
 
     def check_topic(self, user: User, vhost: str, exchange: str, permission: Permission,
                     routing_key: str, *, client_id: str | None = None) -> None:
@@ -519,7 +524,7 @@ class AuthService:
         row on it."""
         if vhost not in self._vhosts:
             raise NotAllowed(f"vhost {vhost} not found")
-        if (user.name, vhost) not in self._grants:
+        if (user.name, vhost) not in self._grants and not user.node_local:
             raise NotAllowed(f"access to vhost '{vhost}' refused for user '{user.name}'")
 
     def allowed(
@@ -532,6 +537,8 @@ class AuthService:
         resource_kind: ResourceKind = "queue",
     ) -> bool:
         """True if `user` holds `permission` on the named resource in `vhost`."""
+        if user.node_local:
+            return vhost in self._vhosts
         grant = self._grants.get((user.name, vhost))
         if grant is None:
             return False

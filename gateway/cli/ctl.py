@@ -1,29 +1,57 @@
 """`gateway ctl`: the rabbitmqctl commands people use, run against a live broker through its
-HTTP API (so they work on any broker reachable over HTTP, with a broker user's rights).
+management API.
+
+On the broker's machine, as the broker's OS user, it needs no credentials: the broker serves
+the API on a Unix socket in its data directory (`<data_dir>/ctl.sock`, mode 0600), as
+rabbitmqctl needs none on the node itself. ctl uses that socket when it finds it (the data
+directory from --data-dir, else from the config: --config or the default) and no --host,
+--port, --https or credentials (--username/--password, GATEWAY_USER/GATEWAY_PASSWORD) are
+given; otherwise it uses the HTTP API with a broker user's rights (guest/guest by default).
+Every answer must come from gateway (`Server: gateway`): another program on the port (a
+RabbitMQ, say) is reported, not talked to.
 
 Output follows rabbitmqctl: an info line ("Listing queues for vhost / ...") unless `-q`,
-then tab-separated rows with a header row (or `--formatter json`). Exit codes follow it
-too: 0 success, 1 the broker refused the operation, 64 a usage error, 69 no broker
-reachable, 77 the credentials were refused.
+then tab-separated rows with a header row (or `--formatter json`). Options (`-p VHOST`,
+`-q`, ...) go before or after the command and its arguments. Exit codes are rabbitmqctl's
+(sysexits):
+  0   success
+  64  usage error (unknown command or option, wrong number of arguments, unknown column)
+  65  data error: no such vhost, queue, exchange, policy, connection or permission, or an
+      argument the broker refused (a bad regex, a queue in use, a definition that is not JSON)
+  67  no such user
+  69  no broker reachable, or what answers is not gateway
+  70  the broker failed, or answered what ctl did not expect
+  75  timed out (30 s)
+  77  the broker refused the credentials, or the user is not authorised to do this
+      (rabbitmqctl has no such case: it needs no credentials)
+  78  the config file (--config) cannot be read
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import http.client
 import json
 import os
+import socket
 import ssl
+import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
-from urllib import error, request
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
-EX_USAGE, EX_UNAVAILABLE, EX_NOPERM, EX_FAILED = 64, 69, 77, 1
+from gateway.config import ConfigError, load_config
+
+EX_USAGE, EX_DATAERR, EX_NOUSER, EX_UNAVAILABLE = 64, 65, 67, 69
+EX_SOFTWARE, EX_TEMPFAIL, EX_NOPERM, EX_CONFIG = 70, 75, 77, 78
+EX_FAILED = EX_DATAERR  # what a command's own refusal exits with
 TIMEOUT = 30.0
+SOCKET_NAME = "ctl.sock"  # in the data directory (gateway/server/control.py)
+MAX_UNIX_PATH = 107
 
 
 class CtlError(Exception):
@@ -36,37 +64,111 @@ def seg(name: str) -> str:
     return quote(name, safe="")
 
 
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over the broker's local control socket."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self.unix_path))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
 @dataclass
 class Client:
-    base: str  # http://host:port or https://host:port
+    base: str  # http://host:port, https://host:port, or the control socket's path
     user: str
     password: str
     context: ssl.SSLContext | None = None  # for https: whom to trust
+    unix_path: Path | None = None  # the local control channel: no credentials sent
+    note: str = ""  # why the local control channel was not used, told with some errors
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.unix_path is not None:
+            return _UnixHTTPConnection(self.unix_path, TIMEOUT)
+        scheme, _, hostport = self.base.partition("://")
+        if scheme == "https":
+            return http.client.HTTPSConnection(hostport, timeout=TIMEOUT, context=self.context)
+        return http.client.HTTPConnection(hostport, timeout=TIMEOUT)
+
+    def request(self, method: str, path: str, body: Any = None, *,
+                user: tuple[str, str] | None = None) -> tuple[int, bytes]:
+        """One request to `/api<path>`: the status and body of gateway's answer. Raises
+        `CtlError` when no broker answers, or when what answers is not gateway."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Accept": "application/json"}
+        if user is not None or self.unix_path is None:
+            name, password = user or (self.user, self.password)
+            token = base64.b64encode(f"{name}:{password}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        conn = self._connection()
+        try:
+            conn.request(method, "/api" + path, body=data, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+            server = resp.getheader("server") or ""
+        except TimeoutError:
+            raise CtlError(f"the broker at {self.base} did not answer within {TIMEOUT:g} "
+                           "seconds", EX_TEMPFAIL) from None
+        except http.client.HTTPException as exc:
+            raise CtlError(f"{self.base} does not speak HTTP ({type(exc).__name__}): it is "
+                           "not gateway's HTTP API; give its port with --port",
+                           EX_UNAVAILABLE) from None
+        except OSError as exc:
+            why = exc.strerror or exc
+            raise CtlError(f"unable to reach the broker's HTTP API at {self.base} ({why}). "
+                           "Is the broker running with its http listener on? (see --port, "
+                           f"--host, --config){self.note}", EX_UNAVAILABLE) from None
+        finally:
+            conn.close()
+        if not server.lower().startswith("gateway"):
+            said = f"Server: {server}" if server else "no Server header"
+            raise CtlError(f"{self.base} answers, but it is not gateway ({said}, HTTP "
+                           f"{resp.status}): another broker, such as RabbitMQ, or another "
+                           "program has that port. Give gateway's http port with --port (see "
+                           "the 'listener http on' line of its log)", EX_UNAVAILABLE)
+        return resp.status, raw
 
     def call(self, method: str, path: str, body: Any = None, *,
              user: tuple[str, str] | None = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        req = request.Request(self.base + "/api" + path, data=data, method=method)
-        name, password = user or (self.user, self.password)
-        token = base64.b64encode(f"{name}:{password}".encode()).decode()
-        req.add_header("Authorization", f"Basic {token}")
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        try:
-            with request.urlopen(req, timeout=TIMEOUT, context=self.context) as resp:
-                raw = resp.read()
-        except error.HTTPError as exc:
-            reason = _reason(exc.read())
-            if exc.code == 401:
-                raise CtlError(f"the broker refused the credentials: {reason}",
-                               EX_NOPERM) from None
-            raise CtlError(reason or f"HTTP {exc.code}") from None
-        except (error.URLError, OSError) as exc:
-            why = getattr(exc, "reason", exc)
-            raise CtlError(f"unable to reach the broker's HTTP API at {self.base} ({why}). "
-                           "Is the broker running with its http listener on? (see --port, "
-                           "--host, --config)", EX_UNAVAILABLE) from None
-        return json.loads(raw) if raw.strip() else None
+        status, raw = self.request(method, path, body, user=user)
+        if status < 300:
+            try:
+                return json.loads(raw) if raw.strip() else None
+            except ValueError:
+                raise CtlError(f"the broker's answer to {method} /api{path} is not JSON",
+                               EX_SOFTWARE) from None
+        reason = _reason(raw) or f"HTTP {status}"
+        name = (user or (self.user, self.password))[0]
+        if status == 401 and reason.lower().startswith("login failed"):
+            raise CtlError(f"the broker refused the credentials of user '{name}' (HTTP 401)"
+                           f"{self.note}", EX_NOPERM)
+        if status in (401, 403):
+            who = "this" if self.unix_path is not None and user is None else f"user '{name}'"
+            raise CtlError(f"not authorised: {who} may not do that (the broker says: "
+                           f"{reason})", EX_NOPERM)
+        if status == 404:
+            raise _missing(self, path, reason)
+        if status == 503:
+            raise CtlError(reason, EX_UNAVAILABLE)
+        if status >= 500:
+            raise CtlError(f"the broker failed: {reason} (HTTP {status})", EX_SOFTWARE)
+        raise CtlError(reason, EX_DATAERR)
+
+    def exists(self, path: str) -> bool | None:
+        """Whether GET `path` finds something (None: not allowed to look)."""
+        status, _ = self.request("GET", path)
+        return True if status < 300 else False if status == 404 else None
 
 
 def _reason(raw: bytes) -> str:
@@ -77,6 +179,48 @@ def _reason(raw: bytes) -> str:
     if isinstance(data, dict):
         return str(data.get("reason") or data.get("error") or data)
     return str(data)
+
+
+# What a 404 is about. An API path names objects (a vhost, then a queue in it, ...): each is
+# looked up at its own path, and the first that does not exist is the error, named.
+_IN_VHOST = {"queues": "queue", "exchanges": "exchange", "policies": "policy"}
+
+
+def _named(path: str) -> list[tuple[str, str, str]]:
+    """(kind, name, own path) of each object `path` names, outermost first."""
+    parts = [unquote(p) for p in path.partition("?")[0].strip("/").split("/")]
+    head, rest = parts[0], parts[1:]
+    if not rest:
+        return []
+    if head == "users":
+        return [("user", rest[0], f"/users/{seg(rest[0])}")]
+    if head == "connections":
+        return [("connection", rest[0], f"/connections/{seg(rest[0])}")]
+    if head not in ("vhosts", "bindings", "consumers", "permissions", "topic-permissions",
+                    *_IN_VHOST):
+        return []
+    named = [("vhost", rest[0], f"/vhosts/{seg(rest[0])}")]
+    if head in ("permissions", "topic-permissions") and len(rest) > 1:
+        named.append(("user", rest[1], f"/users/{seg(rest[1])}"))
+    elif head in _IN_VHOST and len(rest) > 1:
+        named.append((_IN_VHOST[head], rest[1], f"/{head}/{seg(rest[0])}/{seg(rest[1])}"))
+    return named
+
+
+def _missing(client: Client, path: str, reason: str) -> CtlError:
+    base = path.partition("?")[0]
+    vhost = ""
+    for kind, name, own in _named(path):
+        found = False if own == base else client.exists(own)
+        if found is False:
+            where = f" in vhost '{vhost}'" if kind in _IN_VHOST.values() else ""
+            return CtlError(f"no {kind} '{name}'{where}",
+                            EX_NOUSER if kind == "user" else EX_DATAERR)
+        if kind == "vhost":
+            vhost = name
+    if reason.lower() in ("not found", "not_found", "http 404"):
+        reason = f"not found: /api{base}"
+    return CtlError(reason, EX_DATAERR)
 
 
 # -- output --------------------------------------------------------------------------------
@@ -179,7 +323,7 @@ def authenticate_user(c: Client, a: argparse.Namespace, out: Out) -> None:
         # a user without management tags is authenticated, only not let into the API
         if exc.code != EX_NOPERM or "Not management user" not in str(exc):
             raise CtlError(f'Error: failed to authenticate user "{a.username}"',
-                           EX_NOPERM) from None
+                           EX_DATAERR) from None
     print("Success", file=out.stream)
 
 
@@ -204,16 +348,20 @@ def list_users(c: Client, a: argparse.Namespace, out: Out) -> None:
     out.table(rows, ["user", "tags"])
 
 
-@command("add_vhost", "create a virtual host", _pos("vhost"))
+def _vhost_name(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="vhost")  # (not `vhost`: that is -p's)
+
+
+@command("add_vhost", "create a virtual host", _vhost_name)
 def add_vhost(c: Client, a: argparse.Namespace, out: Out) -> None:
-    out.info(f'Adding vhost "{a.vhost}" ...')
-    c.call("PUT", f"/vhosts/{seg(a.vhost)}", {})
+    out.info(f'Adding vhost "{a.name}" ...')
+    c.call("PUT", f"/vhosts/{seg(a.name)}", {})
 
 
-@command("delete_vhost", "delete a virtual host and everything in it", _pos("vhost"))
+@command("delete_vhost", "delete a virtual host and everything in it", _vhost_name)
 def delete_vhost(c: Client, a: argparse.Namespace, out: Out) -> None:
-    out.info(f'Deleting vhost "{a.vhost}" ...')
-    c.call("DELETE", f"/vhosts/{seg(a.vhost)}")
+    out.info(f'Deleting vhost "{a.name}" ...')
+    c.call("DELETE", f"/vhosts/{seg(a.name)}")
 
 
 @command("list_vhosts", "list virtual hosts", _cols)
@@ -387,7 +535,7 @@ def set_policy(c: Client, a: argparse.Namespace, out: Out) -> None:
     try:
         definition = json.loads(a.definition)
     except ValueError as exc:
-        raise CtlError(f"the definition is not JSON: {exc}", EX_USAGE) from None
+        raise CtlError(f"the definition is not JSON: {exc}", EX_DATAERR) from None
     out.info(f'Setting policy "{a.name}" for pattern "{a.pattern}" to "{a.definition}" '
              f'with priority "{a.priority}" for vhost "{a.vhost}" ...')
     c.call("PUT", f"/policies/{seg(a.vhost)}/{seg(a.name)}",
@@ -459,7 +607,7 @@ def import_definitions(c: Client, a: argparse.Namespace, out: Out) -> None:
         text = sys.stdin.read() if a.path == "-" else Path(a.path).read_text()
         data = json.loads(text)
     except (OSError, ValueError) as exc:
-        raise CtlError(f"cannot read definitions from {a.path}: {exc}", EX_USAGE) from None
+        raise CtlError(f"cannot read definitions from {a.path}: {exc}", EX_DATAERR) from None
     out.info(f'Importing definitions in JSON from a file at "{a.path}" ...')
     c.call("POST", "/definitions", data)
     out.info("Definitions imported.")
@@ -477,24 +625,16 @@ def close_connection(c: Client, a: argparse.Namespace, out: Out) -> None:
 # -- entry point ------------------------------------------------------------------------------
 
 
-def add_parser(sub: Any) -> None:
-    ctl = sub.add_parser("ctl", help="rabbitmqctl-style commands against a running broker",
-                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_endpoint_options(ctl)
-    ctl.add_argument("--username", "-U", dest="api_user",
-                     default=os.environ.get("GATEWAY_USER", "guest"),
-                     help="broker user for the HTTP API (env GATEWAY_USER)")
-    ctl.add_argument("--password", "-P", dest="api_password",
-                     default=os.environ.get("GATEWAY_PASSWORD", "guest"),
-                     help="its password (env GATEWAY_PASSWORD)")
-    ctl.add_argument("--vhost", "-p", default="/")
-    ctl.add_argument("--quiet", "-q", action="store_true")
-    ctl.add_argument("--formatter", choices=["table", "json"], default="table")
-    ctl.add_argument("--no-table-headers", action="store_true")
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    ctl: argparse.ArgumentParser = sub.add_parser(
+        "ctl", help="rabbitmqctl-style commands against a running broker", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _options(ctl, suppress=False)
     cmds = ctl.add_subparsers(dest="ctl_command", required=True, metavar="COMMAND")
     for name, (_fn, add_args, help_text) in COMMANDS.items():
         p = cmds.add_parser(name, help=help_text)
         add_args(p)
+        _options(p, suppress=True)
     cert = cmds.add_parser(
         "generate_cert", help="write a development CA, server and client certificate (no "
         "broker needed)")
@@ -506,11 +646,34 @@ def add_parser(sub: Any) -> None:
                       help="a name or address the server certificate is for (repeatable; "
                       "default: localhost, 127.0.0.1, ::1)")
     cert.add_argument("--days", type=int, default=365, help="validity (default: 365)")
+    cert.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS)
+    for parser in (ctl, *cmds.choices.values()):
+        parser.usage_exit = EX_USAGE  # type: ignore[attr-defined]  # (gateway.cli.main)
+    return ctl
+
+
+def _options(p: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """The options of every command. They are on `ctl` and again on each command's parser
+    (`suppress`: there they change nothing unless given), so that they may come before or
+    after the command and its arguments, as rabbitmqctl's do."""
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    p.add_argument("--vhost", "-p", default=default("/"),
+                   help="virtual host (default: /)")
+    p.add_argument("--quiet", "-q", action="store_true", default=default(False))
+    p.add_argument("--formatter", choices=["table", "json"], default=default("table"))
+    p.add_argument("--no-table-headers", action="store_true", default=default(False))
+    p.add_argument("--username", "-U", dest="api_user", default=default(None),
+                   help="broker user for the HTTP API (env GATEWAY_USER; default guest)")
+    p.add_argument("--password", "-P", dest="api_password", default=default(None),
+                   help="its password (env GATEWAY_PASSWORD; default guest)")
+    add_endpoint_options(p, suppress=suppress)
 
 
 def generate_cert(args: argparse.Namespace, out: Out) -> None:
     """Local: `gateway ctl generate_cert DIR` writes PEM files and the [tls] to use them."""
-    from gateway.cli.certs import DEFAULT_HOSTS, generate
+    from gateway.cli.certs import DEFAULT_HOSTS, generate  # (cryptography: only here)
 
     if args.days < 1:
         raise CtlError("--days must be at least 1", EX_USAGE)
@@ -528,25 +691,89 @@ def generate_cert(args: argparse.Namespace, out: Out) -> None:
         print(f"{key} = {json.dumps(str(path.resolve()))}", file=out.stream)
 
 
-def add_endpoint_options(p: argparse.ArgumentParser) -> None:
-    """--config/--host/--port and the HTTPS options, shared with `gateway info`."""
-    p.add_argument("--config", type=Path, default=None,
-                   help="config file to take the http (or https) host and port from")
-    p.add_argument("--host", default=None, help="broker host (default: the config's)")
-    p.add_argument("--port", type=int, default=None,
+def add_endpoint_options(p: argparse.ArgumentParser, *, suppress: bool = False) -> None:
+    """--data-dir, --config, --host, --port and the HTTPS options, shared with
+    `gateway info`."""
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    p.add_argument("--data-dir", type=Path, default=default(None),
+                   help="the broker's data directory, where its local control socket is "
+                   "(default: the config's)")
+    p.add_argument("--config", type=Path, default=default(None),
+                   help="config file to take the data directory, http (or https) host and "
+                   "port from")
+    p.add_argument("--host", default=default(None),
+                   help="broker host (default: the config's)")
+    p.add_argument("--port", type=int, default=default(None),
                    help="HTTP(S) port (default: the config's)")
-    p.add_argument("--https", action="store_true",
+    p.add_argument("--https", action="store_true", default=default(False),
                    help="use the https listener (the default when the config has only it)")
-    p.add_argument("--cacert", type=Path, default=None,
+    p.add_argument("--cacert", type=Path, default=default(None),
                    help="CA file to check the broker's certificate with (default: the "
                    "config's [tls] cafile, else the system's)")
 
 
 def connect(args: argparse.Namespace) -> Client:
-    """A client of the broker's HTTP API as the arguments (and the config) say."""
+    """A client of the broker's management API: the local control socket when it is there
+    and usable and nothing asks for HTTP, else the HTTP API as the arguments (and the
+    config) say."""
+    user = args.api_user if args.api_user is not None else os.environ.get("GATEWAY_USER")
+    password = (args.api_password if args.api_password is not None
+                else os.environ.get("GATEWAY_PASSWORD"))
+    note = ""
+    if (user is None and password is None and args.host is None and args.port is None
+            and not args.https and args.cacert is None):
+        path, note = _local_channel(args)
+        if path is not None:
+            return Client(f"the local control socket {path}", "", "", unix_path=path)
     host, port, context = _endpoint(args)
     scheme = "http" if context is None else "https"
-    return Client(f"{scheme}://{host}:{port}", args.api_user, args.api_password, context)
+    return Client(f"{scheme}://{host}:{port}", user or "guest", password or "guest", context,
+                  note=note)
+
+
+def _local_channel(args: argparse.Namespace) -> tuple[Path | None, str]:
+    """The broker's control socket if this process may use it, else None and why not (""
+    when there is none: no broker runs on this data directory)."""
+    data_dir: Path | None = args.data_dir
+    if data_dir is None:
+        data_dir = _config(args).store.data_dir
+    path = Path(data_dir).absolute() / SOCKET_NAME
+
+    def unused(why: str) -> tuple[None, str]:
+        return None, f" (the local control socket {path} was not used: {why})"
+
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None, ""
+    except OSError as exc:
+        return unused(f"{exc.strerror or exc}")
+    if not stat.S_ISSOCK(info.st_mode):
+        return unused("it is not a socket")
+    if info.st_uid != os.geteuid() and os.geteuid() != 0:
+        return unused(f"it belongs to uid {info.st_uid}; run ctl as the broker's user")
+    if os.stat(path.parent).st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return unused("its directory is writable by group or others")
+    if len(os.fsencode(path)) > MAX_UNIX_PATH:
+        return unused(f"its path is longer than {MAX_UNIX_PATH} bytes")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(TIMEOUT)
+        try:
+            probe.connect(str(path))
+        except ConnectionRefusedError:
+            return unused("no broker listens on it (left by a broker that is not running)")
+        except OSError as exc:
+            return unused(f"{exc.strerror or exc}")
+    return path, ""
+
+
+def _config(args: argparse.Namespace) -> Any:
+    try:
+        return load_config(args.config)
+    except (ConfigError, OSError) as exc:
+        raise CtlError(str(exc), EX_CONFIG) from None
 
 
 def _endpoint(args: argparse.Namespace) -> tuple[str, int, ssl.SSLContext | None]:
@@ -554,12 +781,7 @@ def _endpoint(args: argparse.Namespace) -> tuple[str, int, ssl.SSLContext | None
     cacert: Path | None = getattr(args, "cacert", None)
     if args.host is not None and args.port is not None and (cacert or not https):
         return args.host, args.port, _https_context(cacert) if https else None
-    from gateway.config import ConfigError, load_config
-
-    try:
-        config = load_config(args.config)
-    except (ConfigError, OSError) as exc:
-        raise CtlError(str(exc), EX_USAGE) from None
+    config = _config(args)
     listeners = config.listeners
     if args.port is None and listeners.http is None and listeners.https is not None:
         https = True  # only the TLS listener is on
@@ -589,7 +811,11 @@ def run(args: argparse.Namespace, stream: TextIO | None = None) -> int:
             return 0
         client = connect(args)
         out = Out(args.quiet, args.formatter, not args.no_table_headers, stream)
-        COMMANDS[args.ctl_command][0](client, args, out)
+        try:
+            COMMANDS[args.ctl_command][0](client, args, out)
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise CtlError(f"the broker's answer lacks what {args.ctl_command} needs "
+                           f"({type(exc).__name__}: {exc})", EX_SOFTWARE) from None
     except CtlError as exc:
         text = str(exc)
         print(text if text.startswith("Error") else f"Error: {text}", file=sys.stderr)

@@ -13,22 +13,35 @@ import sys
 import time
 from typing import Any, TextIO
 
-from gateway.cli.ctl import Client, CtlError, add_endpoint_options, connect, seg
+from gateway.cli.ctl import (
+    EX_SOFTWARE,
+    EX_USAGE,
+    Client,
+    CtlError,
+    add_endpoint_options,
+    connect,
+    seg,
+)
 
 CLEAR = "\x1b[H\x1b[2J"
 BAR_FULL, BAR_EMPTY = "█", "·"
 MAX_QUEUES = 200  # queues fetched per frame (the deepest first)
 
 
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser("info", help="live view of queues and connections of a running broker",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "info", help="live view of queues and connections of a running broker",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_endpoint_options(p)
-    p.add_argument("--username", "-U", dest="api_user", default="guest")
-    p.add_argument("--password", "-P", dest="api_password", default="guest")
+    p.add_argument("--username", "-U", dest="api_user", default=None,
+                   help="broker user for the HTTP API (env GATEWAY_USER; default guest)")
+    p.add_argument("--password", "-P", dest="api_password", default=None,
+                   help="its password (env GATEWAY_PASSWORD; default guest)")
     p.add_argument("--vhost", "-p", default=None, help="only this vhost's queues")
     p.add_argument("--interval", "-n", type=float, default=2.0, help="seconds between frames")
     p.add_argument("--once", action="store_true", help="print one frame and exit")
+    p.usage_exit = EX_USAGE  # type: ignore[attr-defined]  # (gateway.cli.main)
+    return p
 
 
 def _bar(value: int, biggest: int, width: int) -> str:
@@ -107,6 +120,10 @@ def run(args: argparse.Namespace, stream: TextIO | None = None) -> int:
             stream.write(CLEAR + text + "\n")
             stream.flush()
             time.sleep(max(0.2, args.interval))
+    except (KeyError, IndexError, TypeError) as exc:
+        print(f"Error: the broker's answer lacks what info needs ({type(exc).__name__}: "
+              f"{exc})", file=sys.stderr)
+        return EX_SOFTWARE
     except CtlError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return exc.code

@@ -7,6 +7,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import trio
 
@@ -21,8 +22,19 @@ from gateway.config import (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gateway", description=gateway.__doc__)
+class Parser(argparse.ArgumentParser):
+    """argparse with the exit code of a usage error set per command: `gateway ctl` and
+    `gateway info` exit 64 (EX_USAGE, as rabbitmqctl does), the rest argparse's 2."""
+
+    usage_exit = 2
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(self.usage_exit, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="gateway", description=gateway.__doc__)
     parser.add_argument("--version", action="version", version=gateway.__version__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the broker")
@@ -32,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     for proto in ("amqp", "mqtt", "stomp", "http"):
         serve.add_argument(f"--{proto}-port", type=parse_port, default=KEEP,
                            help=f"{proto.upper()} port; 0 picks a free port, 'off' disables")
+    for name, what in (("web_stomp", "Web-STOMP (STOMP-only WebSocket, RabbitMQ's 15674)"),
+                       ("web_mqtt", "Web-MQTT (MQTT-only WebSocket, RabbitMQ's 15675)")):
+        serve.add_argument(f"--{name.replace('_', '-')}-port", type=parse_port, default=KEEP,
+                           dest=f"{name}_port",
+                           help=f"{what} port; 0 picks a free port, 'off' disables")
     for name in TLS_LISTENERS:
         serve.add_argument(f"--{name.replace('_', '-')}-port", type=parse_port, default=KEEP,
                            dest=f"{name}_port",
@@ -42,13 +59,30 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=["debug", "info", "warning", "error"])
     from gateway.cli import ctl, info
 
-    ctl.add_parser(sub)
-    info.add_parser(sub)
+    parser.commands = {"serve": serve, "ctl": ctl.add_parser(sub),  # type: ignore[attr-defined]
+                       "info": info.add_parser(sub)}
     return parser
 
 
+def _first_leaf(group: BaseExceptionGroup[BaseException],
+                kinds: tuple[type[Exception], ...]) -> Exception | None:
+    """The first exception of `kinds` in a (nested) exception group."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_leaf(exc, kinds)
+            if found is not None:
+                return found
+        elif isinstance(exc, kinds):
+            return exc
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the command's parser, with its exit code
+        parser.commands[args.command].error(  # type: ignore[attr-defined]
+            f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "ctl":
         from gateway.cli import ctl
 
@@ -66,20 +100,28 @@ def main(argv: list[str] | None = None) -> int:
         config = with_overrides(
             load_config(args.config), host=args.host, amqp_port=args.amqp_port,
             mqtt_port=args.mqtt_port, stomp_port=args.stomp_port, http_port=args.http_port,
+            web_stomp_port=args.web_stomp_port, web_mqtt_port=args.web_mqtt_port,
             data_dir=args.data_dir,
             tls_ports={name: getattr(args, f"{name}_port") for name in TLS_LISTENERS})
     except (ConfigError, OSError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
-    from gateway.server.app import run_server
+    from gateway.server.app import StartupError, run_server
 
     try:
         trio.run(run_server, config)
     except ConfigError as exc:  # a TLS certificate or key that cannot be loaded
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
+    except (OSError, StartupError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1
+    except BaseExceptionGroup as group:
+        # a listener that cannot be bound fails inside the server's nurseries: one line
+        reason = _first_leaf(group, (StartupError, ConfigError, OSError))
+        if reason is None:
+            raise
+        print(f"gateway: {reason}", file=sys.stderr)
+        return 2 if isinstance(reason, ConfigError) else 1
     logging.getLogger("gateway.server").info("stopped")
     return 0

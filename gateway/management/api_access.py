@@ -164,7 +164,7 @@ def put_vhost(ctx: Ctx) -> Response:
     body = ctx.body_json()
     existed = name in ctx.app.broker.vhosts
     call(ctx.app.auth, "add_vhost", name)
-    if not existed:
+    if not existed and not ctx.user.node_local:
         # as RabbitMQ's API does: whoever creates a vhost may use it
         call(ctx.app.auth, "set_permissions", ctx.user.name, name, ".*", ".*", ".*")
     if "tracing" in body:

@@ -150,10 +150,13 @@ class ManagementApp:
 
     # -- dispatch --------------------------------------------------------------------------
 
-    async def check_head(self, request: Request) -> Response | None:
+    async def check_head(self, request: Request, *, as_user: User | None = None
+                         ) -> Response | None:
         """Judge a request from its head, before its body is read: an answer, or None
         (then `request.auth` holds what `handle` needs). A request that needs no body
-        (the UI's files, /metrics) is answered here outright."""
+        (the UI's files, /metrics) is answered here outright. `as_user`: a request without
+        credentials is that user's (the local control channel); one with credentials is
+        checked as over HTTP."""
         if not self.policy.host_allowed(request.header("host")):
             return ApiError(403, f"Host {request.header('host')!r} is not this broker's: "
                                  "add it to [http] allowed_hosts",
@@ -164,20 +167,22 @@ class ManagementApp:
             return Response(200, body, content_type)
         if path == "/api" or path.startswith("/api/"):
             try:
-                request.auth = await self._admit(request)
+                request.auth = await self._admit(request, as_user)
             except ApiError as err:
                 return self._error(request, err)
             return None
         return self._static_file(request)
 
-    async def _admit(self, request: Request) -> _Admitted:
+    async def _admit(self, request: Request, as_user: User | None) -> _Admitted:
         if request.method in WRITE_METHODS and not self.policy.origin_allowed(
                 request.header("origin"), request.header("host"), tls=request.tls):
             raise ApiError(403, f"Origin {request.header('origin')!r} may not change "
                                 "anything here: only the broker's own pages and [http] "
                                 "allowed_origins may", "access_refused")
         route, params = self.routes.find(request.method, request.path[len("/api"):])
-        user = await self._authenticate(request)
+        # the control channel's operator, unless the request brings credentials to check
+        user = (as_user if as_user is not None and not request.header("authorization")
+                else await self._authenticate(request))
         granted = Access.granted(user.tags)
         if Access.MANAGEMENT not in granted:
             raise ApiError(401, "Not management user", "not_authorised")
@@ -194,10 +199,11 @@ class ManagementApp:
                                "unsupported_media_type")
         return _Admitted(route, params, user)
 
-    async def handle(self, request: Request) -> Response:
+    async def handle(self, request: Request, *, as_user: User | None = None) -> Response:
+        """Answer a request; `as_user`: see `check_head`."""
         admitted = request.auth
         if not isinstance(admitted, _Admitted):
-            early = await self.check_head(request)
+            early = await self.check_head(request, as_user=as_user)
             if early is not None:
                 return early
             admitted = request.auth

@@ -8,13 +8,16 @@ write its last batch so pending confirms are not lost.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import signal
 import ssl
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -24,16 +27,58 @@ from gateway.config import Config
 from gateway.core.broker import Broker
 from gateway.core.errors import NotAllowed
 from gateway.server.connection import Connection, HandshakeLimits, peer_of
+from gateway.server.control import (
+    LOCAL_OPERATOR,
+    DataDirInUse,
+    DataDirLock,
+    directory_problem,
+    open_control_listener,
+    peer_allowed,
+    socket_path,
+)
 from gateway.server.factories import SESSION_FACTORIES, SessionFactory
 from gateway.server.tls import handshake, peer_info, server_context
 from gateway.store.base import Store
 from gateway.store.disk import DiskStore, return_large_buffers_to_the_system
+
+if TYPE_CHECKING:
+    from gateway.management.app import ManagementApp
 
 log = logging.getLogger("gateway.server")
 
 TICK_SECONDS = 0.5
 CONNECTION_TICK_EVERY = 2  # ticks: connections' timers run once a second
 SHUTDOWN_GRACE = 3.0
+
+LISTENER_LABELS = {
+    "amqp": "AMQP", "mqtt": "MQTT", "stomp": "STOMP", "http": "HTTP",
+    "amqps": "AMQPS", "mqtts": "MQTTS", "stomps": "STOMPS", "https": "HTTPS",
+    "web_stomp": "Web-STOMP", "web_mqtt": "Web-MQTT",
+    "web_stomp_tls": "Web-STOMP TLS", "web_mqtt_tls": "Web-MQTT TLS",
+}
+
+
+class StartupError(Exception):
+    """The broker cannot start, said in one line for the operator (`gateway serve` prints
+    it and exits non-zero, without a traceback)."""
+
+
+def listener_error(name: str, host: str, port: int, exc: OSError) -> StartupError:
+    """The one line for a listener whose address cannot be bound."""
+    label = LISTENER_LABELS.get(name, name)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    flag = f"--{name.replace('_', '-')}-port"
+    if exc.errno == errno.EADDRINUSE:
+        return StartupError(f"{label} listener: {address} is in use (another program listens "
+                            f"there; choose another port with {flag} or [listeners] {name})")
+    if exc.errno == errno.EACCES:
+        why = " (ports below 1024 need privileges)" if 0 < port < 1024 else ""
+        return StartupError(f"{label} listener: {address}: permission denied{why}")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return StartupError(f"{label} listener: {address}: no such address on this machine "
+                            "(see --host or [listeners] host)")
+    return StartupError(f"{label} listener: {address} cannot be opened: "
+                        f"{exc.strerror or exc}")
 
 
 class Durability:
@@ -86,6 +131,9 @@ class Server:
         self.handshakes = 0  # TLS handshakes under way
         data_dir = config.store.data_dir
         self.store: Store = DiskStore(data_dir, fsync=config.store.fsync)
+        self.lock = DataDirLock(data_dir)
+        self.control_path: Path | None = None  # the local control socket, while open
+        self.management: ManagementApp | None = None
         self.auth = AuthService(config.auth)
         self.broker = Broker(self.store, ())
         self.broker.meter.paging_threshold = config.store.paging_threshold
@@ -104,6 +152,20 @@ class Server:
 
     async def serve(self, *, task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED
                     ) -> None:
+        try:
+            self.lock.acquire()  # before the store touches the data directory
+        except DataDirInUse as exc:
+            raise StartupError(str(exc)) from None
+        try:
+            await self._run(task_status)
+        finally:
+            if self.control_path is not None:
+                with contextlib.suppress(OSError):
+                    self.control_path.unlink()
+                self.control_path = None
+            self.lock.release()
+
+    async def _run(self, task_status: trio.TaskStatus[dict[str, int]]) -> None:
         if isinstance(self.store, DiskStore):
             return_large_buffers_to_the_system()
         state = self.store.recover()
@@ -164,6 +226,7 @@ class Server:
                     listeners.start_soon(self._accept_loop, tcp, conns, factory, tls)
         await self._start_http(listeners, conns)
         await self._start_web_plugins(listeners)
+        await self._start_control(listeners, conns)
 
     async def _open(self, name: str) -> list[trio.SocketListener] | None:
         """Bind the listener `name` when its port is configured, and log it."""
@@ -171,7 +234,10 @@ class Server:
         if port is None:
             return None
         host = self.config.listeners.host
-        tcp = await trio.open_tcp_listeners(port, host=host)
+        try:
+            tcp = await trio.open_tcp_listeners(port, host=host)
+        except OSError as exc:
+            raise listener_error(name, host, port, exc) from None
         bound = tcp[0].socket.getsockname()[1]
         self.ports[name] = bound
         log.info("listener %s on %s:%d", name, host, bound)
@@ -203,19 +269,16 @@ class Server:
         plain, secure = await self._open("http"), await self._open("https")
         if plain is None and secure is None:
             return
-        from gateway.management.app import ManagementApp
         from gateway.server.http import HTTPServer
 
-        self.management = ManagementApp(self)
-        self.http = HTTPServer(self.management.handle,
-                               check_head=self.management.check_head,
+        management = self._management_app(listeners)
+        self.http = HTTPServer(management.handle, check_head=management.check_head,
                                head_timeout=self.config.limits.handshake_timeout / 1000)
         from gateway.server.websocket import WebSocketFront
 
         front = WebSocketFront(self)  # WAMP, MQTT, STOMP
         for path in front.paths:  # /ws, and /mqtt and /stomp as its aliases
             self.http.add_upgrade(path, front.handle)
-        listeners.start_soon(self.management.run)
 
         async def handler(stream: trio.SocketStream) -> None:
             peer = await peer_of(stream)
@@ -244,6 +307,51 @@ class Server:
                 listeners.start_soon(partial(trio.serve_listeners, serve, tcp,
                                              handler_nursery=conns))
 
+    def _management_app(self, listeners: trio.Nursery) -> ManagementApp:
+        """The one management app (HTTP, HTTPS and the control channel share it)."""
+        if self.management is None:
+            from gateway.management.app import ManagementApp
+
+            self.management = ManagementApp(self)
+            listeners.start_soon(self.management.run)
+        return self.management
+
+    async def _start_control(self, listeners: trio.Nursery, conns: trio.Nursery) -> None:
+        """The local control channel (gateway/server/control.py): the management API on a
+        Unix socket in the data directory, for the broker's own OS user, no credentials."""
+        data_dir = self.config.store.data_dir
+        problem = directory_problem(data_dir)
+        if problem is not None:
+            log.warning("local control channel off: %s", problem)
+            return
+        path = socket_path(data_dir)
+        try:
+            unix = await open_control_listener(path)
+        except OSError as exc:
+            log.warning("local control channel off: %s: %s", path, exc.strerror or exc)
+            return
+        self.control_path = path
+        from gateway.server.http import HTTPServer
+
+        management = self._management_app(listeners)
+        local = HTTPServer(partial(management.handle, as_user=LOCAL_OPERATOR),
+                           head_timeout=self.config.limits.handshake_timeout / 1000)
+
+        async def handler(stream: trio.SocketStream) -> None:
+            if not peer_allowed(stream):
+                log.warning("local control channel: refused a process of another user")
+                await trio.aclose_forcefully(stream)
+                return
+            try:
+                # a process on this machine: a loopback peer (as for loopback_users)
+                await local.serve(stream, ("127.0.0.1", 0))
+            except Exception:
+                log.exception("local control connection failed")
+
+        listeners.start_soon(partial(trio.serve_listeners, handler, [unix],
+                                     handler_nursery=conns))
+        log.info("local control channel on %s (gateway ctl needs no credentials here)", path)
+
     async def _start_web_plugins(self, listeners: trio.Nursery) -> None:
         """RabbitMQ-style WebSocket-only ports (Web-STOMP, Web-MQTT), when configured."""
         from gateway.server.websocket import WEB_MQTT, WEB_STOMP, WebSocketFront, with_limits
@@ -255,7 +363,10 @@ class Server:
                 if port is None:
                     continue
                 front = WebSocketFront(self, with_limits(options, self.config.limits))
-                bound = await listeners.start(partial(front.listen, host, port, tls=tls))
+                try:
+                    bound = await listeners.start(partial(front.listen, host, port, tls=tls))
+                except OSError as exc:
+                    raise listener_error(key, host, port, exc) from None
                 self.ports[key] = bound
                 log.info("listener %s on %s:%d", key, host, bound)
 

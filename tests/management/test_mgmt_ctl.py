@@ -72,7 +72,7 @@ def test_list_queues_with_columns(broker: Any, capsys: pytest.CaptureFixture[str
         assert [name, "0"] in rows(out)
         assert ctl(broker, capsys, "delete_queue", name)[0] == 0
         code, _, err = ctl(broker, capsys, "delete_queue", name)
-        assert code == 1 and "Not Found" in err
+        assert code == 65 and f"Error: no queue '{name}' in vhost '/'" in err
     finally:
         conn.close()
 
@@ -108,13 +108,13 @@ def test_users_vhosts_permissions_and_authenticate(
     code, out, _ = ctl(broker, capsys, "authenticate_user", user, "s3cret")
     assert code == 0 and "Success" in out
     code, _, err = ctl(broker, capsys, "authenticate_user", user, "wrong")
-    assert code == 77 and "failed to authenticate" in err
+    assert code == 65 and "failed to authenticate" in err  # rabbitmqctl's EX_DATAERR
     assert ctl(broker, capsys, "set_user_tags", user, "monitoring", "management")[0] == 0
     code, out, _ = ctl(broker, capsys, "-q", "list_users")
     assert [user, "[monitoring, management]"] in rows(out)
     assert ctl(broker, capsys, "change_password", user, "n3w")[0] == 0
     assert ctl(broker, capsys, "authenticate_user", user, "n3w")[0] == 0
-    assert ctl(broker, capsys, "authenticate_user", user, "s3cret")[0] == 77
+    assert ctl(broker, capsys, "authenticate_user", user, "s3cret")[0] == 65
     # the tags survived the password change
     code, out, _ = ctl(broker, capsys, "-q", "list_users")
     assert [user, "[monitoring, management]"] in rows(out)
@@ -146,7 +146,7 @@ def test_users_vhosts_permissions_and_authenticate(
     assert ctl(broker, capsys, "delete_vhost", vhost)[0] == 0
     assert ctl(broker, capsys, "delete_user", user)[0] == 0
     code, _, err = ctl(broker, capsys, "delete_user", user)
-    assert code == 1 and "not found" in err.lower()
+    assert code == 67 and f"Error: no user '{user}'" in err  # rabbitmqctl's EX_NOUSER
 
 
 def test_policies(broker: Any, capsys: pytest.CaptureFixture[str],
@@ -170,7 +170,7 @@ def test_policies(broker: Any, capsys: pytest.CaptureFixture[str],
         code, out, _ = ctl(broker, capsys, "-q", "list_policies")
         assert all(r[1] != name for r in rows(out)[1:])
         code, _, err = ctl(broker, capsys, "set_policy", name, ".*", "{not json")
-        assert code == 64 and "not JSON" in err
+        assert code == 65 and "not JSON" in err
     finally:
         api.delete(f"/queues/%2F/{q(queue)}")
         api.close()

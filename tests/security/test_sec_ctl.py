@@ -95,5 +95,5 @@ def test_ctl_topic_permissions(broker: Any, capsys: pytest.CaptureFixture[str]) 
     code, out = ctl(broker, capsys, "-q", "list_user_topic_permissions", user)
     assert [r for r in rows(out) if r[0] == "/"] == []
     code, out = ctl(broker, capsys, "clear_topic_permissions", user)
-    assert code == 1 and "no topic permissions" in out
+    assert code == 65 and "no topic permissions" in out
     assert ctl(broker, capsys, "delete_user", user)[0] == 0
