@@ -136,8 +136,11 @@ class DocRun:
         path.write_text(block.text)
         try:
             load_config(path)
+            error = ""
         except ConfigError as exc:
-            self.fail(block, f"the config block does not load: {exc}")
+            error = str(exc)
+        if error:
+            self.fail(block, f"the config block does not load: {error}")
 
     def run_paths(self, block: Block) -> None:
         for line in block.text.splitlines():
@@ -161,8 +164,11 @@ class DocRun:
             done = subprocess.run(command, cwd=self.work, env=self.env, capture_output=True,
                                   text=True, timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired as exc:
-            self.fail(block, f"still running after {RUN_TIMEOUT} s; output so far:\n"
-                      f"{exc.stdout!r}\n{exc.stderr!r}")
+            timed_out = f"{exc.stdout!r}\n{exc.stderr!r}"
+        else:
+            timed_out = ""
+        if timed_out:
+            self.fail(block, f"still running after {RUN_TIMEOUT} s; output so far:\n{timed_out}")
             return
         if done.returncode != 0:
             self.fail(block, f"exit code {done.returncode}\n--- ran ---\n{command[-1]}\n"
@@ -220,9 +226,11 @@ class DocRun:
 
 def run_document(doc: Path, tmp: Path) -> None:
     try:
-        found = blocks(doc)
+        found, error = blocks(doc), ""
     except DocError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        found, error = [], str(exc)
+    if error:
+        pytest.fail(error, pytrace=False)
     work = tmp / "work"
     work.mkdir()
     run = DocRun(doc, work, tmp)
