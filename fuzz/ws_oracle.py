@@ -239,6 +239,6 @@ def seeds() -> list[bytes]:
             bytes([mode]) + upgrade_request(("mqtt",)) + masked_frame(
                 2, b"\x10\x10\x00\x04MQTT\x04\x02\x00\x3c\x00\x04fuzz"),
             bytes([mode]) + upgrade_request((), target="/other?x=1"),
-            bytes([mode]) + b"GET /api/overview HTTP/1.1\r\nHost: x\r\n\r\n",
+            bytes([mode]) + b"GET /api/overview HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
         ]
     return out

@@ -24,7 +24,7 @@ GREETINGS = {
     "amqp": b"AMQP\x00\x00\x09\x01",
     "mqtt": mqtt_connect_packet(),
     "stomp": b"CONNECT\naccept-version:1.2\nhost:/\n\n\x00",
-    "http": b"GET /api/overview HTTP/1.1\r\nHost: x\r\n\r\n",
+    "http": b"GET /api/overview HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
 }
 
 

@@ -171,7 +171,7 @@ def test_crash_target_does_not_stop_a_running_broker(fresh_broker: Any) -> None:
             return out
 
     assert exchange(CRASH_TARGET).startswith(b"HTTP/1.1 404 ")
-    assert exchange(b"GET /api/overview HTTP/1.1\r\nHost: x\r\n\r\n").startswith(
+    assert exchange(b"GET /api/overview HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").startswith(
         b"HTTP/1.1 401 ")
 
 
