@@ -5,7 +5,9 @@ The rules are RabbitMQ's internal backend (`rabbit_auth_backend_internal`,
 definitions export behave the same here:
 
 - Login: the password is checked against the salted hash (`passwords`: scrypt for passwords
-  set here, RabbitMQ's SHA-256 for pasted hashes); a user listed in `loopback_users` is
+  set here, RabbitMQ's SHA-256 for pasted hashes, upgraded to scrypt at the user's next
+  successful login); every check costs one scrypt, whoever the user is, or whether they
+  exist (`passwords.check_password_evenly`); a user listed in `loopback_users` is
   refused unless the peer is a loopback address. The client is told only "Login was
   refused using authentication mechanism <M>. ..." (as RabbitMQ tells a client that
   announced `authentication_failure_close`); the reason goes to the log, with the protocol,
@@ -40,11 +42,9 @@ from typing import TYPE_CHECKING, Final, Literal
 
 from gateway.auth.login import FailedLogins, PendingCheck, VerifiedCache
 from gateway.auth.passwords import (
-    SCRYPT_LOG_N,
-    SCRYPT_P,
-    SCRYPT_R,
+    DECOY_HASH,
     CraKey,
-    check_password,
+    check_password_evenly,
     derive_cra_key,
     hash_password,
     is_password_hash,
@@ -68,6 +68,7 @@ __all__ = [
     "AuthService",
     "LoginRefused",
     "Permission",
+    "DECOY_HASH",
     "ResourceKind",
     "User",
     "is_loopback",
@@ -79,11 +80,6 @@ Permission = Literal["configure", "write", "read"]
 ResourceKind = Literal["queue", "exchange"]
 
 DEFAULT_EXCHANGE_RESOURCE: Final = "amq.default"
-# Checked against when the user is unknown (or has no password), so that an unknown name
-# costs the same scrypt check as a wrong password and does not reveal which names exist.
-# Such a login is refused whatever the check says, so the hash is of nothing (zero salt,
-# zero key), and no start-up time goes into making one.
-DECOY_HASH: Final = f"$scrypt$ln={SCRYPT_LOG_N},r={SCRYPT_R},p={SCRYPT_P}${'A' * 22}${'A' * 43}"
 
 
 @dataclass(frozen=True)
@@ -433,19 +429,42 @@ class AuthService:
             then(self._conclude(username, found, password, True, peer, loopback, protocol,
                                 mechanism, now))
             return None
-        digest = stored or DECOY_HASH
-
-        def finish(ok: bool) -> None:
-            then(self._conclude(username, found, password, ok, peer, loopback, protocol,
-                                mechanism, now))
+        # every check costs one scrypt (`check_password_evenly`): an unknown name, a user
+        # without a password and a legacy SHA-256 hash are checked against the decoy too
+        upgraded: list[tuple[str, str]] = []
 
         def verify() -> bool:
-            return check_password(digest, password)
+            ok = check_password_evenly(stored, password)
+            if ok and not is_slow_hash(stored):
+                # a legacy hash matched: its scrypt successor (and a WAMP-CRA key), made
+                # here, in the worker thread, and stored by `finish`
+                upgraded.append(_secrets_of(password))
+            return ok
 
-        if self.inline_checks or not is_slow_hash(digest):
+        def finish(ok: bool) -> None:
+            user = found
+            if ok and user is not None and upgraded:
+                user = self._upgrade_hash(user, stored, *upgraded[0])
+            then(self._conclude(username, user, password, ok, peer, loopback, protocol,
+                                mechanism, now))
+
+        if self.inline_checks:
             finish(verify())
             return None
         return PendingCheck(verify, finish)
+
+    def _upgrade_hash(self, user: User, old_hash: str, new_hash: str, wampcra: str) -> User:
+        """Replace a user's legacy (RabbitMQ SHA-256) hash by the scrypt hash of the
+        password that just matched it, with a WAMP-CRA key, and persist them; unless the
+        hash changed meanwhile."""
+        current = self._users.get(user.name)
+        if current is None or current.password_hash != old_hash:
+            return user
+        upgraded = replace(current, password_hash=new_hash, wampcra=wampcra)
+        self._users[user.name] = upgraded
+        self._write_user(upgraded)
+        log.info("user %r: legacy SHA-256 password hash upgraded to scrypt", user.name)
+        return upgraded
 
     def _conclude(self, username: str, found: User | None, password: str, ok: bool,
                   peer: str, loopback: bool, protocol: str, mechanism: str, now: float
