@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final, Literal
 
+from gateway.auth.limits import RuntimeLimits, Scope, check_limits
 from gateway.auth.login import FailedLogins, PendingCheck, VerifiedCache
 from gateway.auth.passwords import (
     DECOY_HASH,
@@ -57,7 +58,7 @@ from gateway.auth.topics import (
     compile_pattern,
 )
 from gateway.core.errors import AccessRefused, NotAllowed, NotFound, PreconditionFailed
-from gateway.store.base import PermissionRecord, Recovered, UserRecord
+from gateway.store.base import LimitsRecord, PermissionRecord, Recovered, UserRecord
 
 if TYPE_CHECKING:
     from gateway.config import AuthConfig, PermissionConfig
@@ -142,6 +143,7 @@ class AuthService:
         self._grants = {key: _Grant(*(compile_pattern(x) for x in value))
                         for key, value in self._perms.items()}
         self._topic = TopicGrants()
+        self.limits = RuntimeLimits()
         self._loopback_users = config.loopback_users
         self._store: Store | None = None
         self._broker: Broker | None = None
@@ -173,6 +175,7 @@ class AuthService:
         state.permissions = [PermissionRecord(user, vhost, c, w, r)
                              for (user, vhost), (c, w, r) in self._perms.items()]
         state.topic_permissions = [t.record() for t in self._topic.all()]
+        state.limits = self.limits.records()
 
     def restore(self, state: Recovered) -> None:
         """Take users, vhosts and permissions from a recovered store; on a store that was
@@ -197,11 +200,13 @@ class AuthService:
         self._topic = TopicGrants([
             TopicPermission(t.user, t.vhost, t.exchange, t.write, t.read)
             for t in state.topic_permissions])
+        self.limits = RuntimeLimits(state.limits)
         if self._broker is not None:
             for name in [v for v in self._broker.vhosts if v not in self._vhosts]:
                 del self._broker.vhosts[name]  # from the config; deleted since (still empty)
             for name in self._vhosts:
                 self._broker.add_vhost(name)
+                self._apply_vhost_limits(name)
 
     # -- users -----------------------------------------------------------------------------
 
@@ -245,6 +250,7 @@ class AuthService:
             del self._perms[key]
             self._grants.pop(key, None)
         self._topic.remove(name, None)
+        self.limits.remove("user", name)
         if self._store is not None:
             self._store.delete_user(name)
 
@@ -292,6 +298,7 @@ class AuthService:
             self._store.put_vhost(name)
         if self._broker is not None:
             self._broker.add_vhost(name)
+            self._apply_vhost_limits(name)
 
     def delete_vhost(self, name: str) -> None:
         """Delete a vhost with everything in it; its connections are closed by the broker's
@@ -303,6 +310,7 @@ class AuthService:
             del self._perms[key]
             self._grants.pop(key, None)
         self._topic.remove(None, name)
+        self.limits.remove("vhost", name)
         if self._broker is not None:
             self._broker.delete_vhost(name)  # writes the store record itself
         elif self._store is not None:
@@ -387,6 +395,85 @@ class AuthService:
             raise AccessRefused(
                 f"access to topic '{routing_key}' in exchange '{exchange}' in vhost "
                 f"'{vhost}' refused for user '{user.name}'")
+
+    # -- runtime limits (`gateway.auth.limits`) ----------------------------------------------
+
+    def vhost_limits(self, vhost: str) -> dict[str, int]:
+        return self.limits.get("vhost", vhost)
+
+    def user_limits(self, user: str) -> dict[str, int]:
+        return self.limits.get("user", user)
+
+    def list_vhost_limits(self) -> list[tuple[str, dict[str, int]]]:
+        return [(v, lim) for v, lim in self.limits.all("vhost") if v in self._vhosts]
+
+    def list_user_limits(self) -> list[tuple[str, dict[str, int]]]:
+        return [(u, lim) for u, lim in self.limits.all("user") if u in self._users]
+
+    def set_vhost_limits(self, vhost: str, limits: object) -> None:
+        """Replace the vhost's limits (`set_vhost_limits`; {} clears them)."""
+        if vhost not in self._vhosts:
+            raise NotFound(f"vhost '{vhost}' not found")
+        self._put_limits("vhost", vhost, check_limits("vhost", limits))
+
+    def set_vhost_limit(self, vhost: str, name: str, value: object) -> None:
+        """Set one of the vhost's limits, keeping the others (the HTTP API's PUT)."""
+        if vhost not in self._vhosts:
+            raise NotFound(f"vhost '{vhost}' not found")
+        merged = {**self.vhost_limits(vhost), **check_limits("vhost", {name: value})}
+        self._put_limits("vhost", vhost, merged)
+
+    def clear_vhost_limits(self, vhost: str, name: str | None = None) -> None:
+        """Clear one of the vhost's limits, or all of them (None)."""
+        if vhost not in self._vhosts:
+            raise NotFound(f"vhost '{vhost}' not found")
+        kept = {} if name is None else {
+            k: v for k, v in self.vhost_limits(vhost).items() if k != name}
+        self._put_limits("vhost", vhost, kept)
+
+    def set_user_limits(self, user: str, limits: object) -> None:
+        """Add to the user's limits (`set_user_limits`, as RabbitMQ's: merged)."""
+        if user not in self._users:
+            raise NotFound(f"user '{user}' not found")
+        merged = {**self.user_limits(user), **check_limits("user", limits)}
+        self._put_limits("user", user, merged)
+
+    def clear_user_limits(self, user: str, name: str = "all") -> None:
+        """Clear one of the user's limits, or all of them ("all")."""
+        if user not in self._users:
+            raise NotFound(f"user '{user}' not found")
+        kept = {} if name == "all" else {
+            k: v for k, v in self.user_limits(user).items() if k != name}
+        self._put_limits("user", user, kept)
+
+    def vhost_limit(self, vhost: str, name: str) -> int | None:
+        """The vhost's limit in force (None: no limit)."""
+        return self.limits.limit("vhost", vhost, name)
+
+    def user_limit(self, user: str, name: str) -> int | None:
+        """The user's limit in force (None: no limit)."""
+        return self.limits.limit("user", user, name)
+
+    def _put_limits(self, scope: Scope, name: str, limits: dict[str, int]) -> None:
+        self.limits.put(scope, name, limits)
+        if self._store is not None:
+            if limits:
+                self._store.put_limits(LimitsRecord(scope, name, dict(limits)))
+            else:
+                self._store.delete_limits(scope, name)
+        if scope == "vhost":
+            self._apply_vhost_limits(name)
+
+    def _apply_vhost_limits(self, vhost: str) -> None:
+        """Hand max-queues to the core's vhost (over the config's default)."""
+        if self._broker is None:
+            return
+        vh = self._broker.vhosts.get(vhost)
+        if vh is not None:
+            if "max-queues" in self.vhost_limits(vhost):
+                vh.max_queues = self.vhost_limit(vhost, "max-queues")
+            else:
+                vh.max_queues = self._broker.max_queues_per_vhost or None
 
     # -- the questions sessions ask --------------------------------------------------------
 

@@ -27,7 +27,7 @@ import trio
 
 from gateway.auth.service import LoginRefused, User
 from gateway.core.errors import BrokerError
-from gateway.management import api_access, api_node, api_objects, api_tools
+from gateway.management import api_access, api_limits, api_node, api_objects, api_tools
 from gateway.management.metrics import make_registry, render_metrics
 from gateway.management.router import Access, ApiError, Ctx, Route, Routes, VhostScope, dumps
 from gateway.management.shapes import Listening
@@ -54,7 +54,7 @@ JSON_TYPE = "application/json"
 
 def _routes() -> Routes:
     routes = Routes()
-    for module in (api_node, api_objects, api_access, api_tools):
+    for module in (api_node, api_objects, api_access, api_tools, api_limits):
         routes.extend(module.routes)
     return routes
 

@@ -504,7 +504,7 @@ class WampSession:
             self.abort("wamp.error.not_authorized", err.text)
             return
         try:
-            self.admit(self, user.name)
+            self.admit(self, user.name, hello.realm)
         except BrokerError as err:  # a connection limit
             self.abort("wamp.error.not_authorized", err.text)
             return
