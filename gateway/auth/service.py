@@ -36,12 +36,20 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final, Literal
 
 from gateway.auth.limits import RuntimeLimits, Scope, check_limits
 from gateway.auth.login import FailedLogins, PendingCheck, VerifiedCache
+from gateway.auth.oauth import (
+    TokenGrant,
+    TokenRefused,
+    TokenVerifier,
+    load_signing_key,
+    looks_like_token,
+)
 from gateway.auth.passwords import (
     DECOY_HASH,
     CraKey,
@@ -61,7 +69,7 @@ from gateway.core.errors import AccessRefused, NotAllowed, NotFound, Preconditio
 from gateway.store.base import LimitsRecord, PermissionRecord, Recovered, UserRecord
 
 if TYPE_CHECKING:
-    from gateway.config import AuthConfig, PermissionConfig
+    from gateway.config import AuthConfig, OAuth2Config, PermissionConfig
     from gateway.core.broker import Broker
     from gateway.store.base import Store
 
@@ -91,6 +99,9 @@ class User:
     tags: tuple[str, ...] = ()
     password_hash: str = field(default="", repr=False, compare=False)
     wampcra: str = field(default="", repr=False, compare=False)  # `CraKey.encode()` or ""
+    # a token user (`gateway.auth.oauth`): its permissions are the token's scopes, and it
+    # exists only for the connection that presented the token
+    token: TokenGrant | None = field(default=None, repr=False, compare=False)
 
     def record(self) -> UserRecord:
         return UserRecord(self.name, self.password_hash, list(self.tags), self.wampcra)
@@ -133,7 +144,7 @@ class AuthService:
     truth and the config's `[[users]]`/`[[vhosts]]`/`[[permissions]]` are not read again.
     """
 
-    def __init__(self, config: AuthConfig) -> None:
+    def __init__(self, config: AuthConfig, oauth2: OAuth2Config | None = None) -> None:
         self._users: dict[str, User] = {
             u.name: User(u.name, tuple(u.tags), u.password_hash, u.wampcra)
             for u in config.users}
@@ -155,6 +166,17 @@ class AuthService:
         # False: slow checks are returned as a `PendingCheck` for the I/O layer to run in a
         # worker thread (the server sets this); True: run at once (sans-IO tests, tools)
         self.inline_checks = True
+        self.tokens = TokenVerifier()
+        if oauth2 is not None and oauth2.resource_server_id:
+            self.tokens = TokenVerifier(
+                oauth2.resource_server_id,
+                signing_keys={kid: load_signing_key(path) for kid, path in oauth2.signing_keys},
+                default_key=oauth2.default_key, algorithms=oauth2.algorithms,
+                preferred_username_claims=oauth2.preferred_username_claims,
+                additional_scopes_key=oauth2.additional_scopes_key,
+                scope_prefix=oauth2.scope_prefix)
+        # what token checks compare `exp` with (epoch seconds)
+        self.wall_clock: Callable[[], float] = time.time
 
     # -- persistence -----------------------------------------------------------------------
 
@@ -374,8 +396,9 @@ class AuthService:
 
     @property
     def has_topic_permissions(self) -> bool:
-        """Whether any topic permission exists (publish paths skip the check otherwise)."""
-        return bool(self._topic)
+        """Whether any topic permission exists, or tokens may be presented, whose topic
+        access comes from their scopes (publish paths skip the check otherwise)."""
+        return bool(self._topic) or self.tokens.enabled
 
     def list_topic_permissions(self) -> list[TopicPermission]:
         return self._topic.all()
@@ -383,7 +406,11 @@ class AuthService:
     def topic_allowed(self, user: User, vhost: str, exchange: str, permission: Permission,
                       routing_key: str, *, client_id: str | None = None) -> bool:
         """True if `user` may write (publish) or read (bind) `routing_key` on the topic
-        exchange; always True without a topic permission for that user, vhost, exchange."""
+        exchange; always True without a topic permission for that user, vhost, exchange.
+        A token user: a scope with a routing-key pattern must allow it."""
+        if user.token is not None:
+            return user.token.topic_access(vhost, exchange, permission, routing_key,
+                                           self.wall_clock())
         return not self._topic or self._topic.allowed(user.name, vhost, exchange, permission,
                                                       routing_key, client_id=client_id)
 
@@ -509,6 +536,10 @@ class AuthService:
             return None
         if loopback is None:
             loopback = is_loopback(peer)
+        if self.tokens.enabled and looks_like_token(password):
+            then(self._token_login(username, password, peer, loopback, protocol, mechanism,
+                                   now))
+            return None
         found = self._users.get(username)
         stored = found.password_hash if found is not None else ""
         if found is not None and stored and password and self._verified.hit(
@@ -565,6 +596,23 @@ class AuthService:
                                  count=False)
         self._verified.put(found.name, found.password_hash, password, now)
         return found
+
+    def _token_login(self, username: str, token: str, peer: str, loopback: bool,
+                     protocol: str, mechanism: str, now: float) -> User | LoginRefused:
+        """A token as the password: verified here, at once (no scrypt); the user name the
+        client sent is not used (the token's is)."""
+        try:
+            name, grant = self.tokens.verify(token)
+        except TokenRefused as exc:
+            return self._refused(username, peer, protocol, mechanism, now,
+                                 f"user '{username}' - OAuth 2 token refused: {exc}")
+        if name in self._loopback_users and not loopback:
+            return self._refused(name, peer, protocol, mechanism, now,
+                                 f"user '{name}' can only connect via localhost",
+                                 count=False)
+        log.info("login: protocol=%s address=%s user=%r with an OAuth 2 token (%d scopes, "
+                 "tags %s)", protocol, peer, name, len(grant.scopes), list(grant.tags))
+        return User(name, grant.tags, token=grant)
 
     def authenticate_certificate(self, username: str, *, loopback: bool,
                                  mechanism: str = "EXTERNAL") -> User:
@@ -625,6 +673,10 @@ class AuthService:
         row on it."""
         if vhost not in self._vhosts:
             raise NotAllowed(f"vhost {vhost} not found")
+        if user.token is not None:
+            if not user.token.vhost_access(vhost, self.wall_clock()):
+                raise NotAllowed(f"access to vhost '{vhost}' refused for user '{user.name}'")
+            return
         if (user.name, vhost) not in self._grants:
             raise NotAllowed(f"access to vhost '{vhost}' refused for user '{user.name}'")
 
@@ -638,6 +690,9 @@ class AuthService:
         resource_kind: ResourceKind = "queue",
     ) -> bool:
         """True if `user` holds `permission` on the named resource in `vhost`."""
+        if user.token is not None:
+            return vhost in self._vhosts and user.token.resource_access(
+                vhost, _resource_name(resource, resource_kind), permission, self.wall_clock())
         grant = self._grants.get((user.name, vhost))
         if grant is None:
             return False

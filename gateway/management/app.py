@@ -232,13 +232,17 @@ class ManagementApp:
         """HTTP basic auth against broker users; a slow (scrypt) check runs in a worker
         thread, failures count against the source address like any protocol's."""
         header = request.header("authorization")
-        if not header or not header.lower().startswith("basic "):
+        if header and header.lower().startswith("bearer ") and self.auth.tokens.enabled:
+            # an OAuth 2 access token (RabbitMQ's management API takes it so too)
+            name, password = "", header[7:].strip()
+        elif not header or not header.lower().startswith("basic "):
             raise ApiError(401, "Login failed", "not_authorised")
-        try:
-            decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            raise ApiError(401, "Login failed", "not_authorised") from None
-        name, _, password = decoded.partition(":")
+        else:
+            try:
+                decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                raise ApiError(401, "Login failed", "not_authorised") from None
+            name, _, password = decoded.partition(":")
         answer: list[User | LoginRefused] = []
         pending = self.auth.login(name, password, peer=request.peer[0], protocol="HTTP",
                                   now=self.now(), then=answer.append)

@@ -86,7 +86,7 @@ class Server:
         self.handshakes = 0  # TLS handshakes under way
         data_dir = config.store.data_dir
         self.store: Store = DiskStore(data_dir, fsync=config.store.fsync)
-        self.auth = AuthService(config.auth)
+        self.auth = AuthService(config.auth, config.oauth2)
         self.broker = Broker(self.store, ())
         self.broker.meter.paging_threshold = config.store.paging_threshold
         self.broker.max_queues_per_vhost = config.limits.max_queues_per_vhost
