@@ -166,7 +166,8 @@ def test_a_scope_limited_token_gets_only_its_scopes(token_broker: Any) -> None:
         got = ch.basic_get("alice.inbox", auto_ack=True)[2]
     assert got == b"hello"
     for action in (lambda c: c.queue_declare("bob.inbox"),  # configure
-                   lambda c: c.basic_get("bob.inbox")):  # read
+                   lambda c: c.basic_get("bob.inbox"),  # read
+                   lambda c: c.queue_bind("alice.inbox", "amq.topic", "bob.#")):  # topic
         c = conn.channel()
         with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
             action(c)
