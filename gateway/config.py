@@ -57,6 +57,7 @@ __all__ = [
     "TLSConfig",
     "TLS_LISTENERS",
     "TLS_VERSIONS",
+    "OAuth2Config",
     "UserConfig",
     "default_config_text",
     "load_config",
@@ -73,7 +74,7 @@ _AMQP_SHORT_MAX: Final = 0xFFFF
 _MAX_MESSAGE_SIZE: Final = 512 * 1024 * 1024  # RabbitMQ's hard ceiling as well
 _USER_TABLES: Final = ("users", "vhosts", "permissions")
 _SECTIONS: Final = ("listeners", "store", "definitions", "amqp", "stomp", "limits", "auth", "mqtt",
-                    "tls", "wamp", "http")
+                    "tls", "wamp", "http", "oauth2")
 # the TLS listeners (RabbitMQ's ports: 5671, 8883, 61614, 15671, 15673, 15676), all off by
 # default; each needs [tls] certfile and keyfile
 TLS_LISTENERS: Final = ("amqps", "mqtts", "stomps", "https", "web_stomp_tls", "web_mqtt_tls")
@@ -263,6 +264,20 @@ class WAMPConfig:
 
 
 @dataclass(frozen=True)
+class OAuth2Config:
+    """OAuth 2.0 / JWT access tokens as passwords (gateway/auth/oauth.py); RabbitMQ's
+    rabbitmq_auth_backend_oauth2 names. `resource_server_id` "" = off."""
+
+    resource_server_id: str = ""
+    signing_keys: tuple[tuple[str, Path], ...] = ()  # key id -> PEM (or secret) file
+    default_key: str = ""  # for tokens whose header names no `kid`
+    algorithms: tuple[str, ...] = ()  # () = every one that fits the key
+    preferred_username_claims: tuple[str, ...] = ()  # tried before "sub" and "client_id"
+    additional_scopes_key: str = ""  # claims (dotted paths, space-separated) with scopes
+    scope_prefix: str = ""  # "" = resource_server_id + "."
+
+
+@dataclass(frozen=True)
 class Config:
     listeners: Listeners
     store: StoreConfig
@@ -275,6 +290,7 @@ class Config:
     tls: TLSConfig = TLSConfig()
     http: HTTPConfig = HTTPConfig()
     wamp: WAMPConfig = WAMPConfig()
+    oauth2: OAuth2Config = OAuth2Config()
 
 
 # --------------------------------------------------------------------------- public API
@@ -600,10 +616,52 @@ def _build(document: _Doc, source: str) -> Config:
     tls = _build_tls(root)
     _check_tls(tls, listeners, source)
     auth = _build_auth(root)
+    oauth2 = _build_oauth2(root)
     root.done()
     return Config(listeners=listeners, store=store, amqp=amqp, stomp=stomp, limits=limits,
                   auth=auth, mqtt=mqtt,
-                  definitions=definitions, tls=tls, http=http, wamp=wamp)
+                  definitions=definitions, tls=tls, http=http, wamp=wamp, oauth2=oauth2)
+
+
+def _build_oauth2(root: _Table) -> OAuth2Config:
+    from gateway.auth.oauth import (
+        ASYMMETRIC_ALGORITHMS,
+        HMAC_ALGORITHMS,
+        load_signing_key,
+    )
+
+    t = root.table("oauth2")
+    keys_t = t.table("signing_keys")
+    keys = []
+    for kid in keys_t.data:
+        path = Path(keys_t.string(kid)).expanduser()
+        try:
+            load_signing_key(path)
+        except ValueError as exc:
+            raise keys_t.error(kid, str(exc)) from None
+        keys.append((kid, path))
+    keys_t.done()
+    algorithms = t.strings("algorithms")
+    known = (*ASYMMETRIC_ALGORITHMS, *HMAC_ALGORITHMS)
+    for alg in algorithms:
+        if alg not in known:
+            raise t.error("algorithms", f"unknown algorithm {alg!r}; known: {', '.join(known)}")
+    oauth2 = OAuth2Config(
+        resource_server_id=t.string("resource_server_id", allow_empty=True).strip(),
+        signing_keys=tuple(keys),
+        default_key=t.string("default_key", allow_empty=True),
+        algorithms=algorithms,
+        preferred_username_claims=t.strings("preferred_username_claims"),
+        additional_scopes_key=t.string("additional_scopes_key", allow_empty=True),
+        scope_prefix=t.string("scope_prefix", allow_empty=True),
+    )
+    t.done()
+    if oauth2.default_key and oauth2.default_key not in dict(keys):
+        raise t.error("default_key", f"{oauth2.default_key!r} is not a key of signing_keys")
+    if oauth2.resource_server_id and not keys:
+        raise t.error("signing_keys", "must name at least one key when resource_server_id "
+                                      "is set")
+    return oauth2
 
 
 def _origin(table: _Table, text: str) -> str:

@@ -13,6 +13,10 @@ again there). Both import here. A user's WAMP-CRA key is not exported (it would 
 holding the file answer WAMP-CRA challenges): after an import such users log in to WAMP
 with ticket until their password is set again.
 
+Runtime limits travel as RabbitMQ 3.13 and later write them: a user's in its `limits`
+object, a vhost's in its `limits` object; on import, RabbitMQ's older form (a `parameters`
+entry of component `vhost-limits`) is read too.
+
 What is exported: every user, vhost, permission and policy; durable, non-exclusive queues;
 durable exchanges other than the predeclared ones (`""`, `amq.*`); bindings between durable
 objects. Transient objects belong to their connections and are left out, as in RabbitMQ.
@@ -31,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gateway
+from gateway.auth.limits import Scope, check_limits
 from gateway.auth.passwords import (
     HASHING_SCRYPT,
     HASHING_SHA256,
@@ -66,9 +71,10 @@ def export_definitions(broker: Broker, auth: AuthService) -> dict[str, Any]:
         "users": [
             {"name": u.name, "password_hash": u.password_hash,
              "hashing_algorithm": hashing_algorithm(u.password_hash), "tags": list(u.tags),
-             "limits": {}}
+             "limits": auth.user_limits(u.name)}
             for u in auth.list_users()],
-        "vhosts": [{"name": v, "limits": [], "metadata": {"description": "", "tags": []}}
+        "vhosts": [{"name": v, "limits": auth.vhost_limits(v),
+                    "metadata": {"description": "", "tags": []}}
                    for v in auth.list_vhosts()],
         "permissions": [
             {"user": p.user, "vhost": p.vhost, "configure": p.configure, "write": p.write,
@@ -172,6 +178,7 @@ def import_definitions(broker: Broker, auth: AuthService, data: dict[str, Any], 
     if not isinstance(data, Mapping):
         raise PreconditionFailed("definitions: the document must be a JSON object")
     users = []
+    limits: list[tuple[str, str, dict[str, int]]] = []
     for u in _items(data, "users"):
         password_hash = u.text("password_hash", "")
         algorithm = u.text("hashing_algorithm", hashing_algorithm(password_hash))
@@ -188,7 +195,12 @@ def import_definitions(broker: Broker, auth: AuthService, data: dict[str, Any], 
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise PreconditionFailed(f"definitions: {u.where}.tags must be a list of strings")
         users.append((u.text("name"), password_hash, tags))
+        limits.append(("user", u.text("name"), _limits(u, "user")))
     vhosts = [v.text("name") for v in _items(data, "vhosts")]
+    limits += [("vhost", v.text("name"), _limits(v, "vhost")) for v in _items(data, "vhosts")]
+    for p in _items(data, "parameters"):  # RabbitMQ before 3.13: vhost limits as parameters
+        if p.data.get("component") == "vhost-limits":
+            limits.append(("vhost", p.text("vhost"), check_limits("vhost", p.data.get("value"))))
     perms = [(p.text("user"), p.text("vhost"), p.text("configure"), p.text("write"),
               p.text("read")) for p in _items(data, "permissions")]
     topic_perms = [(t.text("user"), t.text("vhost"), t.text("exchange"), t.text("write"),
@@ -237,7 +249,8 @@ def import_definitions(broker: Broker, auth: AuthService, data: dict[str, Any], 
                         + [("policy", p[0]) for p in policies]
                         + [("exchange", x[0]) for x in exchanges]
                         + [("queue", q[0]) for q in queues]
-                        + [("binding", b[0]) for b in bindings]):
+                        + [("binding", b[0]) for b in bindings]
+                        + [("limits", lim[1]) for lim in limits if lim[0] == "vhost"]):
         if vhost not in known_vhosts:
             raise PreconditionFailed(f"definitions: {what} in vhost '{vhost}', which is "
                                      "neither defined nor existing")
@@ -266,6 +279,23 @@ def import_definitions(broker: Broker, auth: AuthService, data: dict[str, Any], 
         dest = (vh.get_queue(destination) if kind == "queue"
                 else vh.get_exchange(destination))
         vh.bind(dest, source, key, args)
+    for scope, name, values in limits:  # after the queues, which they do not refuse
+        if values and scope == "user":
+            auth.set_user_limits(name, values)
+        elif values:
+            auth.set_vhost_limits(name, {**auth.vhost_limits(name), **values})
+
+
+def _limits(item: _Doc, scope: Scope) -> dict[str, int]:
+    """A user's or vhost's `limits` (an object; RabbitMQ's older exports: a list)."""
+    value = item.data.get("limits") or {}
+    if isinstance(value, list) and all(
+            isinstance(x, list | tuple) and len(x) == 2 for x in value):
+        value = dict(value)
+    try:
+        return check_limits(scope, value)
+    except PreconditionFailed as exc:
+        raise PreconditionFailed(f"definitions: {item.where}.limits: {exc.text}") from None
 
 
 def load_definitions_file(broker: Broker, auth: AuthService, path: Path | str, *,

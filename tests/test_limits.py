@@ -118,7 +118,7 @@ def test_queues_per_vhost_past_the_limit_are_refused_406(
     with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
         ch.queue_declare("q4")
     assert refused.value.reply_code == 406
-    assert "queue limit in virtual host (3) is reached" in refused.value.reply_text
+    assert "queue limit in vhost '/' (3) is reached" in refused.value.reply_text
     ch = conn.channel()
     ch.queue_delete("q1")
     ch.queue_declare("q4")  # room again

@@ -12,8 +12,9 @@ stalling every other client: `AuthService.login` returns one instead of an answe
 session stops handling input and exposes it as `password_check`, and the I/O layer runs
 `verify()` in a worker thread (`gateway.server.connection.settle_password_check`), then
 calls `finish(ok)` in the event loop, which hands the session its answer, and lets the
-session go on with the input it held. Fast checks (RabbitMQ's SHA-256 hashes, the
-`VerifiedCache`) are answered at once.
+session go on with the input it held. Every password check is slow on purpose (one scrypt
+whatever the user's hash, so its time does not tell who exists); only a `VerifiedCache` hit
+and a token (`gateway.auth.oauth`) are answered at once.
 
 `VerifiedCache` remembers, for a few minutes, that a password matched a user's current
 hash, keyed by an HMAC of the password under a per-process random key (never the password

@@ -16,7 +16,12 @@ Two formats are stored and recognised by their shape:
   it is never made for a new password here; it is only checked, so that hashes pasted from
   `rabbitmqctl export_definitions` or a RabbitMQ definitions file keep working.
 
-Both are checked with `hmac.compare_digest`. hashlib is the standard library's binding of
+Both are checked with `hmac.compare_digest`. A login checks with `check_password_evenly`,
+which makes every check cost one scrypt: a SHA-256 hash, no hash (an unknown user, or one
+without a password) is first checked against `DECOY_HASH`, so the time a wrong password
+takes does not tell a legacy user from an scrypt user or from a name that does not exist.
+A legacy hash that matched is replaced by an scrypt hash at that login
+(`gateway.auth.service`). hashlib is the standard library's binding of
 OpenSSL's scrypt and PBKDF2, so nothing here implements a primitive.
 
 WAMP-CRA (`CraKey`) cannot be checked against either hash: the router has to sign the
@@ -43,8 +48,10 @@ __all__ = [
     "HASHING_SCRYPT",
     "HASHING_SHA256",
     "SALT_SIZE",
+    "DECOY_HASH",
     "CraKey",
     "check_password",
+    "check_password_evenly",
     "derive_cra_key",
     "hash_password",
     "hash_password_sha256",
@@ -67,6 +74,12 @@ SCRYPT_KEY_SIZE: Final = 32
 _SCRYPT_MAX_LOG_N: Final = 20  # refuse hashes that would take seconds and a GiB to check
 _SCRYPT = re.compile(r"\$scrypt\$ln=(\d{1,2}),r=(\d{1,2}),p=(\d{1,2})\$([A-Za-z0-9+/]+)"
                      r"\$([A-Za-z0-9+/]+)")
+
+# Checked against when there is no scrypt hash to check (an unknown user, a user without a
+# password, a RabbitMQ SHA-256 hash), so that such a login costs the same scrypt check as a
+# wrong password of an scrypt user. Nothing matches it that matters: the check's answer is
+# thrown away. Zero salt and zero key, so no start-up time goes into making one.
+DECOY_HASH: Final = f"$scrypt$ln={SCRYPT_LOG_N},r={SCRYPT_R},p={SCRYPT_P}${'A' * 22}${'A' * 43}"
 
 CRA_ITERATIONS: Final = 1000
 CRA_KEYLEN: Final = 32
@@ -105,6 +118,16 @@ def check_password(password_hash: str, password: str) -> bool:
     salt, expected = raw[:SALT_SIZE], raw[SALT_SIZE:]
     actual = hashlib.sha256(salt + password.encode("utf-8")).digest()
     return hmac.compare_digest(actual, expected)
+
+
+def check_password_evenly(password_hash: str, password: str) -> bool:
+    """`check_password` at the cost of one scrypt check whatever `password_hash` is: a hash
+    that is not scrypt (RabbitMQ's SHA-256, or "" for none) is checked after a check
+    against `DECOY_HASH`, whose answer is not used. "" never matches."""
+    if is_slow_hash(password_hash):
+        return check_password(password_hash, password)
+    check_password(DECOY_HASH, password)
+    return bool(password_hash) and check_password(password_hash, password)
 
 
 def is_slow_hash(password_hash: str) -> bool:

@@ -5,7 +5,9 @@ The rules are RabbitMQ's internal backend (`rabbit_auth_backend_internal`,
 definitions export behave the same here:
 
 - Login: the password is checked against the salted hash (`passwords`: scrypt for passwords
-  set here, RabbitMQ's SHA-256 for pasted hashes); a user listed in `loopback_users` is
+  set here, RabbitMQ's SHA-256 for pasted hashes, upgraded to scrypt at the user's next
+  successful login); every check costs one scrypt, whoever the user is, or whether they
+  exist (`passwords.check_password_evenly`); a user listed in `loopback_users` is
   refused unless the peer is a loopback address. The client is told only "Login was
   refused using authentication mechanism <M>. ..." (as RabbitMQ tells a client that
   announced `authentication_failure_close`); the reason goes to the log, with the protocol,
@@ -34,17 +36,24 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final, Literal
 
+from gateway.auth.limits import RuntimeLimits, Scope, check_limits
 from gateway.auth.login import FailedLogins, PendingCheck, VerifiedCache
+from gateway.auth.oauth import (
+    TokenGrant,
+    TokenRefused,
+    TokenVerifier,
+    load_signing_key,
+    looks_like_token,
+)
 from gateway.auth.passwords import (
-    SCRYPT_LOG_N,
-    SCRYPT_P,
-    SCRYPT_R,
+    DECOY_HASH,
     CraKey,
-    check_password,
+    check_password_evenly,
     derive_cra_key,
     hash_password,
     is_password_hash,
@@ -57,10 +66,10 @@ from gateway.auth.topics import (
     compile_pattern,
 )
 from gateway.core.errors import AccessRefused, NotAllowed, NotFound, PreconditionFailed
-from gateway.store.base import PermissionRecord, Recovered, UserRecord
+from gateway.store.base import LimitsRecord, PermissionRecord, Recovered, UserRecord
 
 if TYPE_CHECKING:
-    from gateway.config import AuthConfig, PermissionConfig
+    from gateway.config import AuthConfig, OAuth2Config, PermissionConfig
     from gateway.core.broker import Broker
     from gateway.store.base import Store
 
@@ -68,6 +77,7 @@ __all__ = [
     "AuthService",
     "LoginRefused",
     "Permission",
+    "DECOY_HASH",
     "ResourceKind",
     "User",
     "is_loopback",
@@ -79,11 +89,6 @@ Permission = Literal["configure", "write", "read"]
 ResourceKind = Literal["queue", "exchange"]
 
 DEFAULT_EXCHANGE_RESOURCE: Final = "amq.default"
-# Checked against when the user is unknown (or has no password), so that an unknown name
-# costs the same scrypt check as a wrong password and does not reveal which names exist.
-# Such a login is refused whatever the check says, so the hash is of nothing (zero salt,
-# zero key), and no start-up time goes into making one.
-DECOY_HASH: Final = f"$scrypt$ln={SCRYPT_LOG_N},r={SCRYPT_R},p={SCRYPT_P}${'A' * 22}${'A' * 43}"
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,9 @@ class User:
     # the broker's own operator on the local control channel (`gateway ctl` over the
     # data directory's socket): not a stored user, holds every permission, as rabbitmqctl
     node_local: bool = field(default=False, compare=False)
+    # a token user (`gateway.auth.oauth`): its permissions are the token's scopes, and it
+    # exists only for the connection that presented the token
+    token: TokenGrant | None = field(default=None, repr=False, compare=False)
 
     def record(self) -> UserRecord:
         return UserRecord(self.name, self.password_hash, list(self.tags), self.wampcra)
@@ -139,7 +147,7 @@ class AuthService:
     truth and the config's `[[users]]`/`[[vhosts]]`/`[[permissions]]` are not read again.
     """
 
-    def __init__(self, config: AuthConfig) -> None:
+    def __init__(self, config: AuthConfig, oauth2: OAuth2Config | None = None) -> None:
         self._users: dict[str, User] = {
             u.name: User(u.name, tuple(u.tags), u.password_hash, u.wampcra)
             for u in config.users}
@@ -149,6 +157,7 @@ class AuthService:
         self._grants = {key: _Grant(*(compile_pattern(x) for x in value))
                         for key, value in self._perms.items()}
         self._topic = TopicGrants()
+        self.limits = RuntimeLimits()
         self._loopback_users = config.loopback_users
         self._store: Store | None = None
         self._broker: Broker | None = None
@@ -160,6 +169,17 @@ class AuthService:
         # False: slow checks are returned as a `PendingCheck` for the I/O layer to run in a
         # worker thread (the server sets this); True: run at once (sans-IO tests, tools)
         self.inline_checks = True
+        self.tokens = TokenVerifier()
+        if oauth2 is not None and oauth2.resource_server_id:
+            self.tokens = TokenVerifier(
+                oauth2.resource_server_id,
+                signing_keys={kid: load_signing_key(path) for kid, path in oauth2.signing_keys},
+                default_key=oauth2.default_key, algorithms=oauth2.algorithms,
+                preferred_username_claims=oauth2.preferred_username_claims,
+                additional_scopes_key=oauth2.additional_scopes_key,
+                scope_prefix=oauth2.scope_prefix)
+        # what token checks compare `exp` with (epoch seconds)
+        self.wall_clock: Callable[[], float] = time.time
 
     # -- persistence -----------------------------------------------------------------------
 
@@ -180,6 +200,7 @@ class AuthService:
         state.permissions = [PermissionRecord(user, vhost, c, w, r)
                              for (user, vhost), (c, w, r) in self._perms.items()]
         state.topic_permissions = [t.record() for t in self._topic.all()]
+        state.limits = self.limits.records()
 
     def restore(self, state: Recovered) -> None:
         """Take users, vhosts and permissions from a recovered store; on a store that was
@@ -204,11 +225,13 @@ class AuthService:
         self._topic = TopicGrants([
             TopicPermission(t.user, t.vhost, t.exchange, t.write, t.read)
             for t in state.topic_permissions])
+        self.limits = RuntimeLimits(state.limits)
         if self._broker is not None:
             for name in [v for v in self._broker.vhosts if v not in self._vhosts]:
                 del self._broker.vhosts[name]  # from the config; deleted since (still empty)
             for name in self._vhosts:
                 self._broker.add_vhost(name)
+                self._apply_vhost_limits(name)
 
     # -- users -----------------------------------------------------------------------------
 
@@ -252,6 +275,7 @@ class AuthService:
             del self._perms[key]
             self._grants.pop(key, None)
         self._topic.remove(name, None)
+        self.limits.remove("user", name)
         if self._store is not None:
             self._store.delete_user(name)
 
@@ -299,6 +323,7 @@ class AuthService:
             self._store.put_vhost(name)
         if self._broker is not None:
             self._broker.add_vhost(name)
+            self._apply_vhost_limits(name)
 
     def delete_vhost(self, name: str) -> None:
         """Delete a vhost with everything in it; its connections are closed by the broker's
@@ -310,6 +335,7 @@ class AuthService:
             del self._perms[key]
             self._grants.pop(key, None)
         self._topic.remove(None, name)
+        self.limits.remove("vhost", name)
         if self._broker is not None:
             self._broker.delete_vhost(name)  # writes the store record itself
         elif self._store is not None:
@@ -373,8 +399,9 @@ class AuthService:
 
     @property
     def has_topic_permissions(self) -> bool:
-        """Whether any topic permission exists (publish paths skip the check otherwise)."""
-        return bool(self._topic)
+        """Whether any topic permission exists, or tokens may be presented, whose topic
+        access comes from their scopes (publish paths skip the check otherwise)."""
+        return bool(self._topic) or self.tokens.enabled
 
     def list_topic_permissions(self) -> list[TopicPermission]:
         return self._topic.all()
@@ -382,11 +409,15 @@ class AuthService:
     def topic_allowed(self, user: User, vhost: str, exchange: str, permission: Permission,
                       routing_key: str, *, client_id: str | None = None) -> bool:
         """True if `user` may write (publish) or read (bind) `routing_key` on the topic
-        exchange; always True without a topic permission for that user, vhost, exchange."""
-        if not self._topic or user.node_local:
+        exchange; always True without a topic permission for that user, vhost, exchange.
+        A token user: a scope with a routing-key pattern must allow it."""
+        if user.node_local:
             return True
-        return self._topic.allowed(user.name, vhost, exchange, permission, routing_key,
-                                   client_id=client_id)
+        if user.token is not None:
+            return user.token.topic_access(vhost, exchange, permission, routing_key,
+                                           self.wall_clock())
+        return not self._topic or self._topic.allowed(user.name, vhost, exchange, permission,
+                                                      routing_key, client_id=client_id)
 
     def check_topic(self, user: User, vhost: str, exchange: str, permission: Permission,
                     routing_key: str, *, client_id: str | None = None) -> None:
@@ -396,6 +427,85 @@ class AuthService:
             raise AccessRefused(
                 f"access to topic '{routing_key}' in exchange '{exchange}' in vhost "
                 f"'{vhost}' refused for user '{user.name}'")
+
+    # -- runtime limits (`gateway.auth.limits`) ----------------------------------------------
+
+    def vhost_limits(self, vhost: str) -> dict[str, int]:
+        return self.limits.get("vhost", vhost)
+
+    def user_limits(self, user: str) -> dict[str, int]:
+        return self.limits.get("user", user)
+
+    def list_vhost_limits(self) -> list[tuple[str, dict[str, int]]]:
+        return [(v, lim) for v, lim in self.limits.all("vhost") if v in self._vhosts]
+
+    def list_user_limits(self) -> list[tuple[str, dict[str, int]]]:
+        return [(u, lim) for u, lim in self.limits.all("user") if u in self._users]
+
+    def set_vhost_limits(self, vhost: str, limits: object) -> None:
+        """Replace the vhost's limits (`set_vhost_limits`; {} clears them)."""
+        if vhost not in self._vhosts:
+            raise NotFound(f"vhost '{vhost}' not found")
+        self._put_limits("vhost", vhost, check_limits("vhost", limits))
+
+    def set_vhost_limit(self, vhost: str, name: str, value: object) -> None:
+        """Set one of the vhost's limits, keeping the others (the HTTP API's PUT)."""
+        if vhost not in self._vhosts:
+            raise NotFound(f"vhost '{vhost}' not found")
+        merged = {**self.vhost_limits(vhost), **check_limits("vhost", {name: value})}
+        self._put_limits("vhost", vhost, merged)
+
+    def clear_vhost_limits(self, vhost: str, name: str | None = None) -> None:
+        """Clear one of the vhost's limits, or all of them (None)."""
+        if vhost not in self._vhosts:
+            raise NotFound(f"vhost '{vhost}' not found")
+        kept = {} if name is None else {
+            k: v for k, v in self.vhost_limits(vhost).items() if k != name}
+        self._put_limits("vhost", vhost, kept)
+
+    def set_user_limits(self, user: str, limits: object) -> None:
+        """Add to the user's limits (`set_user_limits`, as RabbitMQ's: merged)."""
+        if user not in self._users:
+            raise NotFound(f"user '{user}' not found")
+        merged = {**self.user_limits(user), **check_limits("user", limits)}
+        self._put_limits("user", user, merged)
+
+    def clear_user_limits(self, user: str, name: str = "all") -> None:
+        """Clear one of the user's limits, or all of them ("all")."""
+        if user not in self._users:
+            raise NotFound(f"user '{user}' not found")
+        kept = {} if name == "all" else {
+            k: v for k, v in self.user_limits(user).items() if k != name}
+        self._put_limits("user", user, kept)
+
+    def vhost_limit(self, vhost: str, name: str) -> int | None:
+        """The vhost's limit in force (None: no limit)."""
+        return self.limits.limit("vhost", vhost, name)
+
+    def user_limit(self, user: str, name: str) -> int | None:
+        """The user's limit in force (None: no limit)."""
+        return self.limits.limit("user", user, name)
+
+    def _put_limits(self, scope: Scope, name: str, limits: dict[str, int]) -> None:
+        self.limits.put(scope, name, limits)
+        if self._store is not None:
+            if limits:
+                self._store.put_limits(LimitsRecord(scope, name, dict(limits)))
+            else:
+                self._store.delete_limits(scope, name)
+        if scope == "vhost":
+            self._apply_vhost_limits(name)
+
+    def _apply_vhost_limits(self, vhost: str) -> None:
+        """Hand max-queues to the core's vhost (over the config's default)."""
+        if self._broker is None:
+            return
+        vh = self._broker.vhosts.get(vhost)
+        if vh is not None:
+            if "max-queues" in self.vhost_limits(vhost):
+                vh.max_queues = self.vhost_limit(vhost, "max-queues")
+            else:
+                vh.max_queues = self._broker.max_queues_per_vhost or None
 
     # -- the questions sessions ask --------------------------------------------------------
 
@@ -431,6 +541,10 @@ class AuthService:
             return None
         if loopback is None:
             loopback = is_loopback(peer)
+        if self.tokens.enabled and looks_like_token(password):
+            then(self._token_login(username, password, peer, loopback, protocol, mechanism,
+                                   now))
+            return None
         found = self._users.get(username)
         stored = found.password_hash if found is not None else ""
         if found is not None and stored and password and self._verified.hit(
@@ -438,19 +552,42 @@ class AuthService:
             then(self._conclude(username, found, password, True, peer, loopback, protocol,
                                 mechanism, now))
             return None
-        digest = stored or DECOY_HASH
-
-        def finish(ok: bool) -> None:
-            then(self._conclude(username, found, password, ok, peer, loopback, protocol,
-                                mechanism, now))
+        # every check costs one scrypt (`check_password_evenly`): an unknown name, a user
+        # without a password and a legacy SHA-256 hash are checked against the decoy too
+        upgraded: list[tuple[str, str]] = []
 
         def verify() -> bool:
-            return check_password(digest, password)
+            ok = check_password_evenly(stored, password)
+            if ok and not is_slow_hash(stored):
+                # a legacy hash matched: its scrypt successor (and a WAMP-CRA key), made
+                # here, in the worker thread, and stored by `finish`
+                upgraded.append(_secrets_of(password))
+            return ok
 
-        if self.inline_checks or not is_slow_hash(digest):
+        def finish(ok: bool) -> None:
+            user = found
+            if ok and user is not None and upgraded:
+                user = self._upgrade_hash(user, stored, *upgraded[0])
+            then(self._conclude(username, user, password, ok, peer, loopback, protocol,
+                                mechanism, now))
+
+        if self.inline_checks:
             finish(verify())
             return None
         return PendingCheck(verify, finish)
+
+    def _upgrade_hash(self, user: User, old_hash: str, new_hash: str, wampcra: str) -> User:
+        """Replace a user's legacy (RabbitMQ SHA-256) hash by the scrypt hash of the
+        password that just matched it, with a WAMP-CRA key, and persist them; unless the
+        hash changed meanwhile."""
+        current = self._users.get(user.name)
+        if current is None or current.password_hash != old_hash:
+            return user
+        upgraded = replace(current, password_hash=new_hash, wampcra=wampcra)
+        self._users[user.name] = upgraded
+        self._write_user(upgraded)
+        log.info("user %r: legacy SHA-256 password hash upgraded to scrypt", user.name)
+        return upgraded
 
     def _conclude(self, username: str, found: User | None, password: str, ok: bool,
                   peer: str, loopback: bool, protocol: str, mechanism: str, now: float
@@ -464,6 +601,23 @@ class AuthService:
                                  count=False)
         self._verified.put(found.name, found.password_hash, password, now)
         return found
+
+    def _token_login(self, username: str, token: str, peer: str, loopback: bool,
+                     protocol: str, mechanism: str, now: float) -> User | LoginRefused:
+        """A token as the password: verified here, at once (no scrypt); the user name the
+        client sent is not used (the token's is)."""
+        try:
+            name, grant = self.tokens.verify(token)
+        except TokenRefused as exc:
+            return self._refused(username, peer, protocol, mechanism, now,
+                                 f"user '{username}' - OAuth 2 token refused: {exc}")
+        if name in self._loopback_users and not loopback:
+            return self._refused(name, peer, protocol, mechanism, now,
+                                 f"user '{name}' can only connect via localhost",
+                                 count=False)
+        log.info("login: protocol=%s address=%s user=%r with an OAuth 2 token (%d scopes, "
+                 "tags %s)", protocol, peer, name, len(grant.scopes), list(grant.tags))
+        return User(name, grant.tags, token=grant)
 
     def authenticate_certificate(self, username: str, *, loopback: bool,
                                  mechanism: str = "EXTERNAL") -> User:
@@ -524,6 +678,10 @@ class AuthService:
         row on it."""
         if vhost not in self._vhosts:
             raise NotAllowed(f"vhost {vhost} not found")
+        if user.token is not None:
+            if not user.token.vhost_access(vhost, self.wall_clock()):
+                raise NotAllowed(f"access to vhost '{vhost}' refused for user '{user.name}'")
+            return
         if (user.name, vhost) not in self._grants and not user.node_local:
             raise NotAllowed(f"access to vhost '{vhost}' refused for user '{user.name}'")
 
@@ -539,6 +697,9 @@ class AuthService:
         """True if `user` holds `permission` on the named resource in `vhost`."""
         if user.node_local:
             return vhost in self._vhosts
+        if user.token is not None:
+            return vhost in self._vhosts and user.token.resource_access(
+                vhost, _resource_name(resource, resource_kind), permission, self.wall_clock())
         grant = self._grants.get((user.name, vhost))
         if grant is None:
             return False

@@ -622,6 +622,118 @@ def close_connection(c: Client, a: argparse.Namespace, out: Out) -> None:
     c.call("DELETE", req_path)
 
 
+# -- runtime limits (RabbitMQ's set_vhost_limits / set_user_limits) ---------------------------
+
+
+def _limits_json(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise CtlError(f"Could not parse JSON document: {exc}", EX_USAGE) from None
+    if not isinstance(value, dict):
+        raise CtlError('the limits must be a JSON object, e.g. \'{"max-connections": 10}\'',
+                       EX_USAGE)
+    return value
+
+
+def _vhost_opt(p: argparse.ArgumentParser) -> None:
+    # also after the command, as rabbitmqctl takes it (the global -p works too)
+    p.add_argument("--vhost", "-p", default=argparse.SUPPRESS)
+
+
+def _set_vhost_limits_args(p: argparse.ArgumentParser) -> None:
+    _vhost_opt(p)
+    p.add_argument("definition", help='e.g. \'{"max-connections": 64, "max-queues": 256}\'')
+
+
+def _current_limits(c: Client, path: str) -> dict[str, Any]:
+    rows = c.call("GET", path) or []
+    return dict(rows[0]["value"]) if rows else {}
+
+
+@command("set_vhost_limits", "set a vhost's limits (max-connections, max-queues; negative: "
+         "no limit), replacing the ones set before", _set_vhost_limits_args)
+def set_vhost_limits(c: Client, a: argparse.Namespace, out: Out) -> None:
+    wanted = _limits_json(a.definition)
+    out.info(f'Setting vhost limits to "{a.definition}" for vhost "{a.vhost}" ...')
+    base = f"/vhost-limits/{seg(a.vhost)}"
+    for name, value in wanted.items():
+        c.call("PUT", f"{base}/{seg(str(name))}", {"value": value})
+    for name in _current_limits(c, base):
+        if name not in wanted:
+            c.call("DELETE", f"{base}/{seg(name)}")
+
+
+@command("clear_vhost_limits", "clear a vhost's limits", _vhost_opt)
+def clear_vhost_limits(c: Client, a: argparse.Namespace, out: Out) -> None:
+    out.info(f'Clearing vhost "{a.vhost}" limits ...')
+    base = f"/vhost-limits/{seg(a.vhost)}"
+    for name in _current_limits(c, base):
+        c.call("DELETE", f"{base}/{seg(name)}")
+
+
+def _list_vhost_limits_args(p: argparse.ArgumentParser) -> None:
+    _vhost_opt(p)
+    p.add_argument("--global", dest="all", action="store_true", help="every vhost's")
+
+
+@command("list_vhost_limits", "show a vhost's limits (--global: every vhost's)",
+         _list_vhost_limits_args)
+def list_vhost_limits(c: Client, a: argparse.Namespace, out: Out) -> None:
+    if a.all:
+        out.info("Listing limits for all vhosts ...")
+        rows = [{"vhost": r["vhost"], "limits": r["value"]}
+                for r in c.call("GET", "/vhost-limits")]
+        out.table(rows, ["vhost", "limits"])
+        return
+    out.info(f'Listing limits for vhost "{a.vhost}" ...')
+    print(json.dumps(_current_limits(c, f"/vhost-limits/{seg(a.vhost)}"),
+                     separators=(",", ":")), file=out.stream)
+
+
+@command("set_user_limits", "set a user's limits (max-connections, max-channels; negative: "
+         "no limit), added to the ones set before", _pos("username", "definition"))
+def set_user_limits(c: Client, a: argparse.Namespace, out: Out) -> None:
+    wanted = _limits_json(a.definition)
+    out.info(f'Setting user limits to "{a.definition}" for user "{a.username}" ...')
+    for name, value in wanted.items():
+        c.call("PUT", f"/user-limits/{seg(a.username)}/{seg(str(name))}", {"value": value})
+
+
+@command("clear_user_limits", "clear one of a user's limits, or all of them ('all')",
+         _pos("username", "limit_type"))
+def clear_user_limits(c: Client, a: argparse.Namespace, out: Out) -> None:
+    base = f"/user-limits/{seg(a.username)}"
+    if a.limit_type == "all":
+        out.info(f'Clearing all limits for user "{a.username}" ...')
+        names = list(_current_limits(c, base))
+    else:
+        out.info(f'Clearing "{a.limit_type}" limit for user "{a.username}" ...')
+        names = [a.limit_type]
+    for name in names:
+        c.call("DELETE", f"{base}/{seg(name)}")
+
+
+def _list_user_limits_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--user", default=None, help="this user's (default: the API user's)")
+    p.add_argument("--global", dest="all", action="store_true", help="every user's")
+
+
+@command("list_user_limits", "show a user's limits (--global: every user's)",
+         _list_user_limits_args)
+def list_user_limits(c: Client, a: argparse.Namespace, out: Out) -> None:
+    if a.all:
+        out.info("Listing limits for all users ...")
+        rows = [{"user": r["user"], "limits": r["value"]}
+                for r in c.call("GET", "/user-limits")]
+        out.table(rows, ["user", "limits"])
+        return
+    user = a.user or c.user
+    out.info(f'Listing limits for user "{user}" ...')
+    print(json.dumps(_current_limits(c, f"/user-limits/{seg(user)}"),
+                     separators=(",", ":")), file=out.stream)
+
+
 # -- entry point ------------------------------------------------------------------------------
 
 

@@ -54,7 +54,7 @@ class Broker:
         if vh is None:
             vh = self.vhosts[name] = VirtualHost(name, self.store, self.next_message_id,
                                                  self.meter)
-            vh.max_queues = self.max_queues_per_vhost
+            vh.max_queues = self.max_queues_per_vhost or None  # (0: no limit)
         return vh
 
     def delete_vhost(self, name: str) -> None:

@@ -107,7 +107,8 @@ class VirtualHost:
         self.next_message_id = next_message_id
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
-        self.max_queues = 0  # RabbitMQ's max-queues vhost limit (0 = none)
+        # RabbitMQ's max-queues vhost limit (None: no limit; 0: no queue may be declared)
+        self.max_queues: int | None = None
         self.policies: dict[str, Policy] = {}
         self._default = Exchange("", "direct", durable=True, vhost_name=name)
         self.exchanges[""] = self._default
@@ -276,10 +277,10 @@ class VirtualHost:
         elif name.startswith("amq.") and not hidden and not server_named:
             raise AccessRefused(f"ACCESS_REFUSED - queue name '{name}' contains reserved "
                                 "prefix 'amq.*'")
-        if self.max_queues and not hidden and len(self.queues) >= self.max_queues:
+        if self.max_queues is not None and not hidden and len(self.queues) >= self.max_queues:
             raise PreconditionFailed(
-                f"PRECONDITION_FAILED - cannot declare queue '{name}' in vhost '{self.name}': "
-                f"queue limit in virtual host ({self.max_queues}) is reached")
+                f"PRECONDITION_FAILED - cannot declare queue '{name}': queue limit in vhost "
+                f"'{self.name}' ({self.max_queues}) is reached")
         q = Queue(self, name, durable=durable, exclusive_owner=owner if exclusive else None,
                   auto_delete=auto_delete, arguments=args, now=now, hidden=hidden)
         self.queues[name] = q

@@ -205,7 +205,7 @@ def _none(ctx: Ctx) -> list[Any]:
 
 
 for _path in ("/feature-flags", "/parameters", "/global-parameters",
-              "/vhost-limits", "/operator-policies", "/federation-links", "/shovels"):
+              "/operator-policies", "/federation-links", "/shovels"):
     routes.add("GET", _path)(_none)
 
 

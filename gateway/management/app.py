@@ -27,7 +27,7 @@ import trio
 
 from gateway.auth.service import LoginRefused, User
 from gateway.core.errors import BrokerError
-from gateway.management import api_access, api_node, api_objects, api_tools
+from gateway.management import api_access, api_limits, api_node, api_objects, api_tools
 from gateway.management.metrics import make_registry, render_metrics
 from gateway.management.router import Access, ApiError, Ctx, Route, Routes, VhostScope, dumps
 from gateway.management.shapes import Listening
@@ -54,7 +54,7 @@ JSON_TYPE = "application/json"
 
 def _routes() -> Routes:
     routes = Routes()
-    for module in (api_node, api_objects, api_access, api_tools):
+    for module in (api_node, api_objects, api_access, api_tools, api_limits):
         routes.extend(module.routes)
     return routes
 
@@ -238,13 +238,17 @@ class ManagementApp:
         """HTTP basic auth against broker users; a slow (scrypt) check runs in a worker
         thread, failures count against the source address like any protocol's."""
         header = request.header("authorization")
-        if not header or not header.lower().startswith("basic "):
+        if header and header.lower().startswith("bearer ") and self.auth.tokens.enabled:
+            # an OAuth 2 access token (RabbitMQ's management API takes it so too)
+            name, password = "", header[7:].strip()
+        elif not header or not header.lower().startswith("basic "):
             raise ApiError(401, "Login failed", "not_authorised")
-        try:
-            decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            raise ApiError(401, "Login failed", "not_authorised") from None
-        name, _, password = decoded.partition(":")
+        else:
+            try:
+                decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                raise ApiError(401, "Login failed", "not_authorised") from None
+            name, _, password = decoded.partition(":")
         answer: list[User | LoginRefused] = []
         pending = self.auth.login(name, password, peer=request.peer[0], protocol="HTTP",
                                   now=self.now(), then=answer.append)

@@ -25,7 +25,6 @@ import gateway
 from gateway.auth.service import AuthService
 from gateway.config import Config
 from gateway.core.broker import Broker
-from gateway.core.errors import NotAllowed
 from gateway.server.connection import Connection, HandshakeLimits, peer_of
 from gateway.server.control import (
     LOCAL_OPERATOR,
@@ -40,6 +39,7 @@ from gateway.server.factories import SESSION_FACTORIES, SessionFactory
 from gateway.server.tls import handshake, peer_info, server_context
 from gateway.store.base import Store
 from gateway.store.disk import DiskStore, return_large_buffers_to_the_system
+from protocols.admission import Admission
 
 if TYPE_CHECKING:
     from gateway.management.app import ManagementApp
@@ -134,7 +134,7 @@ class Server:
         self.lock = DataDirLock(data_dir)
         self.control_path: Path | None = None  # the local control socket, while open
         self.management: ManagementApp | None = None
-        self.auth = AuthService(config.auth)
+        self.auth = AuthService(config.auth, config.oauth2)
         self.broker = Broker(self.store, ())
         self.broker.meter.paging_threshold = config.store.paging_threshold
         self.broker.max_queues_per_vhost = config.limits.max_queues_per_vhost
@@ -142,6 +142,10 @@ class Server:
         self.auth.inline_checks = False  # scrypt checks go to worker threads (connection.py)
         self.broker.on_vhost_deleted.append(self._vhost_deleted)
         self.sessions: set[Any] = set()
+        self.admission = Admission(
+            self.sessions, self.auth,
+            max_per_user=config.limits.max_connections_per_user,
+            max_per_address=config.limits.max_connections_per_address)
         self.connections: set[Connection] = set()
         self.durability = Durability(self.store, self.broker, self.sessions)
         self.ports: dict[str, int] = {}
@@ -419,30 +423,14 @@ class Server:
         limits = self.config.limits
         return HandshakeLimits(limits.handshake_timeout / 1000, limits.handshake_max_bytes)
 
-    def admit(self, session: object, user: str) -> None:
+    def admit(self, session: object, user: str, vhost: str) -> None:
         """Every session asks at login (`protocols.admission`): refuse with `NotAllowed`
-        past the per-user or per-address connection limit. The other sessions of the
-        same address count whether logged in or not (a handshake holds resources too)."""
-        limits = self.config.limits
-        per_user = limits.max_connections_per_user
-        per_address = limits.max_connections_per_address
-        if not per_user and not per_address:
-            return
-        address = getattr(session, "peer", ("", 0))[0]
-        users = addresses = 0
-        for other in self.sessions:
-            if other is session or other.closed:
-                continue
-            if other.peer[0] == address:
-                addresses += 1
-            if other.authenticated and other.user is not None and other.user.name == user:
-                users += 1
-        if per_user and users >= per_user:
-            raise NotAllowed(f"NOT_ALLOWED - connection refused for user '{user}': user "
-                             f"connection limit ({per_user}) is reached")
-        if per_address and addresses >= per_address:
-            raise NotAllowed(f"NOT_ALLOWED - connection refused for {address}: connection "
-                             f"limit per address ({per_address}) is reached")
+        past a vhost's or user's connection limit, or the per-address one."""
+        self.admission.admit(session, user, vhost)
+
+    def admit_channel(self, session: object, user: str) -> None:
+        """AMQP sessions ask at channel.open: the user's max-channels limit."""
+        self.admission.admit_channel(session, user)
 
     async def _tick(self) -> None:
         ticks = 0

@@ -31,7 +31,8 @@ def amqp_session(server: Server, peer: tuple[str, int], wake: Callable[[], None]
         clock=server.clock, wake=wake, frame_max=amqp.frame_max,
         channel_max=amqp.channel_max, heartbeat=amqp.heartbeat,
         max_message_size=limits.max_message_size, high_water=limits.connection_buffer,
-        tls=tls, admit=server.admit, consumer_max=limits.consumer_max_per_channel)
+        tls=tls, admit=server.admit, consumer_max=limits.consumer_max_per_channel,
+        admit_channel=server.admit_channel)
 
 
 def stomp_session(server: Server, peer: tuple[str, int], wake: Callable[[], None],

@@ -116,6 +116,16 @@ class TopicPermissionRecord:
 
 
 @dataclass
+class LimitsRecord:
+    """RabbitMQ's runtime limits of one vhost (`scope` "vhost": max-connections,
+    max-queues) or one user ("user": max-connections, max-channels)."""
+
+    scope: str
+    name: str
+    limits: dict[str, int]
+
+
+@dataclass
 class PolicyRecord:
     vhost: str
     name: str
@@ -136,6 +146,7 @@ class Recovered:
     vhosts: list[str] = field(default_factory=list)
     permissions: list[PermissionRecord] = field(default_factory=list)
     topic_permissions: list[TopicPermissionRecord] = field(default_factory=list)
+    limits: list[LimitsRecord] = field(default_factory=list)
     policies: list[PolicyRecord] = field(default_factory=list)
     exchanges: list[ExchangeRecord] = field(default_factory=list)
     queues: list[QueueRecord] = field(default_factory=list)
@@ -170,6 +181,8 @@ class Store(Protocol):
     def delete_permission(self, user: str, vhost: str) -> None: ...
     def put_topic_permission(self, perm: TopicPermissionRecord) -> None: ...
     def delete_topic_permission(self, user: str, vhost: str, exchange: str) -> None: ...
+    def put_limits(self, limits: LimitsRecord) -> None: ...
+    def delete_limits(self, scope: str, name: str) -> None: ...
     def put_policy(self, policy: PolicyRecord) -> None: ...
     def delete_policy(self, vhost: str, name: str) -> None: ...
     def mark_seeded(self) -> None: ...
@@ -246,6 +259,12 @@ class MemoryStore:
         self._note()
 
     def delete_topic_permission(self, user: str, vhost: str, exchange: str) -> None:
+        self._note()
+
+    def put_limits(self, limits: LimitsRecord) -> None:
+        self._note()
+
+    def delete_limits(self, scope: str, name: str) -> None:
         self._note()
 
     def put_policy(self, policy: PolicyRecord) -> None:

@@ -57,6 +57,7 @@ from gateway.store.base import (
     PROPERTY_FIELDS,
     BindingRecord,
     ExchangeRecord,
+    LimitsRecord,
     MessageRecord,
     PermissionRecord,
     PolicyRecord,
@@ -98,6 +99,8 @@ PUT_VALUE = 19  # a protocol's own durable value (MQTT retained messages, sessio
 DEL_VALUE = 20
 PUT_TOPIC_PERMISSION = 21
 DEL_TOPIC_PERMISSION = 22
+PUT_LIMITS = 23  # a vhost's or a user's runtime limits: (scope, name, {limit: value})
+DEL_LIMITS = 24
 
 
 def return_large_buffers_to_the_system() -> bool:
@@ -338,6 +341,8 @@ class DiskStore:
             yield _frame(PUT_PERMISSION, (p.user, p.vhost, p.configure, p.write, p.read))
         for t in state.topic_permissions:
             yield _frame(PUT_TOPIC_PERMISSION, (t.user, t.vhost, t.exchange, t.write, t.read))
+        for lim in state.limits:
+            yield _frame(PUT_LIMITS, (lim.scope, lim.name, dict(lim.limits)))
         for pol in state.policies:
             yield _frame(PUT_POLICY, (pol.vhost, pol.name, pol.pattern, pol.definition,
                                       pol.priority, pol.apply_to))
@@ -489,6 +494,12 @@ class DiskStore:
     def delete_topic_permission(self, user: str, vhost: str, exchange: str) -> None:
         self._append(_frame(DEL_TOPIC_PERMISSION, (user, vhost, exchange)))
 
+    def put_limits(self, limits: LimitsRecord) -> None:
+        self._append(_frame(PUT_LIMITS, (limits.scope, limits.name, dict(limits.limits))))
+
+    def delete_limits(self, scope: str, name: str) -> None:
+        self._append(_frame(DEL_LIMITS, (scope, name)))
+
     def put_policy(self, policy: PolicyRecord) -> None:
         self._append(_frame(PUT_POLICY, (policy.vhost, policy.name, policy.pattern,
                                          policy.definition, policy.priority, policy.apply_to)))
@@ -634,6 +645,7 @@ def _replay(records: Iterable[tuple[int, Any, int, int]]
     vhosts: dict[str, None] = {}
     perms: dict[tuple[str, str], PermissionRecord] = {}
     topic_perms: dict[tuple[str, str, str], TopicPermissionRecord] = {}
+    limits: dict[tuple[str, str], LimitsRecord] = {}
     policies: dict[tuple[str, str], PolicyRecord] = {}
     values: dict[str, dict[tuple[Any, ...], Any]] = {}
     seeded = False
@@ -645,6 +657,14 @@ def _replay(records: Iterable[tuple[int, Any, int, int]]
         if kind == DEL_VALUE:
             values.get(p[0], {}).pop(tuple(p[1]), None)
             continue
+        if kind in (PUT_LIMITS, DEL_LIMITS):
+            if kind == PUT_LIMITS:
+                limits[(p[0], p[1])] = LimitsRecord(p[0], p[1], dict(p[2]))
+            else:
+                limits.pop((p[0], p[1]), None)
+            continue
+        if kind in (DEL_USER, DEL_VHOST):
+            limits.pop(("user" if kind == DEL_USER else "vhost", p[0]), None)
         if kind >= PUT_USER:
             seeded = _replay_auth(kind, p, users, vhosts, (perms, topic_perms),
                                   policies) or seeded
@@ -691,6 +711,7 @@ def _replay(records: Iterable[tuple[int, Any, int, int]]
     state.vhosts = list(vhosts)
     state.permissions = list(perms.values())
     state.topic_permissions = list(topic_perms.values())
+    state.limits = list(limits.values())
     state.policies = list(policies.values())
     state.exchanges = list(exchanges.values())
     state.queues = list(queues.values())

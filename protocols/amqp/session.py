@@ -41,7 +41,7 @@ from gateway.core.errors import (
     ReplyCode,
 )
 from gateway.core.message import Message
-from protocols.admission import Admit, admit_all
+from protocols.admission import Admit, AdmitChannel, admit_all, admit_any_channel
 from protocols.amqp import handlers
 from protocols.amqp.channel import Channel
 from protocols.amqp.codec import AMQPCodec
@@ -105,9 +105,11 @@ class AMQPSession(Outbox):
         tls: TLSPeer | None = None,
         admit: Admit = admit_all,
         consumer_max: int = 0,
+        admit_channel: AdmitChannel = admit_any_channel,
     ) -> None:
         self.id = next(_ids)
         self.admit = admit
+        self.admit_channel = admit_channel
         self.consumer_max = consumer_max  # per channel, 0 = no limit
         self.broker = broker
         self.auth = auth
@@ -339,6 +341,8 @@ class AMQPSession(Outbox):
             if number > self.channel_max:
                 raise NotAllowed(f"NOT_ALLOWED - channel number {number} is above the "
                                  f"negotiated channel_max {self.channel_max}")
+            if self.user is not None:  # the user's max-channels (connection.close 530)
+                self.admit_channel(self, self.user.name)
             self.channels[number] = Channel(self, number)
             self.send_method(number, commands.Channel.OpenOk())
             return
@@ -489,7 +493,7 @@ class AMQPSession(Outbox):
         assert self.user is not None
         name = m.virtual_host or "/"
         self.auth.check_vhost(self.user, name)
-        self.admit(self, self.user.name)  # NotAllowed: connection.close 530
+        self.admit(self, self.user.name, name)  # NotAllowed: connection.close 530
         self.vhost = self.broker.vhost(name)
         self.send_method(0, commands.Connection.OpenOk())
         self.state = State.OPEN

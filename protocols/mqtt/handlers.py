@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from gateway.auth import access
-from gateway.core.errors import AccessRefused
+from gateway.core.errors import AccessRefused, PreconditionFailed
 from protocols.mqtt import persist, sessions
 from protocols.mqtt.delivery import FROM_KEY, RETAIN_KEY, kick, send_publish
 from protocols.mqtt.frames import (
@@ -273,11 +273,17 @@ def subscribe(s: MQTTSession, p: Subscribe) -> None:
             codes.append(_failure(s, ReasonCode.NOT_AUTHORIZED))
             continue
         opts = SubOptions(sub.qos, sub.no_local, sub.retain_as_published, sub_id)
+        try:  # the queue may be refused: the vhost's max-queues (as RabbitMQ: 0x97)
+            if group is not None:
+                sessions.attach_shared(s, group, topic_filter, opts)
+            else:
+                queue = sessions.ensure_queue(s)
+        except PreconditionFailed:
+            codes.append(_failure(s, ReasonCode.QUOTA_EXCEEDED))
+            continue
         if group is not None:
             st.shared[sub.topic_filter] = (group, topic_filter, opts)
-            sessions.attach_shared(s, group, topic_filter, opts)
         else:
-            queue = sessions.ensure_queue(s)
             old = st.subscriptions.get(topic_filter)
             key = filter_to_binding_key(topic_filter)
             if old is not None and old != opts:

@@ -123,7 +123,7 @@ def _enter(s: MQTTSession, user: User, vhost_name: str, then: Callable[[], None]
         _refuse(s, ReasonCode.NOT_AUTHORIZED, err.text)
         return
     try:
-        s.admit(s, user.name)
+        s.admit(s, user.name, vhost_name)
     except BrokerError as err:  # a connection limit: 0x97, or 3 (server unavailable) on 3.1.1
         _refuse(s, ReasonCode.QUOTA_EXCEEDED, err.text)
         return

@@ -198,7 +198,7 @@ def _connected(s: StompSession, user: User, vhost: str, version: Version, sx: in
         raise StompError("Bad CONNECT", f"Virtual host '{vhost}' access denied for user "
                          f"'{login}'") from err
     try:
-        s.admit(s, login)
+        s.admit(s, login, vhost)
     except NotAllowed as err:  # a connection limit
         raise StompError("Connection refused", err.text) from err
     s.connected(user, s.broker.vhost(vhost), sx / 1000.0, sy / 1000.0)

@@ -465,7 +465,8 @@ class WampSession:
                 if isinstance(result, BrokerError):
                     self.abort("wamp.error.authentication_failed", result.text)
                     return
-                self._join(hello, result, authid, method)
+                # (the user's name: a token's, not the authid the client sent with it)
+                self._join(hello, result, result.name, method)
 
             # answered at once, or after a slow password check run by the I/O layer
             self.password_check = self.auth.login(
@@ -504,7 +505,7 @@ class WampSession:
             self.abort("wamp.error.not_authorized", err.text)
             return
         try:
-            self.admit(self, user.name)
+            self.admit(self, user.name, hello.realm)
         except BrokerError as err:  # a connection limit
             self.abort("wamp.error.not_authorized", err.text)
             return

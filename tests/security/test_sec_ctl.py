@@ -43,7 +43,7 @@ def test_ctl_passwords_are_scrypt_and_open_wampcra(broker: Any,
     assert wamp_login(broker, user, "second-pw", "wampcra") == "wampcra"
     assert wamp_login(broker, user, "first-pw", "wampcra") == \
         "wamp.error.authentication_failed"
-    # a hash pasted from RabbitMQ: ticket yes, WAMP-CRA refused with a reason
+    # a hash pasted from RabbitMQ: WAMP-CRA refused with a reason, ticket yes
     legacy = f"legacy-{secrets.token_hex(4)}"
     rabbit_hash = "y4xPTRVfzXg68sz9ALqeQzARam3CwnGo53xS752cDV5+Utzh"  # of the password "1"
     assert api.put(f"/users/{legacy}", json={
@@ -53,8 +53,12 @@ def test_ctl_passwords_are_scrypt_and_open_wampcra(broker: Any,
                                                        "read": ".*"}).status_code == 201
     assert api.get(f"/users/{legacy}").json()["hashing_algorithm"] == \
         "rabbit_password_hashing_sha256"
-    assert wamp_login(broker, legacy, "1") == "ticket"
     assert wamp_login(broker, legacy, "1", "wampcra") == "wamp.error.authentication_failed"
+    assert wamp_login(broker, legacy, "1") == "ticket"
+    # that login replaced the legacy hash by scrypt, with a WAMP-CRA key
+    assert api.get(f"/users/{legacy}").json()["hashing_algorithm"] == \
+        "gateway_password_hashing_scrypt"
+    assert wamp_login(broker, legacy, "1", "wampcra") == "wampcra"
     for name in (user, legacy):
         api.delete(f"/users/{name}")
     api.close()
