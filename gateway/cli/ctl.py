@@ -636,13 +636,8 @@ def _limits_json(text: str) -> dict[str, Any]:
     return value
 
 
-def _vhost_opt(p: argparse.ArgumentParser) -> None:
-    # also after the command, as rabbitmqctl takes it (the global -p works too)
-    p.add_argument("--vhost", "-p", default=argparse.SUPPRESS)
-
-
 def _set_vhost_limits_args(p: argparse.ArgumentParser) -> None:
-    _vhost_opt(p)
+    # -p VHOST, like every command's options, goes before or after the arguments
     p.add_argument("definition", help='e.g. \'{"max-connections": 64, "max-queues": 256}\'')
 
 
@@ -664,7 +659,7 @@ def set_vhost_limits(c: Client, a: argparse.Namespace, out: Out) -> None:
             c.call("DELETE", f"{base}/{seg(name)}")
 
 
-@command("clear_vhost_limits", "clear a vhost's limits", _vhost_opt)
+@command("clear_vhost_limits", "clear a vhost's limits")
 def clear_vhost_limits(c: Client, a: argparse.Namespace, out: Out) -> None:
     out.info(f'Clearing vhost "{a.vhost}" limits ...')
     base = f"/vhost-limits/{seg(a.vhost)}"
@@ -673,7 +668,6 @@ def clear_vhost_limits(c: Client, a: argparse.Namespace, out: Out) -> None:
 
 
 def _list_vhost_limits_args(p: argparse.ArgumentParser) -> None:
-    _vhost_opt(p)
     p.add_argument("--global", dest="all", action="store_true", help="every vhost's")
 
 

@@ -47,6 +47,8 @@ def toml_value(value: Any) -> str:
     if isinstance(value, (bool, int, float, str)) or (
             isinstance(value, list) and all(isinstance(v, (bool, int, str)) for v in value)):
         return json.dumps(value)
+    if isinstance(value, dict):  # an inline table: { key = value, ... }
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"no table form for {value!r}")
 
 
