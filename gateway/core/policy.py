@@ -15,11 +15,18 @@ definitions export imports cleanly; any other key is refused.
 
 from __future__ import annotations
 
-import re
+import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
+from gateway.core import bounded_regex
 from gateway.core.errors import PreconditionFailed
+
+log = logging.getLogger("gateway.policy")
+
+# seconds one policy pattern may search one name: patterns come from policymakers, who
+# are not administrators, and are searched in the event loop (gateway/core/bounded_regex.py)
+MATCH_TIMEOUT: Final = 0.05
 
 APPLY_TO = ("queues", "exchanges", "all", "classic_queues")
 
@@ -53,7 +60,11 @@ class Policy:
     definition: dict[str, Any]
     priority: int = 0
     apply_to: str = "queues"
-    regex: re.Pattern[str] = field(compare=False, repr=False, default=re.compile(""))
+    regex: bounded_regex.Pattern = field(compare=False, repr=False,
+                                         default=bounded_regex.compile_bounded(""))
+    # set when the pattern once ran out of time: from then on it matches nothing, so a
+    # policy applied to every queue of a vhost stalls the loop MATCH_TIMEOUT once at most
+    ran_out: list[bool] = field(compare=False, repr=False, default_factory=list)
 
     @staticmethod
     def make(name: str, pattern: str, definition: dict[str, Any], priority: int = 0,
@@ -64,10 +75,10 @@ class Policy:
         if not isinstance(pattern, str):
             raise PreconditionFailed(f"policy '{name}': pattern must be a string")
         try:
-            regex = re.compile(pattern)
-        except re.error as exc:
+            regex = bounded_regex.compile_bounded(pattern)
+        except bounded_regex.PatternError as exc:
             raise PreconditionFailed(f"policy '{name}': invalid pattern {pattern!r}: "
-                                     f"{exc}") from exc
+                                     f"{exc}") from None
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise PreconditionFailed(f"policy '{name}': priority must be an integer")
         if apply_to not in APPLY_TO:
@@ -97,7 +108,16 @@ class Policy:
                 return False
         elif self.apply_to not in ("exchanges", "all"):
             return False
-        return self.regex.search(name) is not None
+        if self.ran_out:
+            return False
+        try:
+            return bounded_regex.search(self.regex, name, MATCH_TIMEOUT)
+        except TimeoutError:
+            self.ran_out.append(True)
+            log.warning("policy '%s': pattern %r took more than %g s on %r (it backtracks "
+                        "too much): the policy applies to nothing until it is set again",
+                        self.name, self.pattern, MATCH_TIMEOUT, name)
+            return False
 
 
 def queue_arguments(definition: dict[str, Any]) -> dict[str, Any]:

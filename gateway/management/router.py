@@ -19,8 +19,7 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-import regex
-
+from gateway.core import bounded_regex
 from gateway.server.http import Request, Response
 
 if TYPE_CHECKING:
@@ -263,41 +262,24 @@ def _sort_key(value: Any) -> tuple[int, Any]:
 
 
 REGEX_BUDGET = 0.1  # seconds of matching one `use_regex` filter may take, all names together
-REGEX_MAX_LENGTH = 1000  # characters of such a pattern
-REGEX_MAX_REPEATS = 100_000  # the product of its counted repetitions ({n}, {n,m})
-_COUNTED = regex.compile(r"\{(\d+)(?:,(\d*))?\}")
 
 
 def filter_by_regex(items: list[dict[str, Any]], pattern: str) -> list[dict[str, Any]]:
     """The items whose name `pattern` finds (a search, as RabbitMQ's filter does).
 
-    Handlers run in the event loop, so a pattern that backtracks catastrophically
-    (`(a|aa)+$` against a long name) would stall every connection of every protocol:
-    matching is bounded by the `regex` module's timeout, REGEX_BUDGET seconds for the
-    whole list (its checks come every so often, so the stall can be a few times that,
-    never more), and a pattern that runs out is refused with 400."""
-    if len(pattern) > REGEX_MAX_LENGTH:
-        raise ApiError(400, f"name regex longer than {REGEX_MAX_LENGTH} characters")
-    # compiling expands counted repetitions, so nested ones (`(?:a{65535}){65535}`) would
-    # stall the compile, which has no timeout: their counts, multiplied, are bounded
-    repeats = 1
-    for low, high in _COUNTED.findall(pattern):
-        repeats *= max(int(low), int(high or 0)) or 1
-        if repeats > REGEX_MAX_REPEATS:
-            raise ApiError(400, "name regex repeats too much (its counted repetitions "
-                                f"multiply to more than {REGEX_MAX_REPEATS})")
+    Handlers run in the event loop: the pattern is bounded as gateway/core/bounded_regex.py
+    says, and matching the whole list may take REGEX_BUDGET seconds (a few times that at
+    worst); a pattern refused or that runs out is a 400."""
     try:
-        compiled = regex.compile(pattern)
-    except (regex.error, OverflowError, RecursionError) as exc:
-        raise ApiError(400, f"bad regex: {exc}") from None
+        compiled = bounded_regex.compile_bounded(pattern)
+    except bounded_regex.PatternError as exc:
+        raise ApiError(400, f"name {exc}") from None
     deadline = time.monotonic() + REGEX_BUDGET
     kept = []
     for item in items:
-        left = deadline - time.monotonic()
         try:
-            if left <= 0:
-                raise TimeoutError
-            if compiled.search(str(item.get("name", "")), timeout=left):
+            if bounded_regex.search(compiled, str(item.get("name", "")),
+                                    deadline - time.monotonic()):
                 kept.append(item)
         except TimeoutError:
             raise ApiError(400, f"name regex took longer than {REGEX_BUDGET:g} s to match "

@@ -71,3 +71,35 @@ def test_policy_by_pattern_applies_to_every_matching_queue(
                 ch.queue_delete(queue)
             ch.exchange_delete(dlx)
             api.close()
+
+
+def test_a_backtracking_policy_pattern_neither_stalls_nor_applies(
+        broker: Any, unique: Callable[[str], str]) -> None:
+    """A policymaker's pattern is searched in the event loop each time a queue is declared:
+    one that backtracks catastrophically on a name is cut short (gateway/core/policy.py,
+    MATCH_TIMEOUT) and taken not to match, so pika's declares are answered and the queue
+    gets no policy; a pattern that repeats too much is refused when set."""
+    api = api_for(broker)
+    policy = unique("evil")
+    response = api.put(f"/policies/%2F/{q(policy)}", {
+        "pattern": "^(a|aa)+$", "apply-to": "queues",
+        "definition": {"max-length": 1}})
+    assert response.status_code in (201, 204), response.text
+    refused = api.put(f"/policies/%2F/{q(unique('huge'))}", {
+        "pattern": "(?:a{65535}){65535}", "apply-to": "queues",
+        "definition": {"max-length": 1}})
+    assert refused.status_code == 400 and "repeats too much" in refused.text
+    names = ["a" * 60 + "!" + unique("x") for _ in range(3)]
+    try:
+        with closing(pika.BlockingConnection(pika.URLParameters(broker.url))) as conn:
+            ch = conn.channel()
+            for name in names:
+                ch.queue_declare(name)
+                for i in range(3):
+                    ch.basic_publish("", name, str(i).encode())
+            for name in names:
+                assert ch.queue_declare(name, passive=True).method.message_count == 3
+                assert api.json(f"/queues/%2F/{q(name)}").get("policy") in (None, "")
+                ch.queue_delete(name)
+    finally:
+        api.delete(f"/policies/%2F/{q(policy)}")
