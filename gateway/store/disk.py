@@ -73,7 +73,8 @@ log = logging.getLogger("gateway.store")
 
 _HEAD = struct.Struct(">II")
 _NO_HEAD = bytes(_HEAD.size)
-LOG_NAME = "gateway.log"
+LOG_NAME = "messages.log"  # the store's append-only log (records, not text)
+OLD_LOG_NAMES = ("gateway.log",)  # what the log was called before; renamed at start
 
 # record kinds
 PUT_EXCHANGE = 1
@@ -98,6 +99,7 @@ PUT_VALUE = 19  # a protocol's own durable value (MQTT retained messages, sessio
 DEL_VALUE = 20
 PUT_TOPIC_PERMISSION = 21
 DEL_TOPIC_PERMISSION = 22
+DELIVERED = 23  # a queue entry was handed to a consumer (comes back `redelivered`)
 
 
 def return_large_buffers_to_the_system() -> bool:
@@ -257,6 +259,8 @@ class DiskStore:
         # enqueue record, message id); message id -> [index of its record, pending enqueues]
         self._pending_enqueues: dict[tuple[str, str, int], tuple[int, int]] = {}
         self._pending_messages: dict[int, list[int]] = {}
+        # delivered marks still in `_pending`: (vhost, queue, seq) -> index (an ack drops it)
+        self._pending_delivered: dict[tuple[str, str, int], int] = {}
         self._live = 0  # records in `_pending` not dropped
         self._taken = 0  # the `appended` count of the last batch taken
         self._last_message_id = -1
@@ -273,18 +277,20 @@ class DiskStore:
         state's message lists read their messages from the fresh log when iterated."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         path = self.data_dir / LOG_NAME
+        _migrate_log_name(self.data_dir, self.fsync)
         if not path.exists():
             path.touch()
         with open(path, "rb") as old:
             size = os.fstat(old.fileno()).st_size
             reader = _LogReader(old)
             state, queued, located = _replay(reader)
+            delivered = state.delivered
             if reader.valid != size:
                 log.warning("store: ignored %d bytes of an incomplete write at the end of the "
                             "log", size - reader.valid)
             placed: dict[int, int] = {}  # message id -> offset in the fresh log
             self._write_file(self._recovery_frames(state, queued, located, old.fileno(),
-                                                   placed))
+                                                   placed, delivered))
         self._close_recovered()
         self._recovered_fd = os.open(path, os.O_RDONLY)
         for key, seqs in queued.items():
@@ -300,18 +306,21 @@ class DiskStore:
 
     def _recovery_frames(self, state: Recovered, queued: dict[tuple[str, str], dict[int, int]],
                          located: dict[int, tuple[int, int]], old_fd: int,
-                         placed: dict[int, int]) -> Iterator[bytes]:
+                         placed: dict[int, int], delivered: dict[tuple[str, str], set[int]]
+                         ) -> Iterator[bytes]:
         """The fresh log's records: the state without messages, then each live message
-        record copied from the old log (noting where it lands in `placed`) and its enqueue
-        records."""
+        record copied from the old log (noting where it lands in `placed`), its enqueue
+        records and the delivered marks of those entries that have them."""
         offset = 0
         for frame in self._snapshot_frames(state):
             offset += len(frame)
             yield frame
         for (vhost, queue), seqs in queued.items():
+            marks = delivered.get((vhost, queue), set())
             for seq, mid in sorted(seqs.items()):
                 where = located.get(mid)
                 if where is None:
+                    marks.discard(seq)
                     continue
                 if mid not in placed:
                     frame = _pread_all(old_fd, where[1], where[0])
@@ -319,6 +328,8 @@ class DiskStore:
                     offset += len(frame)
                     yield frame
                 frame = _frame(ENQUEUE, (vhost, queue, seq, mid))
+                if seq in marks:
+                    frame += _frame(DELIVERED, (vhost, queue, seq))
                 offset += len(frame)
                 yield frame
 
@@ -351,6 +362,7 @@ class DiskStore:
                                        b.routing_key, b.arguments))
         written: set[int] = set()
         for (vhost, queue), entries in state.messages.items():
+            marks = state.delivered.get((vhost, queue), ())
             for seq, m in entries:
                 if m.id not in written:
                     written.add(m.id)
@@ -358,6 +370,8 @@ class DiskStore:
                                            [m.properties.get(f) for f in PROPERTY_FIELDS],
                                            m.body, m.origin))
                 yield _frame(ENQUEUE, (vhost, queue, seq, m.id))
+                if seq in marks:
+                    yield _frame(DELIVERED, (vhost, queue, seq))
         for space, values in state.values.items():
             for key, value in values.items():
                 yield _frame(PUT_VALUE, (space, list(key), value))
@@ -435,8 +449,23 @@ class DiskStore:
         self._pending_enqueues[(vhost, queue, seq)] = (len(pending), mid)
         self._append((ENQUEUE, vhost, queue, seq, mid))
 
+    def delivered(self, vhost: str, queue: str, seq: int) -> None:
+        """A persisted entry went to a consumer that must acknowledge it, for the first
+        time: after a restart it comes back `redelivered` (as RabbitMQ's queue index keeps
+        a "delivered" mark). The mark waits unencoded in the batch like an enqueue record,
+        and an ack of the entry before the batch is taken drops it."""
+        key = (vhost, queue, seq)
+        self._pending_delivered[key] = len(self._pending)
+        self._append((DELIVERED, vhost, queue, seq))
+
     def ack(self, vhost: str, queue: str, seq: int) -> None:
-        cancel = self._pending_enqueues.pop((vhost, queue, seq), None)
+        key = (vhost, queue, seq)
+        if self._pending_delivered:
+            mark = self._pending_delivered.pop(key, None)
+            if mark is not None:  # settled: the mark is not needed any more
+                self._pending[mark] = None
+                self._live -= 1
+        cancel = self._pending_enqueues.pop(key, None)
         if cancel is None:
             self._append(_frame(ACK, (vhost, queue, seq)))
             return
@@ -460,6 +489,7 @@ class DiskStore:
             self._pending.clear()
             self._pending_enqueues.clear()
             self._pending_messages.clear()
+            self._pending_delivered.clear()
             self._taken = self.durable = self.appended
 
     def put_user(self, user: UserRecord) -> None:
@@ -537,6 +567,7 @@ class DiskStore:
         self._pending.clear()
         self._pending_enqueues.clear()
         self._pending_messages.clear()
+        self._pending_delivered.clear()
         self._live = 0
         self._taken = self.appended
         return Batch(data, self.appended)
@@ -600,9 +631,26 @@ def _encoded(pending: list[bytes | tuple[Any, ...] | None]) -> bytearray:
             _frame_into(out, MESSAGE, (m.id, m.exchange, m.routing_key,
                                        [getattr(props, f) for f in PROPERTY_FIELDS], m.body,
                                        m.origin))
-        else:
-            _frame_into(out, ENQUEUE, item[1:])
+        else:  # an enqueue record or a delivered mark
+            _frame_into(out, item[0], item[1:])
     return out
+
+
+def _migrate_log_name(data_dir: Path, fsync: bool) -> None:
+    """A data directory written before the log was named `LOG_NAME` has it under an old
+    name: rename it (once; the old name is never written again)."""
+    path = data_dir / LOG_NAME
+    for old in OLD_LOG_NAMES:
+        old_path = data_dir / old
+        if old_path.is_file() and not path.exists():
+            os.replace(old_path, path)
+            log.info("store: renamed %s to %s in %s", old, LOG_NAME, data_dir)
+            if fsync:
+                dir_fd = os.open(data_dir, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
 
 
 def _binding_tuple(vhost: str, b: Any) -> tuple[Any, ...]:
@@ -630,6 +678,7 @@ def _replay(records: Iterable[tuple[int, Any, int, int]]
     bindings: dict[tuple[Any, ...], BindingRecord] = {}
     located: dict[int, tuple[int, int]] = {}
     entries: dict[tuple[str, str], dict[int, int]] = {}
+    marks: dict[tuple[str, str], set[int]] = {}  # delivered marks of live entries
     users: dict[str, UserRecord] = {}
     vhosts: dict[str, None] = {}
     perms: dict[tuple[str, str], PermissionRecord] = {}
@@ -645,11 +694,16 @@ def _replay(records: Iterable[tuple[int, Any, int, int]]
         if kind == DEL_VALUE:
             values.get(p[0], {}).pop(tuple(p[1]), None)
             continue
+        if kind == DELIVERED:
+            q = entries.get((p[0], p[1]))
+            if q is not None and p[2] in q:
+                marks.setdefault((p[0], p[1]), set()).add(p[2])
+            continue
         if kind >= PUT_USER:
             seeded = _replay_auth(kind, p, users, vhosts, (perms, topic_perms),
                                   policies) or seeded
             if kind == DEL_VHOST:
-                for d in (exchanges, queues, entries):
+                for d in (exchanges, queues, entries, marks):
                     for key in [k for k in d if k[0] == p[0]]:
                         del d[key]
                 for bkey in [k for k, b in bindings.items() if b.vhost == p[0]]:
@@ -668,6 +722,7 @@ def _replay(records: Iterable[tuple[int, Any, int, int]]
         elif kind == DEL_QUEUE:
             queues.pop((p[0], p[1]), None)
             entries.pop((p[0], p[1]), None)
+            marks.pop((p[0], p[1]), None)
         elif kind in (PUT_BINDING, DEL_BINDING):
             rec = BindingRecord(p[0], p[1], p[2], p[3], p[4], p[5])
             if kind == PUT_BINDING:
@@ -685,6 +740,9 @@ def _replay(records: Iterable[tuple[int, Any, int, int]]
             q = entries.get((p[0], p[1]))
             if q is not None:
                 q.pop(p[2], None)
+                m = marks.get((p[0], p[1]))
+                if m is not None:
+                    m.discard(p[2])
     state = Recovered(max_message_id=max_id, seeded=seeded)
     state.values = {space: d for space, d in values.items() if d}
     state.users = list(users.values())
@@ -702,6 +760,7 @@ def _replay(records: Iterable[tuple[int, Any, int, int]]
         if dest_ok and source_ok:
             state.bindings.append(b)
     queued = {key: seqs for key, seqs in entries.items() if key in queues}
+    state.delivered = {key: m for key, m in marks.items() if m and key in queued}
     return state, queued, located
 
 
