@@ -99,7 +99,7 @@ PUT_VALUE = 19  # a protocol's own durable value (MQTT retained messages, sessio
 DEL_VALUE = 20
 PUT_TOPIC_PERMISSION = 21
 DEL_TOPIC_PERMISSION = 22
-DELIVERED = 23  # a queue entry was handed to a consumer (comes back `redelivered`)
+DELIVERED = 23  # entries of one queue handed to consumers: (vhost, queue, seqs as int64s)
 
 
 def return_large_buffers_to_the_system() -> bool:
@@ -259,8 +259,9 @@ class DiskStore:
         # enqueue record, message id); message id -> [index of its record, pending enqueues]
         self._pending_enqueues: dict[tuple[str, str, int], tuple[int, int]] = {}
         self._pending_messages: dict[int, list[int]] = {}
-        # delivered marks still in `_pending`: (vhost, queue, seq) -> index (an ack drops it)
-        self._pending_delivered: dict[tuple[str, str, int], int] = {}
+        # delivered marks to write with the next batch, per queue (an ack drops its seq);
+        # apart from `_pending` and not counted in `appended`: nobody waits for a mark
+        self._pending_delivered: dict[tuple[str, str], set[int]] = {}
         self._live = 0  # records in `_pending` not dropped
         self._taken = 0  # the `appended` count of the last batch taken
         self._last_message_id = -1
@@ -328,8 +329,10 @@ class DiskStore:
                     offset += len(frame)
                     yield frame
                 frame = _frame(ENQUEUE, (vhost, queue, seq, mid))
-                if seq in marks:
-                    frame += _frame(DELIVERED, (vhost, queue, seq))
+                offset += len(frame)
+                yield frame
+            if marks:
+                frame = _marks_frame(vhost, queue, marks)
                 offset += len(frame)
                 yield frame
 
@@ -362,7 +365,6 @@ class DiskStore:
                                        b.routing_key, b.arguments))
         written: set[int] = set()
         for (vhost, queue), entries in state.messages.items():
-            marks = state.delivered.get((vhost, queue), ())
             for seq, m in entries:
                 if m.id not in written:
                     written.add(m.id)
@@ -370,8 +372,9 @@ class DiskStore:
                                            [m.properties.get(f) for f in PROPERTY_FIELDS],
                                            m.body, m.origin))
                 yield _frame(ENQUEUE, (vhost, queue, seq, m.id))
-                if seq in marks:
-                    yield _frame(DELIVERED, (vhost, queue, seq))
+            marks = state.delivered.get((vhost, queue))
+            if marks:
+                yield _marks_frame(vhost, queue, marks)
         for space, values in state.values.items():
             for key, value in values.items():
                 yield _frame(PUT_VALUE, (space, list(key), value))
@@ -427,6 +430,7 @@ class DiskStore:
         self._append(_frame(PUT_QUEUE, (vhost, queue.name, queue.auto_delete, queue.arguments)))
 
     def delete_queue(self, vhost: str, name: str) -> None:
+        self._pending_delivered.pop((vhost, name), None)  # a queue of that name may follow
         self._append(_frame(DEL_QUEUE, (vhost, name)))
 
     def put_binding(self, vhost: str, binding: Any) -> None:
@@ -452,19 +456,22 @@ class DiskStore:
     def delivered(self, vhost: str, queue: str, seq: int) -> None:
         """A persisted entry went to a consumer that must acknowledge it, for the first
         time: after a restart it comes back `redelivered` (as RabbitMQ's queue index keeps
-        a "delivered" mark). The mark waits unencoded in the batch like an enqueue record,
-        and an ack of the entry before the batch is taken drops it."""
-        key = (vhost, queue, seq)
-        self._pending_delivered[key] = len(self._pending)
-        self._append((DELIVERED, vhost, queue, seq))
+        a "delivered" mark). Marks are gathered per queue and written as one record per
+        queue with the next batch (after its enqueue records); an ack of the entry before
+        then drops its mark."""
+        marks = self._pending_delivered.get((vhost, queue))
+        if marks is None:
+            marks = self._pending_delivered[(vhost, queue)] = set()
+        marks.add(seq)
 
     def ack(self, vhost: str, queue: str, seq: int) -> None:
         key = (vhost, queue, seq)
         if self._pending_delivered:
-            mark = self._pending_delivered.pop(key, None)
-            if mark is not None:  # settled: the mark is not needed any more
-                self._pending[mark] = None
-                self._live -= 1
+            marks = self._pending_delivered.get((vhost, queue))
+            if marks is not None:  # settled: its mark is not needed any more
+                marks.discard(seq)
+                if not marks:
+                    del self._pending_delivered[(vhost, queue)]
         cancel = self._pending_enqueues.pop(key, None)
         if cancel is None:
             self._append(_frame(ACK, (vhost, queue, seq)))
@@ -489,7 +496,6 @@ class DiskStore:
             self._pending.clear()
             self._pending_enqueues.clear()
             self._pending_messages.clear()
-            self._pending_delivered.clear()
             self._taken = self.durable = self.appended
 
     def put_user(self, user: UserRecord) -> None:
@@ -503,6 +509,8 @@ class DiskStore:
         self._append(_frame(PUT_VHOST, (name,)))
 
     def delete_vhost(self, name: str) -> None:
+        for key in [k for k in self._pending_delivered if k[0] == name]:
+            del self._pending_delivered[key]
         self._append(_frame(DEL_VHOST, (name,)))
 
     def put_permission(self, perm: PermissionRecord) -> None:
@@ -560,10 +568,14 @@ class DiskStore:
 
     def take_batch(self) -> Batch | None:
         """The pending records as one batch (its data empty when acks cancelled them all:
-        it commits without a write), or None when nothing is pending."""
-        if not self._pending:
+        it commits without a write), or None when nothing is pending. The delivered marks
+        gathered since the last batch go last, after the enqueue records they refer to."""
+        if not self._pending and not self._pending_delivered:
             return None
         data = _encoded(self._pending)
+        for (vhost, queue), marks in self._pending_delivered.items():
+            if marks:
+                data += _marks_frame(vhost, queue, marks)
         self._pending.clear()
         self._pending_enqueues.clear()
         self._pending_messages.clear()
@@ -581,6 +593,10 @@ class DiskStore:
         self._file.flush()
         if self.fsync:
             os.fsync(self._file.fileno())
+
+    def dirty(self) -> bool:
+        """Something waits to be written: records not yet durable, or delivered marks."""
+        return self.appended != self.durable or bool(self._pending_delivered)
 
     def committed(self, batch: Batch) -> None:
         self._size += len(batch.data)
@@ -610,6 +626,12 @@ class DiskStore:
 
     def close(self) -> None:
         self._close_recovered()
+        if self._file is not None and self._pending_delivered:
+            # marks of deliveries since the last batch (the store task stopped once every
+            # record was durable): a clean stop keeps them too
+            batch = self.take_batch()
+            if batch is not None:
+                self.write_batch(batch)
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -631,9 +653,15 @@ def _encoded(pending: list[bytes | tuple[Any, ...] | None]) -> bytearray:
             _frame_into(out, MESSAGE, (m.id, m.exchange, m.routing_key,
                                        [getattr(props, f) for f in PROPERTY_FIELDS], m.body,
                                        m.origin))
-        else:  # an enqueue record or a delivered mark
-            _frame_into(out, item[0], item[1:])
+        else:
+            _frame_into(out, ENQUEUE, item[1:])
     return out
+
+
+def _marks_frame(vhost: str, queue: str, seqs: Iterable[int]) -> bytes:
+    """One DELIVERED record: a queue's marked seqs as big-endian int64s (cheap to encode)."""
+    ordered = sorted(seqs)
+    return _frame(DELIVERED, (vhost, queue, struct.pack(f">{len(ordered)}q", *ordered)))
 
 
 def _migrate_log_name(data_dir: Path, fsync: bool) -> None:
@@ -696,8 +724,10 @@ def _replay(records: Iterable[tuple[int, Any, int, int]]
             continue
         if kind == DELIVERED:
             q = entries.get((p[0], p[1]))
-            if q is not None and p[2] in q:
-                marks.setdefault((p[0], p[1]), set()).add(p[2])
+            if q is not None:
+                seqs = struct.unpack(f">{len(p[2]) // 8}q", p[2])
+                marked = marks.setdefault((p[0], p[1]), set())
+                marked.update(seq for seq in seqs if seq in q)
             continue
         if kind >= PUT_USER:
             seeded = _replay_auth(kind, p, users, vhosts, (perms, topic_perms),

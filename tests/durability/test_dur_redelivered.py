@@ -68,7 +68,10 @@ def test_only_delivered_messages_come_back_redelivered(fresh_broker, kill: bool)
     consumer_ch.basic_qos(prefetch_count=1)
     held: list[str] = []
     consumer_ch.basic_consume(QUEUE, lambda c, m, p, b: held.append(b.decode()))
-    connection.process_data_events(time_limit=1)
+    for _ in range(50):  # bounded: up to 10 s on a loaded machine
+        if held:
+            break
+        connection.process_data_events(time_limit=0.2)
     assert held == ["m3"]
     consumer_ch.basic_cancel(consumer_ch.consumer_tags[0])  # m3 stays unacked on the channel
     publish(ch, ["fence"])  # confirmed: every mark before it is on disk

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from core.helpers import CreditConsumer, flush, open_disk_broker, publish, restart
 
-from gateway.store.disk import DELIVERED, LOG_NAME, OLD_LOG_NAMES, DiskStore, _read_records
+from gateway.store.disk import ACK, DELIVERED, LOG_NAME, OLD_LOG_NAMES, DiskStore, _read_records
 
 
 def _kinds(data: bytes | bytearray) -> list[int]:
@@ -79,21 +79,47 @@ def test_ack_before_the_batch_is_taken_drops_the_mark(tmp_path: Path) -> None:
     assert len(c.received) == 5
     c.ack_all()
     assert flush(broker.store) == 0  # nothing left to write
-    # acked after its enqueue record reached the disk: the pending mark goes, an ack stays
-    publish(vh, "", "jobs", b"late", delivery_mode=2)
-    entry = c.received[-1]
-    batch = broker.store.take_batch()
-    assert batch is not None and DELIVERED in _kinds(batch.data)
-    broker.store.write_batch(batch)
-    broker.store.committed(batch)
-    publish(vh, "", "jobs", b"later", delivery_mode=2)
+    # acked after its enqueue record reached the disk but before its mark did: the mark
+    # goes, the ack record stays
+    q2 = vh.declare_queue("other", durable=True)
+    publish(vh, "", "other", b"late", delivery_mode=2)
     flush(broker.store)
-    c.ack(entry)
-    later = c.received[-1]
-    assert later.message.body == b"later"
-    c.ack(later)
+    entry = q2.get(False, 0.0)
+    assert entry is not None and broker.store.dirty()
+    q2.ack(entry)
     batch = broker.store.take_batch()
-    assert batch is not None and DELIVERED not in _kinds(batch.data)
+    assert batch is not None and _kinds(batch.data) == [ACK]
+
+
+def test_marks_are_one_record_per_queue_and_batch(tmp_path: Path) -> None:
+    broker = open_disk_broker(tmp_path)
+    vh = broker.vhost("/")
+    q = vh.declare_queue("jobs", durable=True)
+    for n in range(50):
+        publish(vh, "", "jobs", f"m{n}", delivery_mode=2)
+    flush(broker.store)
+    for _ in range(50):
+        assert q.get(False, 0.0) is not None
+    assert broker.store.dirty()  # marks alone wake the store task
+    batch = broker.store.take_batch()
+    assert batch is not None and _kinds(batch.data) == [DELIVERED]
+    assert len(batch.data) < 50 * 10  # 8 bytes a mark, plus one record's framing
+
+
+def test_a_clean_close_writes_the_marks_still_waiting(tmp_path: Path) -> None:
+    """The server's store task stops once every record is durable; marks gathered after
+    that are written by `close`."""
+    broker = open_disk_broker(tmp_path)
+    vh = broker.vhost("/")
+    q = vh.declare_queue("jobs", durable=True)
+    publish(vh, "", "jobs", b"a", delivery_mode=2)
+    publish(vh, "", "jobs", b"b", delivery_mode=2)
+    flush(broker.store)
+    assert q.get(False, 0.0) is not None
+    assert broker.store.appended == broker.store.durable  # nothing counted as pending
+    broker.store.close()
+    broker2 = open_disk_broker(tmp_path)
+    assert _redelivered(broker2, "jobs") == {b"a": True, b"b": False}
 
 
 def test_marks_survive_compaction_and_a_deleted_queue_forgets_them(tmp_path: Path) -> None:
