@@ -49,6 +49,7 @@ __all__ = [
     "Keep",
     "Limits",
     "Listeners",
+    "LogConfig",
     "MQTTConfig",
     "PermissionConfig",
     "PortError",
@@ -73,7 +74,7 @@ _AMQP_SHORT_MAX: Final = 0xFFFF
 _MAX_MESSAGE_SIZE: Final = 512 * 1024 * 1024  # RabbitMQ's hard ceiling as well
 _USER_TABLES: Final = ("users", "vhosts", "permissions")
 _SECTIONS: Final = ("listeners", "store", "definitions", "amqp", "stomp", "limits", "auth", "mqtt",
-                    "tls", "wamp", "http")
+                    "tls", "wamp", "http", "log")
 # the TLS listeners (RabbitMQ's ports: 5671, 8883, 61614, 15671, 15673, 15676), all off by
 # default; each needs [tls] certfile and keyfile
 TLS_LISTENERS: Final = ("amqps", "mqtts", "stomps", "https", "web_stomp_tls", "web_mqtt_tls")
@@ -262,6 +263,18 @@ class WAMPConfig:
     anonymous_user: str = "guest"
 
 
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Where `gateway serve` logs (see gateway/logging_setup.py)."""
+
+    file: Path | None = None  # None: standard error
+    level: str = "info"  # one of LOG_LEVELS
+    json: bool = False  # one JSON object per line instead of text
+
+
 @dataclass(frozen=True)
 class Config:
     listeners: Listeners
@@ -275,6 +288,7 @@ class Config:
     tls: TLSConfig = TLSConfig()
     http: HTTPConfig = HTTPConfig()
     wamp: WAMPConfig = WAMPConfig()
+    log: LogConfig = LogConfig()
 
 
 # --------------------------------------------------------------------------- public API
@@ -594,13 +608,23 @@ def _build(document: _Doc, source: str) -> Config:
     )
     wamp_t.done()
 
+    log_t = root.table("log")
+    log_file = log_t.string("file", allow_empty=True)
+    log_level = log_t.string("level").strip().lower()
+    if log_level not in LOG_LEVELS:
+        raise log_t.error("level", f"must be one of {', '.join(LOG_LEVELS)}, got "
+                                   f"{log_t.data.get('level')!r}")
+    log_config = LogConfig(file=Path(log_file).expanduser() if log_file.strip() else None,
+                           level=log_level, json=log_t.boolean("json"))
+    log_t.done()
+
     tls = _build_tls(root)
     _check_tls(tls, listeners, source)
     auth = _build_auth(root)
     root.done()
     return Config(listeners=listeners, store=store, amqp=amqp, stomp=stomp, limits=limits,
                   auth=auth, mqtt=mqtt,
-                  definitions=definitions, tls=tls, http=http, wamp=wamp)
+                  definitions=definitions, tls=tls, http=http, wamp=wamp, log=log_config)
 
 
 def _origin(table: _Table, text: str) -> str:

@@ -19,6 +19,7 @@ from gateway.config import (
     parse_port,
     with_overrides,
 )
+from gateway.logging_setup import configure_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help=f"{name} (TLS) port; needs [tls] in the config file")
     serve.add_argument("--data-dir", type=Path, default=None,
                        help="directory for durable state")
-    serve.add_argument("--log-level", default="info",
-                       choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-level", default=None,
+                       choices=["debug", "info", "warning", "error"],
+                       help="overrides [log] level of the config file")
     from gateway.cli import ctl, info
 
     ctl.add_parser(sub)
@@ -57,17 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.cli import info
 
         return info.run(args)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     try:
         config = with_overrides(
             load_config(args.config), host=args.host, amqp_port=args.amqp_port,
             mqtt_port=args.mqtt_port, stomp_port=args.stomp_port, http_port=args.http_port,
             data_dir=args.data_dir,
             tls_ports={name: getattr(args, f"{name}_port") for name in TLS_LISTENERS})
+        configure_logging(config.log, args.log_level)  # [log]: file, level, json
     except (ConfigError, OSError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
