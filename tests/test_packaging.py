@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shlex
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -188,3 +189,135 @@ def test_make_test_runs_lint_types_and_tests() -> None:
     for tool in ("ruff check", "mypy", "pytest"):
         assert f"$(BIN)/{tool}" in makefile
     assert re.search(r"^\$\(STAMP\): pyproject\.toml", makefile, re.MULTILINE)
+
+
+# --------------------------------------------------------------------------- make's apt installs
+
+INSTALL_SCRIPT = ROOT / "scripts" / "install-debian-packages.sh"
+
+
+def test_make_installs_debian_packages_through_the_script() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert "INSTALL_DEBS := sh scripts/install-debian-packages.sh" in makefile
+    for target, packages in (("$(SYSTEM_TOOLS):", "chromium rabbitmq-server"),
+                             ("$(BENCH_TOOLS):", "rabbitmq-server mosquitto")):
+        recipe = makefile.split(f"\n{target}\n", 1)[1].split("\n\n", 1)[0]
+        assert f"$(INSTALL_DEBS) {packages}" in recipe
+        assert "apt-get install" not in recipe  # only through the script
+    assert "apt-get" not in makefile.replace("(apt-get, sudo)", "")
+
+
+def fake_system(tmp_path: Path, *, installed: set[str], running: set[str],
+                policy: str | None) -> tuple[dict[str, str], Path]:
+    """Stand-ins for the commands the script runs, in a directory first on PATH: apt-get
+    (its "install" runs each package's postinst, which asks policy-rc.d and starts the
+    service unless told 101), dpkg-query, service, systemctl, update-rc.d, sudo. Service
+    state is a file per running service. Returns the environment and the state directory."""
+    bin_dir, state = tmp_path / "bin", tmp_path / "state"
+    bin_dir.mkdir()
+    state.mkdir()
+    for name in running:
+        (state / f"running-{name}").touch()
+    for name in installed:
+        (state / f"installed-{name}").touch()
+    policy_path = tmp_path / "policy-rc.d"
+    if policy is not None:
+        policy_path.write_text(policy)
+        policy_path.chmod(0o755)
+    scripts = {
+        "apt-get": f"""
+echo "apt-get $*" >> {state}/log
+[ "$1" = install ] || exit 0
+for pkg in "$@"; do
+  case "$pkg" in -*|install) continue;; esac
+  touch {state}/installed-$pkg
+  case "$pkg" in rabbitmq-server|mosquitto) ;; *) continue;; esac
+  echo "enabled" > {state}/enabled-$pkg
+  if [ -x "$POLICY_RC_D" ]; then "$POLICY_RC_D" $pkg start; rc=$?; else rc=0; fi
+  [ $rc = 101 ] || touch {state}/running-$pkg
+done""",
+        "dpkg-query": f"""
+pkg=$(eval echo \\${{$#}})
+[ -e {state}/installed-$pkg ] && printf 'install ok installed' || exit 1""",
+        "service": f"""
+echo "service $*" >> {state}/log
+case "$2" in
+  status) [ -e {state}/running-$1 ];;
+  stop) rm -f {state}/running-$1;;
+esac""",
+        "systemctl": f"""
+echo "systemctl $*" >> {state}/log
+case "$1" in
+  is-active) [ -e {state}/running-$3 ];;
+  stop) rm -f {state}/running-$2;;
+  disable) rm -f {state}/enabled-$3;;
+esac""",
+        "update-rc.d": f"""
+echo "update-rc.d $*" >> {state}/log
+[ "$2" = disable ] && rm -f {state}/enabled-$1""",
+        "sudo": 'exec "$@"',
+    }
+    for name, body in scripts.items():
+        path = bin_dir / name
+        path.write_text("#!/bin/sh\n" + body.lstrip("\n") + "\n")
+        path.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "POLICY_RC_D": str(policy_path)}
+    return env, state
+
+
+def run_install(env: dict[str, str], *packages: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["sh", str(INSTALL_SCRIPT), *packages], env=env, text=True,
+                          capture_output=True, timeout=30)
+
+
+def test_install_keeps_rabbitmq_from_starting_and_disables_it(tmp_path: Path) -> None:
+    env, state = fake_system(tmp_path, installed=set(), running=set(), policy=None)
+    result = run_install(env, "chromium", "rabbitmq-server")
+    assert result.returncode == 0, result.stderr
+    assert (state / "installed-rabbitmq-server").exists()
+    assert not (state / "running-rabbitmq-server").exists()  # never started
+    assert not (state / "enabled-rabbitmq-server").exists()  # nor enabled at boot
+    assert not Path(env["POLICY_RC_D"]).exists()  # the policy was for the install only
+
+
+def test_an_existing_permissive_policy_is_kept_and_the_started_service_stopped(
+        tmp_path: Path) -> None:
+    permissive = "#!/bin/sh\nexit 0\n"
+    env, state = fake_system(tmp_path, installed=set(), running=set(), policy=permissive)
+    result = run_install(env, "rabbitmq-server", "mosquitto")
+    assert result.returncode == 0, result.stderr
+    assert Path(env["POLICY_RC_D"]).read_text() == permissive  # left as it was
+    log = (state / "log").read_text()
+    for name in ("rabbitmq-server", "mosquitto"):
+        assert not (state / f"running-{name}").exists(), log
+        assert not (state / f"enabled-{name}").exists(), log
+        assert f"stopping the {name} service the install started" in result.stderr
+
+
+def test_a_rabbitmq_installed_before_is_left_alone(tmp_path: Path) -> None:
+    permissive = "#!/bin/sh\nexit 0\n"
+    env, state = fake_system(tmp_path, installed={"rabbitmq-server"},
+                             running={"rabbitmq-server"}, policy=permissive)
+    (state / "enabled-rabbitmq-server").write_text("enabled")
+    result = run_install(env, "chromium", "rabbitmq-server")
+    assert result.returncode == 0, result.stderr
+    assert (state / "running-rabbitmq-server").exists()  # the user's own: not ours to stop
+    assert (state / "enabled-rabbitmq-server").exists()
+    assert "stop" not in (state / "log").read_text().replace("apt-get", "")
+
+
+def test_install_fails_when_the_service_cannot_be_stopped(tmp_path: Path) -> None:
+    env, state = fake_system(tmp_path, installed=set(), running=set(),
+                             policy="#!/bin/sh\nexit 0\n")
+    for name in ("service", "systemctl"):  # a service manager that does not stop it
+        path = Path(env["PATH"].split(":")[0]) / name
+        path.write_text(path.read_text().replace("rm -f", "true"))
+    result = run_install(env, "rabbitmq-server")
+    assert result.returncode == 1
+    assert "the rabbitmq-server service still runs after the install" in result.stderr
+
+
+def test_install_script_usage() -> None:
+    result = subprocess.run(["sh", str(INSTALL_SCRIPT)], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 64 and "usage" in result.stderr
