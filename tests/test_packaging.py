@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.config import default_config_text, load_config
+from gateway.config import TLS_LISTENERS, default_config_text, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,9 +70,17 @@ def test_dockerfile_base_and_command() -> None:
     (base,) = dockerfile("FROM")
     assert base == "python:3.11-slim"
     command = image_command()
-    assert command[:2] == ["gateway", "serve"]
+    # gateway serve, through the entry that applies GATEWAY_DEFAULT_USER/_PASS and refuses
+    # an administrator open to every address (tests/test_container.py runs it)
+    assert command[:4] == ["python", "-m", "gateway.container", "serve"]
     assert flag_value(command, "--host") == "0.0.0.0"
     assert flag_value(command, "--data-dir") == image_data_dir() == "/var/lib/gateway"
+
+
+# RabbitMQ's ports for the listeners that are off by default
+OPTIONAL_PORTS = {"web_stomp": 15674, "web_mqtt": 15675, "amqps": 5671, "mqtts": 8883,
+                  "stomps": 61614, "https": 15671, "web_stomp_tls": 15673,
+                  "web_mqtt_tls": 15676}
 
 
 def test_dockerfile_exposes_every_default_port() -> None:
@@ -80,18 +88,103 @@ def test_dockerfile_exposes_every_default_port() -> None:
     assert default_ports() <= exposed
 
 
+def test_websocket_and_tls_ports_are_exposed_and_documented() -> None:
+    assert set(OPTIONAL_PORTS) == set(TLS_LISTENERS) | {"web_stomp", "web_mqtt"}
+    exposed = {int(port.split("/")[0]) for args in dockerfile("EXPOSE") for port in args.split()}
+    assert set(OPTIONAL_PORTS.values()) <= exposed
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    compose_text = (ROOT / "docker-compose.yml").read_text(encoding="utf-8")
+    for name, port in OPTIONAL_PORTS.items():
+        # the compose file shows how to publish each, naming the config key to turn it on
+        assert re.search(rf"# - \"127\.0\.0\.1:{port}:{port}\" +# .*\b{name}\b",
+                         compose_text), f"{name} ({port}) is not documented in compose"
+        assert str(port) in text
+    assert "WebSocket on /ws" in text and "WebSocket on /ws" in compose_text
+
+
+def test_image_has_a_healthcheck_that_the_image_can_run() -> None:
+    (check,) = dockerfile("HEALTHCHECK")
+    options, _, cmd = check.partition(" CMD ")
+    assert "--interval=" in options and "--timeout=" in options
+    command = json.loads(cmd)
+    assert command[:4] == ["python", "-m", "gateway.container", "healthcheck"]
+    assert command[4] == flag_value(image_command(), "--config")
+    compose_check = yaml.safe_load(
+        (ROOT / "docker-compose.yml").read_text(encoding="utf-8"))["services"]["gateway"][
+        "healthcheck"]
+    assert compose_check["test"] == ["CMD", *command]
+
+
 def test_image_config_overlay_is_valid(tmp_path: Path) -> None:
-    """The config the image writes at build time loads, and only lifts the loopback rule."""
+    """The config the image writes at build time loads and changes nothing: guest stays
+    loopback-only (the administrator comes from GATEWAY_DEFAULT_USER/_PASS)."""
     config_path = flag_value(image_command(), "--config")
     runs = " ".join(dockerfile("RUN"))
-    match = re.search(r"printf '([^']*)' > " + re.escape(config_path), runs)
+    match = re.search(r"printf '([^']*)' +> " + re.escape(config_path), runs)
     assert match, f"the Dockerfile writes {config_path} with printf"
     overlay = tmp_path / "gateway.toml"
     overlay.write_text(match.group(1).replace("\\n", "\n"), encoding="utf-8")
-    config, default = load_config(overlay), load_config()
-    assert config.auth.loopback_users == frozenset()
-    assert config.auth.users == default.auth.users
-    assert config.listeners == default.listeners
+    assert load_config(overlay) == load_config()
+    assert "guest" in load_config(overlay).auth.loopback_users
+
+
+def test_compose_passes_the_default_user_from_the_environment(
+        compose: dict[str, object]) -> None:
+    environment = service(compose)["environment"]
+    assert isinstance(environment, dict)
+    assert set(environment) == {"GATEWAY_DEFAULT_USER", "GATEWAY_DEFAULT_PASS"}
+
+
+# --------------------------------------------------------------------------- the lock file
+
+LOCK = ROOT / "requirements.lock"
+
+
+def lock_pins() -> dict[str, tuple[str, list[str]]]:
+    """name -> (version, hashes) of requirements.lock."""
+    text = re.sub(r"\\\n\s*", " ", LOCK.read_text(encoding="utf-8"))
+    pins = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9._-]+)==(\S+)((?: +--hash=sha256:[0-9a-f]{64})+)", line)
+        assert match, f"not a pinned, hashed requirement: {line!r}"
+        hashes = re.findall(r"sha256:([0-9a-f]{64})", match[3])
+        pins[re.sub(r"[-_.]+", "-", match[1]).lower()] = (match[2], hashes)
+    return pins
+
+
+def test_image_installs_pinned_hashed_dependencies() -> None:
+    runs = dockerfile("RUN")
+    assert any("pip install --require-hashes --no-deps -r requirements.lock" in r for r in runs)
+    assert any("pip install --no-deps --no-build-isolation ." in r for r in runs)
+    assert ("COPY", "requirements.lock ./") in dockerfile_instructions()
+    assert "://" not in LOCK.read_text(encoding="utf-8")  # no index or machine paths
+    pins = lock_pins()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    wanted = [re.split(r"[<>=!~; \[]", dep, maxsplit=1)[0]
+              for dep in project["project"]["dependencies"]]
+    wanted += [re.split(r"[<>=!~; \[]", dep, maxsplit=1)[0]
+               for dep in project["build-system"]["requires"]]
+    for name in wanted:
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        assert key in pins, (f"{name} (pyproject.toml) is not in requirements.lock: "
+                             "regenerate it (its header has the command)")
+
+
+def test_lock_pins_the_versions_the_tests_run() -> None:
+    """The image runs what the test suite ran: each runtime pin is the installed version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name, (pinned, _) in lock_pins().items():
+        if name == "setuptools":
+            continue  # the build backend, not imported at run time
+        try:
+            installed = version(name)
+        except PackageNotFoundError:
+            pytest.fail(f"{name} is locked but not installed")
+        assert installed == pinned, f"{name}: locked {pinned}, installed {installed}"
 
 
 # --------------------------------------------------------------------------- compose
