@@ -4,6 +4,7 @@ from other addresses, and the health check."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -214,3 +215,39 @@ def test_image_entry_refuses_an_open_guest(tmp_path: Path) -> None:
     assert result.stderr.startswith("gateway: refusing to start: user 'guest'")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "data").exists()  # refused before anything was written
+
+
+def test_config_users_apply_to_a_seeded_data_directory(tmp_path: Path, fresh_broker) -> None:
+    """[[users]] seed a fresh data directory only; `python -m gateway.seed CONFIG` turns
+    them into definitions that `gateway ctl import_definitions -` (POST /api/definitions)
+    applies to a broker whose data directory holds users already."""
+    import httpx
+
+    config = config_file(tmp_path, '[[users]]\nname = "alice"\npassword = "alice-pw"\n'
+                                   'tags = ["management"]\n[[vhosts]]\nname = "tenant-a"\n'
+                                   '[[permissions]]\nuser = "alice"\nvhost = "tenant-a"\n'
+                                   'configure = "^alice\\\\."\nwrite = ".*"\nread = ".*"\n')
+    result = subprocess.run([sys.executable, "-m", "gateway.seed", str(config)],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    defs = json.loads(result.stdout)
+    assert [u["name"] for u in defs["users"]] == ["alice"]
+    assert defs["users"][0]["hashing_algorithm"] == "gateway_password_hashing_scrypt"
+    assert "alice-pw" not in result.stdout  # the hash only
+    # the fixture's broker was seeded with guest at its first start: alice is unknown
+    port = fresh_broker.amqp_port
+    with pytest.raises(pika.exceptions.ProbableAuthenticationError):
+        amqp(port, "alice", "alice-pw")
+    api = f"http://127.0.0.1:{fresh_broker.ports['http']}/api/definitions"
+    reply = httpx.post(api, content=result.stdout, auth=("guest", "guest"),
+                       headers={"Content-Type": "application/json"}, timeout=10)
+    assert reply.status_code in (200, 201, 204), reply.text
+    params = pika.ConnectionParameters("127.0.0.1", port, "tenant-a",
+                                       pika.PlainCredentials("alice", "alice-pw"),
+                                       connection_attempts=1, socket_timeout=5)
+    with closing(pika.BlockingConnection(params)) as conn:
+        conn.channel().queue_declare("alice.jobs")
+    # and it survives a restart (it is in the store now)
+    fresh_broker.restart(kill=False)
+    with closing(pika.BlockingConnection(params)):
+        pass
