@@ -33,20 +33,22 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy gateway protocols
 
-# Tools from Debian's packages the tests use, installed where missing: Chromium for the web
-# UI's browser tests (driven by Playwright), rabbitmqadmin (shipped with rabbitmq-server).
+# Tools from Debian's packages the tests use, installed (with sudo when not root) where
+# missing: Chromium for the web UI's browser tests (driven by Playwright), rabbitmqadmin
+# (shipped with rabbitmq-server). The script keeps rabbitmq-server's install from starting
+# (and enabling) a system RabbitMQ on 5672/15672, and fails if one it installed still runs.
 SYSTEM_TOOLS := /usr/bin/chromium /usr/bin/rabbitmqadmin
-SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+INSTALL_DEBS := sh scripts/install-debian-packages.sh
 
 $(SYSTEM_TOOLS):
-	$(SUDO) apt-get update -q
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-		chromium rabbitmq-server
+	@echo "make: installing Debian packages chromium rabbitmq-server (apt-get, sudo)"
+	$(INSTALL_DEBS) chromium rabbitmq-server
 
 # autobahn-js and mqtt.js for the WebSocket browser test, from the npm registry (no lockfile)
 BROWSER_LIBS := tests/websocket/node_modules/.installed
 
 $(BROWSER_LIBS): tests/websocket/package.json
+	@echo "make: npm install in tests/websocket (autobahn, mqtt.js for the browser test)"
 	cd tests/websocket && npm install --no-package-lock --no-audit --no-fund --silent
 	touch $(BROWSER_LIBS)
 
@@ -60,9 +62,8 @@ BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_ARGS ?=
 
 $(BENCH_TOOLS):
-	$(SUDO) apt-get update -q
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-		rabbitmq-server mosquitto
+	@echo "make: installing Debian packages rabbitmq-server mosquitto (apt-get, sudo)"
+	$(INSTALL_DEBS) rabbitmq-server mosquitto
 
 $(BENCH_STAMP): pyproject.toml | $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[test,bench]"

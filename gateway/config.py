@@ -49,6 +49,7 @@ __all__ = [
     "Keep",
     "Limits",
     "Listeners",
+    "LogConfig",
     "MQTTConfig",
     "PermissionConfig",
     "PortError",
@@ -74,7 +75,7 @@ _AMQP_SHORT_MAX: Final = 0xFFFF
 _MAX_MESSAGE_SIZE: Final = 512 * 1024 * 1024  # RabbitMQ's hard ceiling as well
 _USER_TABLES: Final = ("users", "vhosts", "permissions")
 _SECTIONS: Final = ("listeners", "store", "definitions", "amqp", "stomp", "limits", "auth", "mqtt",
-                    "tls", "wamp", "http", "oauth2")
+                    "tls", "wamp", "http", "oauth2", "log")
 # the TLS listeners (RabbitMQ's ports: 5671, 8883, 61614, 15671, 15673, 15676), all off by
 # default; each needs [tls] certfile and keyfile
 TLS_LISTENERS: Final = ("amqps", "mqtts", "stomps", "https", "web_stomp_tls", "web_mqtt_tls")
@@ -263,6 +264,18 @@ class WAMPConfig:
     anonymous_user: str = "guest"
 
 
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Where `gateway serve` logs (see gateway/logging_setup.py)."""
+
+    file: Path | None = None  # None: standard error
+    level: str = "info"  # one of LOG_LEVELS
+    json: bool = False  # one JSON object per line instead of text
+
+
 @dataclass(frozen=True)
 class OAuth2Config:
     """OAuth 2.0 / JWT access tokens as passwords (gateway/auth/oauth.py); RabbitMQ's
@@ -291,6 +304,7 @@ class Config:
     http: HTTPConfig = HTTPConfig()
     wamp: WAMPConfig = WAMPConfig()
     oauth2: OAuth2Config = OAuth2Config()
+    log: LogConfig = LogConfig()
 
 
 # --------------------------------------------------------------------------- public API
@@ -613,6 +627,16 @@ def _build(document: _Doc, source: str) -> Config:
     )
     wamp_t.done()
 
+    log_t = root.table("log")
+    log_file = log_t.string("file", allow_empty=True)
+    log_level = log_t.string("level").strip().lower()
+    if log_level not in LOG_LEVELS:
+        raise log_t.error("level", f"must be one of {', '.join(LOG_LEVELS)}, got "
+                                   f"{log_t.data.get('level')!r}")
+    log_config = LogConfig(file=Path(log_file).expanduser() if log_file.strip() else None,
+                           level=log_level, json=log_t.boolean("json"))
+    log_t.done()
+
     tls = _build_tls(root)
     _check_tls(tls, listeners, source)
     auth = _build_auth(root)
@@ -620,7 +644,8 @@ def _build(document: _Doc, source: str) -> Config:
     root.done()
     return Config(listeners=listeners, store=store, amqp=amqp, stomp=stomp, limits=limits,
                   auth=auth, mqtt=mqtt,
-                  definitions=definitions, tls=tls, http=http, wamp=wamp, oauth2=oauth2)
+                  definitions=definitions, tls=tls, http=http, wamp=wamp, oauth2=oauth2,
+                  log=log_config)
 
 
 def _build_oauth2(root: _Table) -> OAuth2Config:

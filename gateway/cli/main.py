@@ -20,6 +20,7 @@ from gateway.config import (
     parse_port,
     with_overrides,
 )
+from gateway.logging_setup import configure_logging
 
 
 class Parser(argparse.ArgumentParser):
@@ -55,8 +56,9 @@ def build_parser() -> Parser:
                            help=f"{name} (TLS) port; needs [tls] in the config file")
     serve.add_argument("--data-dir", type=Path, default=None,
                        help="directory for durable state")
-    serve.add_argument("--log-level", default="info",
-                       choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-level", default=None,
+                       choices=["debug", "info", "warning", "error"],
+                       help="overrides [log] level of the config file")
     from gateway.cli import ctl, info
 
     parser.commands = {"serve": serve, "ctl": ctl.add_parser(sub),  # type: ignore[attr-defined]
@@ -91,11 +93,6 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.cli import info
 
         return info.run(args)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     try:
         config = with_overrides(
             load_config(args.config), host=args.host, amqp_port=args.amqp_port,
@@ -103,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             web_stomp_port=args.web_stomp_port, web_mqtt_port=args.web_mqtt_port,
             data_dir=args.data_dir,
             tls_ports={name: getattr(args, f"{name}_port") for name in TLS_LISTENERS})
+        configure_logging(config.log, args.log_level)  # [log]: file, level, json
     except (ConfigError, OSError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2

@@ -142,13 +142,14 @@ class Broker:
             queue = self.vhosts[vhost].queues.get(qname)
             if queue is None:
                 continue
+            marks = state.delivered.get((vhost, qname), ())
             for seq, rec in entries:
                 msg = shared.get(rec.id)
                 if msg is None:
                     msg = shared[rec.id] = Message(
                         rec.id, rec.exchange, rec.routing_key, Properties(**rec.properties),
                         rec.body, rec.origin)
-                queue.restore(seq, msg, now)
+                queue.restore(seq, msg, now, seq in marks)
                 restored += 1
         return restored
 
@@ -172,6 +173,9 @@ class Broker:
                 entries.sort(key=lambda e: e.seq)
                 state.messages[(vh.name, q.name)] = [
                     (e.seq, _message_record(e.message)) for e in entries]
+                marks = {e.seq for e in entries if e.redelivered or e.delivery_count}
+                if marks:
+                    state.delivered[(vh.name, q.name)] = marks
             for b in vh.bindings():
                 dest = b.destination
                 if b.source.durable and dest.durable and not (

@@ -268,11 +268,12 @@ class Queue:
         self.vhost.dead_letter(Entry(message, -1, self, None, False), "maxlen", now)
         return None
 
-    def restore(self, seq: int, message: Message, now: float) -> None:
+    def restore(self, seq: int, message: Message, now: float, delivered: bool = True) -> None:
         """Put back a message recovered from the store (already persisted); past the paging
-        threshold it is paged out like a new one."""
+        threshold it is paged out like a new one. `delivered`: it had been delivered before
+        the restart (the store kept the mark), so it comes back `redelivered`."""
         entry = Entry(message, seq, self, self._expiry(message, now), True)
-        entry.redelivered = True
+        entry.redelivered = delivered
         level = min(message.priority, len(self._ready) - 1)
         self.vhost.meter.held_bytes += len(message.body)
         self._ready[level].append(entry)
@@ -360,6 +361,10 @@ class Queue:
             self._release(entry)
         else:
             self.unacked[entry.seq] = entry
+            if entry.persisted and not entry.redelivered and entry.delivery_count == 1:
+                # first delivery of a persisted entry: the store marks it, so that after a
+                # restart it comes back redelivered (one that was never delivered does not)
+                self.vhost.store.delivered(self.vhost.name, self.name, entry.seq)
 
     def get(self, no_ack: bool, now: float) -> Entry | None:
         """basic.get: the head entry, or None when empty."""

@@ -92,7 +92,7 @@ class Durability:
         self.stopping = False
 
     def kick(self) -> None:
-        if self.store.appended != self.store.durable:
+        if self.store.dirty():
             self._dirty.set()
 
     async def run(self) -> None:

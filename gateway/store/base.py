@@ -154,6 +154,9 @@ class Recovered:
     # (vhost, queue) -> [(seq, message)] in seq order
     messages: dict[tuple[str, str], Sequence[tuple[int, MessageRecord]]] = field(
         default_factory=dict)
+    # (vhost, queue) -> the seqs of its entries that had been delivered (to a consumer that
+    # must acknowledge them) before the restart: they come back `redelivered`, the others not
+    delivered: dict[tuple[str, str], set[int]] = field(default_factory=dict)
     max_message_id: int = 0
     # what the protocols keep beyond the core's model (MQTT retained messages and session
     # state): space -> {key: value}. A key is a flat tuple of strings and integers whose
@@ -172,6 +175,7 @@ class Store(Protocol):
     def put_binding(self, vhost: str, binding: Any) -> None: ...
     def delete_binding(self, vhost: str, binding: Any) -> None: ...
     def enqueue(self, vhost: str, queue: str, seq: int, message: StoredMessage) -> None: ...
+    def delivered(self, vhost: str, queue: str, seq: int) -> None: ...
     def ack(self, vhost: str, queue: str, seq: int) -> None: ...
     def put_user(self, user: UserRecord) -> None: ...
     def delete_user(self, name: str) -> None: ...
@@ -194,6 +198,7 @@ class Store(Protocol):
 
     def recover(self) -> Recovered: ...
     def settle(self) -> None: ...
+    def dirty(self) -> bool: ...
     def take_batch(self) -> Any: ...
     def write_batch(self, batch: Any) -> None: ...
     def committed(self, batch: Any) -> None: ...
@@ -233,6 +238,9 @@ class MemoryStore:
 
     def enqueue(self, vhost: str, queue: str, seq: int, message: StoredMessage) -> None:
         self._note()
+
+    def delivered(self, vhost: str, queue: str, seq: int) -> None:
+        return None  # nothing survives a restart here, so nothing to mark
 
     def ack(self, vhost: str, queue: str, seq: int) -> None:
         self._note()
@@ -300,6 +308,9 @@ class MemoryStore:
 
     def settle(self) -> None:
         return None
+
+    def dirty(self) -> bool:
+        return self.appended != self.durable
 
     def take_batch(self) -> Any:
         return None

@@ -74,7 +74,8 @@ log = logging.getLogger("gateway.store")
 
 _HEAD = struct.Struct(">II")
 _NO_HEAD = bytes(_HEAD.size)
-LOG_NAME = "gateway.log"
+LOG_NAME = "messages.log"  # the store's append-only log (records, not text)
+OLD_LOG_NAMES = ("gateway.log",)  # what the log was called before; renamed at start
 
 # record kinds
 PUT_EXCHANGE = 1
@@ -101,6 +102,7 @@ PUT_TOPIC_PERMISSION = 21
 DEL_TOPIC_PERMISSION = 22
 PUT_LIMITS = 23  # a vhost's or a user's runtime limits: (scope, name, {limit: value})
 DEL_LIMITS = 24
+DELIVERED = 25  # entries of one queue handed to consumers: (vhost, queue, seqs as int64s)
 
 
 def return_large_buffers_to_the_system() -> bool:
@@ -260,6 +262,9 @@ class DiskStore:
         # enqueue record, message id); message id -> [index of its record, pending enqueues]
         self._pending_enqueues: dict[tuple[str, str, int], tuple[int, int]] = {}
         self._pending_messages: dict[int, list[int]] = {}
+        # delivered marks to write with the next batch, per queue (an ack drops its seq);
+        # apart from `_pending` and not counted in `appended`: nobody waits for a mark
+        self._pending_delivered: dict[tuple[str, str], set[int]] = {}
         self._live = 0  # records in `_pending` not dropped
         self._taken = 0  # the `appended` count of the last batch taken
         self._last_message_id = -1
@@ -276,18 +281,20 @@ class DiskStore:
         state's message lists read their messages from the fresh log when iterated."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         path = self.data_dir / LOG_NAME
+        _migrate_log_name(self.data_dir, self.fsync)
         if not path.exists():
             path.touch()
         with open(path, "rb") as old:
             size = os.fstat(old.fileno()).st_size
             reader = _LogReader(old)
             state, queued, located = _replay(reader)
+            delivered = state.delivered
             if reader.valid != size:
                 log.warning("store: ignored %d bytes of an incomplete write at the end of the "
                             "log", size - reader.valid)
             placed: dict[int, int] = {}  # message id -> offset in the fresh log
             self._write_file(self._recovery_frames(state, queued, located, old.fileno(),
-                                                   placed))
+                                                   placed, delivered))
         self._close_recovered()
         self._recovered_fd = os.open(path, os.O_RDONLY)
         for key, seqs in queued.items():
@@ -303,18 +310,21 @@ class DiskStore:
 
     def _recovery_frames(self, state: Recovered, queued: dict[tuple[str, str], dict[int, int]],
                          located: dict[int, tuple[int, int]], old_fd: int,
-                         placed: dict[int, int]) -> Iterator[bytes]:
+                         placed: dict[int, int], delivered: dict[tuple[str, str], set[int]]
+                         ) -> Iterator[bytes]:
         """The fresh log's records: the state without messages, then each live message
-        record copied from the old log (noting where it lands in `placed`) and its enqueue
-        records."""
+        record copied from the old log (noting where it lands in `placed`), its enqueue
+        records and the delivered marks of those entries that have them."""
         offset = 0
         for frame in self._snapshot_frames(state):
             offset += len(frame)
             yield frame
         for (vhost, queue), seqs in queued.items():
+            marks = delivered.get((vhost, queue), set())
             for seq, mid in sorted(seqs.items()):
                 where = located.get(mid)
                 if where is None:
+                    marks.discard(seq)
                     continue
                 if mid not in placed:
                     frame = _pread_all(old_fd, where[1], where[0])
@@ -322,6 +332,10 @@ class DiskStore:
                     offset += len(frame)
                     yield frame
                 frame = _frame(ENQUEUE, (vhost, queue, seq, mid))
+                offset += len(frame)
+                yield frame
+            if marks:
+                frame = _marks_frame(vhost, queue, marks)
                 offset += len(frame)
                 yield frame
 
@@ -363,6 +377,9 @@ class DiskStore:
                                            [m.properties.get(f) for f in PROPERTY_FIELDS],
                                            m.body, m.origin))
                 yield _frame(ENQUEUE, (vhost, queue, seq, m.id))
+            marks = state.delivered.get((vhost, queue))
+            if marks:
+                yield _marks_frame(vhost, queue, marks)
         for space, values in state.values.items():
             for key, value in values.items():
                 yield _frame(PUT_VALUE, (space, list(key), value))
@@ -418,6 +435,7 @@ class DiskStore:
         self._append(_frame(PUT_QUEUE, (vhost, queue.name, queue.auto_delete, queue.arguments)))
 
     def delete_queue(self, vhost: str, name: str) -> None:
+        self._pending_delivered.pop((vhost, name), None)  # a queue of that name may follow
         self._append(_frame(DEL_QUEUE, (vhost, name)))
 
     def put_binding(self, vhost: str, binding: Any) -> None:
@@ -440,8 +458,26 @@ class DiskStore:
         self._pending_enqueues[(vhost, queue, seq)] = (len(pending), mid)
         self._append((ENQUEUE, vhost, queue, seq, mid))
 
+    def delivered(self, vhost: str, queue: str, seq: int) -> None:
+        """A persisted entry went to a consumer that must acknowledge it, for the first
+        time: after a restart it comes back `redelivered` (as RabbitMQ's queue index keeps
+        a "delivered" mark). Marks are gathered per queue and written as one record per
+        queue with the next batch (after its enqueue records); an ack of the entry before
+        then drops its mark."""
+        marks = self._pending_delivered.get((vhost, queue))
+        if marks is None:
+            marks = self._pending_delivered[(vhost, queue)] = set()
+        marks.add(seq)
+
     def ack(self, vhost: str, queue: str, seq: int) -> None:
-        cancel = self._pending_enqueues.pop((vhost, queue, seq), None)
+        key = (vhost, queue, seq)
+        if self._pending_delivered:
+            marks = self._pending_delivered.get((vhost, queue))
+            if marks is not None:  # settled: its mark is not needed any more
+                marks.discard(seq)
+                if not marks:
+                    del self._pending_delivered[(vhost, queue)]
+        cancel = self._pending_enqueues.pop(key, None)
         if cancel is None:
             self._append(_frame(ACK, (vhost, queue, seq)))
             return
@@ -478,6 +514,8 @@ class DiskStore:
         self._append(_frame(PUT_VHOST, (name,)))
 
     def delete_vhost(self, name: str) -> None:
+        for key in [k for k in self._pending_delivered if k[0] == name]:
+            del self._pending_delivered[key]
         self._append(_frame(DEL_VHOST, (name,)))
 
     def put_permission(self, perm: PermissionRecord) -> None:
@@ -541,13 +579,18 @@ class DiskStore:
 
     def take_batch(self) -> Batch | None:
         """The pending records as one batch (its data empty when acks cancelled them all:
-        it commits without a write), or None when nothing is pending."""
-        if not self._pending:
+        it commits without a write), or None when nothing is pending. The delivered marks
+        gathered since the last batch go last, after the enqueue records they refer to."""
+        if not self._pending and not self._pending_delivered:
             return None
         data = _encoded(self._pending)
+        for (vhost, queue), marks in self._pending_delivered.items():
+            if marks:
+                data += _marks_frame(vhost, queue, marks)
         self._pending.clear()
         self._pending_enqueues.clear()
         self._pending_messages.clear()
+        self._pending_delivered.clear()
         self._live = 0
         self._taken = self.appended
         return Batch(data, self.appended)
@@ -561,6 +604,10 @@ class DiskStore:
         self._file.flush()
         if self.fsync:
             os.fsync(self._file.fileno())
+
+    def dirty(self) -> bool:
+        """Something waits to be written: records not yet durable, or delivered marks."""
+        return self.appended != self.durable or bool(self._pending_delivered)
 
     def committed(self, batch: Batch) -> None:
         self._size += len(batch.data)
@@ -590,6 +637,12 @@ class DiskStore:
 
     def close(self) -> None:
         self._close_recovered()
+        if self._file is not None and self._pending_delivered:
+            # marks of deliveries since the last batch (the store task stopped once every
+            # record was durable): a clean stop keeps them too
+            batch = self.take_batch()
+            if batch is not None:
+                self.write_batch(batch)
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -614,6 +667,29 @@ def _encoded(pending: list[bytes | tuple[Any, ...] | None]) -> bytearray:
         else:
             _frame_into(out, ENQUEUE, item[1:])
     return out
+
+
+def _marks_frame(vhost: str, queue: str, seqs: Iterable[int]) -> bytes:
+    """One DELIVERED record: a queue's marked seqs as big-endian int64s (cheap to encode)."""
+    ordered = sorted(seqs)
+    return _frame(DELIVERED, (vhost, queue, struct.pack(f">{len(ordered)}q", *ordered)))
+
+
+def _migrate_log_name(data_dir: Path, fsync: bool) -> None:
+    """A data directory written before the log was named `LOG_NAME` has it under an old
+    name: rename it (once; the old name is never written again)."""
+    path = data_dir / LOG_NAME
+    for old in OLD_LOG_NAMES:
+        old_path = data_dir / old
+        if old_path.is_file() and not path.exists():
+            os.replace(old_path, path)
+            log.info("store: renamed %s to %s in %s", old, LOG_NAME, data_dir)
+            if fsync:
+                dir_fd = os.open(data_dir, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
 
 
 def _binding_tuple(vhost: str, b: Any) -> tuple[Any, ...]:
@@ -641,6 +717,7 @@ def _replay(records: Iterable[tuple[int, Any, int, int]]
     bindings: dict[tuple[Any, ...], BindingRecord] = {}
     located: dict[int, tuple[int, int]] = {}
     entries: dict[tuple[str, str], dict[int, int]] = {}
+    marks: dict[tuple[str, str], set[int]] = {}  # delivered marks of live entries
     users: dict[str, UserRecord] = {}
     vhosts: dict[str, None] = {}
     perms: dict[tuple[str, str], PermissionRecord] = {}
@@ -665,11 +742,18 @@ def _replay(records: Iterable[tuple[int, Any, int, int]]
             continue
         if kind in (DEL_USER, DEL_VHOST):
             limits.pop(("user" if kind == DEL_USER else "vhost", p[0]), None)
+        if kind == DELIVERED:
+            q = entries.get((p[0], p[1]))
+            if q is not None:
+                seqs = struct.unpack(f">{len(p[2]) // 8}q", p[2])
+                marked = marks.setdefault((p[0], p[1]), set())
+                marked.update(seq for seq in seqs if seq in q)
+            continue
         if kind >= PUT_USER:
             seeded = _replay_auth(kind, p, users, vhosts, (perms, topic_perms),
                                   policies) or seeded
             if kind == DEL_VHOST:
-                for d in (exchanges, queues, entries):
+                for d in (exchanges, queues, entries, marks):
                     for key in [k for k in d if k[0] == p[0]]:
                         del d[key]
                 for bkey in [k for k, b in bindings.items() if b.vhost == p[0]]:
@@ -688,6 +772,7 @@ def _replay(records: Iterable[tuple[int, Any, int, int]]
         elif kind == DEL_QUEUE:
             queues.pop((p[0], p[1]), None)
             entries.pop((p[0], p[1]), None)
+            marks.pop((p[0], p[1]), None)
         elif kind in (PUT_BINDING, DEL_BINDING):
             rec = BindingRecord(p[0], p[1], p[2], p[3], p[4], p[5])
             if kind == PUT_BINDING:
@@ -705,6 +790,9 @@ def _replay(records: Iterable[tuple[int, Any, int, int]]
             q = entries.get((p[0], p[1]))
             if q is not None:
                 q.pop(p[2], None)
+                m = marks.get((p[0], p[1]))
+                if m is not None:
+                    m.discard(p[2])
     state = Recovered(max_message_id=max_id, seeded=seeded)
     state.values = {space: d for space, d in values.items() if d}
     state.users = list(users.values())
@@ -723,6 +811,7 @@ def _replay(records: Iterable[tuple[int, Any, int, int]]
         if dest_ok and source_ok:
             state.bindings.append(b)
     queued = {key: seqs for key, seqs in entries.items() if key in queues}
+    state.delivered = {key: m for key, m in marks.items() if m and key in queued}
     return state, queued, located
 
 

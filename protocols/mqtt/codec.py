@@ -430,6 +430,11 @@ class MQTTCodec:
 
     def _next(self) -> Packet | NeedData:
         buf = self._buf
+        if self.server and self.version is None and buf and buf[0] != 0x10:
+            # [MQTT-3.1.0-1] a client's first packet is CONNECT (type 1, flags 0): known
+            # from the first byte, so a stream of anything else is refused at once rather
+            # than after the rest of a packet (or the handshake timeout), as Mosquitto does
+            raise ProtocolError(ReasonCode.PROTOCOL_ERROR, "first packet is not CONNECT")
         if len(buf) < 2:
             return NEED_DATA
         length, shift, i = 0, 0, 1

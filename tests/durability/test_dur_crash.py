@@ -2,9 +2,15 @@
 messages with confirms and consumes some of them, then restarted on the same data directory.
 
 After every restart each message the broker had confirmed and that was not acknowledged is
-delivered again, once; one that had been delivered comes back with `redelivered` set. A
-message whose ack was sent before the kill may come back too (at-least-once: the ack was
-not confirmed to anybody), and so may one published but not yet confirmed; nothing else may.
+delivered again, once; one that had been delivered comes back with `redelivered` set, one
+that was never delivered without it. A message whose ack was sent before the kill may come
+back too (at-least-once: the ack was not confirmed to anybody), and so may one published
+but not yet confirmed; nothing else may.
+
+A delivery's mark reaches the disk with the next group commit, so it is certainly there
+once a publish sent after the delivery was confirmed (the ledger's `fence`): held messages
+received before the last such publish must come back redelivered; one received in the
+last moments before the kill may come back either way.
 
 The kill falls at a different point in each round: early in a stream of publishes, later in
 it, right after the last confirm, and right after a restart, before any client is back.
@@ -21,6 +27,7 @@ import pika
 import pika.exceptions
 
 QUEUE = "crash-orders"
+FENCE_QUEUE = "crash-fence"
 ROUND_DEADLINE = 8.0  # seconds for one round's publishing before the kill
 PUBLISH_LIMIT = 2000  # messages one publisher thread sends at most in one round
 
@@ -41,20 +48,25 @@ class Ledger:
     confirmed: set[str] = field(default_factory=set)
     acked: set[str] = field(default_factory=set)
     held: set[str] = field(default_factory=set)  # delivered, not acked, at the kill
+    received_at: dict[str, float] = field(default_factory=dict)  # held: when delivered
+    fence: float = 0.0  # when the latest publish that was then confirmed was sent
+    never_delivered: set[str] = field(default_factory=set)  # sent while nobody consumed
     lock: threading.Lock = field(default_factory=threading.Lock)
     lost: int = 0
     redelivered_ok: int = 0
+    unmarked_ok: int = 0
     acked_returned: int = 0
 
 
 class Publisher(threading.Thread):
     """Publishes persistent messages with confirms until told to stop or the broker dies."""
 
-    def __init__(self, broker, ledger: Ledger, prefix: str) -> None:
+    def __init__(self, broker, ledger: Ledger, prefix: str, unconsumed: bool) -> None:
         super().__init__(daemon=True)
         self.connection = connect(broker)
         self.ledger = ledger
         self.prefix = prefix
+        self.unconsumed = unconsumed  # no consumer runs: what it sends is never delivered
         self.stop = threading.Event()
         self.count = 0
 
@@ -69,10 +81,14 @@ class Publisher(threading.Thread):
                 mid = f"{self.prefix}-{n}"
                 with self.ledger.lock:
                     self.ledger.sent.add(mid)
+                    if self.unconsumed:
+                        self.ledger.never_delivered.add(mid)
+                sent_at = time.monotonic()
                 ch.basic_publish("", QUEUE, mid.encode(), properties=pika.BasicProperties(
                     delivery_mode=2, message_id=mid))
                 with self.ledger.lock:
                     self.ledger.confirmed.add(mid)
+                    self.ledger.fence = max(self.ledger.fence, sent_at)
                 self.count += 1
 
 
@@ -92,6 +108,7 @@ class Consumer(threading.Thread):
         with self.ledger.lock:
             if self.count % 7 == 0:
                 self.ledger.held.add(mid)
+                self.ledger.received_at[mid] = time.monotonic()
                 return
             self.ledger.acked.add(mid)
         ch.basic_ack(method.delivery_tag)
@@ -138,9 +155,13 @@ def check_survivors(broker, ledger: Ledger, ack_fraction: float, hold: int) -> N
     unknown = set(seen) - ledger.sent
     assert not unknown, f"messages nobody sent: {sorted(unknown)[:5]}"
     for mid in ledger.held:
-        if mid in seen:
+        if mid in seen and ledger.received_at.get(mid, ledger.fence) < ledger.fence:
             assert seen[mid], f"{mid} was delivered before the kill but not redelivered"
             ledger.redelivered_ok += 1
+    for mid in ledger.never_delivered & set(seen):
+        assert not seen[mid], f"{mid} was never delivered but came back redelivered"
+        ledger.unmarked_ok += 1
+    ledger.never_delivered -= set(seen)  # delivered now, by basic.get
     ledger.acked_returned += len(set(seen) & ledger.acked)
     # what came back is the queue now: forget acks that were lost with the process
     ledger.acked -= set(seen)
@@ -155,7 +176,16 @@ def check_survivors(broker, ledger: Ledger, ack_fraction: float, hold: int) -> N
     for tag, _ in tags[n_ack + hold:]:
         ch.basic_nack(tag, requeue=True)
     ledger.held = {mid for _, mid in keep}
+    now = time.monotonic()
+    ledger.received_at = dict.fromkeys(ledger.held, now)
     ch.queue_declare(QUEUE, durable=True, passive=True)  # round trip: acks were processed
+    # a confirmed publish to another durable queue: the held messages' marks are on disk
+    ch.queue_declare(FENCE_QUEUE, durable=True)
+    ch.confirm_delivery()
+    sent_at = time.monotonic()
+    ch.basic_publish("", FENCE_QUEUE, b"fence", properties=pika.BasicProperties(
+        delivery_mode=2))
+    ledger.fence = max(ledger.fence, sent_at)
     broker._crash_clients = getattr(broker, "_crash_clients", []) + [connection]
 
 
@@ -179,7 +209,7 @@ def test_confirmed_messages_survive_repeated_kill_9(fresh_broker):
                 fresh_broker.restart(kill=True)
                 drop_clients(fresh_broker)
                 continue
-            publisher = Publisher(fresh_broker, ledger, f"r{r}")
+            publisher = Publisher(fresh_broker, ledger, f"r{r}", unconsumed=r % 2 == 1)
             consumer = Consumer(fresh_broker, ledger) if r % 2 == 0 else None
             before = len(ledger.confirmed)
             publisher.start()
@@ -204,8 +234,9 @@ def test_confirmed_messages_survive_repeated_kill_9(fresh_broker):
     finally:
         drop_clients(fresh_broker)
     assert ledger.lost == 0
-    assert ledger.redelivered_ok > 0 and ledger.acked
+    assert ledger.redelivered_ok > 0 and ledger.unmarked_ok > 0 and ledger.acked
     print(f"\ncrash test: {len(rounds)} kills, {len(ledger.sent)} sent, "
           f"{len(ledger.confirmed)} confirmed, {ledger.lost} lost, "
           f"{ledger.redelivered_ok} held messages redelivered, "
+          f"{ledger.unmarked_ok} never-delivered ones not, "
           f"{ledger.acked_returned} acked messages delivered again")
