@@ -32,13 +32,11 @@ from pathlib import Path
 
 from gateway.auth.passwords import check_password, derive_cra_key, hash_password
 from gateway.config import (
-    TLS_LISTENERS,
     Config,
     ConfigError,
     PermissionConfig,
     UserConfig,
     load_config,
-    with_overrides,
 )
 
 DEFAULT_PASSWORD = "guest"  # noqa: S105 - the well-known default, refused from outside
@@ -129,19 +127,12 @@ def data_dir_seeded(data_dir: Path) -> bool:
 
 def serve(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     """`gateway serve` with the environment's default user and the checks above."""
-    import trio
-
-    from gateway.cli.main import build_parser
+    from gateway.cli.main import build_parser, run_serve, serve_config
     from gateway.logging_setup import configure_logging
 
     args = build_parser().parse_args(["serve", *argv])
     try:
-        config = with_overrides(
-            load_config(args.config), host=args.host, amqp_port=args.amqp_port,
-            mqtt_port=args.mqtt_port, stomp_port=args.stomp_port, http_port=args.http_port,
-            data_dir=args.data_dir,
-            tls_ports={name: getattr(args, f"{name}_port") for name in TLS_LISTENERS})
-        config = apply_environment(config, environ)
+        config = apply_environment(serve_config(args), environ)
         configure_logging(config.log, args.log_level)
     except (ConfigError, OSError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
@@ -153,17 +144,7 @@ def serve(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         log.warning("GATEWAY_DEFAULT_USER is not applied: the data directory %s holds users "
                     "already (it seeds a fresh one only; see docs/operations.md)",
                     config.store.data_dir)
-    from gateway.server.app import run_server
-
-    try:
-        trio.run(run_server, config)
-    except ConfigError as exc:
-        print(f"gateway: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"gateway: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_serve(config)
 
 
 def healthcheck(config: Config, host: str = "127.0.0.1") -> str | None:

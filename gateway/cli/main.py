@@ -15,6 +15,7 @@ import gateway
 from gateway.config import (
     KEEP,
     TLS_LISTENERS,
+    Config,
     ConfigError,
     load_config,
     parse_port,
@@ -94,16 +95,26 @@ def main(argv: list[str] | None = None) -> int:
 
         return info.run(args)
     try:
-        config = with_overrides(
-            load_config(args.config), host=args.host, amqp_port=args.amqp_port,
-            mqtt_port=args.mqtt_port, stomp_port=args.stomp_port, http_port=args.http_port,
-            web_stomp_port=args.web_stomp_port, web_mqtt_port=args.web_mqtt_port,
-            data_dir=args.data_dir,
-            tls_ports={name: getattr(args, f"{name}_port") for name in TLS_LISTENERS})
+        config = serve_config(args)
         configure_logging(config.log, args.log_level)  # [log]: file, level, json
     except (ConfigError, OSError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
+    return run_serve(config)
+
+
+def serve_config(args: argparse.Namespace) -> Config:
+    """The config `gateway serve` runs: the file's (or the default), with the flags over it."""
+    return with_overrides(
+        load_config(args.config), host=args.host, amqp_port=args.amqp_port,
+        mqtt_port=args.mqtt_port, stomp_port=args.stomp_port, http_port=args.http_port,
+        web_stomp_port=args.web_stomp_port, web_mqtt_port=args.web_mqtt_port,
+        data_dir=args.data_dir,
+        tls_ports={name: getattr(args, f"{name}_port") for name in TLS_LISTENERS})
+
+
+def run_serve(config: Config) -> int:
+    """Run the broker until it stops; its exit status (a start-up failure: one line)."""
     from gateway.server.app import StartupError, run_server
 
     try:
