@@ -25,7 +25,7 @@ import gateway
 from gateway.auth.service import AuthService
 from gateway.config import Config
 from gateway.core.broker import Broker
-from gateway.server.connection import Connection, HandshakeLimits, peer_of
+from gateway.server.connection import Connection, HandshakeLimits, Session, peer_of
 from gateway.server.control import (
     LOCAL_OPERATOR,
     DataDirInUse,
@@ -153,6 +153,7 @@ class Server:
         self._stop = trio.Event()
         self.memory_alarm = False
         self._conn_scope: trio.CancelScope | None = None
+        self._conns: trio.Nursery | None = None  # every client connection's tasks
 
     async def serve(self, *, task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED
                     ) -> None:
@@ -183,6 +184,7 @@ class Server:
             outer.start_soon(self._tick)
             async with trio.open_nursery() as conns:
                 self._conn_scope = conns.cancel_scope
+                self._conns = conns
                 async with trio.open_nursery() as listeners:
                     self._listeners_scope = listeners.cancel_scope
                     await self._start_listeners(listeners, conns)
@@ -229,7 +231,7 @@ class Server:
                 if tcp is not None:
                     listeners.start_soon(self._accept_loop, tcp, conns, factory, tls)
         await self._start_http(listeners, conns)
-        await self._start_web_plugins(listeners)
+        await self._start_web_plugins(listeners, conns)
         await self._start_control(listeners, conns)
 
     async def _open(self, name: str) -> list[trio.SocketListener] | None:
@@ -356,7 +358,8 @@ class Server:
                                      handler_nursery=conns))
         log.info("local control channel on %s (gateway ctl needs no credentials here)", path)
 
-    async def _start_web_plugins(self, listeners: trio.Nursery) -> None:
+    async def _start_web_plugins(self, listeners: trio.Nursery, conns: trio.Nursery
+                                 ) -> None:
         """RabbitMQ-style WebSocket-only ports (Web-STOMP, Web-MQTT), when configured."""
         from gateway.server.websocket import WEB_MQTT, WEB_STOMP, WebSocketFront, with_limits
 
@@ -368,7 +371,8 @@ class Server:
                     continue
                 front = WebSocketFront(self, with_limits(options, self.config.limits))
                 try:
-                    bound = await listeners.start(partial(front.listen, host, port, tls=tls))
+                    bound = await listeners.start(partial(front.listen, host, port, tls=tls,
+                                                          handler_nursery=conns))
                 except OSError as exc:
                     raise listener_error(key, host, port, exc) from None
                 self.ports[key] = bound
@@ -401,19 +405,39 @@ class Server:
             if secured is None:
                 return
             wire = secured
-        limits = self.config.limits
-        conn = Connection(wire, limits.connection_buffer, self.clock, self._after_input,
-                          conns, send_timeout=limits.send_timeout / 1000,
-                          handshake=self.handshake_limits())
+        conn = self.connection(wire)
         session = factory(self, peer, conn.wake, peer_info(wire))
-        self.connections.add(conn)
         self.sessions.add(session)
+        await self.drive(conn, session)
+
+    def connection(self, wire: trio.abc.Stream, *, high_water: int | None = None,
+                   send_timeout: float | None = None, label: str = "connection"
+                   ) -> Connection:
+        """A new client's `Connection` with the [limits] of the config (or those given)."""
+        limits = self.config.limits
+        return Connection(
+            wire, limits.connection_buffer if high_water is None else high_water, self.clock,
+            self._after_input, self._conns,
+            send_timeout=limits.send_timeout / 1000 if send_timeout is None else send_timeout,
+            handshake=self.handshake_limits(), label=label)
+
+    async def drive(self, conn: Connection, session: Session, *, early: bytes = b"") -> None:
+        """Serve one client, TCP or WebSocket (whose `session` is the framing layer), until
+        it ends: counted in `connections` meanwhile (the connection limit, the memory alarm,
+        the timers' tick and shutdown's grace see it), `session` out of `sessions` after."""
+        self.connections.add(conn)
         session.memory_alarm(self.memory_alarm)
         try:
-            await conn.run(session)
+            if conn.nursery is not None:
+                await conn.run(session, early)
+            else:  # a server that is not serving (a test driving the code directly)
+                async with trio.open_nursery() as nursery:
+                    conn.nursery = nursery
+                    await conn.run(session, early)
         except Exception:
             # a bug met by one connection must not take the broker down with it
-            log.exception("connection %s:%s failed", peer[0], peer[1])
+            peer = getattr(session, "peer", ("?", 0))
+            log.exception("%s %s:%s failed", conn.label, peer[0], peer[1])
         finally:
             self.connections.discard(conn)
             self.sessions.discard(session)

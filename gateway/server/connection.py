@@ -1,6 +1,11 @@
 """The only code that touches a client's stream: the connection's own task reads, a writer
 task writes, around a sans-IO protocol session.
 
+Every client is driven here, whichever port it came in on: a TCP client's session is its
+protocol's (AMQP, MQTT, STOMP); a WebSocket client's is `gateway.server.wsframing`'s framing
+layer, which wraps the protocol session inside (WAMP, MQTT, STOMP) and looks the same from
+here. So the limits below, the memory alarm, timers and shutdown hold for both alike.
+
 Tasks: the task serving the connection reads (`run`) and writes the replies to what it read
 itself, one write per read. Output that arrives otherwise (deliveries, confirms after a
 disk batch, a close) goes through a writer task in the server's connection nursery, started
@@ -135,7 +140,11 @@ async def settle_password_check(session: Any) -> None:
 class Session(Protocol):
     """What a protocol session offers the I/O layer. Besides these, the store task calls
     `flush_confirms()` after each durable batch (send what waited for the disk: AMQP
-    confirms, MQTT PUBACK/PUBREC, STOMP receipts) and then `wake()` if output is pending."""
+    confirms, MQTT PUBACK/PUBREC, STOMP receipts) and then `wake()` if output is pending.
+    Optional: `password_check` and `resume_input` (see the module doc), `peer` (for the
+    log), and `finished` (True: nothing more will be read, so a closed session's stream
+    goes at once instead of lingering for the peer to hang up; a WebSocket whose closing
+    handshake is complete)."""
 
     wake: Callable[[], None]
 
@@ -170,9 +179,13 @@ class Connection:
     """Drives one session over one stream until either side closes it."""
 
     def __init__(self, stream: trio.abc.Stream, high_water: int, clock: Callable[[], float],
-                 after_input: Callable[[], None], nursery: trio.Nursery, *,
-                 send_timeout: float = 0.0, handshake: HandshakeLimits | None = None) -> None:
+                 after_input: Callable[[], None], nursery: trio.Nursery | None, *,
+                 send_timeout: float = 0.0, handshake: HandshakeLimits | None = None,
+                 label: str = "connection") -> None:
+        """`nursery`: where writer tasks run (None: set it before `run`); `label`: what the
+        log calls the client ("connection", "websocket")."""
         self.stream = stream
+        self.label = label
         self.high_water = high_water
         self.send_timeout = send_timeout
         self.handshake = handshake or HandshakeLimits()
@@ -205,6 +218,7 @@ class Connection:
         self._writing = True
         self._writer_done = trio.Event()
         try:
+            assert self.nursery is not None
             self.nursery.start_soon(self._writer)
         except RuntimeError:  # the server's nursery is closing: nothing more is written
             self._writing = False
@@ -226,13 +240,15 @@ class Connection:
             if self._idle_ticks >= IDLE_TICKS:
                 self._wakeup.set()  # the writer finds nothing to write and ends
 
-    async def run(self, session: Session) -> None:
+    async def run(self, session: Session, early: bytes = b"") -> None:
+        """Serve until either side closes; `early`: bytes read before the session existed
+        (what followed a WebSocket upgrade request), handled as the first read."""
         self.session = session
         if session.pending_output:
             self.wake()
         try:
             with self._reader_scope:
-                await self._reader()
+                await self._reader(early)
             await self._writer_done.wait()
         finally:
             self._finished = True
@@ -259,12 +275,12 @@ class Connection:
         session = self.session
         if session is not None:
             peer = getattr(session, "peer", ("?", 0))
-            log.info("connection %s:%s closed: %s", peer[0], peer[1], why)
+            log.info("%s %s:%s closed: %s", self.label, peer[0], peer[1], why)
             session.connection_lost()
         self._finished = True
         self.stop()
 
-    async def _reader(self) -> None:
+    async def _reader(self, early: bytes) -> None:
         session = self.session
         assert session is not None
         try:
@@ -275,10 +291,14 @@ class Connection:
                 while session.read_paused and not session.closed:
                     self._resumed = trio.Event()
                     await self._resumed.wait()
-                try:
-                    data = await self.stream.receive_some(READ_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    data = b""
+                data: bytes | bytearray
+                if early:
+                    data, early = early, b""
+                else:
+                    try:
+                        data = await self.stream.receive_some(READ_SIZE)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        data = b""
                 if not data:
                     session.connection_lost()
                     self.wake()
@@ -368,7 +388,8 @@ class Connection:
                 # half-close, then give the peer a moment to read our close and hang up
                 # (the reader drops what it still sends) before the socket goes
                 self._ending = True
-                with trio.move_on_after(LINGER):
+                finished = getattr(session, "finished", False)
+                with trio.move_on_after(0 if finished else LINGER):
                     send_eof = getattr(self.stream, "send_eof", None)
                     if send_eof is not None:
                         try:

@@ -5,9 +5,11 @@ Theory of operation
 The WebSocket layer hands every received WebSocket message to `receive_message`; the codec
 turns it into a typed message, which is handled to completion, synchronously, against the
 core (`handlers.py` has one function per message type; `handlers.TABLE` is the table of
-contents). What must go to the client is encoded at once and queued as whole messages for
-the writer (`messages_to_send`); `wake` tells it there is something new when another
-connection's publish produced it. No I/O and no awaits happen here.
+contents). What must go to the client is encoded at once and queued as whole messages in
+the shared outbox (`protocols.outbox.MessageOutbox`: JSON as text, MessagePack as bytes),
+which the WebSocket framing layer takes with `messages_to_send`, one WebSocket message
+each; `wake` tells it there is something new when another connection's publish produced
+it. No I/O and no awaits happen here.
 
 States and the messages each accepts (`ACCEPTS`, the transition table):
 
@@ -47,6 +49,7 @@ from gateway.auth import access
 from gateway.auth.passwords import CRA_ITERATIONS, CRA_KEYLEN
 from gateway.core.errors import BrokerError, ReplyCode
 from protocols.admission import Admit, admit_all
+from protocols.outbox import MessageOutbox
 from protocols.wamp.codec import Serializer, WampCodec
 from protocols.wamp.frames import (
     Abort,
@@ -172,7 +175,7 @@ def broker_cra_lookup(auth: AuthService) -> CraLookup:
     return lookup
 
 
-class WampSession:
+class WampSession(MessageOutbox[bytes | str]):
     protocol_name = "WAMP 2 (WebSocket)"  # as the management API lists connections
 
     def __init__(
@@ -229,9 +232,7 @@ class WampSession:
         # that arrive meanwhile wait in `_held`
         self.password_check: PendingCheck | None = None
         self._held: deque[bytes | str] = deque()
-        self._out: deque[bytes | str] = deque()
-        self._out_size = 0
-        self.output_blocked = False
+        self.init_outbox()
         self.alarm = False
         self.read_paused = False
         self.close_reason: str | None = None
@@ -251,24 +252,13 @@ class WampSession:
         return self.state is State.CLOSED
 
     @property
-    def pending_output(self) -> int:
-        return self._out_size
-
-    @property
     def name(self) -> str:
         return f"{self.peer[0]}:{self.peer[1]}"
 
-    def messages_to_send(self) -> list[bytes | str]:
-        out = list(self._out)
-        self._out.clear()
-        self._out_size = 0
-        return out
-
-    def output_drained(self) -> None:
-        if self.output_blocked and self._out_size < self.high_water // 2:
-            self.output_blocked = False
-            self.subs.kick()
-            self.rpc.kick()
+    def credit_returned(self) -> None:
+        """The outbox drained below half its mark: subscriptions and calls held back go on."""
+        self.subs.kick()
+        self.rpc.kick()
 
     def send(self, msg: Message) -> bool:
         """Queue one message; False when the serializer cannot carry its values."""
@@ -280,12 +270,7 @@ class WampSession:
             log.warning("wamp session %d: cannot send %s: %s", self.session_id,
                         msg.TYPE.name, exc)
             return False
-        self._out.append(data)
-        self._out_size += len(data)
-        if self._out_size >= self.high_water:
-            self.output_blocked = True
-        if len(self._out) == 1:
-            self.wake()
+        self.emit(data)
         return True
 
     def receive_message(self, data: bytes | str) -> None:
