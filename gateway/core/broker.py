@@ -1,7 +1,8 @@
 """The broker: virtual hosts by name, message ids, recovery and snapshots of durable state.
 
-Sessions reach the model through `Broker.vhost(name)`; the server drives time through
-`tick(now)` and durability through the store. Nothing here does I/O.
+Sessions reach the model through `Broker.vhost(name)` and durability through
+`Broker.durable` (store positions to wait for, keyed values; `gateway.core.durable`); the
+server drives time through `tick(now)` and the store's group commits. Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from gateway.core.durable import Durable
 from gateway.core.errors import NotAllowed, NotFound
 from gateway.core.exchange import Exchange
 from gateway.core.message import Message, Properties
@@ -39,9 +41,8 @@ class Broker:
         # add what else the store must keep across a compaction (users, vhosts and
         # permissions from the auth service) to a snapshot
         self.snapshot_hooks: list[Callable[[Recovered], None]] = []
-        # protocols' keyed values read back from the store, until their owner claims them
-        # (`claim_values`); unclaimed ones are carried over by every snapshot as they are
-        self._values: dict[str, dict[tuple[Any, ...], Any]] = {}
+        # what the protocols ask of the store: positions to wait for, keyed values
+        self.durable = Durable(store)
         self.max_queues_per_vhost = 0  # each vhost's max_queues when it is made
         for name in vhosts:
             self.add_vhost(name)
@@ -70,9 +71,7 @@ class Broker:
         vh.exchanges.clear()
         vh.policies.clear()
         self.store.delete_vhost(name)  # drops the vhost's durable records on replay
-        for values in self._values.values():
-            for key in [k for k in values if k[0] == name]:
-                del values[key]
+        self.durable.vhost_deleted(name)
         for hook in list(self.on_vhost_deleted):
             hook(name)
 
@@ -91,7 +90,7 @@ class Broker:
     def claim_values(self, space: str) -> dict[tuple[Any, ...], Any]:
         """Take over the recovered values of one space (see `Recovered.values`): from then
         on their owner keeps them, writes their changes and adds them to snapshots."""
-        return self._values.pop(space, {})
+        return self.durable.claim_values(space)
 
     def recover(self, now: float) -> int:
         """Rebuild durable exchanges, queues, bindings and messages from the store.
@@ -101,8 +100,7 @@ class Broker:
     def restore(self, state: Recovered, now: float) -> int:
         """Rebuild from a state the store has read back (see `recover`)."""
         self._ids = itertools.count(state.max_message_id + 1)
-        for space, values in state.values.items():
-            self._values.setdefault(space, {}).update(values)
+        self.durable.restore_values(state.values)
         for pol in state.policies:
             self.add_vhost(pol.vhost).set_policy(pol.name, pol.pattern, pol.definition,
                                                  pol.priority, pol.apply_to, now=now,
@@ -184,8 +182,7 @@ class Broker:
                     state.bindings.append(BindingRecord(
                         vh.name, b.source.name, isinstance(dest, Queue), dest.name,
                         b.routing_key, b.arguments))
-        for space, values in self._values.items():
-            state.values[space] = dict(values)
+        self.durable.snapshot_into(state)
         for hook in self.snapshot_hooks:
             hook(state)
         return state

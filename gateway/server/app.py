@@ -82,12 +82,12 @@ def listener_error(name: str, host: str, port: int, exc: OSError) -> StartupErro
 
 
 class Durability:
-    """Moves store batches to disk (group commit) and tells sessions what became durable."""
+    """Moves store batches to disk (group commit) and wakes the sessions whose answers
+    waited for what became durable (`Durable.due`: only those, not every session)."""
 
-    def __init__(self, store: Store, broker: Broker, sessions: set[Any]) -> None:
+    def __init__(self, store: Store, broker: Broker) -> None:
         self.store = store
         self.broker = broker
-        self.sessions = sessions
         self._dirty = trio.Event()
         self.stopping = False
 
@@ -114,7 +114,7 @@ class Durability:
             if getattr(batch, "data", True):  # (acks may have cancelled every record)
                 await trio.to_thread.run_sync(store.write_batch, batch)
             store.committed(batch)
-        for session in list(self.sessions):
+        for session in self.broker.durable.due():
             session.flush_confirms()
             if session.pending_output:
                 session.wake()
@@ -147,7 +147,7 @@ class Server:
             max_per_user=config.limits.max_connections_per_user,
             max_per_address=config.limits.max_connections_per_address)
         self.connections: set[Connection] = set()
-        self.durability = Durability(self.store, self.broker, self.sessions)
+        self.durability = Durability(self.store, self.broker)
         self.ports: dict[str, int] = {}
         self._listeners_scope: trio.CancelScope | None = None
         self._stop = trio.Event()

@@ -10,11 +10,11 @@ counted alone; global=true limits the whole channel; both may apply at once.
 from __future__ import annotations
 
 import logging
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from pamqp import commands
 
+from gateway.core.confirms import Confirms
 from gateway.core.errors import AccessRefused, NotAllowed, NotFound, PreconditionFailed
 from gateway.core.exchange import Exchange
 from gateway.core.message import Message
@@ -80,8 +80,9 @@ class Channel:
         self.last_queue: str | None = None
         self.confirm = False
         self.publish_seq = 0
-        # (publish seq, store position it waits for, ack?) in publish order
-        self.confirms: deque[tuple[int, int, bool]] = deque()
+        # the publish seqs waiting to be confirmed, in publish order, each with the store
+        # position it waits for; a nack (a queue refused the message) as its negative seq
+        self.confirms: Confirms[int] = Confirms(session.broker.durable, session)
         self.tx = False
         self.tx_publishes: list[tuple[Any, bool]] = []
         self.tx_acks: list[tuple[str, int, bool, bool]] = []

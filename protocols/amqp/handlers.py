@@ -318,18 +318,19 @@ def publish(s: AMQPSession, ch: Channel, m: C.Basic.Publish,
 
 def _route(s: AMQPSession, ch: Channel, exchange: Any, routing_key: str, message: Message,
            mandatory: bool) -> None:
-    store = s.broker.store
-    before = store.appended
+    confirm = ch.confirm
+    if confirm:
+        durable = s.broker.durable
+        before = durable.position
     ch.stats_publish += 1
     result = _vh(s).publish(exchange, routing_key, message, s.clock())
     if mandatory and not result.routed:
         s.send_content(ch.number, reply(C.Basic.Return, reply_code=312, reply_text="NO_ROUTE",
                                         exchange=exchange.name, routing_key=routing_key),
                        message)
-    if ch.confirm:
-        ch.publish_seq += 1
-        upto = store.appended if store.appended != before else 0
-        ch.confirms.append((ch.publish_seq, upto, not result.rejected))
+    if confirm:
+        seq = ch.publish_seq = ch.publish_seq + 1
+        ch.confirms.insert(durable.since(before), -seq if result.rejected else seq)
 
 
 # -- confirm and tx ------------------------------------------------------------------------

@@ -509,21 +509,16 @@ class AMQPSession(Outbox):
         """Send the confirms whose messages are durable, coalesced with `multiple`."""
         if not self._confirm_channels:
             return
-        store = self.broker.store
-        store.settle()  # (nothing left to write: confirm now)
-        durable = store.durable
         for ch in list(self._confirm_channels):
-            pending = ch.confirms
             last_ack = 0
-            while pending and pending[0][1] <= durable:
-                seq, _, ok = pending.popleft()
-                if ok:
+            for seq in ch.confirms.confirm():
+                if seq > 0:
                     last_ack = seq
                 else:
                     if last_ack:
                         self.send_method(ch.number, commands.Basic.Ack(last_ack, True))
                         last_ack = 0
-                    self.send_method(ch.number, commands.Basic.Nack(seq, False, False))
+                    self.send_method(ch.number, commands.Basic.Nack(-seq, False, False))
             if last_ack:
                 self.send_method(ch.number, commands.Basic.Ack(last_ack, True))
 

@@ -182,7 +182,7 @@ def resend_inflight(s: MQTTSession) -> None:
     still be on its way)."""
     st = s.st
     assert st is not None
-    position = s.broker.store.appended
+    position = s.broker.durable.position
     for pid, out in st.outgoing.items():
         if out.released:
             s.send_when_durable(position, PubRel(pid))

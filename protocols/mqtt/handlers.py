@@ -3,11 +3,11 @@ table of contents (CONNECT itself is in ``sessions.py``).
 
 Publishing: PUBLISH -> `amq.topic` with the topic's routing key. QoS 0 is transient, QoS 1
 and 2 persistent; their PUBACK / PUBREC wait until the store has made the message durable
-(`flush_confirms`, as AMQP confirms do). QoS 2 is exactly once: the packet id is remembered
-from PUBLISH to PUBREL and a PUBLISH repeating it is answered but not routed again
-[MQTT-4.3.3-9]; for a persistent session across a broker restart too (``persist.py``,
-which also keeps the session's outgoing QoS 2 exchanges). Nothing is downgraded: QoS 2 is
-granted and delivered as QoS 2.
+(in a `gateway.core.confirms` tracker, as AMQP confirms do). QoS 2 is exactly once: the
+packet id is remembered from PUBLISH to PUBREL and a PUBLISH repeating it is answered but
+not routed again [MQTT-4.3.3-9]; for a persistent session across a broker restart too
+(``persist.py``, which also keeps the session's outgoing QoS 2 exchanges). Nothing is
+downgraded: QoS 2 is granted and delivered as QoS 2.
 """
 
 from __future__ import annotations
@@ -80,8 +80,8 @@ def route_publish(s: MQTTSession, topic: str, payload: bytes, qos: int, retain: 
     message = to_core(topic, payload, qos, props, own_queue=own,
                       message_id=vh.next_message_id())
     message.cache[FROM_KEY] = s.key_cached
-    store = s.broker.store
-    before = store.appended
+    durable = s.broker.durable
+    before = durable.position
     if retain:
         message.cache[RETAIN_KEY] = True
         expires = (now + props.message_expiry_interval
@@ -94,7 +94,7 @@ def route_publish(s: MQTTSession, topic: str, payload: bytes, qos: int, retain: 
         message.exchange = ""
         message.routing_key = reply_queue(topic)
     result = vh.publish(exchange, message.routing_key, message, now)
-    return result, (store.appended if store.appended != before else 0)
+    return result, durable.since(before)
 
 
 def needs_own_queue(props: Properties) -> bool:
@@ -147,7 +147,7 @@ def publish(s: MQTTSession, p: Publish) -> None:
     if p.qos == 2 and p.packet_id in s.st.incoming_qos2:
         # a repeat of a QoS 2 PUBLISH not yet released: answer, do not route again
         assert p.packet_id is not None
-        s.pending_acks.append((0, PubRec(p.packet_id)))
+        s.pending_acks.insert(0, PubRec(p.packet_id))
         return
     if p.qos and v5 and s.inbound_inflight() >= s.config.receive_maximum:
         raise ProtocolError(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED,
@@ -173,12 +173,12 @@ def publish(s: MQTTSession, p: Publish) -> None:
         code = ReasonCode.QUOTA_EXCEEDED
     if p.qos == 1:
         s.inbound_qos1 += 1
-        s.pending_acks.append((position, PubAck(p.packet_id, code)))
+        s.pending_acks.insert(position, PubAck(p.packet_id, code))
     else:
         if code < 0x80:
             s.st.incoming_qos2.add(p.packet_id)
             position = persist.received(s, p.packet_id) or position
-        s.pending_acks.append((position, PubRec(p.packet_id, code)))
+        s.pending_acks.insert(position, PubRec(p.packet_id, code))
 
 
 def pubrel(s: MQTTSession, p: PubRel) -> None:
@@ -191,8 +191,8 @@ def pubrel(s: MQTTSession, p: PubRel) -> None:
     else:
         code = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
     # after the PUBREC that preceded it, which may still wait for the store
-    s.pending_acks.append((position, PubComp(p.packet_id, code if s.version == MQTT_5
-                                             else 0)))
+    s.pending_acks.insert(position, PubComp(p.packet_id, code if s.version == MQTT_5
+                                            else 0))
 
 
 # -- acknowledgements of our PUBLISHes -----------------------------------------------------

@@ -45,7 +45,6 @@ from protocols.mqtt.state import Outgoing
 if TYPE_CHECKING:
     from gateway.core.broker import Broker
     from gateway.core.queue import Entry, Queue
-    from gateway.store.base import Recovered
     from protocols.mqtt.session import MQTTSession
     from protocols.mqtt.state import MQTTState, SessionState
 
@@ -59,26 +58,32 @@ RELEASED = 1
 
 def take_over(state: MQTTState, broker: Broker) -> None:
     """Load what the store read back at start and keep it in every later snapshot."""
-    for (vhost, topic), value in broker.claim_values(retain.SPACE).items():
+    values = broker.durable
+    for (vhost, topic), value in values.claim_values(
+            retain.SPACE, lambda: retained_values(state)).items():
         state.retained(vhost).load(retain.from_value(topic, value))
-    for (vhost, client_id, direction, pid), value in broker.claim_values(SPACE).items():
+    for (vhost, client_id, direction, pid), value in values.claim_values(
+            SPACE, lambda: session_values(state)).items():
         state.dormant.setdefault((vhost, client_id), {})[(direction, pid)] = value
-    for (vhost, client_id), user in broker.claim_values(OWNER_SPACE).items():
+    for (vhost, client_id), user in values.claim_values(
+            OWNER_SPACE, lambda: dict(state.owners)).items():
         if isinstance(user, str):
             state.owners[(vhost, client_id)] = user
-    broker.snapshot_hooks.append(lambda into: snapshot(state, into))
     broker.on_vhost_deleted.append(state.vhost_deleted)
 
 
-def snapshot(state: MQTTState, into: Recovered) -> None:
-    retained = into.values.setdefault(retain.SPACE, {})
+def retained_values(state: MQTTState) -> dict[tuple[Any, ...], Any]:
+    """Every retained message, as a snapshot keeps it."""
+    retained: dict[tuple[Any, ...], Any] = {}
     for store in state.retained_stores():
         for m in store.all():
             retained[(store.vhost, m.topic)] = retain.to_value(m)
-    owners = into.values.setdefault(OWNER_SPACE, {})
-    for key, user in state.owners.items():
-        owners[key] = user
-    sessions = into.values.setdefault(SPACE, {})
+    return retained
+
+
+def session_values(state: MQTTState) -> dict[tuple[Any, ...], Any]:
+    """Every session record, as a snapshot keeps it."""
+    sessions: dict[tuple[Any, ...], Any] = {}
     for (vhost, client_id), records in state.dormant.items():
         for (direction, pid), value in records.items():
             sessions[(vhost, client_id, direction, pid)] = value
@@ -91,6 +96,7 @@ def snapshot(state: MQTTState, into: Recovered) -> None:
                 sessions[(vhost, client_id, OUT, pid)] = stage
         for pid in st.incoming_qos2:
             sessions[(vhost, client_id, IN, pid)] = 0
+    return sessions
 
 
 def _seq(out: Outgoing) -> int | None:
@@ -117,9 +123,9 @@ def sent(s: MQTTSession, pid: int, out: Outgoing) -> int:
     assert st is not None and out.entry is not None
     out.durable = True
     st.recorded = True
-    store = s.broker.store
-    store.put_value(SPACE, _key(st, OUT, pid), [SENT, out.entry.seq])
-    return store.appended
+    durable = s.broker.durable
+    durable.put_value(SPACE, _key(st, OUT, pid), [SENT, out.entry.seq])
+    return durable.position
 
 
 def released(s: MQTTSession, pid: int, out: Outgoing) -> int:
@@ -127,14 +133,14 @@ def released(s: MQTTSession, pid: int, out: Outgoing) -> int:
     Returns the position the PUBREL must wait for (0: none)."""
     if not out.durable or s.st is None:
         return 0
-    store = s.broker.store
-    store.put_value(SPACE, _key(s.st, OUT, pid), [RELEASED, _seq(out)])
-    return store.appended
+    durable = s.broker.durable
+    durable.put_value(SPACE, _key(s.st, OUT, pid), [RELEASED, _seq(out)])
+    return durable.position
 
 
 def completed(s: MQTTSession, pid: int, out: Outgoing) -> None:
     if out.durable and s.st is not None:
-        s.broker.store.delete_value(SPACE, _key(s.st, OUT, pid))
+        s.broker.durable.delete_value(SPACE, _key(s.st, OUT, pid))
 
 
 # -- incoming QoS 2 ------------------------------------------------------------------------
@@ -146,9 +152,9 @@ def received(s: MQTTSession, pid: int) -> int:
     if st is None or not st.expiry:
         return 0
     st.recorded = True
-    store = s.broker.store
-    store.put_value(SPACE, _key(st, IN, pid), 0)
-    return store.appended
+    durable = s.broker.durable
+    durable.put_value(SPACE, _key(st, IN, pid), 0)
+    return durable.position
 
 
 def incoming_released(s: MQTTSession, pid: int) -> int:
@@ -156,9 +162,9 @@ def incoming_released(s: MQTTSession, pid: int) -> int:
     st = s.st
     if st is None or not st.recorded:
         return 0
-    store = s.broker.store
-    store.delete_value(SPACE, _key(st, IN, pid))
-    return store.appended
+    durable = s.broker.durable
+    durable.delete_value(SPACE, _key(st, IN, pid))
+    return durable.position
 
 
 # -- a session's life ----------------------------------------------------------------------
@@ -168,12 +174,12 @@ def own(state: MQTTState, st: SessionState) -> None:
     key = (st.vhost, st.client_id)
     if st.expiry > 0 and state.owners.get(key) != st.owner:
         state.owners[key] = st.owner
-        state.store.put_value(OWNER_SPACE, key, st.owner)
+        state.durable.put_value(OWNER_SPACE, key, st.owner)
 
 
 def _forget_owner(state: MQTTState, key: tuple[str, str]) -> None:
     if state.owners.pop(key, None) is not None:
-        state.store.delete_value(OWNER_SPACE, key)
+        state.durable.delete_value(OWNER_SPACE, key)
 
 
 def forget(state: MQTTState, st: SessionState) -> None:
@@ -183,12 +189,12 @@ def forget(state: MQTTState, st: SessionState) -> None:
     records = state.dormant.pop(key, None)
     if not st.recorded and not records:
         return
-    store = state.store
+    durable = state.durable
     pids = {(OUT, pid) for pid, out in st.outgoing.items() if out.durable}
     pids |= {(IN, pid) for pid in st.incoming_qos2}
     pids |= set(records or ())
     for direction, pid in sorted(pids):
-        store.delete_value(SPACE, (*key, direction, pid))
+        durable.delete_value(SPACE, (*key, direction, pid))
     st.recorded = False
 
 
@@ -197,14 +203,14 @@ def forget_dormant(state: MQTTState, vhost: str, client_id: str) -> None:
     _forget_owner(state, (vhost, client_id))
     records = state.dormant.pop((vhost, client_id), None)
     for direction, pid in sorted(records or ()):
-        state.store.delete_value(SPACE, (vhost, client_id, direction, pid))
+        state.durable.delete_value(SPACE, (vhost, client_id, direction, pid))
 
 
 def resume(s: MQTTSession, st: SessionState, queue: Queue | None,
            records: dict[tuple[str, int], Any]) -> None:
     """After a restart: rebuild the session's QoS 2 exchanges from its records. Entries
     sent before are taken out of the queue again (to go out with their packet ids)."""
-    store = s.broker.store
+    durable = s.broker.durable
     st.recorded = True
     pending: dict[int, int] = {}  # queue seq -> packet id, PUBLISH sent
     owed: list[int] = []
@@ -231,7 +237,7 @@ def resume(s: MQTTSession, st: SessionState, queue: Queue | None,
         st.outgoing[pid] = Outgoing(_packet(s, st, entry, pid), entry, durable=True)
     for pid in pending.values():
         if pid > 0:  # its message is gone (acked, expired, or on a page not searched)
-            store.delete_value(SPACE, _key(st, OUT, pid))
+            durable.delete_value(SPACE, _key(st, OUT, pid))
     if st.outgoing:
         st.next_packet_id = max(st.outgoing) % 65535 + 1
 

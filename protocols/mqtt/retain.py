@@ -10,7 +10,7 @@ Limits bound the store (message count and payload bytes); a retained message ove
 not stored and the old one for its topic, if any, stays. Time (`now`) is an argument: a
 retained message with a message expiry is dropped when found expired [MQTT-3.3.2-5].
 
-Retained messages are durable: given the broker's store, every change (set, replace, clear,
+Retained messages are durable: given the broker's `Durable`, every change (set, replace, clear,
 expiry) appends a keyed value record (space `mqtt.retained`, key `(vhost, topic)`) to the
 store's batch, so a PUBACK/PUBREC that waits for the store's position after the publish
 also waits for the retained message; `load` puts back what a restart read, without writing.
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from protocols.mqtt.frames import NO_PROPERTIES, Properties
 
 if TYPE_CHECKING:
-    from gateway.store.base import Store
+    from gateway.core.durable import Durable
 
 SPACE = "mqtt.retained"
 _TUPLE_FIELDS = {"subscription_identifiers", "user_properties"}
@@ -66,11 +66,11 @@ def from_value(topic: str, value: list[Any]) -> Retained:
 
 class RetainedStore:
     def __init__(self, max_messages: int = 100_000, max_bytes: int = 64 * 1024 * 1024,
-                 *, vhost: str = "", store: Store | None = None) -> None:
+                 *, vhost: str = "", durable: Durable | None = None) -> None:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.vhost = vhost
-        self.store = store  # None: kept in memory only
+        self.durable = durable  # None: kept in memory only
         self._root = _Node()
         self.count = 0
         self.bytes = 0
@@ -83,8 +83,8 @@ class RetainedStore:
             return True
         if not self.load(message):
             return False
-        if self.store is not None:
-            self.store.put_value(SPACE, (self.vhost, message.topic), to_value(message))
+        if self.durable is not None:
+            self.durable.put_value(SPACE, (self.vhost, message.topic), to_value(message))
         return True
 
     def load(self, message: Retained) -> bool:
@@ -127,8 +127,8 @@ class RetainedStore:
             node = nxt
         if node.message is None:
             return
-        if self.store is not None:
-            self.store.delete_value(SPACE, (self.vhost, topic))
+        if self.durable is not None:
+            self.durable.delete_value(SPACE, (self.vhost, topic))
         self.count -= 1
         self.bytes -= len(node.message.payload)
         node.message = None

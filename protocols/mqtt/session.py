@@ -32,6 +32,7 @@ from collections.abc import Callable
 from enum import Enum, auto
 from typing import TYPE_CHECKING
 
+from gateway.core.confirms import Confirms
 from gateway.core.errors import BrokerError
 from gateway.core.queue import Queue
 from protocols.admission import Admit, admit_all
@@ -143,10 +144,10 @@ class MQTTSession(Outbox):
         self.client_alias_maximum = 0
         self.aliases_out: dict[str, int] = {}
         self.aliases_in: dict[int, str] = {}
-        # output waiting for the store, in order: (store position, packet or its bytes):
-        # QoS 1/2 acknowledgements, and a persistent session's QoS 2 PUBLISH and PUBREL; a
-        # list, not a deque: an empty deque is 600 bytes, on every idle connection
-        self.pending_acks: list[tuple[int, Packet | bytes]] = []
+        # output waiting for the store, in order, each packet (or its bytes) with the store
+        # position it waits for: QoS 1/2 acknowledgements, and a persistent session's QoS 2
+        # PUBLISH and PUBREL
+        self.pending_acks: Confirms[Packet | bytes] = Confirms(broker.durable, self)
         self.inbound_qos1 = 0  # QoS 1 PUBLISHes received whose PUBACK is not sent yet
         self._reply_topics: dict[str, str] = {}
         self._last_reply_topic: str | None = None
@@ -348,32 +349,24 @@ class MQTTSession(Outbox):
         pending = self.pending_acks
         if not pending or self.state is not State.CONNECTED:
             return
-        store = self.broker.store
-        store.settle()  # (nothing left to write: acknowledge now)
-        durable = store.durable
-        done = 0
-        for position, packet in pending:
-            if position > durable:
-                break
-            done += 1
+        for packet in pending.confirm():
             if isinstance(packet, bytes):
                 self.emit(packet)
                 continue
             if isinstance(packet, PubAck):
                 self.inbound_qos1 -= 1
             self.send(packet)
-        del pending[:done]
 
     def send_when_durable(self, position: int, item: Packet | bytes) -> None:
         """Send a packet (or its bytes) once the store has made `position` durable, after
         whatever waits before it."""
-        if not self.pending_acks and position <= self.broker.store.durable:
+        if not self.pending_acks and self.broker.durable.is_durable(position):
             if isinstance(item, bytes):
                 self.emit(item)
             else:
                 self.send(item)
         else:
-            self.pending_acks.append((position, item))
+            self.pending_acks.insert(position, item)
 
     def inbound_inflight(self) -> int:
         """QoS 1/2 PUBLISHes from the client not yet acknowledged (PUBACK / PUBCOMP)."""

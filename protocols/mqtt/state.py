@@ -28,8 +28,8 @@ from protocols.mqtt.retain import RetainedStore
 
 if TYPE_CHECKING:
     from gateway.core.broker import Broker
+    from gateway.core.durable import Durable
     from gateway.core.queue import Entry
-    from gateway.store.base import Store
 
 # binding arguments that carry a subscription's options
 ARG_QOS = "x-mqtt-subscription-qos"
@@ -124,9 +124,9 @@ class SessionState:
 
 
 class MQTTState:
-    def __init__(self, store: Store, retained_max_messages: int,
+    def __init__(self, durable: Durable, retained_max_messages: int,
                  retained_max_bytes: int) -> None:
-        self.store = store
+        self.durable = durable  # where its retained messages and session records are kept
         self.sessions: dict[tuple[str, str], SessionState] = {}
         self.active: dict[tuple[str, str], Any] = {}  # (vhost, client id) -> MQTTSession
         # session records read back at start, until the client returns: (vhost, client
@@ -145,7 +145,7 @@ class MQTTState:
         if store is None:
             store = self._retained[vhost] = RetainedStore(
                 self.retained_max_messages, self.retained_max_bytes, vhost=vhost,
-                store=self.store)
+                durable=self.durable)
         return store
 
     def retained_stores(self) -> list[RetainedStore]:
@@ -180,7 +180,7 @@ def state_for(broker: Broker, retained_max_messages: int = 100_000,
     if state is None:
         from protocols.mqtt import persist
 
-        state = _STATES[broker] = MQTTState(broker.store, retained_max_messages,
+        state = _STATES[broker] = MQTTState(broker.durable, retained_max_messages,
                                             retained_max_bytes)
         persist.take_over(state, broker)
     return state

@@ -22,7 +22,8 @@ AMQP reply code turned into RabbitMQ's words (`not_found`, `access_refused`, ...
 Receipts go out in the order their frames arrived. A frame whose handling appended records
 to the store (a persistent SEND to a durable queue, a durable subscription's queue, a
 COMMIT of either) has its RECEIPT held until the store reports that position durable
-(`flush_confirms`, called after each group commit); later receipts wait behind it.
+(`receipts`, a `gateway.core.confirms` tracker: after the group commit that makes it so,
+the store task has this session `flush_confirms`); later receipts wait behind it.
 
 Heart-beats (spec 1.2 "Heart-beating"): the client's `cx,cy` is answered with `sx,sy` =
 (cy, cx) raised to at least `heartbeat_min` ms (zero stays zero, meaning none). The server
@@ -36,12 +37,12 @@ import base64
 import itertools
 import logging
 import os
-from collections import deque
 from collections.abc import Callable
 from enum import Enum, auto
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 from gateway.auth import access
+from gateway.core.confirms import Confirms
 from gateway.core.errors import BrokerError
 from gateway.core.queue import Entry, Queue
 from gateway.core.vhost import server_queue_name
@@ -97,7 +98,6 @@ TRANSACTIONAL: Final = frozenset({Command.SEND, Command.ACK, Command.NACK})
 
 class Receipt(NamedTuple):
     receipt_id: str
-    upto: int  # store position that must be durable first (0: none)
     close: bool  # a DISCONNECT's: the connection closes once it is sent
 
 
@@ -160,7 +160,8 @@ class StompSession(Outbox):
         self.temp_queues: dict[str, Queue] = {}
         self.declared: set[str] = set()  # /queue/ names declared by a SEND already
         self.targets: dict[str, tuple[str, str]] = {}  # SEND destination -> (exchange, key)
-        self.receipts: deque[Receipt] = deque()
+        # receipts in frame order, each waiting for its frame's store records
+        self.receipts: Confirms[Receipt] = Confirms(broker.durable, self)
         self._dest_blocks: dict[str, bytes] = {}  # encoded `destination` lines, by value
         self._next_tag = 1
         self.started = clock()
@@ -314,8 +315,8 @@ class StompSession(Outbox):
             if command not in ACCEPTS[self.state]:
                 raise self._illegal(command)
             tx = frame.get("transaction") if command in TRANSACTIONAL else None
-            store = self.broker.store
-            before = store.appended
+            durable = self.broker.durable
+            before = durable.position
             if tx is not None:
                 self.buffer_in_transaction(tx, frame)
                 after = None
@@ -328,8 +329,7 @@ class StompSession(Outbox):
             self.send_error(error_message(err), err.text, receipt)
             return
         if receipt is not None and command is not Command.DISCONNECT:
-            upto = store.appended if store.appended != before else 0
-            self.receipts.append(Receipt(receipt, upto, False))
+            self.receipts.insert(durable.since(before), Receipt(receipt, False))
             self.flush_confirms()
         if after is not None:
             after()
@@ -389,18 +389,13 @@ class StompSession(Outbox):
             self._finish()
             return
         self.state = State.DISCONNECTING
-        self.receipts.append(Receipt(receipt, self.broker.store.appended, True))
+        self.receipts.insert(self.broker.durable.position, Receipt(receipt, True))
 
     def flush_confirms(self) -> None:
         """Send the receipts whose frames' store records are durable, in order."""
-        receipts = self.receipts
-        if not receipts:
+        if not self.receipts:
             return
-        store = self.broker.store
-        store.settle()  # (nothing left to write: receipts now)
-        durable = store.durable
-        while receipts and receipts[0].upto <= durable:
-            receipt = receipts.popleft()
+        for receipt in self.receipts.confirm():
             self.send_frame(Command.RECEIPT, [("receipt-id", receipt.receipt_id)])
             if receipt.close:
                 self._finish()
