@@ -3,16 +3,20 @@ session, core and auth on the other; no sockets. Time is a variable the test mov
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from pamqp import body, frame, header, heartbeat
 from pamqp import commands as C
 
 from gateway.auth.service import AuthService
 from gateway.config import load_config
 from gateway.core.broker import Broker
-from gateway.store.base import MemoryStore
+from gateway.server.app import Durability
+from gateway.store.base import MemoryStore, Store
+from gateway.store.disk import DiskStore
 from protocols.amqp.frames import PROTOCOL_HEADER
 from protocols.amqp.session import AMQPSession
 
@@ -29,10 +33,11 @@ class Client:
     """Speaks to a session through bytes, as a socket would carry them."""
 
     def __init__(self, *, loopback: bool = True, heartbeat: int = 60,
-                 max_message_size: int = 1 << 20) -> None:
+                 max_message_size: int = 1 << 20, store: Store | None = None) -> None:
         config = load_config()
         self.clock = Clock()
-        self.broker = Broker(MemoryStore(), config.auth.vhosts)
+        self.broker = Broker(store if store is not None else MemoryStore(),
+                             config.auth.vhosts)
         self.session = AMQPSession(
             self.broker, AuthService(config.auth), peer=("127.0.0.1", 5555),
             loopback=loopback, clock=self.clock, heartbeat=heartbeat,
@@ -297,3 +302,37 @@ def test_recover_requeues_unacked_with_redelivered() -> None:
     again = [v for v in out if isinstance(v, C.Basic.Deliver)]
     assert any(isinstance(v, C.Basic.RecoverOk) for v in out)
     assert len(again) == 1 and again[0].redelivered is True
+
+
+def test_confirms_wait_for_the_disk_and_keep_their_order(tmp_path: Path) -> None:
+    store = DiskStore(tmp_path, fsync=False)
+    store.recover()
+    c = Client(store=store)
+    c.handshake()
+    c.methods()
+    durability = Durability(store, c.broker)
+    for n in (1, 2):
+        c.open_channel(n)
+        c.send(n, C.Confirm.Select())
+    c.send(1, C.Queue.Declare(queue="d", durable=True),
+           C.Queue.Declare(queue="one", durable=True, arguments={
+               "x-max-length": 1, "x-overflow": "reject-publish"}))
+    trio.run(durability.flush)
+    c.methods()
+
+    def publish(channel: int, queue: str, mode: int) -> None:
+        c.send(channel, C.Basic.Publish(exchange="", routing_key=queue),
+               header.ContentHeader(0, 1, C.Basic.Properties(delivery_mode=mode)),
+               body.ContentBody(b"m"))
+
+    publish(1, "d", 2)  # 1: waits for the disk
+    publish(1, "d", 1)  # 2: transient, but confirmed in order, after 1
+    publish(2, "one", 2)  # channel 2's 1: waits for the disk
+    publish(2, "one", 2)  # 2: refused by the full queue: a nack, after its 1
+    assert c.methods() == [] and c.broker.durable.waiting == 2  # a tracker per channel
+    trio.run(durability.flush)  # the store task alone: no one flushes the session by hand
+    got = c.received()
+    assert [(n, type(m).__name__, m.delivery_tag, m.multiple) for n, m in got] == [
+        (1, "Ack", 2, True), (2, "Ack", 1, True), (2, "Nack", 2, False)]
+    assert c.broker.durable.waiting == 0
+    store.close()

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import trio
 from core.helpers import flush
 from mqtt_helpers import MQTT_5, MQTT_311, Client, World
 
+from gateway.server.app import Durability
 from gateway.store.disk import DiskStore, _read_records
 from protocols.mqtt.frames import (
     Properties,
@@ -266,3 +268,42 @@ def test_clean_start_after_a_restart_ends_the_old_session(tmp_path: Path) -> Non
     stop(w)
     w = boot(tmp_path)
     assert not w.client().connect("sub", clean=False).session_present
+
+
+# -- the store task wakes the sessions that wait -------------------------------------------
+
+def store_task(w: World) -> None:
+    """One round of the server's store task itself: write, then wake who waited."""
+    trio.run(Durability(w.store, w.broker).flush)
+
+
+def test_the_store_task_wakes_the_sessions_waiting_for_the_disk(tmp_path: Path) -> None:
+    w = boot(tmp_path)
+    sub = subscriber(w)
+    sub.send(Subscribe(1, (Subscription("t", 2),)))
+    sub.received()
+    idle = w.client()
+    idle.connect("idle")
+    pub = w.client()
+    pub.connect("pub")
+    store_task(w)
+    pub.send(Publish("t", b"q1", 1, packet_id=1))
+    assert pub.received() == [] and w.broker.durable.waiting == 1  # pub's tracker only
+    store_task(w)  # no session flushes by hand from here on
+    assert pub.received() == [PubAck(1)]
+    assert [p.payload for p in publishes(sub.received())] == [b"q1"]
+    sub.send(PubAck(1))
+    # QoS 2 to the persistent session: its PUBLISH waits for the packet id's record, put
+    # in the subscriber's tracker by the publisher's input, not by the subscriber's own
+    pub.send(Publish("t", b"q2", 2, packet_id=2))
+    assert sub.received() == [] and pub.received() == []
+    store_task(w)
+    assert pub.received() == [PubRec(2)]
+    (out,) = publishes(sub.received())
+    assert out.payload == b"q2" and out.qos == 2
+    sub.send(PubRec(out.packet_id or 0))
+    assert sub.received() == []  # the PUBREL waits for its record
+    store_task(w)
+    assert sub.received() == [PubRel(out.packet_id or 0)]
+    assert idle.received() == [] and w.broker.durable.waiting == 0
+    stop(w)

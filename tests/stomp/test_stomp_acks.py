@@ -3,9 +3,14 @@ driven by bytes against an in-memory broker."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import trio
 from test_stomp_helpers import Client, LaggingStore
 
+from gateway.server.app import Durability
+from gateway.store.disk import DiskStore
 from protocols.stomp import handlers
 from protocols.stomp.frames import Command, Frame
 
@@ -261,3 +266,26 @@ def test_disconnect_receipt_waits_for_pending_writes_then_closes() -> None:
     c.session.flush_confirms()
     assert c.one(C.RECEIPT).headers["receipt-id"] == "bye"
     assert c.session.closed and ready(c, "p2") == 1
+
+
+def test_the_store_task_sends_the_receipts_that_waited(tmp_path: Path) -> None:
+    store = DiskStore(tmp_path, fsync=False)
+    store.recover()
+    c = Client(store=store)
+    other = Client(c.broker)
+    c.connect()
+    other.connect()
+    durability = Durability(store, c.broker)
+    c.send(C.SEND, {"destination": "/queue/d", "receipt": "decl"}, b"transient")
+    assert c.frames() == []  # the queue's declaration waits for the disk
+    trio.run(durability.flush)
+    assert c.one(C.RECEIPT).headers["receipt-id"] == "decl"
+    c.send(C.SEND, {"destination": "/queue/d", "persistent": "true", "receipt": "p1"}, b"x")
+    other.send(C.SEND, {"destination": "/queue/d", "receipt": "t1"}, b"y")
+    assert other.one(C.RECEIPT).headers["receipt-id"] == "t1"  # wrote nothing: at once
+    c.send(C.DISCONNECT, {"receipt": "bye"})
+    assert c.frames() == [] and c.broker.durable.waiting == 1
+    trio.run(durability.flush)
+    assert [f.headers["receipt-id"] for f in c.frames()] == ["p1", "bye"]
+    assert c.session.closed and ready(c, "d") == 3
+    store.close()
