@@ -4,9 +4,10 @@ The core calls the `put_*`/`delete_*`/`enqueue`/`ack` methods synchronously as d
 changes; they only append records to an in-memory batch. The server's store task moves
 batches to disk: `take_batch()` in the event loop, `write_batch()` in a worker thread (one
 fsync per batch: group commit), `committed()` back in the event loop. `appended` and
-`durable` count records, so a session that must wait for durability (publisher confirms,
-MQTT PUBACK, STOMP receipts) remembers `appended` after its publish and waits until
-`durable` reaches it.
+`durable` count records: an answer that must wait for durability (publisher confirms,
+MQTT PUBACK, STOMP receipts) waits until `durable` reaches the `appended` after its work.
+Protocols see these only through the core (`gateway.core.durable.Durable`, which also
+carries their keyed values and wakes the sessions waiting for a position).
 
 Stores take and return plain values only; they know nothing of the core's classes.
 """
