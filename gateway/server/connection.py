@@ -138,9 +138,10 @@ async def settle_password_check(session: Any) -> None:
 
 
 class Session(Protocol):
-    """What a protocol session offers the I/O layer. Besides these, the store task calls
-    `flush_confirms()` after each durable batch (send what waited for the disk: AMQP
-    confirms, MQTT PUBACK/PUBREC, STOMP receipts) and then `wake()` if output is pending.
+    """What a protocol session offers the I/O layer. Besides these, after each durable
+    batch the store task calls `flush_confirms()` on the sessions whose confirms tracker
+    waited for a position that became durable (`Broker.durable.due()`: AMQP confirms, MQTT
+    PUBACK/PUBREC, STOMP receipts), and then `wake()` if output is pending.
     Optional: `password_check` and `resume_input` (see the module doc), `peer` (for the
     log), and `finished` (True: nothing more will be read, so a closed session's stream
     goes at once instead of lingering for the peer to hang up; a WebSocket whose closing
