@@ -69,6 +69,8 @@ from gateway.core.errors import AccessRefused, NotAllowed, NotFound, Preconditio
 from gateway.store.base import LimitsRecord, PermissionRecord, Recovered, UserRecord
 
 if TYPE_CHECKING:
+    import trio
+
     from gateway.config import AuthConfig, OAuth2Config, PermissionConfig
     from gateway.core.broker import Broker
     from gateway.store.base import Store
@@ -147,7 +149,12 @@ class AuthService:
     truth and the config's `[[users]]`/`[[vhosts]]`/`[[permissions]]` are not read again.
     """
 
-    def __init__(self, config: AuthConfig, oauth2: OAuth2Config | None = None) -> None:
+    def __init__(self, config: AuthConfig, oauth2: OAuth2Config | None = None, *,
+                 inline_checks: bool = True,
+                 check_limiter: trio.CapacityLimiter | None = None) -> None:
+        """`inline_checks` False: slow password checks are handed out as a `PendingCheck`
+        for the I/O layer to run in a worker thread, under `check_limiter` (the server's:
+        at most so many at once); True: run at once (sans-IO tests, tools)."""
         self._users: dict[str, User] = {
             u.name: User(u.name, tuple(u.tags), u.password_hash, u.wampcra)
             for u in config.users}
@@ -166,9 +173,8 @@ class AuthService:
                                           config.failed_login_block,
                                           config.failed_login_exempt)
         self._verified = VerifiedCache()
-        # False: slow checks are returned as a `PendingCheck` for the I/O layer to run in a
-        # worker thread (the server sets this); True: run at once (sans-IO tests, tools)
-        self.inline_checks = True
+        self.inline_checks = inline_checks
+        self.check_limiter = check_limiter
         self.tokens = TokenVerifier()
         if oauth2 is not None and oauth2.resource_server_id:
             self.tokens = TokenVerifier(
@@ -574,7 +580,7 @@ class AuthService:
         if self.inline_checks:
             finish(verify())
             return None
-        return PendingCheck(verify, finish)
+        return PendingCheck(verify, finish, self.check_limiter)
 
     def _upgrade_hash(self, user: User, old_hash: str, new_hash: str, wampcra: str) -> User:
         """Replace a user's legacy (RabbitMQ SHA-256) hash by the scrypt hash of the
