@@ -142,13 +142,13 @@ class Server:
         self.lock = DataDirLock(data_dir)
         self.control_path: Path | None = None  # the local control socket, while open
         self.management: ManagementApp | None = None
-        # scrypt checks go to worker threads (connection.py), a few at once
-        self.auth = AuthService(config.auth, config.oauth2, inline_checks=False,
+        self.broker = Broker(self.store, (), paging_threshold=config.store.paging_threshold,
+                             max_queues_per_vhost=config.limits.max_queues_per_vhost)
+        # the broker holds the vhosts, the auth service decides them; scrypt checks go to
+        # worker threads (connection.py), a few at once
+        self.auth = AuthService(config.auth, config.oauth2, store=self.store, broker=self.broker,
+                                inline_checks=False,
                                 check_limiter=trio.CapacityLimiter(PASSWORD_CHECK_THREADS))
-        self.broker = Broker(self.store, ())
-        self.broker.meter.paging_threshold = config.store.paging_threshold
-        self.broker.max_queues_per_vhost = config.limits.max_queues_per_vhost
-        self.auth.attach(self.store, self.broker)
         self.broker.on_vhost_deleted.append(self._vhost_deleted)
         # MQTT's sessions and retained messages, shared by its listeners (and Web-MQTT)
         self.mqtt_state = MQTTState(self.store, config.mqtt.retained_max_messages,
