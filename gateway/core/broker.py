@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from gateway.core.errors import NotAllowed, NotFound
-from gateway.core.exchange import Exchange
+from gateway.core.exchange import Binding, Exchange
 from gateway.core.message import Message, Properties
 from gateway.core.queue import Queue
 from gateway.core.vhost import Meter, VirtualHost
@@ -139,8 +139,6 @@ class Broker:
                 else vh.exchanges.get(b.destination))
             if source is None or dest is None:
                 continue
-            from gateway.core.exchange import Binding
-
             binding = Binding.make(source, dest, b.routing_key, b.arguments)
             if source.add_binding(binding) and isinstance(dest, Queue):
                 dest.bound_by[binding] = None

@@ -25,6 +25,7 @@ import gateway
 from gateway.auth.service import AuthService
 from gateway.config import Config
 from gateway.core.broker import Broker
+from gateway.definitions import load_definitions_file
 from gateway.server.connection import (
     PASSWORD_CHECK_THREADS,
     Connection,
@@ -228,8 +229,6 @@ class Server:
         path = self.config.definitions.file
         if path is None:
             return
-        from gateway.definitions import load_definitions_file
-
         load_definitions_file(self.broker, self.auth, path, now=self.clock())
         log.info("loaded definitions from %s", path)
 
