@@ -1,7 +1,8 @@
 # gateway: developer entry points. Every target bootstraps .venv itself.
 #   make run    start the broker with the embedded default config (AMQP on 127.0.0.1:5672);
 #               ARGS passes flags to `gateway serve`: make run ARGS="--amqp-port 5673"
-#   make test   ruff, mypy and the whole test suite (what .ci/run runs)
+#   make test   ruff, mypy, the import layers (lint-imports) and the whole test suite
+#               (what .ci/run runs)
 #   make bench  gateway beside RabbitMQ and Mosquitto, every scenario (bench/suite.py);
 #               BENCH_ARGS=--quick for a short run
 #   make cert   a development CA, server and client certificate in certs/ (docs/tls.md)
@@ -53,6 +54,7 @@ $(BROWSER_LIBS): tests/websocket/package.json
 	touch $(BROWSER_LIBS)
 
 test: lint typecheck | $(SYSTEM_TOOLS) $(BROWSER_LIBS)
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/pytest -q -p no:cacheprovider
 
 # The peers the benchmark runs beside gateway, from Debian's packages where missing (the

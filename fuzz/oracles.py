@@ -42,12 +42,13 @@ from protocols.amqp.frames import PROTOCOL_HEADER, BadProtocolHeader
 from protocols.amqp.frames import ProtocolError as AMQPError
 from protocols.amqp.session import AMQPSession
 from protocols.amqp.session import State as AMQPState
-from protocols.mqtt import state as mqtt_state
 from protocols.mqtt.codec import MQTTCodec, encode_packet
 from protocols.mqtt.frames import MQTT_5, MQTT_311, NEED_DATA, Connect, Disconnect, Properties
 from protocols.mqtt.frames import ProtocolError as MQTTError
+from protocols.mqtt.persist import take_over
 from protocols.mqtt.session import MQTTSession
 from protocols.mqtt.session import State as MQTTState
+from protocols.mqtt.state import MQTTState as MQTTBrokerState
 from protocols.stomp.codec import StompCodec, encode_frame
 from protocols.stomp.frames import NEED_DATA as STOMP_NEED_DATA
 from protocols.stomp.frames import Command, Frame, StompProtocolError
@@ -300,10 +301,18 @@ def mqtt_output(data: bytes, version: int | None) -> list[Any]:
     return packets
 
 
+def mqtt_state_of(broker: Broker) -> MQTTBrokerState:
+    """The MQTT state of a fresh broker, made as the server makes it (one per broker)."""
+    state = MQTTBrokerState(broker.durable, MQTT_CONFIG.retained_max_messages,
+                            MQTT_CONFIG.retained_max_bytes)
+    take_over(state, broker)
+    return state
+
+
 def run_mqtt(stream: bytes, chunk: int | None = None) -> MQTTSession:
     clock = Clock()
     broker = Broker(MemoryStore(), CONFIG.auth.vhosts)
-    session = MQTTSession(broker, AUTH, MQTT_CONFIG, peer=PEER,
+    session = MQTTSession(broker, AUTH, MQTT_CONFIG, mqtt_state=mqtt_state_of(broker), peer=PEER,
                           loopback=True, loopback_users=CONFIG.auth.loopback_users,
                           clock=clock, high_water=1 << 16)
     recorder, out = drive(session, stream, chunk)
@@ -319,10 +328,6 @@ def run_mqtt(stream: bytes, chunk: int | None = None) -> MQTTSession:
             last = packets[-1]
             assert isinstance(last, Disconnect) and last.reason_code == error.reason, packets
     finish(session, broker, clock, lambda data: mqtt_output(data, session.version))
-    # the MQTT state of a broker (retained messages, persistent sessions) lives as long as
-    # the broker; its persistent sessions hold queues of that broker, so the weak mapping
-    # from broker to state cannot let either go: one broker per input would pile up
-    mqtt_state._STATES.pop(broker, None)
     return session
 
 

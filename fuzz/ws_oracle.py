@@ -50,9 +50,7 @@ def make_server(data_dir: Path) -> Server:
     # the exchanges run on trio's MockClock, which jumps past every deadline while a worker
     # thread computes a login's scrypt: here the (same) check is made in the event loop
     server.auth.inline_checks = True
-    state = server.store.recover()
-    server.auth.restore(state)
-    server.broker.restore(state, server.clock())
+    server.recover()
     return server
 
 

@@ -12,9 +12,12 @@ stalling every other client: `AuthService.login` returns one instead of an answe
 session stops handling input and exposes it as `password_check`, and the I/O layer runs
 `verify()` in a worker thread (`gateway.server.connection.settle_password_check`), then
 calls `finish(ok)` in the event loop, which hands the session its answer, and lets the
-session go on with the input it held. Every password check is slow on purpose (one scrypt
-whatever the user's hash, so its time does not tell who exists); only a `VerifiedCache` hit
-and a token (`gateway.auth.oauth`) are answered at once.
+session go on with the input it held. A check carries the thread limiter of the auth service
+that made it (`limiter`: the server makes one and hands it to its `AuthService`), so at
+most that many checks hash at once, whichever connection or API request asked. Every
+password check is slow on purpose (one scrypt whatever the user's hash, so its time does
+not tell who exists); only a `VerifiedCache` hit and a token (`gateway.auth.oauth`) are
+answered at once.
 
 `VerifiedCache` remembers, for a few minutes, that a password matched a user's current
 hash, keyed by an HMAC of the password under a per-process random key (never the password
@@ -31,7 +34,10 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    import trio
 
 __all__ = ["FailedLogins", "PendingCheck", "VerifiedCache"]
 
@@ -107,13 +113,15 @@ class FailedLogins:
 
 class PendingCheck:
     """A slow password check: `verify` (thread-safe, pure CPU) runs in a worker thread,
-    `finish(ok)` back in the event loop."""
+    `finish(ok)` back in the event loop, under `limiter` (None: the I/O layer's default)."""
 
-    __slots__ = ("finish", "verify")
+    __slots__ = ("finish", "limiter", "verify")
 
-    def __init__(self, verify: Callable[[], bool], finish: Callable[[bool], None]) -> None:
+    def __init__(self, verify: Callable[[], bool], finish: Callable[[bool], None],
+                 limiter: trio.CapacityLimiter | None = None) -> None:
         self.verify = verify
         self.finish = finish
+        self.limiter = limiter
 
 
 class VerifiedCache:

@@ -65,12 +65,21 @@ from gateway.auth.topics import (
     checked_pattern,
     compile_pattern,
 )
+from gateway.core.broker import Broker
 from gateway.core.errors import AccessRefused, NotAllowed, NotFound, PreconditionFailed
-from gateway.store.base import LimitsRecord, PermissionRecord, Recovered, UserRecord
+from gateway.store.base import (
+    LimitsRecord,
+    MemoryStore,
+    PermissionRecord,
+    Recovered,
+    UserRecord,
+)
 
 if TYPE_CHECKING:
+    import trio
+
     from gateway.config import AuthConfig, OAuth2Config, PermissionConfig
-    from gateway.core.broker import Broker
+    from gateway.core.vhost import VirtualHost
     from gateway.store.base import Store
 
 __all__ = [
@@ -139,19 +148,30 @@ class _Grant:
 class AuthService:
     """Authentication and authorisation over users, vhosts and permissions.
 
+    The vhosts are the broker's (`Broker.vhosts`): this service creates and deletes them,
+    and asks the broker which exist. Without a broker it keeps a small one of its own (tests,
+    tools).
+
     The config's users, vhosts and permissions are where a broker starts from; with a store
-    (`attach`, then `restore` at start) every change made through the methods below is
+    (given, then `restore` at start) every change made through the methods below is
     written to it and read back at the next start. As RabbitMQ seeds its default user and
     vhost only on the first boot of a node, the config seeds the store only when the store
     has never held users (a fresh data directory); after that the store is the source of
     truth and the config's `[[users]]`/`[[vhosts]]`/`[[permissions]]` are not read again.
     """
 
-    def __init__(self, config: AuthConfig, oauth2: OAuth2Config | None = None) -> None:
+    def __init__(self, config: AuthConfig, oauth2: OAuth2Config | None = None, *,
+                 store: Store | None = None, broker: Broker | None = None,
+                 inline_checks: bool = True,
+                 check_limiter: trio.CapacityLimiter | None = None) -> None:
+        """`store`: where changes are written; `broker`: whose vhosts these are (the
+        config's are added to it). `inline_checks` False: slow password checks are handed
+        out as a `PendingCheck` for the I/O layer to run in a worker thread, under
+        `check_limiter` (the server's: at most so many at once); True: run at once
+        (sans-IO tests, tools)."""
         self._users: dict[str, User] = {
             u.name: User(u.name, tuple(u.tags), u.password_hash, u.wampcra)
             for u in config.users}
-        self._vhosts: dict[str, None] = dict.fromkeys(config.vhosts)
         self._perms: dict[tuple[str, str], tuple[str, str, str]] = {
             (p.user, p.vhost): (p.configure, p.write, p.read) for p in config.permissions}
         self._grants = {key: _Grant(*(compile_pattern(x) for x in value))
@@ -160,15 +180,15 @@ class AuthService:
         self.limits = RuntimeLimits()
         self._loopback_users = config.loopback_users
         self._store: Store | None = None
-        self._broker: Broker | None = None
+        self._broker = Broker(MemoryStore(), config.vhosts)  # until `attach` gives one
+        self.attach(store, broker)
         self.failed_logins = FailedLogins(config.failed_login_limit,
                                           config.failed_login_window,
                                           config.failed_login_block,
                                           config.failed_login_exempt)
         self._verified = VerifiedCache()
-        # False: slow checks are returned as a `PendingCheck` for the I/O layer to run in a
-        # worker thread (the server sets this); True: run at once (sans-IO tests, tools)
-        self.inline_checks = True
+        self.inline_checks = inline_checks
+        self.check_limiter = check_limiter
         self.tokens = TokenVerifier()
         if oauth2 is not None and oauth2.resource_server_id:
             self.tokens = TokenVerifier(
@@ -184,13 +204,19 @@ class AuthService:
     # -- persistence -----------------------------------------------------------------------
 
     def attach(self, store: Store | None = None, broker: Broker | None = None) -> None:
-        """Write every later change to `store`; keep `broker`'s vhosts in step with ours."""
+        """Write every later change to `store`; take the vhosts to `broker` and ask it from
+        then on (the constructor's `store` and `broker`, for a service made before them)."""
         self._store = store
-        self._broker = broker
         if broker is not None:
-            for name in self._vhosts:
+            for name in self._broker.vhosts:
                 broker.add_vhost(name)
+            self._broker = broker
             broker.snapshot_hooks.append(self.snapshot_into)
+
+    @property
+    def _vhosts(self) -> dict[str, VirtualHost]:
+        """The vhosts that exist: the broker's."""
+        return self._broker.vhosts
 
     def snapshot_into(self, state: Recovered) -> None:
         """Add users, vhosts and permissions to a snapshot of the durable state."""
@@ -217,7 +243,6 @@ class AuthService:
             return
         self._users = {u.name: User(u.name, tuple(u.tags), u.password_hash, u.wampcra)
                        for u in state.users}
-        self._vhosts = dict.fromkeys(state.vhosts)
         self._perms = {(p.user, p.vhost): (p.configure, p.write, p.read)
                        for p in state.permissions}
         self._grants = {key: _Grant(*(compile_pattern(x) for x in value))
@@ -226,12 +251,14 @@ class AuthService:
             TopicPermission(t.user, t.vhost, t.exchange, t.write, t.read)
             for t in state.topic_permissions])
         self.limits = RuntimeLimits(state.limits)
-        if self._broker is not None:
-            for name in [v for v in self._broker.vhosts if v not in self._vhosts]:
-                del self._broker.vhosts[name]  # from the config; deleted since (still empty)
-            for name in self._vhosts:
-                self._broker.add_vhost(name)
-                self._apply_vhost_limits(name)
+        kept = dict.fromkeys(state.vhosts)
+        vhosts = self._broker.vhosts
+        for name in [v for v in vhosts if v not in kept]:
+            del vhosts[name]  # from the config; deleted since (still empty)
+        for name in kept:
+            self._broker.add_vhost(name)
+            vhosts[name] = vhosts.pop(name)  # in the store's order
+            self._apply_vhost_limits(name)
 
     # -- users -----------------------------------------------------------------------------
 
@@ -318,27 +345,23 @@ class AuthService:
             raise PreconditionFailed("vhost name must be a non-empty string")
         if name in self._vhosts:
             return
-        self._vhosts[name] = None
         if self._store is not None:
             self._store.put_vhost(name)
-        if self._broker is not None:
-            self._broker.add_vhost(name)
-            self._apply_vhost_limits(name)
+        self._broker.add_vhost(name)
+        self._apply_vhost_limits(name)
 
     def delete_vhost(self, name: str) -> None:
         """Delete a vhost with everything in it; its connections are closed by the broker's
         vhost-deleted hook (`Broker.on_vhost_deleted`)."""
         if name not in self._vhosts:
             raise NotFound(f"vhost '{name}' not found")
-        del self._vhosts[name]
         for key in [k for k in self._perms if k[1] == name]:
             del self._perms[key]
             self._grants.pop(key, None)
         self._topic.remove(None, name)
         self.limits.remove("vhost", name)
-        if self._broker is not None:
-            self._broker.delete_vhost(name)  # writes the store record itself
-        elif self._store is not None:
+        self._broker.delete_vhost(name)  # writes the store record itself (its store's)
+        if self._store is not None and self._store is not self._broker.store:
             self._store.delete_vhost(name)
 
     # -- permissions -----------------------------------------------------------------------
@@ -498,8 +521,6 @@ class AuthService:
 
     def _apply_vhost_limits(self, vhost: str) -> None:
         """Hand max-queues to the core's vhost (over the config's default)."""
-        if self._broker is None:
-            return
         vh = self._broker.vhosts.get(vhost)
         if vh is not None:
             if "max-queues" in self.vhost_limits(vhost):
@@ -574,7 +595,7 @@ class AuthService:
         if self.inline_checks:
             finish(verify())
             return None
-        return PendingCheck(verify, finish)
+        return PendingCheck(verify, finish, self.check_limiter)
 
     def _upgrade_hash(self, user: User, old_hash: str, new_hash: str, wampcra: str) -> User:
         """Replace a user's legacy (RabbitMQ SHA-256) hash by the scrypt hash of the

@@ -14,7 +14,7 @@ from typing import Any
 
 from gateway.core.durable import Durable
 from gateway.core.errors import NotAllowed, NotFound
-from gateway.core.exchange import Exchange
+from gateway.core.exchange import Binding, Exchange
 from gateway.core.message import Message, Properties
 from gateway.core.queue import Queue
 from gateway.core.vhost import Meter, VirtualHost
@@ -30,10 +30,15 @@ from gateway.store.base import (
 
 
 class Broker:
-    def __init__(self, store: Store, vhosts: Iterable[str] = ("/",)) -> None:
+    def __init__(self, store: Store, vhosts: Iterable[str] = ("/",), *,
+                 paging_threshold: int | None = None, max_queues_per_vhost: int = 0) -> None:
+        """`paging_threshold`: bytes the queues hold before they page new messages out
+        (None: never); `max_queues_per_vhost`: each vhost's max-queues when it is made
+        (0: no limit; a vhost limit set at run time overrides it)."""
         self.store = store
         self._ids = itertools.count(1)
-        self.meter = Meter()
+        self._connection_ids = itertools.count(1)
+        self.meter = Meter() if paging_threshold is None else Meter(paging_threshold)
         self.vhosts: dict[str, VirtualHost] = {}
         # called with the vhost's name after it was deleted; the server closes the
         # connections that were open on it
@@ -43,12 +48,17 @@ class Broker:
         self.snapshot_hooks: list[Callable[[Recovered], None]] = []
         # what the protocols ask of the store: positions to wait for, keyed values
         self.durable = Durable(store)
-        self.max_queues_per_vhost = 0  # each vhost's max_queues when it is made
+        self.max_queues_per_vhost = max_queues_per_vhost
         for name in vhosts:
             self.add_vhost(name)
 
     def next_message_id(self) -> int:
         return next(self._ids)
+
+    def next_connection_id(self) -> int:
+        """A number no other connection of this broker has had (in consumer tags and the
+        names of AMQP's direct reply-to queues)."""
+        return next(self._connection_ids)
 
     def add_vhost(self, name: str) -> VirtualHost:
         vh = self.vhosts.get(name)
@@ -127,8 +137,6 @@ class Broker:
                 else vh.exchanges.get(b.destination))
             if source is None or dest is None:
                 continue
-            from gateway.core.exchange import Binding
-
             binding = Binding.make(source, dest, b.routing_key, b.arguments)
             if source.add_binding(binding) and isinstance(dest, Queue):
                 dest.bound_by[binding] = None

@@ -25,7 +25,14 @@ import gateway
 from gateway.auth.service import AuthService
 from gateway.config import Config
 from gateway.core.broker import Broker
-from gateway.server.connection import Connection, HandshakeLimits, Session, peer_of
+from gateway.definitions import load_definitions_file
+from gateway.server.connection import (
+    PASSWORD_CHECK_THREADS,
+    Connection,
+    HandshakeLimits,
+    Session,
+    peer_of,
+)
 from gateway.server.control import (
     LOCAL_OPERATOR,
     DataDirInUse,
@@ -35,11 +42,14 @@ from gateway.server.control import (
     peer_allowed,
     socket_path,
 )
-from gateway.server.factories import SESSION_FACTORIES, SessionFactory
+from gateway.server.factories import SESSION_FACTORIES, SessionFactory, wamp_router
 from gateway.server.tls import handshake, peer_info, server_context
 from gateway.store.base import Store
 from gateway.store.disk import DiskStore, return_large_buffers_to_the_system
 from protocols.admission import Admission
+from protocols.mqtt.persist import take_over
+from protocols.mqtt.state import MQTTState
+from protocols.wamp.router import WampRouter
 
 if TYPE_CHECKING:
     from gateway.management.app import ManagementApp
@@ -134,13 +144,18 @@ class Server:
         self.lock = DataDirLock(data_dir)
         self.control_path: Path | None = None  # the local control socket, while open
         self.management: ManagementApp | None = None
-        self.auth = AuthService(config.auth, config.oauth2)
-        self.broker = Broker(self.store, ())
-        self.broker.meter.paging_threshold = config.store.paging_threshold
-        self.broker.max_queues_per_vhost = config.limits.max_queues_per_vhost
-        self.auth.attach(self.store, self.broker)
-        self.auth.inline_checks = False  # scrypt checks go to worker threads (connection.py)
+        self.broker = Broker(self.store, (), paging_threshold=config.store.paging_threshold,
+                             max_queues_per_vhost=config.limits.max_queues_per_vhost)
+        # the broker holds the vhosts, the auth service decides them; scrypt checks go to
+        # worker threads (connection.py), a few at once
+        self.auth = AuthService(config.auth, config.oauth2, store=self.store, broker=self.broker,
+                                inline_checks=False,
+                                check_limiter=trio.CapacityLimiter(PASSWORD_CHECK_THREADS))
         self.broker.on_vhost_deleted.append(self._vhost_deleted)
+        # MQTT's sessions and retained messages, shared by its listeners (and Web-MQTT)
+        self.mqtt_state = MQTTState(self.broker.durable, config.mqtt.retained_max_messages,
+                                    config.mqtt.retained_max_bytes)
+        self._wamp_router: WampRouter | None = None  # made at the first WAMP session
         self.sessions: set[Any] = set()
         self.admission = Admission(
             self.sessions, self.auth,
@@ -154,6 +169,14 @@ class Server:
         self.memory_alarm = False
         self._conn_scope: trio.CancelScope | None = None
         self._conns: trio.Nursery | None = None  # every client connection's tasks
+
+    @property
+    def wamp_router(self) -> WampRouter:
+        """WAMP's realms and registrations, shared by every WAMP session of this server;
+        made at the first one (it keeps its WAMP-CRA secret in the data directory)."""
+        if self._wamp_router is None:
+            self._wamp_router = wamp_router(self.config.store.data_dir)
+        return self._wamp_router
 
     async def serve(self, *, task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED
                     ) -> None:
@@ -173,9 +196,7 @@ class Server:
     async def _run(self, task_status: trio.TaskStatus[dict[str, int]]) -> None:
         if isinstance(self.store, DiskStore):
             return_large_buffers_to_the_system()
-        state = self.store.recover()
-        self.auth.restore(state)
-        restored = self.broker.restore(state, self.clock())
+        restored = self.recover()
         self._load_definitions()
         if restored:
             log.info("recovered %d persistent messages", restored)
@@ -197,12 +218,20 @@ class Server:
             outer.cancel_scope.cancel()
         self.store.close()
 
+    def recover(self) -> int:
+        """Read the store back and hand each owner its part: users, vhosts and permissions
+        to the auth service, exchanges, queues and messages to the broker, retained messages
+        and session records to MQTT's state. Returns the number of messages restored."""
+        state = self.store.recover()
+        self.auth.restore(state)
+        restored = self.broker.restore(state, self.clock())
+        take_over(self.mqtt_state, self.broker)
+        return restored
+
     def _load_definitions(self) -> None:
         path = self.config.definitions.file
         if path is None:
             return
-        from gateway.definitions import load_definitions_file
-
         load_definitions_file(self.broker, self.auth, path, now=self.clock())
         log.info("loaded definitions from %s", path)
 

@@ -16,9 +16,9 @@ docs/performance.md.)
 
 Password checks: a session that needs a slow (scrypt) password check exposes it as
 `password_check` and holds its further input; `settle_password_check` runs the check in a
-worker thread (at most `PASSWORD_CHECK_THREADS` at once: each takes 16 MiB and a core for
-some 30-60 ms), hands the answer back and lets the session go on (`resume_input`), so one
-login never stalls the other clients.
+worker thread (at most `PASSWORD_CHECK_THREADS` at once, under the limiter the server gives
+its `AuthService`: each takes 16 MiB and a core for some 30-60 ms), hands the answer back
+and lets the session go on (`resume_input`), so one login never stalls the other clients.
 
 Back-pressure: the reader stops reading while the session's outbound buffer is above its
 high-water mark (a client that does not read what it is sent cannot make the broker buffer
@@ -118,20 +118,19 @@ class HandshakeLimits:
     def why(self) -> str:
         return f"not logged in within the handshake timeout ({self.timeout:g} s)"
 
-PASSWORD_CHECK_THREADS: Final = 2
-_password_checks = trio.CapacityLimiter(PASSWORD_CHECK_THREADS)
+PASSWORD_CHECK_THREADS: Final = 2  # the server's limiter, held by its AuthService
 
 
 async def run_password_check(check: PendingCheck) -> None:
     """Run one slow password check in a worker thread; its answer goes where it says."""
-    ok = await trio.to_thread.run_sync(check.verify, limiter=_password_checks)
+    ok = await trio.to_thread.run_sync(check.verify, limiter=check.limiter)
     check.finish(ok)
 
 
 async def settle_password_check(session: Any) -> None:
     """Run the session's pending password checks, one after another, off the event loop."""
     while (check := getattr(session, "password_check", None)) is not None:
-        ok = await trio.to_thread.run_sync(check.verify, limiter=_password_checks)
+        ok = await trio.to_thread.run_sync(check.verify, limiter=check.limiter)
         session.password_check = None
         check.finish(ok)
         session.resume_input()

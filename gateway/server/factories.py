@@ -1,29 +1,41 @@
-"""How each listener makes a session for a new connection: one factory per protocol.
+"""How each listener makes a session for a new connection: one factory per protocol, and the
+state the sessions of one protocol share, owned by the server and handed to each session.
 
-A factory gets the server (broker, auth, config, clock), the peer address, the
-connection's `wake` callback and what its TLS handshake found (None on a plain port), and
-returns a sans-IO session that the generic `Connection`
-drives (see `gateway.server.connection.Session`).
+A factory gets the server (broker, auth, config, clock, and the shared state: MQTT's
+sessions and retained messages, WAMP's router), the peer address, the connection's `wake`
+callback and what its TLS handshake found (None on a plain port), and returns a sans-IO
+session that the generic `Connection` drives (see `gateway.server.connection.Session`).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
 
 from gateway.auth.service import is_loopback
+from protocols.amqp.session import AMQPSession
+from protocols.mqtt.session import MQTTSession
+from protocols.stomp.session import StompSession
 from protocols.tls import TLSPeer
+from protocols.wamp.router import WampRouter
 
 if TYPE_CHECKING:
     from gateway.server.app import Server
 
+log = logging.getLogger("gateway.websocket")
+
 SessionFactory = Callable[["Server", tuple[str, int], Callable[[], None], TLSPeer | None], Any]
+
+SECRET_FILE: Final = "wamp-cra.secret"  # in the data directory
+SECRET_SIZE: Final = 32
 
 
 def amqp_session(server: Server, peer: tuple[str, int], wake: Callable[[], None],
                  tls: TLSPeer | None = None) -> Any:
-    from protocols.amqp.session import AMQPSession
-
     amqp = server.config.amqp
     limits = server.config.limits
     return AMQPSession(
@@ -37,8 +49,6 @@ def amqp_session(server: Server, peer: tuple[str, int], wake: Callable[[], None]
 
 def stomp_session(server: Server, peer: tuple[str, int], wake: Callable[[], None],
                   tls: TLSPeer | None = None) -> Any:
-    from protocols.stomp.session import StompSession
-
     stomp = server.config.stomp
     return StompSession(
         server.broker, server.auth, peer=peer, loopback=is_loopback(peer[0]),
@@ -53,11 +63,10 @@ def stomp_session(server: Server, peer: tuple[str, int], wake: Callable[[], None
 
 def mqtt_session(server: Server, peer: tuple[str, int], wake: Callable[[], None],
                  tls: TLSPeer | None = None) -> Any:
-    from protocols.mqtt.session import MQTTSession
-
     return MQTTSession(
-        server.broker, server.auth, server.config.mqtt, peer=peer,
-        loopback=is_loopback(peer[0]), loopback_users=server.config.auth.loopback_users,
+        server.broker, server.auth, server.config.mqtt, mqtt_state=server.mqtt_state,
+        peer=peer, loopback=is_loopback(peer[0]),
+        loopback_users=server.config.auth.loopback_users,
         clock=server.clock, wake=wake, high_water=server.config.limits.connection_buffer,
         tls=tls, admit=server.admit,
         connect_timeout=server.config.limits.handshake_timeout / 1000)
@@ -68,3 +77,33 @@ SESSION_FACTORIES: dict[str, SessionFactory] = {
     "mqtt": mqtt_session,
     "stomp": stomp_session,
 }
+
+
+def wamp_router(data_dir: str | Path) -> WampRouter:
+    """The WAMP state of one server (realms, registrations), with the broker's WAMP-CRA
+    secret kept in its data directory (`broker_secret`)."""
+    return WampRouter(secret=broker_secret(Path(data_dir) / SECRET_FILE))
+
+
+def broker_secret(path: Path) -> bytes | None:
+    """The broker's secret kept in `path` (made, readable by its owner only, on first use),
+    so the WAMP-CRA salts shown for unknown names stay the same across restarts, as real
+    users' salts do; None when the file cannot be read or written (a random one is used)."""
+    try:
+        data = path.read_bytes()
+        if len(data) >= SECRET_SIZE:
+            return data[:SECRET_SIZE]
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("cannot read %s (%s): WAMP-CRA decoy salts change on restart", path, exc)
+        return None
+    secret = secrets.token_bytes(SECRET_SIZE)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(secret)
+    except OSError as exc:
+        log.warning("cannot write %s (%s): WAMP-CRA decoy salts change on restart", path, exc)
+        return None
+    return secret

@@ -35,12 +35,8 @@ from __future__ import annotations
 
 import binascii
 import logging
-import os
-import secrets
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
@@ -62,7 +58,6 @@ from gateway.server.tls import peer_info
 from gateway.server.wsframing import STREAM, WAMP, WebSocketSession
 from gateway.server.wsframing import SUBPROTOCOLS as SUBPROTOCOLS
 from protocols.wamp.codec import Serializer
-from protocols.wamp.router import WampRouter
 from protocols.wamp.session import WampSession, broker_cra_lookup
 
 if TYPE_CHECKING:
@@ -130,52 +125,12 @@ def choose_subprotocol(offered: list[str], available: set[str]) -> str | None:
     return None
 
 
-_routers: weakref.WeakKeyDictionary[Any, WampRouter] = weakref.WeakKeyDictionary()
-
-
-SECRET_FILE: Final = "wamp-cra.secret"  # in the data directory
-SECRET_SIZE: Final = 32
-
-
-def wamp_router(server: Server) -> WampRouter:
-    """The WAMP state of one server (realms, registrations), made on first use."""
-    router = _routers.get(server)
-    if router is None:
-        secret = broker_secret(Path(server.config.store.data_dir) / SECRET_FILE)
-        router = _routers[server] = WampRouter(secret=secret)
-    return router
-
-
-def broker_secret(path: Path) -> bytes | None:
-    """The broker's secret kept in `path` (made, readable by its owner only, on first use),
-    so the WAMP-CRA salts shown for unknown names stay the same across restarts, as real
-    users' salts do; None when the file cannot be read or written (a random one is used)."""
-    try:
-        data = path.read_bytes()
-        if len(data) >= SECRET_SIZE:
-            return data[:SECRET_SIZE]
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        log.warning("cannot read %s (%s): WAMP-CRA decoy salts change on restart", path, exc)
-        return None
-    secret = secrets.token_bytes(SECRET_SIZE)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(secret)
-    except OSError as exc:
-        log.warning("cannot write %s (%s): WAMP-CRA decoy salts change on restart", path, exc)
-        return None
-    return secret
-
-
 def wamp_session(server: Server, peer: tuple[str, int], wake: Callable[[], None],
                  serializer: Serializer, options: WebSocketOptions) -> WampSession:
     # WAMP-CRA signs with each user's salted key, stored when the password was set
     wamp = server.config.wamp
     return WampSession(
-        server.broker, server.auth, wamp_router(server), serializer, peer=peer,
+        server.broker, server.auth, server.wamp_router, serializer, peer=peer,
         loopback=is_loopback(peer[0]), clock=server.clock, wake=wake,
         allow_anonymous=wamp.allow_anonymous, anonymous_user=wamp.anonymous_user,
         loopback_users=server.config.auth.loopback_users,

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gateway.store.serial import encode
+
 PROPERTY_FIELDS = (
     "content_type", "content_encoding", "headers", "delivery_mode", "priority",
     "correlation_id", "reply_to", "expiration", "message_id", "timestamp", "type",
@@ -66,8 +68,6 @@ class BindingRecord:
     def key(self) -> tuple[Any, ...]:
         """The binding's identity; arguments compare as tables, whatever their order (as
         the core's `Binding` does)."""
-        from gateway.store.serial import encode
-
         return (self.vhost, self.source, self.dest_is_queue, self.destination,
                 self.routing_key, encode(_canonical(self.arguments)))
 

@@ -267,8 +267,6 @@ class Channel:
 
 
 def raise_not_allowed_tag(tag: str) -> None:
-    from gateway.core.errors import NotAllowed
-
     raise NotAllowed(f"NOT_ALLOWED - attempt to reuse consumer tag '{tag}'")
 
 

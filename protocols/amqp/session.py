@@ -22,7 +22,6 @@ that: the broker and every other client go on.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import platform
 from collections.abc import Callable
@@ -67,7 +66,6 @@ if TYPE_CHECKING:
     from protocols.tls import TLSPeer
 
 log = logging.getLogger("gateway.amqp")
-_ids = itertools.count(1)
 
 
 class State(Enum):
@@ -107,7 +105,7 @@ class AMQPSession(Outbox):
         consumer_max: int = 0,
         admit_channel: AdmitChannel = admit_any_channel,
     ) -> None:
-        self.id = next(_ids)
+        self.id = broker.next_connection_id()  # unique among the broker's connections
         self.admit = admit
         self.admit_channel = admit_channel
         self.consumer_max = consumer_max  # per channel, 0 = no limit

@@ -51,7 +51,7 @@ from protocols.mqtt.frames import (
     ReasonCode,
     Will,
 )
-from protocols.mqtt.state import MQTTState, SessionState, state_for
+from protocols.mqtt.state import MQTTState, SessionState
 from protocols.outbox import Outbox
 
 if TYPE_CHECKING:
@@ -96,6 +96,7 @@ class MQTTSession(Outbox):
         auth: AuthService,
         config: MQTTConfig,
         *,
+        mqtt_state: MQTTState,
         peer: tuple[str, int],
         loopback: bool,
         loopback_users: frozenset[str] = frozenset(),
@@ -122,8 +123,7 @@ class MQTTSession(Outbox):
         self.high_water = high_water
         self.init_outbox()
         self.codec = MQTTCodec(max_packet_size=config.max_packet_size)
-        self.mqtt: MQTTState = state_for(broker, config.retained_max_messages,
-                                         config.retained_max_bytes)
+        self.mqtt = mqtt_state  # the broker's sessions and retained messages (its owner's)
         self.state = State.CONNECT_WAIT
         self.user: User | None = None
         # a slow password check the I/O layer runs in a thread; input waits meanwhile

@@ -10,16 +10,15 @@ subscription options). Its QoS 2 packet ids in flight both ways are kept in the 
 (``persist.py``), so a resumed session completes the QoS 2 exchanges it had open.
 
 `MQTTState` holds one broker's sessions, the connection currently attached to each, and one
-retained store per virtual host. It is found through `state_for(broker)`: it hangs off the
-broker object, not a module global, so two brokers (as in tests) never share it. When it is
-made it takes over what the store read back at start (retained messages; session records
-waiting in `dormant` until their client returns) and adds its state to every snapshot the
-store compacts to.
+retained store per virtual host. Its owner (the server) makes it with its settings and hands
+it to every MQTT session it makes, so two brokers (as in tests) never share it. After the
+store is read back at start it takes over what the store kept (`persist.take_over`: retained
+messages; session records waiting in `dormant` until their client returns) and adds its
+state to every snapshot the store compacts to.
 """
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +26,6 @@ from protocols.mqtt.frames import Publish
 from protocols.mqtt.retain import RetainedStore
 
 if TYPE_CHECKING:
-    from gateway.core.broker import Broker
     from gateway.core.durable import Durable
     from gateway.core.queue import Entry
 
@@ -170,17 +168,3 @@ class MQTTState:
                 persist.forget(self, st)
                 del self.sessions[key]
 
-
-_STATES: weakref.WeakKeyDictionary[Broker, MQTTState] = weakref.WeakKeyDictionary()
-
-
-def state_for(broker: Broker, retained_max_messages: int = 100_000,
-              retained_max_bytes: int = 64 * 1024 * 1024) -> MQTTState:
-    state = _STATES.get(broker)
-    if state is None:
-        from protocols.mqtt import persist
-
-        state = _STATES[broker] = MQTTState(broker.durable, retained_max_messages,
-                                            retained_max_bytes)
-        persist.take_over(state, broker)
-    return state

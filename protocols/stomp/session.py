@@ -34,7 +34,6 @@ client's interval without a byte from it.
 from __future__ import annotations
 
 import base64
-import itertools
 import logging
 import os
 from collections.abc import Callable
@@ -70,7 +69,6 @@ if TYPE_CHECKING:
     from protocols.tls import TLSPeer
 
 log = logging.getLogger("gateway.stomp")
-_ids = itertools.count(1)
 
 CONNECT_TIMEOUT: Final = 10.0  # seconds a client has to send CONNECT, as RabbitMQ's
 # (the server passes its limits.handshake_timeout)
@@ -130,7 +128,7 @@ class StompSession(Outbox):
     ) -> None:
         self.admit = admit
         self.connect_timeout = connect_timeout
-        self.id = next(_ids)
+        self.id = broker.next_connection_id()  # unique among the broker's connections
         self.broker = broker
         self.auth = auth
         self.peer = peer

@@ -93,15 +93,15 @@ CRASH_AFTER_DISCONNECT = bytes.fromhex(
 
 def test_crash_packets_after_the_servers_disconnect_are_dropped() -> None:
     check_mqtt(CRASH_AFTER_DISCONNECT)
-    from oracles import AUTH, CONFIG, MQTT_CONFIG, PEER, Clock, mqtt_output
+    from oracles import AUTH, CONFIG, MQTT_CONFIG, PEER, Clock, mqtt_output, mqtt_state_of
 
     from gateway.core.broker import Broker
     from gateway.store.base import MemoryStore
     from protocols.mqtt.session import MQTTSession, State
 
     broker = Broker(MemoryStore(), CONFIG.auth.vhosts)
-    session = MQTTSession(broker, AUTH, MQTT_CONFIG, peer=PEER,
-                          loopback=True, clock=Clock())
+    session = MQTTSession(broker, AUTH, MQTT_CONFIG, mqtt_state=mqtt_state_of(broker),
+                          peer=PEER, loopback=True, clock=Clock())
     session.receive_data(mqtt_connect(MQTT_5, clean=False) + CRASH_AFTER_DISCONNECT[1:])
     out = mqtt_output(session.data_to_send(), MQTT_5)
     assert [type(p).__name__ for p in out] == ["Connack", "SubAck", "Disconnect"]
@@ -128,14 +128,15 @@ CRASH_SHARED_REQUEUE = bytes.fromhex(
 
 def test_crash_nothing_is_written_after_the_servers_disconnect() -> None:
     check_mqtt(CRASH_SHARED_REQUEUE)
-    from oracles import AUTH, CONFIG, MQTT_CONFIG, PEER, Clock, mqtt_output
+    from oracles import AUTH, CONFIG, MQTT_CONFIG, PEER, Clock, mqtt_output, mqtt_state_of
 
     from gateway.core.broker import Broker
     from gateway.store.base import MemoryStore
     from protocols.mqtt.session import MQTTSession
 
-    session = MQTTSession(Broker(MemoryStore(), CONFIG.auth.vhosts), AUTH,
-                          MQTT_CONFIG, peer=PEER, loopback=True, clock=Clock())
+    broker = Broker(MemoryStore(), CONFIG.auth.vhosts)
+    session = MQTTSession(broker, AUTH, MQTT_CONFIG, mqtt_state=mqtt_state_of(broker),
+                          peer=PEER, loopback=True, clock=Clock())
     session.receive_data(mqtt_connect(MQTT_5) + CRASH_SHARED_REQUEUE[1:])
     out = mqtt_output(session.data_to_send(), MQTT_5)
     assert isinstance(out[-1], Disconnect) and out[-1].reason_code == 0x81

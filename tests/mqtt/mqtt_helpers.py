@@ -4,6 +4,7 @@ side, real sessions over one in-memory Broker on the other; no sockets, time is 
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import cached_property
 
 from gateway.auth.service import AuthService
 from gateway.config import load_config
@@ -20,7 +21,9 @@ from protocols.mqtt.frames import (
     Properties,
     Will,
 )
+from protocols.mqtt.persist import take_over
 from protocols.mqtt.session import MQTTSession
+from protocols.mqtt.state import MQTTState
 
 
 class Clock:
@@ -53,6 +56,15 @@ class World:
         self.broker = Broker(self.store, config.auth.vhosts)
         self.auth = AuthService(config.auth)
 
+    @cached_property
+    def mqtt_state(self) -> MQTTState:
+        """MQTT's sessions and retained messages, made as the server makes them: once, with
+        the settings, after the store was read back (here: at the first client)."""
+        state = MQTTState(self.broker.durable, self.mqtt_config.retained_max_messages,
+                          self.mqtt_config.retained_max_bytes)
+        take_over(state, self.broker)
+        return state
+
     def client(self, version: int = MQTT_311, *, loopback: bool = True) -> Client:
         return Client(self, version, loopback)
 
@@ -62,7 +74,8 @@ class Client:
         self.world = world
         self.version = version
         self.session = MQTTSession(
-            world.broker, world.auth, world.mqtt_config, peer=("127.0.0.1", 5555),
+            world.broker, world.auth, world.mqtt_config, mqtt_state=world.mqtt_state,
+            peer=("127.0.0.1", 5555),
             loopback=loopback, loopback_users=world.config.auth.loopback_users,
             clock=world.clock)
         self.codec = MQTTCodec(version=version, server=False)

@@ -1,0 +1,1 @@
+"""Durability behind one small interface (`base.Store`): memory and the on-disk default."""
