@@ -10,12 +10,19 @@ counted alone; global=true limits the whole channel; both may apply at once.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from pamqp import commands
 
 from gateway.core.confirms import Confirms
-from gateway.core.errors import AccessRefused, NotAllowed, NotFound, PreconditionFailed
+from gateway.core.errors import (
+    AccessRefused,
+    NotAllowed,
+    NotFound,
+    NotImplementedFeature,
+    PreconditionFailed,
+)
 from gateway.core.exchange import Exchange
 from gateway.core.message import Message
 from gateway.core.queue import Entry, Queue
@@ -99,7 +106,7 @@ class Channel:
         if not consumer.no_ack:
             self.unacked[tag] = (entry, consumer)
             consumer.unacked += 1
-        msg = entry.message
+        msg = with_delivery_count(entry)
         try:
             self.session.send_delivery(self.number, consumer.tag, tag, entry.redelivered, msg)
         except ValueError as exc:
@@ -121,7 +128,7 @@ class Channel:
         self.next_tag = tag + 1
         if not no_ack:
             self.unacked[tag] = (entry, None)
-        msg = entry.message
+        msg = with_delivery_count(entry)
         self.session.send_content(
             self.number,
             reply(Basic.GetOk, delivery_tag=tag, redelivered=entry.redelivered,
@@ -153,6 +160,10 @@ class Channel:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise PreconditionFailed("PRECONDITION_FAILED - invalid x-priority")
             priority = value
+        if queue.quorum and self.global_prefetch:
+            # RabbitMQ 4 (rabbit_quorum_queue:consume/3, rabbit_channel): a hard error
+            raise NotImplementedFeature(f"NOT_IMPLEMENTED - queue '{queue.name}' in vhost "
+                                        f"'{queue.vhost.name}' does not support global qos")
         limit = self.session.consumer_max
         if limit and len(self.consumers) >= limit:
             raise NotAllowed(f"NOT_ALLOWED - reached maximum ({limit}) of consumers per "
@@ -264,6 +275,18 @@ class Channel:
             self.reply_queue.vhost.remove_queue(self.reply_queue)
         self.tx_publishes.clear()
         self.tx_acks.clear()
+
+
+def with_delivery_count(entry: Entry) -> Message:
+    """The message as delivered: from a quorum queue after it came back unsettled, with the
+    `x-delivery-count` header (RabbitMQ 4: the times it was returned), on a copy so that
+    the shared message and its cached encoding stay as published."""
+    msg = entry.message
+    if not entry.returns:
+        return msg
+    headers = dict(msg.properties.headers or {})
+    headers["x-delivery-count"] = entry.returns
+    return replace(msg, properties=msg.properties.copy(headers=headers), cache={})
 
 
 def raise_not_allowed_tag(tag: str) -> None:
