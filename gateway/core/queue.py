@@ -29,7 +29,12 @@ from gateway.core.queue_args import OVERFLOW_MODES, QueueArgs, queue_type, unsup
 if TYPE_CHECKING:
     from gateway.core.vhost import VirtualHost
 
-__all__ = ["OVERFLOW_MODES", "Entry", "Queue", "QueueArgs"]
+__all__ = ["OVERFLOW_MODES", "RETURNS_SPACE", "Entry", "Queue", "QueueArgs"]
+
+# the store's value space keeping how often a quorum queue's persisted entry came back
+# unsettled, by (vhost, queue, seq): its delivery count survives a restart, as RabbitMQ's
+# quorum queues keep it in their log
+RETURNS_SPACE = "quorum-returns"
 
 
 class Entry:
@@ -231,12 +236,22 @@ class Queue:
         self.vhost.dead_letter(Entry(message, -1, self, None, False), "maxlen", now)
         return None
 
-    def restore(self, seq: int, message: Message, now: float, delivered: bool = True) -> None:
+    def restore(self, seq: int, message: Message, now: float, delivered: bool = True,
+                returns: int = 0) -> None:
         """Put back a message recovered from the store (already persisted); past the paging
         threshold it is paged out like a new one. `delivered`: it had been delivered before
-        the restart (the store kept the mark), so it comes back `redelivered`."""
+        the restart (the store kept the mark), so it comes back `redelivered`. `returns`:
+        a quorum queue's count of its returns, kept by the store."""
         entry = Entry(message, seq, self, self._expiry(message, now), True)
-        entry.redelivered = delivered
+        entry.redelivered = delivered or returns > 0
+        if returns and self.quorum:
+            entry.returns = returns
+            self.vhost.meter.held_bytes += len(message.body)
+            self._returns.append(entry)
+            self._ready_count += 1
+            self.ready_bytes += len(message.body)
+            self._next_seq = max(self._next_seq, seq + 1)
+            return
         level = self._level(message)
         self.vhost.meter.held_bytes += len(message.body)
         self._ready[level].append(entry)
@@ -388,6 +403,8 @@ class Queue:
     def _release(self, entry: Entry) -> None:
         """The entry leaves the queue for good: forget its bytes and its store record."""
         self.vhost.meter.held_bytes -= len(entry.message.body)
+        if entry.returns and self.durable:
+            self.vhost.store.delete_value(RETURNS_SPACE, (self.vhost.name, self.name, entry.seq))
         if entry.persisted:
             entry.persisted = False
             self.vhost.store.ack(self.vhost.name, self.name, entry.seq)
@@ -422,6 +439,9 @@ class Queue:
                     self._release(e)
                     self.vhost.dead_letter(e, "delivery_limit", now)
                     continue
+                if e.persisted:
+                    self.vhost.store.put_value(RETURNS_SPACE,
+                                               (self.vhost.name, self.name, e.seq), e.returns)
                 self._returns.append(e)
                 self._ready_count += 1
                 self.ready_bytes += len(e.message.body)

@@ -145,3 +145,34 @@ def test_delivery_count_header_and_poison_message_dead_lettered(
     assert props.headers["x-first-death-reason"] == "delivery_limit"
     assert ch.queue_declare(q, durable=True, arguments={
         **QQ, "x-delivery-limit": 3, "x-dead-letter-exchange": dlx}).method.message_count == 0
+
+
+def test_quorum_queue_and_delivery_count_survive_restart(fresh_broker: Any) -> None:
+    connection = connect(fresh_broker)
+    try:
+        ch = connection.channel()
+        ch.confirm_delivery()
+        ch.queue_declare("qq-restart", durable=True, arguments=QQ)
+        # transient: a quorum queue keeps every message on disk
+        ch.basic_publish("", "qq-restart", b"job", pika.BasicProperties(delivery_mode=1))
+        for expected in (None, 1):
+            method, props, body = ch.basic_get("qq-restart")
+            assert body == b"job"
+            assert (props.headers or {}).get("x-delivery-count") == expected
+            ch.basic_nack(method.delivery_tag, requeue=True)
+        # a synchronous round trip: the nacks before it were processed
+        assert ch.queue_declare("qq-restart", passive=True).method.message_count == 1
+        fresh_broker.restart(kill=False)
+    finally:
+        try:
+            connection.close()
+        except pika.exceptions.AMQPError:
+            pass  # the broker closed it when it stopped
+    with closing(connect(fresh_broker)) as connection:
+        ch = connection.channel()
+        ok = ch.queue_declare("qq-restart", durable=True, arguments=QQ)
+        assert ok.method.message_count == 1
+        method, props, body = ch.basic_get("qq-restart")
+        assert body == b"job" and method.redelivered
+        assert props.headers["x-delivery-count"] == 2
+        ch.basic_ack(method.delivery_tag)

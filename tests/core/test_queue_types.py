@@ -3,11 +3,19 @@ returns counted per message, `x-delivery-limit`, returns delivered first, two pr
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from core.helpers import CreditConsumer, new_vhost, publish, ready_bodies
+from core.helpers import (
+    CreditConsumer,
+    new_vhost,
+    open_disk_broker,
+    publish,
+    ready_bodies,
+    restart,
+)
 from gateway.core.errors import PreconditionFailed
 from gateway.core.queue_args import max_age_ms, unsupported, validate
 from gateway.core.vhost import VirtualHost
@@ -229,3 +237,37 @@ def test_quorum_queue_persists_transient_messages() -> None:
     publish(vh, "", "q", b"t", delivery_mode=1)
     [e] = list(q.iter_ready())
     assert e.persisted
+
+
+def test_delivery_count_survives_restart(tmp_path: Path) -> None:
+    broker = open_disk_broker(tmp_path)
+    vh = broker.vhost("/")
+    vh.declare_exchange("dlx", "fanout", durable=True)
+    vh.declare_queue("dead", durable=True)
+    vh.bind(vh.queues["dead"], "dlx", "")
+    q = vh.declare_queue("q", durable=True, arguments={**QQ, "x-delivery-limit": 2,
+                                                       "x-dead-letter-exchange": "dlx"})
+    publish(vh, "", "q", b"poison")  # transient: a quorum queue keeps it all the same
+    publish(vh, "", "q", b"fine", delivery_mode=2)
+    for _ in range(2):
+        e = q.get(False, 0.0)
+        assert e is not None and e.message.body == b"poison"
+        q.requeue([e], 0.0)
+    assert [e.returns for e in q.iter_ready()] == [2, 0]
+
+    broker2 = restart(broker, tmp_path)
+    q2 = broker2.vhost("/").queues["q"]
+    assert q2.quorum and q2.args.delivery_limit == 2
+    assert [(e.message.body, e.returns, e.redelivered) for e in q2.iter_ready()] == [
+        (b"poison", 2, True), (b"fine", 0, False)]
+    e = q2.get(False, 0.0)
+    assert e is not None and e.message.body == b"poison"
+    q2.requeue([e], 0.0)  # the third return is past the limit of 2, across the restart
+    assert ready_bodies(q2) == [b"fine"]
+    assert ready_bodies(broker2.vhost("/").queues["dead"]) == [b"poison"]
+
+    # settled entries leave no count behind: after another restart nothing is left of it
+    broker3 = restart(broker2, tmp_path)
+    assert [(e.message.body, e.returns) for e in broker3.vhost("/").queues["q"].iter_ready()
+            ] == [(b"fine", 0)]
+    assert not broker3.claim_values("quorum-returns")
