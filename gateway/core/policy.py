@@ -43,6 +43,7 @@ QUEUE_KEYS = {
     # quorum queues only (a classic queue ignores them, as in RabbitMQ)
     "delivery-limit": "x-delivery-limit",
     "dead-letter-strategy": "x-dead-letter-strategy",
+    "consumer-timeout": "x-consumer-timeout",
 }
 EXCHANGE_KEYS = {"alternate-exchange": "alternate-exchange"}
 
@@ -53,7 +54,7 @@ IGNORED_KEYS = frozenset({
     "queue-leader-locator", "max-age",
     "stream-max-segment-size-bytes", "initial-cluster-size", "target-group-size",
     "max-in-memory-length", "max-in-memory-bytes", "federation-upstream",
-    "federation-upstream-set", "consumer-timeout",
+    "federation-upstream-set",
 })
 
 

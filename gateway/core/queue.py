@@ -41,7 +41,7 @@ class Entry:
     """One message in one queue."""
 
     __slots__ = ("message", "seq", "redelivered", "expires_at", "queue", "persisted",
-                 "delivery_count", "returns")
+                 "delivery_count", "returns", "delivered_at")
 
     def __init__(self, message: Message, seq: int, queue: Queue, expires_at: float | None,
                  persisted: bool) -> None:
@@ -55,6 +55,8 @@ class Entry:
         # quorum queues: times it came back unsettled (RabbitMQ 4's acquired_count), the
         # `x-delivery-count` header of its redeliveries
         self.returns = 0
+        # when a session last handed it to a client that must acknowledge it (its clock)
+        self.delivered_at = 0.0
 
 
 class Queue:

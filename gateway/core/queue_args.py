@@ -198,7 +198,11 @@ VALIDATORS: Final = {
     "x-stream-filter-size-bytes": _non_neg,
     "x-initial-cluster-size": _positive,
     "x-queue-leader-locator": _one_of(LEADER_LOCATORS, "invalid_queue_locator_arg"),
+    "x-consumer-timeout": _non_neg,
 }
+# acted on for every queue type, though no type's capabilities() lists it in RabbitMQ 4.0
+# (its channel reads it with the `consumer-timeout` policy key): checked, never refused
+ANY_TYPE_ARGS: Final = frozenset({"x-consumer-timeout"})
 
 
 def queue_type(args: dict[str, Any]) -> str:
@@ -222,7 +226,7 @@ def validate(args: dict[str, Any], where: str = "queue") -> str:
                                      f"{where}: \"unsupported queue type '{value}'\"")
     qtype = queue_type(args)
     own = TYPE_ARGS[qtype]
-    for key in sorted(own & args.keys()):
+    for key in sorted((own | ANY_TYPE_ARGS) & args.keys()):
         check = VALIDATORS.get(key)
         err = None if check is None else check(args[key])
         if err is None and key == "x-dead-letter-routing-key" \
@@ -241,7 +245,7 @@ def validate(args: dict[str, Any], where: str = "queue") -> str:
 def unsupported(args: dict[str, Any]) -> list[str]:
     """The arguments this broker accepts and does not act on, as RabbitMQ ignores arguments
     it does not know: a client's own keys and other plugins' arguments."""
-    return sorted(k for k in args if k not in KNOWN_ARGS)
+    return sorted(k for k in args if k not in KNOWN_ARGS and k not in ANY_TYPE_ARGS)
 
 
 class QueueArgs:
@@ -250,7 +254,7 @@ class QueueArgs:
 
     __slots__ = ("message_ttl", "expires", "max_length", "max_length_bytes", "overflow",
                  "dlx", "dlrk", "max_priority", "single_active_consumer", "delivery_limit",
-                 "dlx_strategy")
+                 "dlx_strategy", "consumer_timeout")
 
     def __init__(self, args: dict[str, Any], qtype: str = "classic") -> None:
         where = "queue"
@@ -286,3 +290,5 @@ class QueueArgs:
                 limit = None  # RabbitMQ 4: a negative limit is no limit
         self.delivery_limit = limit
         self.dlx_strategy: str = args.get("x-dead-letter-strategy", "at-most-once")
+        # ms a delivery may stay unacknowledged (None: the [amqp] consumer_timeout)
+        self.consumer_timeout: int | None = args.get("x-consumer-timeout")

@@ -106,6 +106,7 @@ class Channel:
         if not consumer.no_ack:
             self.unacked[tag] = (entry, consumer)
             consumer.unacked += 1
+            entry.delivered_at = self.session.clock()
         msg = with_delivery_count(entry)
         try:
             self.session.send_delivery(self.number, consumer.tag, tag, entry.redelivered, msg)
@@ -128,6 +129,7 @@ class Channel:
         self.next_tag = tag + 1
         if not no_ack:
             self.unacked[tag] = (entry, None)
+            entry.delivered_at = now
         msg = with_delivery_count(entry)
         self.session.send_content(
             self.number,
@@ -234,6 +236,26 @@ class Channel:
             queues.setdefault(entry.queue, []).append(entry)
         for queue, entries in queues.items():
             queue.requeue(entries, now)
+
+    def timed_out(self, now: float, default_ms: int) -> int | None:
+        """The timeout (ms) the oldest unacknowledged delivery has gone past, if it has:
+        its queue's `x-consumer-timeout` (or `consumer-timeout` policy), else `default_ms`
+        (0: none). Only the oldest is looked at, as RabbitMQ's channel does."""
+        if not self.unacked:
+            return None
+        tag = next(iter(self.unacked))
+        entry = self.unacked[tag][0]
+        timeout = entry.queue.args.consumer_timeout
+        if timeout is None:
+            timeout = default_ms
+        if not timeout or now - entry.delivered_at <= timeout / 1000.0:
+            return None
+        consumer = self.unacked[tag][1]
+        log.warning("consumer '%s' on channel %d and queue '%s' in vhost '%s' has timed out "
+                    "waiting for a consumer acknowledgement of a delivery with delivery tag "
+                    "= %d. Timeout used: %d ms", consumer.tag if consumer else "(basic.get)",
+                    self.number, entry.queue.name, entry.queue.vhost.name, tag, timeout)
+        return timeout
 
     def kick(self, now: float) -> None:
         """Credit came back: let the queues this channel consumes from deliver again."""

@@ -271,3 +271,15 @@ def test_delivery_count_survives_restart(tmp_path: Path) -> None:
     assert [(e.message.body, e.returns) for e in broker3.vhost("/").queues["q"].iter_ready()
             ] == [(b"fine", 0)]
     assert not broker3.claim_values("quorum-returns")
+
+
+def test_consumer_timeout_argument_and_policy() -> None:
+    vh = new_vhost()
+    q = vh.declare_queue("t", arguments={"x-consumer-timeout": 5000})
+    assert q.args.consumer_timeout == 5000 and q.unsupported_arguments == []
+    qq = vh.declare_queue("tq", durable=True, arguments={**QQ, "x-consumer-timeout": 0})
+    assert qq.args.consumer_timeout == 0
+    assert "{value_negative,-1}" in _refused(vh, "b", arguments={"x-consumer-timeout": -1})
+    vh.set_policy("ct", "^p", {"consumer-timeout": 1000})
+    assert vh.declare_queue("p").args.consumer_timeout == 1000
+    assert vh.declare_queue("n").args.consumer_timeout is None
