@@ -154,6 +154,7 @@ class AMQPConfig:
     frame_max: int
     channel_max: int
     heartbeat: int
+    consumer_timeout: int = 1_800_000  # ms; 0 = none
 
 
 @dataclass(frozen=True)
@@ -563,6 +564,7 @@ def _build(document: _Doc, source: str) -> Config:
         frame_max=amqp_t.integer("frame_max", 4096, _AMQP_LONG_MAX),
         channel_max=amqp_t.integer("channel_max", 1, _AMQP_SHORT_MAX),
         heartbeat=amqp_t.integer("heartbeat", 0, _AMQP_SHORT_MAX),
+        consumer_timeout=amqp_t.integer("consumer_timeout", 0, 2**53),
     )
     amqp_t.done()
 

@@ -16,7 +16,7 @@ from gateway.core.durable import Durable
 from gateway.core.errors import NotAllowed, NotFound
 from gateway.core.exchange import Binding, Exchange
 from gateway.core.message import Message, Properties
-from gateway.core.queue import Queue
+from gateway.core.queue import RETURNS_SPACE, Queue
 from gateway.core.vhost import Meter, VirtualHost
 from gateway.store.base import (
     BindingRecord,
@@ -141,6 +141,7 @@ class Broker:
             if source.add_binding(binding) and isinstance(dest, Queue):
                 dest.bound_by[binding] = None
         restored = 0
+        returns = self.claim_values(RETURNS_SPACE)
         # one message in many queues is one object again; held weakly, so that a body the
         # queue pages out leaves memory (a restart with a backlog larger than memory)
         shared: weakref.WeakValueDictionary[int, Message] = weakref.WeakValueDictionary()
@@ -155,7 +156,8 @@ class Broker:
                     msg = shared[rec.id] = Message(
                         rec.id, rec.exchange, rec.routing_key, Properties(**rec.properties),
                         rec.body, rec.origin)
-                queue.restore(seq, msg, now, seq in marks)
+                queue.restore(seq, msg, now, seq in marks,
+                              returns.get((vhost, qname, seq), 0))
                 restored += 1
         return restored
 
@@ -182,6 +184,10 @@ class Broker:
                 marks = {e.seq for e in entries if e.redelivered or e.delivery_count}
                 if marks:
                     state.delivered[(vh.name, q.name)] = marks
+                for e in entries:
+                    if e.returns:
+                        state.values.setdefault(RETURNS_SPACE, {})[
+                            (vh.name, q.name, e.seq)] = e.returns
             for b in vh.bindings():
                 dest = b.destination
                 if b.source.durable and dest.durable and not (

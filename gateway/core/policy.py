@@ -9,7 +9,8 @@ act like the matching `x-` arguments, but an object's own arguments win over the
 
 `max-priority` and `single-active-consumer` are not policy keys in RabbitMQ (they fix a
 queue's structure at declare); keys RabbitMQ knows but this broker does not act on
-(mirroring, queue modes, streams, federation) are accepted and ignored so a RabbitMQ
+(mirroring, queue modes, streams, federation; `delivery-limit` and `dead-letter-strategy`
+act on quorum queues only) are accepted and ignored so a RabbitMQ
 definitions export imports cleanly; any other key is refused.
 """
 
@@ -39,6 +40,10 @@ QUEUE_KEYS = {
     "overflow": "x-overflow",
     "dead-letter-exchange": "x-dead-letter-exchange",
     "dead-letter-routing-key": "x-dead-letter-routing-key",
+    # quorum queues only (a classic queue ignores them, as in RabbitMQ)
+    "delivery-limit": "x-delivery-limit",
+    "dead-letter-strategy": "x-dead-letter-strategy",
+    "consumer-timeout": "x-consumer-timeout",
 }
 EXCHANGE_KEYS = {"alternate-exchange": "alternate-exchange"}
 
@@ -46,10 +51,10 @@ EXCHANGE_KEYS = {"alternate-exchange": "alternate-exchange"}
 IGNORED_KEYS = frozenset({
     "ha-mode", "ha-params", "ha-sync-mode", "ha-sync-batch-size", "ha-promote-on-shutdown",
     "ha-promote-on-failure", "queue-mode", "queue-version", "queue-master-locator",
-    "queue-leader-locator", "delivery-limit", "dead-letter-strategy", "max-age",
+    "queue-leader-locator", "max-age",
     "stream-max-segment-size-bytes", "initial-cluster-size", "target-group-size",
     "max-in-memory-length", "max-in-memory-bytes", "federation-upstream",
-    "federation-upstream-set", "consumer-timeout",
+    "federation-upstream-set",
 })
 
 

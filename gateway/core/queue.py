@@ -21,22 +21,27 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from gateway.core.consumer import Consumer
-from gateway.core.errors import PreconditionFailed
 from gateway.core.message import Message
 from gateway.core.paging import ReadyLevel
 from gateway.core.policy import Policy, queue_arguments, select
+from gateway.core.queue_args import OVERFLOW_MODES, QueueArgs, queue_type, unsupported
 
 if TYPE_CHECKING:
     from gateway.core.vhost import VirtualHost
 
-OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
+__all__ = ["OVERFLOW_MODES", "RETURNS_SPACE", "Entry", "Queue", "QueueArgs"]
+
+# the store's value space keeping how often a quorum queue's persisted entry came back
+# unsettled, by (vhost, queue, seq): its delivery count survives a restart, as RabbitMQ's
+# quorum queues keep it in their log
+RETURNS_SPACE = "quorum-returns"
 
 
 class Entry:
     """One message in one queue."""
 
     __slots__ = ("message", "seq", "redelivered", "expires_at", "queue", "persisted",
-                 "delivery_count")
+                 "delivery_count", "returns", "delivered_at")
 
     def __init__(self, message: Message, seq: int, queue: Queue, expires_at: float | None,
                  persisted: bool) -> None:
@@ -47,53 +52,11 @@ class Entry:
         self.expires_at = expires_at
         self.persisted = persisted
         self.delivery_count = 0
-
-
-def _int_arg(args: dict[str, Any], name: str, minimum: int, maximum: int | None = None
-             ) -> int | None:
-    if name not in args:
-        return None
-    value = args[name]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise PreconditionFailed(f"invalid arg '{name}' for queue: expected an integer, "
-                                 f"got {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
-        raise PreconditionFailed(f"invalid arg '{name}' for queue: {value} out of range")
-    return value
-
-
-class QueueArgs:
-    """The queue arguments the core acts on, validated once at declare."""
-
-    __slots__ = ("message_ttl", "expires", "max_length", "max_length_bytes", "overflow",
-                 "dlx", "dlrk", "max_priority", "single_active_consumer")
-
-    def __init__(self, args: dict[str, Any]) -> None:
-        self.message_ttl = _int_arg(args, "x-message-ttl", 0)
-        self.expires = _int_arg(args, "x-expires", 1)
-        self.max_length = _int_arg(args, "x-max-length", 0)
-        self.max_length_bytes = _int_arg(args, "x-max-length-bytes", 0)
-        self.max_priority = _int_arg(args, "x-max-priority", 0, 255)
-        overflow = args.get("x-overflow", "drop-head")
-        if overflow not in OVERFLOW_MODES:
-            raise PreconditionFailed(f"invalid arg 'x-overflow' for queue: {overflow!r} is "
-                                     "not one of drop-head, reject-publish, reject-publish-dlx")
-        self.overflow: str = overflow
-        dlx = args.get("x-dead-letter-exchange")
-        dlrk = args.get("x-dead-letter-routing-key")
-        if dlx is not None and not isinstance(dlx, str):
-            raise PreconditionFailed("invalid arg 'x-dead-letter-exchange' for queue")
-        if dlrk is not None and not isinstance(dlrk, str):
-            raise PreconditionFailed("invalid arg 'x-dead-letter-routing-key' for queue")
-        if dlrk is not None and dlx is None:
-            raise PreconditionFailed("invalid arg 'x-dead-letter-routing-key' for queue: "
-                                     "x-dead-letter-exchange is required")
-        self.dlx: str | None = dlx
-        self.dlrk: str | None = dlrk
-        sac = args.get("x-single-active-consumer", False)
-        if not isinstance(sac, bool):
-            raise PreconditionFailed("invalid arg 'x-single-active-consumer' for queue")
-        self.single_active_consumer = sac
+        # quorum queues: times it came back unsettled (RabbitMQ 4's acquired_count), the
+        # `x-delivery-count` header of its redeliveries
+        self.returns = 0
+        # when a session last handed it to a client that must acknowledge it (its clock)
+        self.delivered_at = 0.0
 
 
 class Queue:
@@ -115,15 +78,23 @@ class Queue:
         self.exclusive_owner = exclusive_owner
         self.auto_delete = auto_delete
         self.arguments = dict(arguments or {})
+        self.queue_type = queue_type(self.arguments)
+        self.quorum = self.queue_type == "quorum"
         self.policy: Policy | None = None
-        self.args = QueueArgs(self.arguments)
+        self.args = QueueArgs(self.arguments, self.queue_type)
         if vhost.policies:
             self.policy = select(vhost.policies, "queues", name)
             if self.policy is not None:
-                self.args = QueueArgs(self.effective_arguments())
+                self.args = QueueArgs(self.effective_arguments(), self.queue_type)
         self.hidden = hidden
-        levels = (self.args.max_priority or 0) + 1
+        # quorum queues: two levels (priority above 4 is high), as RabbitMQ 4's rabbit_fifo_q
+        levels = 2 if self.quorum else (self.args.max_priority or 0) + 1
         self._ready: list[ReadyLevel] = [ReadyLevel(self) for _ in range(levels)]
+        # quorum queues: messages that came back unsettled, delivered before the others in
+        # the order they came back (RabbitMQ 4's `returns`); high taken since the last normal
+        self._returns: deque[Entry] = deque()
+        self._high_run = 0
+        self.unsupported_arguments = unsupported(self.arguments)
         self._ready_count = 0
         self.ready_bytes = 0
         self.unacked: dict[int, Entry] = {}
@@ -179,7 +150,7 @@ class Queue:
         if policy is self.policy:
             return
         self.policy = policy
-        self.args = QueueArgs(self.effective_arguments())
+        self.args = QueueArgs(self.effective_arguments(), self.queue_type)
         args = self.args
         if args.max_length is not None or args.max_length_bytes is not None:
             while self._ready_count and (
@@ -209,7 +180,9 @@ class Queue:
                 return room is None
         seq = self._next_seq
         self._next_seq = seq + 1
-        persisted = self.durable and message.persistent
+        # a quorum queue keeps every message on disk, persistent or not, as RabbitMQ's
+        # quorum queues log every message
+        persisted = self.durable and (message.persistent or self.quorum)
         if persisted:
             self.vhost.store.enqueue(self.vhost.name, self.name, seq, message)
         entry = Entry(message, seq, self, self._expiry(message, now), persisted)
@@ -224,10 +197,7 @@ class Queue:
                 self._hand_over(entry, consumer.no_ack)
                 consumer.deliver(entry)
                 return True
-        if len(self._ready) > 1:
-            level = min(message.priority, len(self._ready) - 1)
-        else:
-            level = 0
+        level = self._level(message) if len(self._ready) > 1 else 0
         self._ready[level].append(entry)
         self._ready_count += 1
         self.ready_bytes += size
@@ -268,13 +238,23 @@ class Queue:
         self.vhost.dead_letter(Entry(message, -1, self, None, False), "maxlen", now)
         return None
 
-    def restore(self, seq: int, message: Message, now: float, delivered: bool = True) -> None:
+    def restore(self, seq: int, message: Message, now: float, delivered: bool = True,
+                returns: int = 0) -> None:
         """Put back a message recovered from the store (already persisted); past the paging
         threshold it is paged out like a new one. `delivered`: it had been delivered before
-        the restart (the store kept the mark), so it comes back `redelivered`."""
+        the restart (the store kept the mark), so it comes back `redelivered`. `returns`:
+        a quorum queue's count of its returns, kept by the store."""
         entry = Entry(message, seq, self, self._expiry(message, now), True)
-        entry.redelivered = delivered
-        level = min(message.priority, len(self._ready) - 1)
+        entry.redelivered = delivered or returns > 0
+        if returns and self.quorum:
+            entry.returns = returns
+            self.vhost.meter.held_bytes += len(message.body)
+            self._returns.append(entry)
+            self._ready_count += 1
+            self.ready_bytes += len(message.body)
+            self._next_seq = max(self._next_seq, seq + 1)
+            return
+        level = self._level(message)
         self.vhost.meter.held_bytes += len(message.body)
         self._ready[level].append(entry)
         self._ready_count += 1
@@ -283,20 +263,43 @@ class Queue:
 
     # -- taking messages -------------------------------------------------------------------
 
-    def _pop_head(self) -> Entry | None:
+    def _level(self, message: Message) -> int:
+        if self.quorum:
+            return 1 if message.priority > 4 else 0
+        return min(message.priority, len(self._ready) - 1)
+
+    def _head_level(self) -> ReadyLevel | None:
+        """The level the next message comes from: the highest non-empty one; in a quorum
+        queue, high twice for each normal one when both wait (rabbit_fifo_q's weight 2)."""
+        if self.quorum:
+            high, normal = self._ready[1], self._ready[0]
+            if high and (not normal or self._high_run < 2):
+                return high
+            return normal if normal else None
         for level in reversed(self._ready):
             if level:
-                entry = level.popleft()
-                self._ready_count -= 1
-                self.ready_bytes -= len(entry.message.body)
-                return entry
+                return level
         return None
 
+    def _pop_head(self) -> Entry | None:
+        if self._returns:
+            entry = self._returns.popleft()
+        else:
+            level = self._head_level()
+            if level is None:
+                return None
+            if self.quorum:
+                self._high_run = self._high_run + 1 if level is self._ready[1] else 0
+            entry = level.popleft()
+        self._ready_count -= 1
+        self.ready_bytes -= len(entry.message.body)
+        return entry
+
     def _peek_head(self) -> Entry | None:
-        for level in reversed(self._ready):
-            if level:
-                return level.peek()
-        return None
+        if self._returns:
+            return self._returns[0]
+        level = self._head_level()
+        return None if level is None else level.peek()
 
     def expire(self, now: float) -> int:
         """Dead-letter (or drop) expired messages at the head; returns how many."""
@@ -382,6 +385,12 @@ class Queue:
         if not seqs or not self._ready_count:
             return []
         out: list[Entry] = []
+        for e in [e for e in self._returns if e.seq in seqs]:
+            self._returns.remove(e)
+            self._ready_count -= 1
+            self.ready_bytes -= len(e.message.body)
+            self._hand_over(e, False)
+            out.append(e)
         for level in reversed(self._ready):
             for entry in level.take(seqs):
                 self._ready_count -= 1
@@ -396,6 +405,8 @@ class Queue:
     def _release(self, entry: Entry) -> None:
         """The entry leaves the queue for good: forget its bytes and its store record."""
         self.vhost.meter.held_bytes -= len(entry.message.body)
+        if entry.returns and self.durable:
+            self.vhost.store.delete_value(RETURNS_SPACE, (self.vhost.name, self.name, entry.seq))
         if entry.persisted:
             entry.persisted = False
             self.vhost.store.ack(self.vhost.name, self.name, entry.seq)
@@ -412,11 +423,31 @@ class Queue:
             self.vhost.dead_letter(entry, "rejected", now)
 
     def requeue(self, entries: Iterable[Entry], now: float) -> None:
-        """Return unacked entries to the head, in their original order."""
+        """Return unacked entries to the head, in their original order. A quorum queue
+        counts each return, dead-letters (reason `delivery_limit`) or drops the entries past
+        `x-delivery-limit`, and delivers the others before any other message in the order
+        they came back, as RabbitMQ 4 does."""
         back = [e for e in entries if self.unacked.pop(e.seq, None) is not None]
         if not back or self.deleted:
             for e in back:
                 self._release(e)
+            return
+        if self.quorum:
+            limit = self.args.delivery_limit
+            for e in back:
+                e.returns += 1
+                e.redelivered = True
+                if limit is not None and e.returns > limit:
+                    self._release(e)
+                    self.vhost.dead_letter(e, "delivery_limit", now)
+                    continue
+                if e.persisted:
+                    self.vhost.store.put_value(RETURNS_SPACE,
+                                               (self.vhost.name, self.name, e.seq), e.returns)
+                self._returns.append(e)
+                self._ready_count += 1
+                self.ready_bytes += len(e.message.body)
+            self.dispatch(now)
             return
         back.sort(key=lambda e: e.seq, reverse=True)
         for e in back:
@@ -431,6 +462,11 @@ class Queue:
         """Drop every ready message (`settle`: and ack their store records; not needed when
         the queue itself is being deleted)."""
         n = self._ready_count
+        while self._returns:
+            e = self._returns.popleft()
+            if not settle:
+                e.persisted = False
+            self._release(e)
         for level in self._ready:
             for e in level.clear():
                 if not settle:
@@ -464,5 +500,6 @@ class Queue:
             self.dispatch(now)
 
     def iter_ready(self) -> Iterable[Entry]:
+        yield from self._returns
         for level in reversed(self._ready):
             yield from level

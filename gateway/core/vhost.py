@@ -8,6 +8,7 @@ persistent messages in durable queues are written to the store as they change.
 from __future__ import annotations
 
 import base64
+import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,11 +26,15 @@ from gateway.core.exchange import EXCHANGE_TYPES, Binding, Exchange, _freeze
 from gateway.core.message import Message
 from gateway.core.policy import Policy, select
 from gateway.core.queue import Entry, Queue
+from gateway.core.queue_args import TYPE_MODULES
+from gateway.core.queue_args import validate as validate_queue_arguments
 from gateway.store.base import PolicyRecord
 
 if TYPE_CHECKING:
     from gateway.core.consumer import Consumer
     from gateway.store.base import Store
+
+log = logging.getLogger("gateway.queue")
 
 PREDECLARED = (
     ("amq.direct", "direct"),
@@ -265,6 +270,9 @@ class VirtualHost:
                         f"'{_fmt(cur)}'")
             for key in sorted((set(args) | set(existing.arguments)) & EQUIVALENCE_ARGS):
                 got_v, cur_v = args.get(key), existing.arguments.get(key)
+                if key == "x-queue-type":
+                    # RabbitMQ puts the default type in before comparing
+                    got_v, cur_v = got_v or "classic", cur_v or "classic"
                 if _freeze(got_v) != _freeze(cur_v):
                     raise PreconditionFailed(
                         f"PRECONDITION_FAILED - inequivalent arg '{key}' for queue '{name}' "
@@ -272,6 +280,25 @@ class VirtualHost:
                         f"{_fmt(cur_v)!s}")
             existing.last_used = now
             return existing
+        qtype = validate_queue_arguments(
+            args, f"queue '{name}' {self._where()}" if name else "queue")
+        if qtype != "classic" and (server_named or not name):
+            raise PreconditionFailed(f"PRECONDITION_FAILED - Cannot declare a server-named "
+                                     f"queue for type {TYPE_MODULES[qtype]}")
+        if qtype == "stream":
+            raise PreconditionFailed(f"PRECONDITION_FAILED - cannot declare queue '{name}' "
+                                     f"{self._where()}: x-queue-type 'stream' is not "
+                                     "supported yet by this broker (streams are not built)")
+        if qtype == "quorum":
+            # RabbitMQ 4: rabbit_quorum_queue:declare/2 through rabbit_queue_type_util
+            for bad, prop in ((auto_delete, "auto-delete"), (exclusive, "exclusive-owner"),
+                              (not durable, "non-durable")):
+                if bad:
+                    raise PreconditionFailed(f"PRECONDITION_FAILED - invalid property "
+                                             f"'{prop}' for queue '{name}' {self._where()}")
+            if args.get("x-overflow") == "reject-publish-dlx":
+                log.warning("Invalid overflow strategy 'reject-publish-dlx' for quorum queue "
+                            "'%s' %s: drop-head is used", name, self._where())
         if not name:
             name = server_queue_name()
         elif name.startswith("amq.") and not hidden and not server_named:
@@ -284,6 +311,10 @@ class VirtualHost:
         q = Queue(self, name, durable=durable, exclusive_owner=owner if exclusive else None,
                   auto_delete=auto_delete, arguments=args, now=now, hidden=hidden)
         self.queues[name] = q
+        if q.unsupported_arguments:
+            # accepted and ignored, as RabbitMQ ignores arguments it does not know
+            log.info("queue '%s' %s: arguments %s are not supported and are ignored", name,
+                     self._where(), ", ".join(q.unsupported_arguments))
         if durable and not exclusive:
             self.store.put_queue(self.name, q)
         return q

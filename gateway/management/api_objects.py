@@ -252,9 +252,9 @@ def declare_queue(ctx: Ctx) -> Response:
     name = ctx.params["name"]
     body = ctx.body_json()
     args = _arguments(body)
-    qtype = body.get("type") or args.get("x-queue-type")
-    if qtype not in (None, "classic"):
-        raise ApiError(400, f"queue type '{qtype}' is not supported: only classic queues")
+    qtype = body.get("type")
+    if qtype is not None and "x-queue-type" not in args:
+        args["x-queue-type"] = qtype  # the core checks it as a declare does
     access.declare_queue(ctx.app.auth, ctx.user, vh, name, arguments=args)
     existed = name in vh.queues
     vh.declare_queue(name, durable=_bool(body, "durable", True),

@@ -79,11 +79,15 @@ def queue(q: Queue, stats: Stats, now: float) -> dict[str, Any]:
     return {
         "name": q.name,
         "vhost": vh.name,
-        "type": "classic",
+        "type": q.queue_type,
         "durable": q.durable,
         "auto_delete": q.auto_delete,
         "exclusive": q.exclusive_owner is not None,
         "arguments": jsonable(q.arguments),
+        # accepted and ignored (unknown to this broker), as RabbitMQ ignores them
+        "unsupported_arguments": list(q.unsupported_arguments),
+        "delivery_limit": (q.args.delivery_limit if q.args.delivery_limit is not None
+                           else "unlimited") if q.quorum else None,
         "node": NODE,
         "state": "running",
         "policy": policy,

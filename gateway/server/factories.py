@@ -42,7 +42,8 @@ def amqp_session(server: Server, peer: tuple[str, int], wake: Callable[[], None]
         server.broker, server.auth, peer=peer, loopback=is_loopback(peer[0]),
         clock=server.clock, wake=wake, frame_max=amqp.frame_max,
         channel_max=amqp.channel_max, heartbeat=amqp.heartbeat,
-        max_message_size=limits.max_message_size, high_water=limits.connection_buffer,
+        consumer_timeout=amqp.consumer_timeout, max_message_size=limits.max_message_size,
+        high_water=limits.connection_buffer,
         tls=tls, admit=server.admit, consumer_max=limits.consumer_max_per_channel,
         admit_channel=server.admit_channel)
 

@@ -10,12 +10,19 @@ counted alone; global=true limits the whole channel; both may apply at once.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from pamqp import commands
 
 from gateway.core.confirms import Confirms
-from gateway.core.errors import AccessRefused, NotAllowed, NotFound, PreconditionFailed
+from gateway.core.errors import (
+    AccessRefused,
+    NotAllowed,
+    NotFound,
+    NotImplementedFeature,
+    PreconditionFailed,
+)
 from gateway.core.exchange import Exchange
 from gateway.core.message import Message
 from gateway.core.queue import Entry, Queue
@@ -99,7 +106,8 @@ class Channel:
         if not consumer.no_ack:
             self.unacked[tag] = (entry, consumer)
             consumer.unacked += 1
-        msg = entry.message
+            entry.delivered_at = self.session.clock()
+        msg = with_delivery_count(entry)
         try:
             self.session.send_delivery(self.number, consumer.tag, tag, entry.redelivered, msg)
         except ValueError as exc:
@@ -121,7 +129,8 @@ class Channel:
         self.next_tag = tag + 1
         if not no_ack:
             self.unacked[tag] = (entry, None)
-        msg = entry.message
+            entry.delivered_at = now
+        msg = with_delivery_count(entry)
         self.session.send_content(
             self.number,
             reply(Basic.GetOk, delivery_tag=tag, redelivered=entry.redelivered,
@@ -153,6 +162,10 @@ class Channel:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise PreconditionFailed("PRECONDITION_FAILED - invalid x-priority")
             priority = value
+        if queue.quorum and self.global_prefetch:
+            # RabbitMQ 4 (rabbit_quorum_queue:consume/3, rabbit_channel): a hard error
+            raise NotImplementedFeature(f"NOT_IMPLEMENTED - queue '{queue.name}' in vhost "
+                                        f"'{queue.vhost.name}' does not support global qos")
         limit = self.session.consumer_max
         if limit and len(self.consumers) >= limit:
             raise NotAllowed(f"NOT_ALLOWED - reached maximum ({limit}) of consumers per "
@@ -224,6 +237,26 @@ class Channel:
         for queue, entries in queues.items():
             queue.requeue(entries, now)
 
+    def timed_out(self, now: float, default_ms: int) -> int | None:
+        """The timeout (ms) the oldest unacknowledged delivery has gone past, if it has:
+        its queue's `x-consumer-timeout` (or `consumer-timeout` policy), else `default_ms`
+        (0: none). Only the oldest is looked at, as RabbitMQ's channel does."""
+        if not self.unacked:
+            return None
+        tag = next(iter(self.unacked))
+        entry = self.unacked[tag][0]
+        timeout = entry.queue.args.consumer_timeout
+        if timeout is None:
+            timeout = default_ms
+        if not timeout or now - entry.delivered_at <= timeout / 1000.0:
+            return None
+        consumer = self.unacked[tag][1]
+        log.warning("consumer '%s' on channel %d and queue '%s' in vhost '%s' has timed out "
+                    "waiting for a consumer acknowledgement of a delivery with delivery tag "
+                    "= %d. Timeout used: %d ms", consumer.tag if consumer else "(basic.get)",
+                    self.number, entry.queue.name, entry.queue.vhost.name, tag, timeout)
+        return timeout
+
     def kick(self, now: float) -> None:
         """Credit came back: let the queues this channel consumes from deliver again."""
         seen: set[Queue] = set()
@@ -264,6 +297,18 @@ class Channel:
             self.reply_queue.vhost.remove_queue(self.reply_queue)
         self.tx_publishes.clear()
         self.tx_acks.clear()
+
+
+def with_delivery_count(entry: Entry) -> Message:
+    """The message as delivered: from a quorum queue after it came back unsettled, with the
+    `x-delivery-count` header (RabbitMQ 4: the times it was returned), on a copy so that
+    the shared message and its cached encoding stay as published."""
+    msg = entry.message
+    if not entry.returns:
+        return msg
+    headers = dict(msg.properties.headers or {})
+    headers["x-delivery-count"] = entry.returns
+    return replace(msg, properties=msg.properties.copy(headers=headers), cache={})
 
 
 def raise_not_allowed_tag(tag: str) -> None:

@@ -104,11 +104,13 @@ class AMQPSession(Outbox):
         admit: Admit = admit_all,
         consumer_max: int = 0,
         admit_channel: AdmitChannel = admit_any_channel,
+        consumer_timeout: int = 1_800_000,
     ) -> None:
         self.id = broker.next_connection_id()  # unique among the broker's connections
         self.admit = admit
         self.admit_channel = admit_channel
         self.consumer_max = consumer_max  # per channel, 0 = no limit
+        self.consumer_timeout = consumer_timeout  # ms, 0 = none; queues may set their own
         self.broker = broker
         self.auth = auth
         self.peer = peer
@@ -199,7 +201,18 @@ class AMQPSession(Outbox):
         self.flush_confirms()
 
     def timer(self, now: float) -> None:
-        """Heartbeats: send one when idle for half the interval; give up after two missed."""
+        """Heartbeats: send one when idle for half the interval; give up after two missed.
+        Consumer timeouts: a channel whose oldest unacknowledged delivery is older than its
+        queue's timeout is closed with 406, as RabbitMQ's channel tick does."""
+        if self.state is State.OPEN:
+            for ch in list(self.channels.values()):
+                timeout = ch.timed_out(now, self.consumer_timeout)
+                if timeout is not None and not ch.closing:
+                    self.close_channel(ch, PreconditionFailed(
+                        f"PRECONDITION_FAILED - delivery acknowledgement on channel "
+                        f"{ch.number} timed out. Timeout value used: {timeout} ms. This "
+                        "timeout value can be configured, see consumers doc guide to learn "
+                        "more"), 0, 0)
         if self.state is State.CLOSED or not self.heartbeat or self.state in (
                 State.HEADER, State.START_OK, State.TUNE_OK):
             return

@@ -244,7 +244,12 @@ pages.queue = async (root, vhost, name) => {
   state.timer = setInterval(() => refresh().catch(() => {}), 5000);
   root.append(el("h1", {}, `Queue ${q.name}`),
     el("p", { class: "muted" }, `vhost ${q.vhost} · ${q.durable ? "durable" : "transient"} · ` +
-      `arguments ${JSON.stringify(q.arguments)}` + (q.policy ? ` · policy ${q.policy}` : "")),
+      `${q.type} · arguments ${JSON.stringify(q.arguments)}` +
+      (q.policy ? ` · policy ${q.policy}` : "")),
+    ...(q.unsupported_arguments && q.unsupported_arguments.length ? [el("p",
+      { class: "warn", id: "unsupported-arguments" },
+      `Unsupported arguments (accepted and ignored): ${q.unsupported_arguments.join(", ")}`)]
+      : []),
     el("div", { class: "flow" }, el("span", { class: "muted" }, "Charts:"),
       rangeSelect(() => refresh().catch((e) => toast(e.message, true)))),
     live,
