@@ -43,6 +43,7 @@ from gateway.auth.passwords import (
     is_password_hash,
 )
 from gateway.auth.topics import check_topic_pattern
+from gateway.core import queue_args
 from gateway.core.errors import PreconditionFailed
 from gateway.core.exchange import EXCHANGE_TYPES
 from gateway.core.policy import Policy
@@ -232,7 +233,9 @@ def import_definitions(broker: Broker, auth: AuthService, data: dict[str, Any], 
     queues = []
     for q in _items(data, "queues"):
         args = q.table("arguments")
-        QueueArgs(args)  # validates
+        # checked as a declare is, before anything is applied (a bad x-queue-type too)
+        queue_args.validate(args, f"queue '{q.text('name')}' in vhost '{q.text('vhost')}'")
+        QueueArgs(args)
         queues.append((q.text("vhost"), q.text("name"), q.flag("durable", True),
                        q.flag("auto_delete", False), args))
     bindings = []

@@ -113,6 +113,10 @@ def test_a_bad_document_changes_nothing(tmp_path: Path) -> None:
                           "auto_delete": False, "arguments": {}}]}
     with pytest.raises(PreconditionFailed, match="nowhere"):
         import_definitions(broker, auth, orphan)
+    typo = json.loads(json.dumps(RABBIT_EXPORT))
+    typo["queues"][0]["arguments"]["x-queue-type"] = "quorom"
+    with pytest.raises(PreconditionFailed, match="unsupported queue type 'quorom'"):
+        import_definitions(broker, auth, typo)
     assert [u.name for u in auth.list_users()] == ["guest"]
     assert list(broker.vhosts) == ["/"]
     stop(broker)
