@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.core.consumer import Consumer
 from gateway.core.errors import PreconditionFailed
 from gateway.core.message import Message
+from gateway.core.observe import Acked, Delivered, Dropped, Rejected, Requeued
 from gateway.core.paging import ReadyLevel
 from gateway.core.policy import Policy, queue_arguments, select
 
@@ -221,7 +222,7 @@ class Queue:
             # never touching the ready list (the common case of a keeping-up consumer)
             consumer = self._pick_consumer()
             if consumer is not None:
-                self._hand_over(entry, consumer.no_ack)
+                self._hand_over(entry, consumer.no_ack, consumer)
                 consumer.deliver(entry)
                 return True
         if len(self._ready) > 1:
@@ -349,10 +350,16 @@ class Queue:
                 return
             entry = self._pop_head()
             assert entry is not None
-            self._hand_over(entry, consumer.no_ack)
+            self._hand_over(entry, consumer.no_ack, consumer)
             consumer.deliver(entry)
 
-    def _hand_over(self, entry: Entry, no_ack: bool) -> None:
+    def _hand_over(self, entry: Entry, no_ack: bool, consumer: Consumer | None = None
+                   ) -> None:
+        """`consumer`: who takes it (None: basic.get, or a session resuming it)."""
+        observers = self.vhost.observers
+        if observers:
+            observers.delivered(Delivered(self.vhost.name, self.name, entry.message,
+                                          entry.seq, consumer, entry.redelivered, no_ack))
         entry.delivery_count += 1
         self.stats_delivered += 1
         if entry.redelivered:
@@ -404,20 +411,34 @@ class Queue:
         if self.unacked.pop(entry.seq, None) is not None:
             self.stats_acked += 1
             self._release(entry)
+            observers = self.vhost.observers
+            if observers:
+                observers.acked(Acked(self.vhost.name, self.name, entry.message, entry.seq))
 
     def reject(self, entry: Entry, now: float) -> None:
         """Reject without requeue: settle and dead-letter."""
         if self.unacked.pop(entry.seq, None) is not None:
             self._release(entry)
+            observers = self.vhost.observers
+            if observers:
+                observers.rejected(Rejected(self.vhost.name, self.name, entry.message,
+                                            entry.seq))
             self.vhost.dead_letter(entry, "rejected", now)
 
     def requeue(self, entries: Iterable[Entry], now: float) -> None:
         """Return unacked entries to the head, in their original order."""
         back = [e for e in entries if self.unacked.pop(e.seq, None) is not None]
+        observers = self.vhost.observers
         if not back or self.deleted:
             for e in back:
                 self._release(e)
+                if observers:
+                    observers.dropped(Dropped(self.vhost.name, self.name, e.message,
+                                              "queue deleted"))
             return
+        if observers:
+            for e in back:
+                observers.requeued(Requeued(self.vhost.name, self.name, e.message, e.seq))
         back.sort(key=lambda e: e.seq, reverse=True)
         for e in back:
             e.redelivered = True

@@ -30,7 +30,7 @@ from gateway.core.errors import BrokerError
 from gateway.management import api_access, api_limits, api_node, api_objects, api_tools
 from gateway.management.metrics import make_registry, render_metrics
 from gateway.management.router import Access, ApiError, Ctx, Route, Routes, VhostScope, dumps
-from gateway.management.shapes import Listening
+from gateway.management.shapes import Listening, consumer_ref
 from gateway.management.stats import Stats
 from gateway.management.trace import Tracer
 from gateway.server.connection import run_password_check
@@ -65,7 +65,9 @@ class ManagementApp:
         self.broker = server.broker
         self.auth = server.auth
         self.stats = Stats(server.broker, server.sessions)
-        self.tracer = Tracer(server.broker, self.stats, server.clock)
+        self.tracer = Tracer(lambda c: consumer_ref(c, self.listening), server.clock)
+        # told by the core what happens to every message, in every vhost, from now on
+        server.broker.observers.extend((self.stats, self.tracer))
         self.routes = _routes()
         http = server.config.http
         self.policy = BrowserPolicy(http.allowed_origins, http.allowed_hosts)
@@ -75,10 +77,9 @@ class ManagementApp:
     # -- background ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Sample counters for rates once a second (and count publishes by protocol)."""
+        """Sample counters for rates once a second."""
         while True:
             now = self.server.clock()
-            self.tracer.attach_all()
             self.stats.sample(now)
             await trio.sleep(SAMPLE_SECONDS)
 

@@ -146,6 +146,21 @@ def consumer(c: Any, q: Queue, listening: Listening) -> dict[str, Any]:
     return out
 
 
+def consumer_ref(c: Any, listening: Listening) -> dict[str, Any]:
+    """The consumer as a trace record names it: its tag, and the connection and channel
+    (or session) it belongs to."""
+    channel = getattr(c, "channel", None)
+    session = getattr(channel, "session", None) or getattr(c, "session", None)
+    out: dict[str, Any] = {"consumer_tag": c.tag, "protocol": "", "peer": "",
+                           "connection": None, "channel": None}
+    if session is not None:
+        conn = connection_ref(session, listening)
+        out.update(protocol=protocol_name(session), peer=f"{conn['peer_host']}:"
+                   f"{conn['peer_port']}", connection=conn["name"],
+                   channel=getattr(channel, "number", None), user=user_name(session))
+    return out
+
+
 # -- exchanges and bindings -------------------------------------------------------------
 
 

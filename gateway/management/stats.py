@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
+from gateway.core.observe import Observer, Published
 from gateway.management.history import INTERVAL, Series
 
 if TYPE_CHECKING:
@@ -76,7 +77,11 @@ def _rate(series: deque[Sample] | None, index: int) -> float:
     return round((last[index] - first[index]) / dt, 1)
 
 
-class Stats:
+class Stats(Observer):
+    """Registered as an observer of the core (`gateway.core.observe`): it counts
+    publishes by origin protocol as the core routes them, in every vhost from its first
+    message."""
+
     def __init__(self, broker: Broker, sessions: set[Any]) -> None:
         self.broker = broker
         self.sessions = sessions
@@ -86,7 +91,7 @@ class Stats:
         self.seen: dict[Any, tuple[float, str]] = {}  # session -> (first seen, protocol)
         self.opened: Counter[str] = Counter()
         self.closed: Counter[str] = Counter()
-        # messages published, by origin protocol (counted by trace.Tracer's wrapper)
+        # messages published, by origin protocol (told by the core: `published`)
         self.received: dict[str, int] = {}
         self.unroutable: dict[str, int] = {}
         self._channels: dict[Any, deque[Sample]] = {}
@@ -96,6 +101,15 @@ class Stats:
         self.first_bucket = -1  # when the history began (-1: not yet)
         self.last_bucket = -1
         self._vhost_retired: dict[str, list[int]] = {}  # like `retired`, per vhost
+
+    # -- what the core tells ---------------------------------------------------------------
+
+    def published(self, event: Published) -> None:
+        origin = event.message.origin
+        received = self.received
+        received[origin] = received.get(origin, 0) + 1
+        if not event.queues:
+            self.unroutable[origin] = self.unroutable.get(origin, 0) + 1
 
     # -- sampling --------------------------------------------------------------------------
 
