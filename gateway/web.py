@@ -7,7 +7,11 @@ the server.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
+
+if TYPE_CHECKING:
+    import h11
 
 
 @dataclass(slots=True)
@@ -21,6 +25,18 @@ class Request:
     # what the application's head check found out (the authenticated user, the route), for
     # its handler; None until a head check let the request through
     auth: object = None
+
+    @classmethod
+    def from_h11(cls, event: h11.Request, peer: tuple[str, int], tls: bool = False
+                 ) -> Request:
+        return cls(
+            method=event.method.decode("ascii", "replace"),
+            target=event.target.decode("latin-1"),
+            headers=[(k.decode("latin-1").lower(), v.decode("latin-1"))
+                     for k, v in event.headers],
+            peer=peer,
+            tls=tls,
+        )
 
     @property
     def body_announced(self) -> bool:

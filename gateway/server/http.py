@@ -77,17 +77,6 @@ HeadCheck = Callable[[Request], Awaitable["Response | None"]]
 UpgradeHandler = Callable[[Request, trio.abc.Stream, bytes], Awaitable[None]]
 
 
-def _request(event: h11.Request, peer: tuple[str, int], tls: bool) -> Request:
-    return Request(
-        method=event.method.decode("ascii", "replace"),
-        target=event.target.decode("latin-1"),
-        headers=[(k.decode("latin-1").lower(), v.decode("latin-1"))
-                 for k, v in event.headers],
-        peer=peer,
-        tls=tls,
-    )
-
-
 class _Closed(Exception):
     """The peer went away or broke the protocol: stop serving this connection."""
 
@@ -201,7 +190,7 @@ class HTTPServer:
             return None
         if not isinstance(event, h11.Request):
             raise _Closed
-        request = _request(event, peer, tls)
+        request = Request.from_h11(event, peer, tls)
         # an upgrade on a path with a handler is that handler's to judge (it owns the
         # connection afterwards); everything else is judged here, before the body is read
         if not (request.header("upgrade") and request.path in self.upgrades):
