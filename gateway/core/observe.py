@@ -19,9 +19,11 @@ decided there, as RabbitMQ's channel hands its routing result to `rabbit_trace:t
 
 Observers are registered on the broker (`Broker.observers`), which every virtual host
 shares from its construction on, so a vhost made later is observed from its first
-message. With none registered a hook point costs one truth test of an empty list.
+message. A hook point tests the list of observers of its kind of event before it makes
+one: with none registered (or none taking that kind) it costs one truth test.
 
-Callbacks run inside the core's step and must not call back into the core.
+Callbacks run inside the core's step and must not call back into the core, nor change
+the event they are given (events are plain slotted records, cheap to make; not frozen).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from gateway.core.consumer import Consumer
     from gateway.core.message import Message
+    from gateway.core.queue import Queue
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,13 +48,13 @@ class Hop:
     key: str  # the binding keys that matched, comma-separated
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Published:
     vhost: str
     exchange: str
     routing_key: str
     message: Message
-    queues: tuple[str, ...]  # every queue the routing reached
+    queues: tuple[Queue, ...]  # every queue the routing reached
     hops: tuple[Hop, ...]  # only when an observer wants them for this vhost
     now: float
 
@@ -60,7 +63,7 @@ class Published:
         return bool(self.queues)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delivered:
     vhost: str
     queue: str
@@ -71,7 +74,7 @@ class Delivered:
     no_ack: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Acked:
     vhost: str
     queue: str
@@ -79,7 +82,7 @@ class Acked:
     seq: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Rejected:
     """Rejected without requeue (a dead-lettering or a drop follows)."""
 
@@ -89,7 +92,7 @@ class Rejected:
     seq: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Requeued:
     """Back at the head of its queue: rejected or nacked with requeue, recovered, or its
     consumer or channel went away unacknowledged."""
@@ -100,7 +103,7 @@ class Requeued:
     seq: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DeadLettered:
     vhost: str
     queue: str  # the queue it left
@@ -111,7 +114,7 @@ class DeadLettered:
     queues: tuple[str, ...]  # where the copy went
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Dropped:
     vhost: str
     queue: str
@@ -150,37 +153,86 @@ class Observer:
         pass
 
 
-class Observers(list[Observer]):
-    """The registered observers, shared by the broker and every vhost. Empty is false: a
-    hook point tests it before making an event."""
+_KINDS = ("published", "delivered", "acked", "rejected", "requeued", "dead_lettered",
+          "dropped")
+
+
+class Observers:
+    """The registered observers, shared by the broker and every vhost. For each kind of
+    event, `to_<kind>` lists those that take it (that override its callback): a hook point
+    tests that list before it makes an event, so what nobody listens to costs a truth test.
+    """
+
+    __slots__ = ("_all", "_hops", "to_published", "to_delivered", "to_acked", "to_rejected",
+                 "to_requeued", "to_dead_lettered", "to_dropped")
+
+    def __init__(self, observers: tuple[Observer, ...] = ()) -> None:
+        self._all: list[Observer] = []
+        self._hops: list[Observer] = []  # those that may want hops
+        self.to_published: list[Observer] = []
+        self.to_delivered: list[Observer] = []
+        self.to_acked: list[Observer] = []
+        self.to_rejected: list[Observer] = []
+        self.to_requeued: list[Observer] = []
+        self.to_dead_lettered: list[Observer] = []
+        self.to_dropped: list[Observer] = []
+        for o in observers:
+            self.add(o)
+
+    def __bool__(self) -> bool:
+        return bool(self._all)
+
+    def __contains__(self, observer: Observer) -> bool:
+        return observer in self._all
+
+    def add(self, observer: Observer) -> None:
+        if observer not in self._all:
+            self._all.append(observer)
+            self._sort()
+
+    def remove(self, observer: Observer) -> None:
+        if observer in self._all:
+            self._all.remove(observer)
+            self._sort()
+
+    def _sort(self) -> None:
+        # lists are replaced, never changed in place: a dispatch under way is not disturbed
+        for kind in _KINDS:
+            base = getattr(Observer, kind)
+            setattr(self, f"to_{kind}",
+                    [o for o in self._all if getattr(type(o), kind) is not base])
+        self._hops = [o for o in self._all if type(o).wants_hops is not Observer.wants_hops]
 
     def wants_hops(self, vhost: str) -> bool:
-        return any(o.wants_hops(vhost) for o in self)
+        for o in self._hops:
+            if o.wants_hops(vhost):
+                return True
+        return False
 
     def published(self, event: Published) -> None:
-        for o in self:
+        for o in self.to_published:
             o.published(event)
 
     def delivered(self, event: Delivered) -> None:
-        for o in self:
+        for o in self.to_delivered:
             o.delivered(event)
 
     def acked(self, event: Acked) -> None:
-        for o in self:
+        for o in self.to_acked:
             o.acked(event)
 
     def rejected(self, event: Rejected) -> None:
-        for o in self:
+        for o in self.to_rejected:
             o.rejected(event)
 
     def requeued(self, event: Requeued) -> None:
-        for o in self:
+        for o in self.to_requeued:
             o.requeued(event)
 
     def dead_lettered(self, event: DeadLettered) -> None:
-        for o in self:
+        for o in self.to_dead_lettered:
             o.dead_lettered(event)
 
     def dropped(self, event: Dropped) -> None:
-        for o in self:
+        for o in self.to_dropped:
             o.dropped(event)

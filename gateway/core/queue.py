@@ -123,6 +123,7 @@ class Queue:
             if self.policy is not None:
                 self.args = QueueArgs(self.effective_arguments())
         self.hidden = hidden
+        self._observers = vhost.observers  # the vhost's, shared (gateway.core.observe)
         levels = (self.args.max_priority or 0) + 1
         self._ready: list[ReadyLevel] = [ReadyLevel(self) for _ in range(levels)]
         self._ready_count = 0
@@ -356,8 +357,8 @@ class Queue:
     def _hand_over(self, entry: Entry, no_ack: bool, consumer: Consumer | None = None
                    ) -> None:
         """`consumer`: who takes it (None: basic.get, or a session resuming it)."""
-        observers = self.vhost.observers
-        if observers:
+        observers = self._observers
+        if observers.to_delivered:
             observers.delivered(Delivered(self.vhost.name, self.name, entry.message,
                                           entry.seq, consumer, entry.redelivered, no_ack))
         entry.delivery_count += 1
@@ -411,16 +412,16 @@ class Queue:
         if self.unacked.pop(entry.seq, None) is not None:
             self.stats_acked += 1
             self._release(entry)
-            observers = self.vhost.observers
-            if observers:
+            observers = self._observers
+            if observers.to_acked:
                 observers.acked(Acked(self.vhost.name, self.name, entry.message, entry.seq))
 
     def reject(self, entry: Entry, now: float) -> None:
         """Reject without requeue: settle and dead-letter."""
         if self.unacked.pop(entry.seq, None) is not None:
             self._release(entry)
-            observers = self.vhost.observers
-            if observers:
+            observers = self._observers
+            if observers.to_rejected:
                 observers.rejected(Rejected(self.vhost.name, self.name, entry.message,
                                             entry.seq))
             self.vhost.dead_letter(entry, "rejected", now)
@@ -428,15 +429,15 @@ class Queue:
     def requeue(self, entries: Iterable[Entry], now: float) -> None:
         """Return unacked entries to the head, in their original order."""
         back = [e for e in entries if self.unacked.pop(e.seq, None) is not None]
-        observers = self.vhost.observers
+        observers = self._observers
         if not back or self.deleted:
             for e in back:
                 self._release(e)
-                if observers:
+                if observers.to_dropped:
                     observers.dropped(Dropped(self.vhost.name, self.name, e.message,
                                               "queue deleted"))
             return
-        if observers:
+        if observers.to_requeued:
             for e in back:
                 observers.requeued(Requeued(self.vhost.name, self.name, e.message, e.seq))
         back.sort(key=lambda e: e.seq, reverse=True)

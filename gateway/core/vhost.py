@@ -457,7 +457,7 @@ class VirtualHost:
     def publish(self, exchange: Exchange, routing_key: str, message: Message,
                 now: float) -> PublishResult:
         """Route `message` and enqueue it in every queue it reaches."""
-        if self.observers:
+        if self.observers.to_published:
             return self._publish_observed(exchange, routing_key, message, now)
         self.stats_published += 1
         headers = message.properties.headers
@@ -472,9 +472,15 @@ class VirtualHost:
         for q in queues:
             if not q.enqueue(message, now):
                 rejected = True
-                if q.args.overflow == "reject-publish-dlx":
-                    self.dead_letter(Entry(message, -1, q, None, False), "maxlen", now)
+                self._refused(q, message, now)
         return REJECTED if rejected else ROUTED
+
+    def _refused(self, q: Queue, message: Message, now: float) -> None:
+        """`q` refused a publish (x-overflow reject-publish or reject-publish-dlx)."""
+        if q.args.overflow == "reject-publish-dlx":
+            self.dead_letter(Entry(message, -1, q, None, False), "maxlen", now)
+        elif self.observers.to_dropped:
+            self.observers.dropped(Dropped(self.name, q.name, message, "refused"))
 
     def _publish_observed(self, exchange: Exchange, routing_key: str, message: Message,
                           now: float) -> PublishResult:
@@ -490,18 +496,15 @@ class VirtualHost:
         if not queues:
             self.stats_unroutable += 1
         self.observers.published(Published(
-            self.name, exchange.name, routing_key, message, tuple(q.name for q in queues),
-            tuple(hops or ()), now))
+            self.name, exchange.name, routing_key, message, tuple(queues),
+            tuple(hops) if hops else (), now))
         if not queues:
             return UNROUTED
         rejected = False
         for q in queues:
             if not q.enqueue(message, now):
                 rejected = True
-                if q.args.overflow == "reject-publish-dlx":
-                    self.dead_letter(Entry(message, -1, q, None, False), "maxlen", now)
-                else:
-                    self.observers.dropped(Dropped(self.name, q.name, message, "refused"))
+                self._refused(q, message, now)
         return REJECTED if rejected else ROUTED
 
     def _route_sender_selected(self, exchange: Exchange, routing_key: str,
@@ -530,7 +533,7 @@ class VirtualHost:
         dlx_name = q.args.dlx
         dlx = self.exchanges.get(dlx_name) if dlx_name is not None else None
         if dlx is None:
-            if self.observers:
+            if self.observers.to_dropped:
                 self.observers.dropped(Dropped(self.name, q.name, entry.message, reason))
             return
         old = entry.message
@@ -582,13 +585,13 @@ class VirtualHost:
         for key in keys:
             targets.update(self.route(dlx, key, headers))
         reached = [t for t in targets if not _is_cycle(t.name, deaths)]
-        if self.observers:
-            if targets and not reached:
+        if targets and not reached:
+            if self.observers.to_dropped:
                 self.observers.dropped(Dropped(self.name, q.name, old, "cycle"))
-            else:
-                self.observers.dead_lettered(DeadLettered(
-                    self.name, q.name, old, reason, dlx.name, msg.id,
-                    tuple(t.name for t in reached)))
+        elif self.observers.to_dead_lettered:
+            self.observers.dead_lettered(DeadLettered(
+                self.name, q.name, old, reason, dlx.name, msg.id,
+                tuple(t.name for t in reached)))
         for target in reached:
             # (a cycle without any rejection would loop forever: dropped, as RabbitMQ does)
             target.enqueue(msg, now)

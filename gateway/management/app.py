@@ -68,9 +68,10 @@ class ManagementApp:
         self.broker = server.broker
         self.auth = server.auth
         self.stats = Stats(server.broker, server.sessions)
-        self.tracer = Tracer(lambda c: consumer_ref(c, self.listening), server.clock)
+        self.tracer = Tracer(server.broker.observers,
+                             lambda c: consumer_ref(c, self.listening), server.clock)
         # told by the core what happens to every message, in every vhost, from now on
-        server.broker.observers.extend((self.stats, self.tracer))
+        server.broker.observers.add(self.stats)
         self.routes = _routes()
         self.policy = policy
         self._static = _load_static()

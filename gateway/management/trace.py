@@ -6,8 +6,8 @@ is on it asks for the exchange hops of each publish and keeps a record made of w
 core announced: the routing result, then per queue each step in order (delivered, to which
 consumer; acked, rejected, requeued, dead-lettered and where the copy went, dropped and
 why). A dead-lettered copy is followed into the queues it reached, in the same record.
-With tracing off nothing is recorded; the cost is one set lookup per publish and one dict
-lookup per delivery or settlement while the management app runs.
+The tracer is registered only while some vhost is traced; then an untraced message costs
+a set lookup at its publish and a dict lookup at each later step.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from gateway.core.observe import (
     Delivered,
     Dropped,
     Observer,
+    Observers,
     Published,
     Rejected,
     Requeued,
@@ -40,9 +41,11 @@ Key = tuple[str, int, str]
 
 
 class Tracer(Observer):
-    def __init__(self, describe: Callable[[Consumer], dict[str, Any]],
+    def __init__(self, observers: Observers, describe: Callable[[Consumer], dict[str, Any]],
                  clock: Callable[[], float]) -> None:
-        """`describe`: the consumer's connection (or session) and channel, for a record."""
+        """`observers`: the broker's, which the tracer joins while some vhost is traced;
+        `describe`: the consumer's connection (or session) and channel, for a record."""
+        self.observers = observers
         self.describe = describe
         self.clock = clock
         self._on: set[str] = set()
@@ -61,8 +64,11 @@ class Tracer(Observer):
         if on:
             self._on.add(vhost)
             self.records.setdefault(vhost, deque())
+            self.observers.add(self)
         else:
             self._on.discard(vhost)
+            if not self._on:
+                self.observers.remove(self)
 
     def clear(self, vhost: str) -> None:
         for record in self.records.pop(vhost, ()):
@@ -95,8 +101,8 @@ class Tracer(Observer):
             "time": event.now, "routed": event.routed, "queues": [],
         }
         self._keys[record["id"]] = []
-        for name in event.queues:
-            self._add_queue(record, event.vhost, message.id, name, "routed")
+        for q in event.queues:
+            self._add_queue(record, event.vhost, message.id, q.name, "routed")
         kept = self.records.setdefault(event.vhost, deque())
         kept.append(record)
         while len(kept) > KEEP:

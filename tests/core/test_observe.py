@@ -56,7 +56,7 @@ class Log(Observer):
 def test_a_message_life_is_told_in_order_with_the_consumer() -> None:
     broker = new_broker()
     log = Log()
-    broker.observers.append(log)
+    broker.observers.add(log)
     vh = broker.vhost("/")
     vh.declare_exchange("dlx", "fanout")
     dead = vh.declare_queue("dead")
@@ -72,7 +72,7 @@ def test_a_message_life_is_told_in_order_with_the_consumer() -> None:
     assert log.kinds() == ["Published", "Delivered", "Requeued", "Delivered", "Rejected",
                            "DeadLettered"]
     pub, d1, _, d2, _, dl = log.events
-    assert pub.queues == ("work",) and pub.routed and pub.hops == ()
+    assert pub.queues == (work,) and pub.routed and pub.hops == ()
     assert d1.consumer is c and not d1.redelivered and d1.queue == "work"
     assert d2.consumer is c and d2.redelivered
     assert dl.reason == "rejected" and dl.exchange == "dlx" and dl.queues == ("dead",)
@@ -83,7 +83,7 @@ def test_a_message_life_is_told_in_order_with_the_consumer() -> None:
 def test_ack_get_drop_and_refusal_are_told() -> None:
     broker = new_broker()
     log = Log()
-    broker.observers.append(log)
+    broker.observers.add(log)
     vh = broker.vhost("/")
     q = vh.declare_queue("q")
     full = vh.declare_queue("full", arguments={"x-max-length": 0,
@@ -109,7 +109,7 @@ def test_ack_get_drop_and_refusal_are_told() -> None:
 def test_hops_are_the_routing_the_core_walked() -> None:
     broker = new_broker()
     log = Log(hops=True)
-    broker.observers.append(log)
+    broker.observers.add(log)
     vh = broker.vhost("/")
     vh.declare_exchange("outer", "topic")
     vh.declare_exchange("inner", "fanout")
@@ -133,7 +133,7 @@ def test_hops_are_the_routing_the_core_walked() -> None:
 def test_a_vhost_made_later_is_observed_from_its_first_message() -> None:
     broker = new_broker()
     log = Log()
-    broker.observers.append(log)
+    broker.observers.add(log)
     vh = broker.add_vhost("later")
     vh.declare_queue("q")
     publish(vh, "", "q")
@@ -149,3 +149,25 @@ def test_without_observers_nothing_is_made_and_routing_is_the_same() -> None:
     result = publish(vh, "", "q", b"x")
     assert result.routed and not result.rejected and c.bodies == [b"x"]
     assert not broker.observers and vh.observers is broker.observers
+    assert not broker.observers.to_published and not broker.observers.to_delivered
+
+
+def test_only_the_kinds_an_observer_takes_are_made() -> None:
+    class Publishes(Observer):
+        def __init__(self) -> None:
+            self.seen: list[Published] = []
+
+        def published(self, event: Published) -> None:
+            self.seen.append(event)
+
+    broker = new_broker()
+    only = Publishes()
+    broker.observers.add(only)
+    assert broker.observers.to_published == [only]
+    assert broker.observers.to_delivered == [] and broker.observers.to_acked == []
+    vh = broker.vhost("/")
+    vh.declare_queue("q")
+    publish(vh, "", "q")
+    assert len(only.seen) == 1
+    broker.observers.remove(only)
+    assert not broker.observers and broker.observers.to_published == []
