@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.info import TLSInfo
+
 
 @dataclass(frozen=True, slots=True)
 class TLSPeer:
@@ -18,3 +20,7 @@ class TLSPeer:
     # verified against [tls] cafile; None otherwise
     cert_user: str | None = None
     cert_subject: str = ""  # the verified certificate's subject, "CN=...,O=..." ("" if none)
+
+    def info(self) -> TLSInfo:
+        """As management shows it."""
+        return TLSInfo(self.version, self.cipher, self.cert_subject)

@@ -16,6 +16,7 @@ from gateway.core.durable import Durable
 from gateway.core.errors import NotAllowed, NotFound
 from gateway.core.exchange import Binding, Exchange
 from gateway.core.message import Message, Properties
+from gateway.core.observe import Observers
 from gateway.core.queue import RETURNS_SPACE, Queue
 from gateway.core.vhost import Meter, VirtualHost
 from gateway.store.base import (
@@ -31,11 +32,15 @@ from gateway.store.base import (
 
 class Broker:
     def __init__(self, store: Store, vhosts: Iterable[str] = ("/",), *,
-                 paging_threshold: int | None = None, max_queues_per_vhost: int = 0) -> None:
+                 paging_threshold: int | None = None, max_queues_per_vhost: int = 0,
+                 observers: Observers | None = None) -> None:
         """`paging_threshold`: bytes the queues hold before they page new messages out
         (None: never); `max_queues_per_vhost`: each vhost's max-queues when it is made
-        (0: no limit; a vhost limit set at run time overrides it)."""
+        (0: no limit; a vhost limit set at run time overrides it); `observers`: told what
+        happens to messages (gateway.core.observe), shared by every vhost."""
         self.store = store
+        # told what happens to messages in every vhost (gateway.core.observe)
+        self.observers = observers if observers is not None else Observers()
         self._ids = itertools.count(1)
         self._connection_ids = itertools.count(1)
         self.meter = Meter() if paging_threshold is None else Meter(paging_threshold)
@@ -64,7 +69,7 @@ class Broker:
         vh = self.vhosts.get(name)
         if vh is None:
             vh = self.vhosts[name] = VirtualHost(name, self.store, self.next_message_id,
-                                                 self.meter)
+                                                 self.meter, self.observers)
             vh.max_queues = self.max_queues_per_vhost or None  # (0: no limit)
         return vh
 

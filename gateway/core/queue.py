@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.core.consumer import Consumer
 from gateway.core.message import Message
+from gateway.core.observe import Acked, Delivered, Dropped, Rejected, Requeued
 from gateway.core.paging import ReadyLevel
 from gateway.core.policy import Policy, queue_arguments, select
 from gateway.core.queue_args import OVERFLOW_MODES, QueueArgs, queue_type, unsupported
@@ -87,6 +88,7 @@ class Queue:
             if self.policy is not None:
                 self.args = QueueArgs(self.effective_arguments(), self.queue_type)
         self.hidden = hidden
+        self._observers = vhost.observers  # the vhost's, shared (gateway.core.observe)
         # quorum queues: two levels (priority above 4 is high), as RabbitMQ 4's rabbit_fifo_q
         levels = 2 if self.quorum else (self.args.max_priority or 0) + 1
         self._ready: list[ReadyLevel] = [ReadyLevel(self) for _ in range(levels)]
@@ -194,7 +196,7 @@ class Queue:
             # never touching the ready list (the common case of a keeping-up consumer)
             consumer = self._pick_consumer()
             if consumer is not None:
-                self._hand_over(entry, consumer.no_ack)
+                self._hand_over(entry, consumer.no_ack, consumer)
                 consumer.deliver(entry)
                 return True
         level = self._level(message) if len(self._ready) > 1 else 0
@@ -352,10 +354,16 @@ class Queue:
                 return
             entry = self._pop_head()
             assert entry is not None
-            self._hand_over(entry, consumer.no_ack)
+            self._hand_over(entry, consumer.no_ack, consumer)
             consumer.deliver(entry)
 
-    def _hand_over(self, entry: Entry, no_ack: bool) -> None:
+    def _hand_over(self, entry: Entry, no_ack: bool, consumer: Consumer | None = None
+                   ) -> None:
+        """`consumer`: who takes it (None: basic.get, or a session resuming it)."""
+        observers = self._observers
+        if observers.to_delivered:
+            observers.delivered(Delivered(self.vhost.name, self.name, entry.message,
+                                          entry.seq, consumer, entry.redelivered, no_ack))
         entry.delivery_count += 1
         self.stats_delivered += 1
         if entry.redelivered:
@@ -415,11 +423,18 @@ class Queue:
         if self.unacked.pop(entry.seq, None) is not None:
             self.stats_acked += 1
             self._release(entry)
+            observers = self._observers
+            if observers.to_acked:
+                observers.acked(Acked(self.vhost.name, self.name, entry.message, entry.seq))
 
     def reject(self, entry: Entry, now: float) -> None:
         """Reject without requeue: settle and dead-letter."""
         if self.unacked.pop(entry.seq, None) is not None:
             self._release(entry)
+            observers = self._observers
+            if observers.to_rejected:
+                observers.rejected(Rejected(self.vhost.name, self.name, entry.message,
+                                            entry.seq))
             self.vhost.dead_letter(entry, "rejected", now)
 
     def requeue(self, entries: Iterable[Entry], now: float) -> None:
@@ -428,9 +443,13 @@ class Queue:
         `x-delivery-limit`, and delivers the others before any other message in the order
         they came back, as RabbitMQ 4 does."""
         back = [e for e in entries if self.unacked.pop(e.seq, None) is not None]
+        observers = self._observers
         if not back or self.deleted:
             for e in back:
                 self._release(e)
+                if observers.to_dropped:
+                    observers.dropped(Dropped(self.vhost.name, self.name, e.message,
+                                              "queue deleted"))
             return
         if self.quorum:
             limit = self.args.delivery_limit
@@ -441,6 +460,8 @@ class Queue:
                     self._release(e)
                     self.vhost.dead_letter(e, "delivery_limit", now)
                     continue
+                if observers.to_requeued:
+                    observers.requeued(Requeued(self.vhost.name, self.name, e.message, e.seq))
                 if e.persisted:
                     self.vhost.store.put_value(RETURNS_SPACE,
                                                (self.vhost.name, self.name, e.seq), e.returns)
@@ -449,6 +470,9 @@ class Queue:
                 self.ready_bytes += len(e.message.body)
             self.dispatch(now)
             return
+        if observers.to_requeued:
+            for e in back:
+                observers.requeued(Requeued(self.vhost.name, self.name, e.message, e.seq))
         back.sort(key=lambda e: e.seq, reverse=True)
         for e in back:
             e.redelivered = True

@@ -24,6 +24,7 @@ from gateway.core.errors import (
 )
 from gateway.core.exchange import EXCHANGE_TYPES, Binding, Exchange, _freeze
 from gateway.core.message import Message
+from gateway.core.observe import DeadLettered, Dropped, Hop, Observers, Published
 from gateway.core.policy import Policy, select
 from gateway.core.queue import Entry, Queue
 from gateway.core.queue_args import TYPE_MODULES
@@ -88,6 +89,12 @@ def _fmt(value: Any) -> str:
     return "none" if value is None else str(value)
 
 
+def _hop(ex: Exchange, dest: Queue | Exchange) -> Hop:
+    keys = sorted({b.routing_key for b in ex.bindings if b.destination is dest})
+    return Hop(ex.name, dest.name, isinstance(dest, Queue), f"{ex.type} binding",
+               ", ".join(keys))
+
+
 def _is_cycle(queue: str, deaths: list[dict[str, Any]]) -> bool:
     """True when dead-lettering into `queue` closes a loop with no rejection in it: walking
     `x-death` from the newest, `queue` comes up before any "rejected" death."""
@@ -105,10 +112,12 @@ def server_queue_name() -> str:
 
 class VirtualHost:
     def __init__(self, name: str, store: Store, next_message_id: Any,
-                 meter: Meter | None = None) -> None:
+                 meter: Meter | None = None, observers: Observers | None = None) -> None:
         self.name = name
         self.store = store
         self.meter = meter if meter is not None else Meter()
+        # told what happens to messages here (gateway.core.observe); the broker's, shared
+        self.observers = observers if observers is not None else Observers()
         self.next_message_id = next_message_id
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
@@ -433,11 +442,14 @@ class VirtualHost:
     # -- publishing ------------------------------------------------------------------------
 
     def route(self, exchange: Exchange, routing_key: str,
-              headers: dict[str, Any] | None) -> dict[Queue, None]:
+              headers: dict[str, Any] | None,
+              hops: list[Hop] | None = None) -> dict[Queue, None]:
         """Every queue a publish reaches, through exchange-to-exchange bindings and
-        alternate exchanges, each once."""
+        alternate exchanges, each once. `hops`: where to note each step taken (tracing)."""
         if exchange is self._default:
             q = self.queues.get(routing_key)
+            if q is not None and hops is not None:
+                hops.append(Hop("", q.name, True, "default exchange", routing_key))
             return {q: None} if q is not None else {}
         out: dict[Queue, None] = {}
         seen: set[Exchange] = set()
@@ -451,10 +463,14 @@ class VirtualHost:
                 q = self.queues.get(routing_key)
                 if q is not None:
                     out[q] = None
+                    if hops is not None:
+                        hops.append(Hop("", q.name, True, "default exchange", routing_key))
                 continue
             matched = False
             for dest in ex.route(routing_key, headers):
                 matched = True
+                if hops is not None:
+                    hops.append(_hop(ex, dest))
                 if isinstance(dest, Queue):
                     out[dest] = None
                 else:
@@ -465,11 +481,15 @@ class VirtualHost:
                     ae = self.exchanges.get(ae_name)
                     if ae is not None:
                         stack.append(ae)
+                        if hops is not None:
+                            hops.append(Hop(ex.name, ae.name, False, "alternate-exchange", ""))
         return out
 
     def publish(self, exchange: Exchange, routing_key: str, message: Message,
                 now: float) -> PublishResult:
         """Route `message` and enqueue it in every queue it reaches."""
+        if self.observers.to_published:
+            return self._publish_observed(exchange, routing_key, message, now)
         self.stats_published += 1
         headers = message.properties.headers
         if headers and ("CC" in headers or "BCC" in headers):
@@ -483,12 +503,44 @@ class VirtualHost:
         for q in queues:
             if not q.enqueue(message, now):
                 rejected = True
-                if q.args.overflow == "reject-publish-dlx":
-                    self.dead_letter(Entry(message, -1, q, None, False), "maxlen", now)
+                self._refused(q, message, now)
+        return REJECTED if rejected else ROUTED
+
+    def _refused(self, q: Queue, message: Message, now: float) -> None:
+        """`q` refused a publish (x-overflow reject-publish or reject-publish-dlx)."""
+        if q.args.overflow == "reject-publish-dlx":
+            self.dead_letter(Entry(message, -1, q, None, False), "maxlen", now)
+        elif self.observers.to_dropped:
+            self.observers.dropped(Dropped(self.name, q.name, message, "refused"))
+
+    def _publish_observed(self, exchange: Exchange, routing_key: str, message: Message,
+                          now: float) -> PublishResult:
+        """`publish` with observers: the same steps, and the routing result told to them
+        before the queues act on it (so a delivery is seen after its publish)."""
+        self.stats_published += 1
+        hops: list[Hop] | None = [] if self.observers.wants_hops(self.name) else None
+        headers = message.properties.headers
+        if headers and ("CC" in headers or "BCC" in headers):
+            queues = self._route_sender_selected(exchange, routing_key, message, hops)
+        else:
+            queues = self.route(exchange, routing_key, headers, hops)
+        if not queues:
+            self.stats_unroutable += 1
+        self.observers.published(Published(
+            self.name, exchange.name, routing_key, message, tuple(queues),
+            tuple(hops) if hops else (), now))
+        if not queues:
+            return UNROUTED
+        rejected = False
+        for q in queues:
+            if not q.enqueue(message, now):
+                rejected = True
+                self._refused(q, message, now)
         return REJECTED if rejected else ROUTED
 
     def _route_sender_selected(self, exchange: Exchange, routing_key: str,
-                               message: Message) -> dict[Queue, None]:
+                               message: Message, hops: list[Hop] | None = None
+                               ) -> dict[Queue, None]:
         headers = message.properties.headers or {}
         keys = [routing_key]
         for name in ("CC", "BCC"):
@@ -500,7 +552,7 @@ class VirtualHost:
             message.cache.clear()  # encodings made of the properties as published
         out: dict[Queue, None] = {}
         for key in keys:
-            out.update(self.route(exchange, key, headers))
+            out.update(self.route(exchange, key, headers, hops))
         return out
 
     # -- dead-lettering --------------------------------------------------------------------
@@ -510,10 +562,10 @@ class VirtualHost:
         history in `x-death`, as RabbitMQ does; without a DLX it is dropped."""
         q = entry.queue
         dlx_name = q.args.dlx
-        if dlx_name is None:
-            return
-        dlx = self.exchanges.get(dlx_name)
+        dlx = self.exchanges.get(dlx_name) if dlx_name is not None else None
         if dlx is None:
+            if self.observers.to_dropped:
+                self.observers.dropped(Dropped(self.name, q.name, entry.message, reason))
             return
         old = entry.message
         props = old.properties.copy()
@@ -559,14 +611,20 @@ class VirtualHost:
             headers.pop("CC", None)
         else:
             rk, keys = old.routing_key, routing_keys
-        msg = Message(self.next_message_id(), dlx_name, rk, props, old.body, old.origin)
+        msg = Message(self.next_message_id(), dlx.name, rk, props, old.body, old.origin)
         targets: dict[Queue, None] = {}
         for key in keys:
             targets.update(self.route(dlx, key, headers))
-        for target in targets:
-            # a cycle without any rejection would loop forever: drop it, as RabbitMQ does
-            if _is_cycle(target.name, deaths):
-                continue
+        reached = [t for t in targets if not _is_cycle(t.name, deaths)]
+        if targets and not reached:
+            if self.observers.to_dropped:
+                self.observers.dropped(Dropped(self.name, q.name, old, "cycle"))
+        elif self.observers.to_dead_lettered:
+            self.observers.dead_lettered(DeadLettered(
+                self.name, q.name, old, reason, dlx.name, msg.id,
+                tuple(t.name for t in reached)))
+        for target in reached:
+            # (a cycle without any rejection would loop forever: dropped, as RabbitMQ does)
             target.enqueue(msg, now)
 
     # -- policies --------------------------------------------------------------------------

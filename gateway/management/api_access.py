@@ -26,7 +26,7 @@ from gateway.management.router import (
     not_found,
 )
 from gateway.management.shapes import NODE
-from gateway.server.http import Response
+from gateway.web import Response
 
 routes = Routes()
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.management.router import Access, ApiError, Ctx, Routes, list_result, not_found
-from gateway.server.http import Response
+from gateway.web import Response
 
 routes = Routes()
 

@@ -20,12 +20,16 @@ from gateway.management.router import (
     Ctx,
     Routes,
     VhostScope,
+    dumps,
     list_result,
     not_found,
 )
 from gateway.management.shapes import NODE, details
+from gateway.web import Response
 
 if TYPE_CHECKING:
+    from gateway.core.consumer import Consumer
+    from gateway.info import Connected
     from gateway.management.app import ManagementApp
 
 routes = Routes()
@@ -108,12 +112,11 @@ def overview(ctx: Ctx) -> dict[str, Any]:
     queues = [q for vh in vhosts for q in vh.queues.values() if not q.hidden]
     ready = sum(q.message_count for q in queues)
     unacked = sum(len(q.unacked) for q in queues)
-    sessions = [s for s in app.server.sessions if app.may_see_session(ctx, s)]
+    infos = [s.info() for s in app.server.sessions if app.may_see_session(ctx, s)]
     by_protocol: dict[str, int] = {}
-    for s in sessions:
-        name = shapes.protocol_name(s)
-        by_protocol[name] = by_protocol.get(name, 0) + 1
-    channels = sum(len(getattr(s, "channels", {}) or {}) for s in sessions)
+    for info in infos:
+        by_protocol[info.protocol] = by_protocol.get(info.protocol, 0) + 1
+    channels = sum(len(info.channels) for info in infos)
     rate = stats.total_rate
     out = {
         "management_version": gateway.__version__,
@@ -152,7 +155,7 @@ def overview(ctx: Ctx) -> dict[str, Any]:
             "messages_unacknowledged_details": details(rate("messages_unacknowledged")),
         },
         "object_totals": {
-            "connections": len(sessions),
+            "connections": len(infos),
             "channels": channels,
             "exchanges": sum(len(vh.exchanges) for vh in vhosts),
             "queues": len(queues),
@@ -212,16 +215,16 @@ for _path in ("/feature-flags", "/parameters", "/global-parameters",
 # -- connections, channels, consumers ------------------------------------------------------
 
 
-def _sessions(ctx: Ctx, vhost: str | None = None) -> list[Any]:
+def _sessions(ctx: Ctx, vhost: str | None = None) -> list[Connected]:
     app = ctx.app
     out = [s for s in app.server.sessions if app.may_see_session(ctx, s)]
     if vhost is not None:
         app.vhost(ctx, vhost)
-        out = [s for s in out if shapes.vhost_name(s) == vhost]
-    return sorted(out, key=lambda s: tuple(getattr(s, "peer", ("", 0))))
+        out = [s for s in out if s.info().vhost == vhost]
+    return sorted(out, key=lambda s: s.info().peer)
 
 
-def _connections(ctx: Ctx, sessions: list[Any]) -> Any:
+def _connections(ctx: Ctx, sessions: list[Connected]) -> Any:
     app = ctx.app
     now = app.now()
     return list_result(ctx, [shapes.connection(s, app.stats, now, app.listening)
@@ -240,7 +243,7 @@ def vhost_connections(ctx: Ctx) -> Any:
 
 def _session_named(ctx: Ctx, name: str) -> Any:
     for s in _sessions(ctx):
-        if shapes.connection_ref(s, ctx.app.listening)["name"] == name:
+        if shapes.connection_ref(s.info(), ctx.app.listening)["name"] == name:
             return s
     raise not_found()
 
@@ -314,10 +317,9 @@ def _consumers(ctx: Ctx, vhosts: list[Any]) -> Any:
     return list_result(ctx, out)
 
 
-def _consumer_user(consumer: Any) -> str | None:
-    channel = getattr(consumer, "channel", None)
-    session = getattr(channel, "session", None) or getattr(consumer, "session", None)
-    return getattr(getattr(session, "user", None), "name", None)
+def _consumer_user(consumer: Consumer) -> str | None:
+    owner = shapes.owner_of(consumer)
+    return owner.connection.info().user if owner is not None else None
 
 
 @routes.add("GET", "/consumers")
@@ -334,9 +336,6 @@ def vhost_consumers(ctx: Ctx) -> Any:
 
 
 def _health(ok: bool, reason: str) -> Any:
-    from gateway.management.router import dumps
-    from gateway.server.http import Response
-
     if ok:
         return {"status": "ok"}
     return Response(503, dumps({"status": "failed", "reason": reason}))

@@ -22,7 +22,7 @@ from gateway.core.vhost import VirtualHost
 from gateway.management import shapes
 from gateway.management.history import Ranges, add_queue_samples
 from gateway.management.router import ApiError, Ctx, Routes, jsonable, list_result, not_found
-from gateway.server.http import Response
+from gateway.web import Response
 
 routes = Routes()
 DEFAULT_EXCHANGE_URL = "amq.default"  # the default exchange's name in URLs

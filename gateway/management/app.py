@@ -21,7 +21,7 @@ import logging
 import mimetypes
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -30,16 +30,15 @@ from gateway.core.errors import BrokerError
 from gateway.management import api_access, api_limits, api_node, api_objects, api_tools
 from gateway.management.metrics import make_registry, render_metrics
 from gateway.management.router import Access, ApiError, Ctx, Route, Routes, VhostScope, dumps
-from gateway.management.shapes import Listening
+from gateway.management.shapes import Listening, consumer_ref
 from gateway.management.stats import Stats
 from gateway.management.trace import Tracer
-from gateway.server.connection import run_password_check
-from gateway.server.http import Request, Response
-from gateway.server.origin import BrowserPolicy
+from gateway.web import Request, Response
 
 if TYPE_CHECKING:
     from gateway.core.vhost import VirtualHost
-    from gateway.server.app import Server
+    from gateway.info import Connected
+    from gateway.management.host import Host, OriginPolicy, PasswordCheck
 
 log = logging.getLogger("gateway.management")
 
@@ -60,25 +59,30 @@ def _routes() -> Routes:
 
 
 class ManagementApp:
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Host, policy: OriginPolicy, check_password: PasswordCheck
+                 ) -> None:
+        """`server`: what management needs of the process (`host.Host`); `policy`: the
+        browser rules; `check_password`: runs a slow password check off the loop."""
         self.server = server
+        self.check_password = check_password
         self.broker = server.broker
         self.auth = server.auth
         self.stats = Stats(server.broker, server.sessions)
-        self.tracer = Tracer(server.broker, self.stats, server.clock)
+        self.tracer = Tracer(server.broker.observers,
+                             lambda c: consumer_ref(c, self.listening), server.clock)
+        # told by the core what happens to every message, in every vhost, from now on
+        server.broker.observers.add(self.stats)
         self.routes = _routes()
-        http = server.config.http
-        self.policy = BrowserPolicy(http.allowed_origins, http.allowed_hosts)
+        self.policy = policy
         self._static = _load_static()
         self.metrics = make_registry(self)
 
     # -- background ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Sample counters for rates once a second (and count publishes by protocol)."""
+        """Sample counters for rates once a second."""
         while True:
             now = self.server.clock()
-            self.tracer.attach_all()
             self.stats.sample(now)
             await trio.sleep(SAMPLE_SECONDS)
 
@@ -139,14 +143,13 @@ class ManagementApp:
         raise ApiError(401, f"access to vhost '{name}' refused for user '{user.name}'",
                        "not_authorised")
 
-    def may_see_session(self, ctx: Ctx, session: Any) -> bool:
+    def may_see_session(self, ctx: Ctx, session: Connected) -> bool:
         """Monitoring users and administrators see every connection, others their own."""
         return ctx.has(Access.MONITORING) or self.owns_session(ctx, session)
 
     @staticmethod
-    def owns_session(ctx: Ctx, session: Any) -> bool:
-        user = getattr(session, "user", None)
-        return getattr(user, "name", None) == ctx.user.name
+    def owns_session(ctx: Ctx, session: Connected) -> bool:
+        return session.info().user == ctx.user.name
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -253,7 +256,7 @@ class ManagementApp:
         pending = self.auth.login(name, password, peer=request.peer[0], protocol="HTTP",
                                   now=self.now(), then=answer.append)
         if pending is not None:
-            await run_password_check(pending)
+            await self.check_password(pending)
         if isinstance(answer[0], LoginRefused):
             raise ApiError(401, "Login failed", "not_authorised")
         return answer[0]

@@ -20,7 +20,6 @@ from prometheus_client.registry import Collector
 import gateway
 from gateway.management.api_node import STARTED, disk_free, fd_total, fd_used, memory_used
 from gateway.management.shapes import NODE
-from gateway.management.stats import protocol_key
 
 if TYPE_CHECKING:
     from gateway.management.app import ManagementApp
@@ -70,10 +69,10 @@ class BrokerCollector(Collector):
         consumers = sum(q.consumer_count for q in queues)
         yield _gauge("rabbitmq_consumers", "Consumers currently connected", consumers)
         yield _gauge("rabbitmq_global_consumers", "Current number of consumers", consumers)
-        sessions = list(server.sessions)
-        yield _gauge("rabbitmq_connections", "Connections currently open", len(sessions))
+        infos = [s.info() for s in server.sessions]
+        yield _gauge("rabbitmq_connections", "Connections currently open", len(infos))
         yield _gauge("rabbitmq_channels", "Channels currently open",
-                     sum(len(getattr(s, "channels", {}) or {}) for s in sessions))
+                     sum(len(info.channels) for info in infos))
         yield CounterMetricFamily("rabbitmq_connections_opened", "Total connections opened",
                                   value=sum(stats.opened.values()))
         yield CounterMetricFamily("rabbitmq_connections_closed", "Total connections closed",
@@ -94,9 +93,8 @@ class BrokerCollector(Collector):
 
         # -- per-protocol, gateway's own ------------------------------------------------------
         live: dict[str, int] = {}
-        for s in sessions:
-            key = protocol_key(s)
-            live[key] = live.get(key, 0) + 1
+        for info in infos:
+            live[info.key] = live.get(info.key, 0) + 1
         conns = GaugeMetricFamily("gateway_connections", "Open connections by protocol",
                                   labels=["protocol"])
         opened = CounterMetricFamily("gateway_connections_opened",

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from gateway.core import bounded_regex
-from gateway.server.http import Request, Response
+from gateway.web import Request, Response
 
 if TYPE_CHECKING:
     from gateway.auth.service import User

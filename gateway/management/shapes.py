@@ -1,9 +1,10 @@
 """The JSON shapes of RabbitMQ's management API, made from core objects and sessions.
 
-Sessions of every protocol are read by duck typing: `protocol_name`, `user`, `vhost`,
-`peer`, and where the protocol has them `channels`, `client_properties`, `heartbeat`,
-`frame_max`, `channel_max`. Field names and value forms follow what RabbitMQ 3.10 answers,
-so that rabbitmqadmin, dashboards and scripts written against it read these too.
+Connections of every protocol are read from the typed record each session provides
+(`gateway.info.ConnectionInfo`, with its AMQP channels as `ChannelInfo`), and consumers
+name their connection through `Owned.owner()`. Field names and value forms follow what
+RabbitMQ 3.10 answers, so that rabbitmqadmin, dashboards and scripts written against it
+read these too.
 """
 
 from __future__ import annotations
@@ -12,18 +13,15 @@ import base64
 import hashlib
 import json
 import socket
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from gateway.info import ChannelInfo, Connected, ConnectionInfo, ConsumerOwner, Owned, TLSInfo
 from gateway.management.router import jsonable
-from gateway.management.stats import (
-    CHANNEL_FIELDS,
-    QUEUE_FIELDS,
-    Stats,
-    channel_counters,
-    protocol_key,
-)
+from gateway.management.stats import CHANNEL_FIELDS, QUEUE_FIELDS, Stats, channel_counters
 
 if TYPE_CHECKING:
+    from gateway.core.consumer import Consumer
     from gateway.core.exchange import Binding, Exchange
     from gateway.core.queue import Queue
     from gateway.core.vhost import VirtualHost
@@ -35,31 +33,17 @@ def details(rate: float) -> dict[str, float]:
     return {"rate": rate}
 
 
-def vhost_name(session: Any) -> str | None:
-    vh = getattr(session, "vhost", None)
-    if vh is None:
-        return None
-    return str(getattr(vh, "name", vh))
-
-
-def user_name(session: Any) -> str | None:
-    user = getattr(session, "user", None)
-    if user is None:
-        return None
-    return str(getattr(user, "name", user))
-
-
-def protocol_name(session: Any) -> str:
-    name = getattr(session, "protocol_name", None)
-    return str(name) if name else protocol_key(session).upper()
+def owner_of(consumer: Any) -> ConsumerOwner | None:
+    """The connection (and channel) a consumer belongs to, when it tells."""
+    return consumer.owner() if isinstance(consumer, Owned) else None
 
 
 # -- queues ---------------------------------------------------------------------------------
 
 
-def policy_of(obj: Any) -> tuple[str | None, dict[str, Any]]:
+def policy_of(obj: Queue | Exchange) -> tuple[str | None, dict[str, Any]]:
     """The name and definition of the policy applied to a queue or exchange, if any."""
-    policy = getattr(obj, "policy", None)
+    policy = obj.policy
     if policy is None:
         return None, {}
     return str(policy.name), jsonable(dict(policy.definition))
@@ -124,29 +108,43 @@ def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
 
 
-def consumer(c: Any, q: Queue, listening: Listening) -> dict[str, Any]:
-    channel = getattr(c, "channel", None)
-    session = getattr(channel, "session", None) or getattr(c, "session", None)
+def consumer(c: Consumer, q: Queue, listening: Listening) -> dict[str, Any]:
+    owner = owner_of(c)
     out: dict[str, Any] = {
         "consumer_tag": c.tag,
         "queue": {"name": q.name, "vhost": q.vhost.name},
         "ack_required": not c.no_ack,
         "exclusive": c.exclusive,
-        "prefetch_count": int(getattr(c, "prefetch", 0) or 0),
+        "prefetch_count": owner.prefetch if owner is not None else 0,
         "arguments": {"x-priority": c.priority} if c.priority else {},
         "active": True,
         "activity_status": "up",
         "consumer_timeout": None,
     }
-    if session is not None:
-        conn = connection_ref(session, listening)
-        number = getattr(channel, "number", 0)
+    if owner is not None:
+        info = owner.connection.info()
+        conn = connection_ref(info, listening)
+        number = owner.channel or 0
         out["channel_details"] = {
             "name": f"{conn['name']} ({number})", "number": number,
             "connection_name": conn["name"], "peer_host": conn["peer_host"],
-            "peer_port": conn["peer_port"], "node": NODE, "user": user_name(session)}
+            "peer_port": conn["peer_port"], "node": NODE, "user": info.user}
     else:
         out["channel_details"] = {}
+    return out
+
+
+def consumer_ref(c: Consumer, listening: Listening) -> dict[str, Any]:
+    """The consumer as a trace record names it: its tag, and the connection and channel
+    (or session) it belongs to."""
+    owner = owner_of(c)
+    out: dict[str, Any] = {"consumer_tag": c.tag, "protocol": "", "peer": "",
+                           "connection": None, "channel": None}
+    if owner is not None:
+        info = owner.connection.info()
+        conn = connection_ref(info, listening)
+        out.update(protocol=info.protocol, peer=f"{conn['peer_host']}:{conn['peer_port']}",
+                   connection=conn["name"], channel=owner.channel, user=info.user)
     return out
 
 
@@ -206,49 +204,44 @@ def bindings_of(vh: VirtualHost) -> list[dict[str, Any]]:
 # -- connections and channels -------------------------------------------------------------
 
 
-Listening = tuple[str, dict[str, int]]  # the listeners' host, and port by protocol key
+Listening = tuple[str, Mapping[str, int]]  # the listeners' host, and port by protocol key
 
 
-def connection_ref(session: Any, listening: Listening) -> dict[str, Any]:
-    peer = getattr(session, "peer", ("?", 0))
+def connection_ref(info: ConnectionInfo, listening: Listening) -> dict[str, Any]:
+    peer = info.peer
     host, ports = listening
-    key = protocol_key(session)
-    if getattr(session, "tls", None) is not None:
-        key += "s"  # amqps, mqtts, stomps
+    key = info.key + "s" if info.tls is not None else info.key  # amqps, mqtts, stomps
     port = ports.get(key, 0)
     return {"name": f"{peer[0]}:{peer[1]} -> {host}:{port}", "peer_host": peer[0],
             "peer_port": peer[1], "host": host, "port": port}
 
 
-def connection(session: Any, stats: Stats, now: float, listening: Listening
+def connection(session: Connected, stats: Stats, now: float, listening: Listening
                ) -> dict[str, Any]:
-    ref = connection_ref(session, listening)
-    channels = getattr(session, "channels", None)
-    closed = bool(getattr(session, "closed", False))
-    heartbeat = getattr(session, "heartbeat", None)
+    info = session.info()
     return {
-        **ref,
-        "vhost": vhost_name(session),
-        "user": user_name(session),
-        "protocol": protocol_name(session),
+        **connection_ref(info, listening),
+        "vhost": info.vhost,
+        "user": info.user,
+        "protocol": info.protocol,
         "node": NODE,
         "type": "network",
-        "state": "closed" if closed else ("running" if user_name(session) else "starting"),
-        "channels": len(channels) if isinstance(channels, dict) else 0,
-        "client_properties": jsonable(getattr(session, "client_properties", {}) or {}),
+        "state": "closed" if info.closed else ("running" if info.user else "starting"),
+        "channels": len(info.channels),
+        "client_properties": jsonable(dict(info.client_properties)),
         "connected_at": int(stats.connected_at(session, now) * 1000),
-        "timeout": heartbeat if isinstance(heartbeat, int) else 0,
-        "frame_max": int(getattr(session, "frame_max", 0) or 0),
-        "channel_max": int(getattr(session, "channel_max", 0) or 0),
-        "auth_mechanism": str(getattr(session, "_mechanism", "PLAIN")),
-        **ssl_fields(getattr(session, "tls", None)),
-        "send_pend": int(getattr(session, "pending_output", 0) or 0),
-        "blocked": bool(getattr(session, "read_paused", False)),
+        "timeout": info.heartbeat,
+        "frame_max": info.frame_max,
+        "channel_max": info.channel_max,
+        "auth_mechanism": info.auth_mechanism,
+        **ssl_fields(info.tls),
+        "send_pend": info.pending_output,
+        "blocked": info.blocked,
     }
 
 
-def ssl_fields(tls: Any) -> dict[str, Any]:
-    """RabbitMQ's TLS fields of a connection (`protocols.tls.TLSPeer`, None on plain TCP)."""
+def ssl_fields(tls: TLSInfo | None) -> dict[str, Any]:
+    """RabbitMQ's TLS fields of a connection (None on plain TCP)."""
     if tls is None:
         return {"ssl": False, "ssl_protocol": None, "ssl_cipher": None,
                 "peer_cert_subject": None}
@@ -256,41 +249,40 @@ def ssl_fields(tls: Any) -> dict[str, Any]:
             "peer_cert_subject": tls.cert_subject or None}
 
 
-def channels_of(session: Any, listening: Listening, stats: Stats | None = None
+def channels_of(session: Connected, listening: Listening, stats: Stats | None = None
                 ) -> list[dict[str, Any]]:
-    channels = getattr(session, "channels", None)
-    if not isinstance(channels, dict):
-        return []
-    ref = connection_ref(session, listening)
-    out = []
-    for number, ch in sorted(channels.items()):
-        consumers = getattr(ch, "consumers", {}) or {}
-        user = user_name(session)
-        item: dict[str, Any] = {
-            "name": f"{ref['name']} ({number})",
-            "number": number,
-            "node": NODE,
-            "user": user,
-            "user_who_performed_action": user,
-            "vhost": vhost_name(session),
-            "connection_details": {"name": ref["name"], "peer_host": ref["peer_host"],
-                                   "peer_port": ref["peer_port"]},
-            "consumer_count": len(consumers),
-            "messages_unacknowledged": len(getattr(ch, "unacked", {}) or {}),
-            "messages_unconfirmed": len(getattr(ch, "confirms", ()) or ()),
-            "messages_uncommitted": len(getattr(ch, "tx_publishes", ()) or ()),
-            "acks_uncommitted": len(getattr(ch, "tx_acks", ()) or ()),
-            "prefetch_count": int(getattr(ch, "prefetch", 0) or 0),
-            "global_prefetch_count": int(getattr(ch, "global_prefetch", 0) or 0),
-            "confirm": bool(getattr(ch, "confirm", False)),
-            "transactional": bool(getattr(ch, "tx", False)),
-            "state": "running" if getattr(ch, "flow", True) else "flow",
-        }
-        if stats is not None:
-            message_stats: dict[str, Any] = {}
-            for field, value in zip(CHANNEL_FIELDS, channel_counters(ch), strict=True):
-                message_stats[field] = value
-                message_stats[f"{field}_details"] = details(stats.channel_rate(ch, field))
-            item["message_stats"] = message_stats
-        out.append(item)
-    return out
+    info = session.info()
+    ref = connection_ref(info, listening)
+    return [channel(session, info, ch, ref, stats) for ch in info.channels]
+
+
+def channel(session: Connected, info: ConnectionInfo, ch: ChannelInfo, ref: dict[str, Any],
+            stats: Stats | None) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "name": f"{ref['name']} ({ch.number})",
+        "number": ch.number,
+        "node": NODE,
+        "user": info.user,
+        "user_who_performed_action": info.user,
+        "vhost": info.vhost,
+        "connection_details": {"name": ref["name"], "peer_host": ref["peer_host"],
+                               "peer_port": ref["peer_port"]},
+        "consumer_count": ch.consumer_count,
+        "messages_unacknowledged": ch.unacked,
+        "messages_unconfirmed": ch.unconfirmed,
+        "messages_uncommitted": ch.uncommitted,
+        "acks_uncommitted": ch.acks_uncommitted,
+        "prefetch_count": ch.prefetch,
+        "global_prefetch_count": ch.global_prefetch,
+        "confirm": ch.confirm,
+        "transactional": ch.transactional,
+        "state": "running" if ch.flow else "flow",
+    }
+    if stats is not None:
+        message_stats: dict[str, Any] = {}
+        for field, value in zip(CHANNEL_FIELDS, channel_counters(ch), strict=True):
+            message_stats[field] = value
+            message_stats[f"{field}_details"] = details(
+                stats.channel_rate((session, ch.number), field))
+        item["message_stats"] = message_stats
+    return item

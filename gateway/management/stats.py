@@ -19,8 +19,11 @@ second while the HTTP listener runs.
 from __future__ import annotations
 
 from collections import Counter, deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Set
+from typing import TYPE_CHECKING
 
+from gateway.core.observe import Observer, Published
+from gateway.info import ChannelInfo, Connected
 from gateway.management.history import INTERVAL, Series
 
 if TYPE_CHECKING:
@@ -41,13 +44,12 @@ VHOST_FIELDS = TOTAL_FIELDS
 CHANNEL_FIELDS = ("publish", "deliver_get", "ack")
 
 Sample = tuple[float, tuple[int, ...]]
+ChannelKey = tuple["Connected", int]  # a channel: its connection and number
 
 
-def protocol_key(session: Any) -> str:
-    """A short protocol label for a session: the package it comes from (`amqp`, `mqtt`,
-    `stomp`, ...)."""
-    parts = type(session).__module__.split(".")
-    return parts[1] if len(parts) > 2 and parts[0] == "protocols" else parts[-1]
+def protocol_key(session: Connected) -> str:
+    """A short protocol label for a session (`amqp`, `mqtt`, `stomp`, ...)."""
+    return session.info().key
 
 
 def queue_counters(q: Queue) -> tuple[int, ...]:
@@ -55,10 +57,9 @@ def queue_counters(q: Queue) -> tuple[int, ...]:
             q.message_count, len(q.unacked))
 
 
-def channel_counters(ch: Any) -> tuple[int, ...]:
-    """publish, deliver_get (a delivery tag is spent on each delivery and get), ack."""
-    return (int(getattr(ch, "stats_publish", 0)), int(getattr(ch, "next_tag", 1)) - 1,
-            int(getattr(ch, "stats_ack", 0)))
+def channel_counters(ch: ChannelInfo) -> tuple[int, ...]:
+    """publish, deliver_get, ack."""
+    return (ch.publish, ch.deliver_get, ch.ack)
 
 
 def _rate(series: deque[Sample] | None, index: int) -> float:
@@ -76,26 +77,39 @@ def _rate(series: deque[Sample] | None, index: int) -> float:
     return round((last[index] - first[index]) / dt, 1)
 
 
-class Stats:
-    def __init__(self, broker: Broker, sessions: set[Any]) -> None:
+class Stats(Observer):
+    """Registered as an observer of the core (`gateway.core.observe`): it counts
+    publishes by origin protocol as the core routes them, in every vhost from its first
+    message."""
+
+    def __init__(self, broker: Broker, sessions: Set[Connected]) -> None:
         self.broker = broker
         self.sessions = sessions
         self._queues: dict[Queue, deque[Sample]] = {}
         self._totals: deque[Sample] = deque(maxlen=KEEP)
         self.retired = [0, 0, 0, 0]  # publish, deliver_get, ack, redeliver of gone queues
-        self.seen: dict[Any, tuple[float, str]] = {}  # session -> (first seen, protocol)
+        self.seen: dict[Connected, tuple[float, str]] = {}  # -> (first seen, protocol)
         self.opened: Counter[str] = Counter()
         self.closed: Counter[str] = Counter()
-        # messages published, by origin protocol (counted by trace.Tracer's wrapper)
+        # messages published, by origin protocol (told by the core: `published`)
         self.received: dict[str, int] = {}
         self.unroutable: dict[str, int] = {}
-        self._channels: dict[Any, deque[Sample]] = {}
+        self._channels: dict[ChannelKey, deque[Sample]] = {}
         # the history (see history.py): buckets are wall-clock seconds // INTERVAL
         self.queue_history: dict[Queue, Series] = {}
         self.vhost_history: dict[str, Series] = {}
         self.first_bucket = -1  # when the history began (-1: not yet)
         self.last_bucket = -1
         self._vhost_retired: dict[str, list[int]] = {}  # like `retired`, per vhost
+
+    # -- what the core tells ---------------------------------------------------------------
+
+    def published(self, event: Published) -> None:
+        origin = event.message.origin
+        received = self.received
+        received[origin] = received.get(origin, 0) + 1
+        if not event.queues:
+            self.unroutable[origin] = self.unroutable.get(origin, 0) + 1
 
     # -- sampling --------------------------------------------------------------------------
 
@@ -154,19 +168,20 @@ class Stats:
         self.last_bucket = bucket
 
     def _sample_channels(self, now: float) -> None:
-        alive: set[Any] = set()
+        alive: set[ChannelKey] = set()
         for s in self.sessions:
-            channels = getattr(s, "channels", None)
-            if not isinstance(channels, dict):
-                continue
-            for ch in channels.values():
-                alive.add(ch)
-                series = self._channels.get(ch)
-                if series is None:
-                    series = self._channels[ch] = deque(maxlen=KEEP)
-                series.append((now, channel_counters(ch)))
-        for ch in [c for c in self._channels if c not in alive]:
-            del self._channels[ch]
+            for ch in s.info().channels:
+                key = (s, ch.number)
+                alive.add(key)
+                values = channel_counters(ch)
+                series = self._channels.get(key)
+                if series is None or any(a < b for a, b in zip(values, series[-1][1],
+                                                                strict=True)):
+                    # new, or a new channel under a number closed since the last sample
+                    series = self._channels[key] = deque(maxlen=KEEP)
+                series.append((now, values))
+        for gone in [k for k in self._channels if k not in alive]:
+            del self._channels[gone]
 
     def note_sessions(self, now: float) -> None:
         current = set(self.sessions)
@@ -201,12 +216,12 @@ class Stats:
     def queue_rate(self, q: Queue, field: str) -> float:
         return _rate(self._queues.get(q), QUEUE_FIELDS.index(field))
 
-    def channel_rate(self, ch: Any, field: str) -> float:
+    def channel_rate(self, ch: ChannelKey, field: str) -> float:
         return _rate(self._channels.get(ch), CHANNEL_FIELDS.index(field))
 
     def total_rate(self, field: str) -> float:
         return _rate(self._totals, TOTAL_FIELDS.index(field))
 
-    def connected_at(self, session: Any, now: float) -> float:
+    def connected_at(self, session: Connected, now: float) -> float:
         seen = self.seen.get(session)
         return seen[0] if seen is not None else now

@@ -1,17 +1,13 @@
 """Where did my message go: a per-vhost trace of publishes, from any protocol, through
-exchanges to the queues and consumers they reached.
+exchanges to the queues and consumers they reached, and what became of them there.
 
-The core is not changed for this. The management app wraps each vhost's `publish` (an
-instance attribute over the method, installed from the sampling task) with a function that
-counts publishes by origin protocol and, only for a vhost whose tracing is on, records the
-route: the exchange-to-exchange and exchange-to-queue hops (found with the same read-only
-`Exchange.route` calls the core makes) and, per queue, whether the message was delivered at
-once (and to which consumer) or waits in the queue. With tracing off the wrapper costs one
-call and a dict lookup per publish; nothing is recorded.
-
-Limits, because the wrapper sees a publish from outside: dead-lettered copies are not
-traced (the core republishes them without `publish`), and the consumer a message went to
-is read from the queue's round-robin order right after the publish.
+The tracer is an observer of the core (`gateway.core.observe`): for a vhost whose tracing
+is on it asks for the exchange hops of each publish and keeps a record made of what the
+core announced: the routing result, then per queue each step in order (delivered, to which
+consumer; acked, rejected, requeued, dead-lettered and where the copy went, dropped and
+why). A dead-lettered copy is followed into the queues it reached, in the same record.
+The tracer is registered only while some vhost is traced; then an untraced message costs
+a set lookup at its publish and a dict lookup at each later step.
 """
 
 from __future__ import annotations
@@ -21,41 +17,42 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from gateway.core.queue import Queue
+from gateway.core.observe import (
+    Acked,
+    DeadLettered,
+    Delivered,
+    Dropped,
+    Observer,
+    Observers,
+    Published,
+    Rejected,
+    Requeued,
+)
 
 if TYPE_CHECKING:
-    from gateway.core.broker import Broker
-    from gateway.core.exchange import Exchange
-    from gateway.core.message import Message
-    from gateway.core.vhost import PublishResult, VirtualHost
-    from gateway.management.stats import Stats
+    from gateway.core.consumer import Consumer
 
 KEEP = 200  # traced publishes kept per vhost
 MAX_HOPS = 256  # hops recorded for one publish
+MAX_STEPS = 64  # steps recorded per queue of one publish
 
-Publish = Callable[["Exchange", str, "Message", float], "PublishResult"]
-
-
-def _consumer_ref(c: Any) -> dict[str, Any]:
-    channel = getattr(c, "channel", None)
-    session = getattr(channel, "session", None) or getattr(c, "session", None)
-    peer = getattr(session, "peer", None)
-    return {
-        "consumer_tag": c.tag,
-        "protocol": str(getattr(session, "protocol_name", "")) if session else "",
-        "peer": f"{peer[0]}:{peer[1]}" if peer else "",
-        "channel": getattr(channel, "number", None),
-    }
+# a message in a queue: (vhost, message id, queue)
+Key = tuple[str, int, str]
 
 
-class Tracer:
-    def __init__(self, broker: Broker, stats: Stats, clock: Callable[[], float]) -> None:
-        self.broker = broker
-        self.stats = stats
+class Tracer(Observer):
+    def __init__(self, observers: Observers, describe: Callable[[Consumer], dict[str, Any]],
+                 clock: Callable[[], float]) -> None:
+        """`observers`: the broker's, which the tracer joins while some vhost is traced;
+        `describe`: the consumer's connection (or session) and channel, for a record."""
+        self.observers = observers
+        self.describe = describe
         self.clock = clock
-        self._wrapped: dict[VirtualHost, Publish] = {}
         self._on: set[str] = set()
         self.records: dict[str, deque[dict[str, Any]]] = {}
+        # the queue outcome entries of the records kept, by message in queue
+        self._entries: dict[Key, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._keys: dict[int, list[Key]] = {}  # record id -> its keys in `_entries`
         self._ids = itertools.count(1)
 
     # -- switching -------------------------------------------------------------------------
@@ -66,124 +63,120 @@ class Tracer:
     def enable(self, vhost: str, on: bool) -> None:
         if on:
             self._on.add(vhost)
-            self.records.setdefault(vhost, deque(maxlen=KEEP))
-            vh = self.broker.vhosts.get(vhost)
-            if vh is not None:
-                self.attach(vh)
+            self.records.setdefault(vhost, deque())
+            self.observers.add(self)
         else:
             self._on.discard(vhost)
+            if not self._on:
+                self.observers.remove(self)
 
     def clear(self, vhost: str) -> None:
-        self.records.pop(vhost, None)
+        for record in self.records.pop(vhost, ()):
+            self._forget(record)
         if vhost in self._on:
-            self.records[vhost] = deque(maxlen=KEEP)
+            self.records[vhost] = deque()
 
     def list(self, vhost: str) -> list[dict[str, Any]]:
         return list(reversed(self.records.get(vhost, ())))
 
-    # -- the wrapper -----------------------------------------------------------------------
+    # -- what the core tells ---------------------------------------------------------------
 
-    def attach_all(self) -> None:
-        for vh in list(self.broker.vhosts.values()):
-            self.attach(vh)
-        for vh in [v for v in self._wrapped if self.broker.vhosts.get(v.name) is not v]:
-            del self._wrapped[vh]
+    def wants_hops(self, vhost: str) -> bool:
+        return vhost in self._on
 
-    def attach(self, vh: VirtualHost) -> None:
-        if vh in self._wrapped:
+    def published(self, event: Published) -> None:
+        if event.vhost not in self._on:
             return
-        original: Publish = vh.publish
-        self._wrapped[vh] = original
-        on = self._on
-        received = self.stats.received
-        unroutable = self.stats.unroutable
-
-        def publish(exchange: Exchange, routing_key: str, message: Message,
-                    now: float) -> PublishResult:
-            if vh.name in on:
-                before = self._before(vh, exchange, routing_key, message)
-                result = original(exchange, routing_key, message, now)
-                self._after(vh, before, result, now)
-            else:
-                result = original(exchange, routing_key, message, now)
-            origin = message.origin
-            received[origin] = received.get(origin, 0) + 1
-            if not result.routed:
-                unroutable[origin] = unroutable.get(origin, 0) + 1
-            return result
-
-        vh.publish = publish  # type: ignore[method-assign]
-
-    # -- recording -------------------------------------------------------------------------
-
-    def _before(self, vh: VirtualHost, exchange: Exchange, routing_key: str,
-                message: Message) -> dict[str, Any]:
-        headers = message.properties.headers
-        hops: list[dict[str, Any]] = []
-        queues: dict[Queue, None] = {}
-        seen: set[Exchange] = set()
-        stack = [exchange]
-        while stack and len(hops) < MAX_HOPS:
-            ex = stack.pop()
-            if ex in seen:
-                continue
-            seen.add(ex)
-            if ex.name == "":
-                q = vh.queues.get(routing_key)
-                if q is not None:
-                    hops.append({"from": "", "to": q.name, "to_type": "queue",
-                                 "via": "default exchange", "key": routing_key})
-                    queues[q] = None
-                continue
-            matched = False
-            for dest in ex.route(routing_key, headers):
-                matched = True
-                keys = sorted({b.routing_key for b in ex.bindings if b.destination is dest})
-                hops.append({"from": ex.name, "to": dest.name,
-                             "to_type": "queue" if isinstance(dest, Queue) else "exchange",
-                             "via": f"{ex.type} binding", "key": ", ".join(keys)})
-                if isinstance(dest, Queue):
-                    queues[dest] = None
-                else:
-                    stack.append(dest)
-            ae_name = ex.alternate_exchange
-            if not matched and ae_name is not None:
-                ae = vh.exchanges.get(ae_name)
-                if ae is not None:
-                    hops.append({"from": ex.name, "to": ae.name, "to_type": "exchange",
-                                 "via": "alternate-exchange", "key": ""})
-                    stack.append(ae)
+        message = event.message
         props = message.properties
-        return {
-            "record": {
-                "id": next(self._ids), "vhost": vh.name, "origin": message.origin,
-                "exchange": exchange.name, "routing_key": routing_key,
-                "message_id": props.message_id, "correlation_id": props.correlation_id,
-                "content_type": props.content_type, "size": len(message.body),
-                "payload_preview": message.body[:64].decode("utf-8", "replace"),
-                "hops": hops,
-            },
-            "queues": {q: (q.stats_published, q.stats_delivered, q.message_count)
-                       for q in queues},
+        record: dict[str, Any] = {
+            "id": next(self._ids), "vhost": event.vhost, "origin": message.origin,
+            "exchange": event.exchange, "routing_key": event.routing_key,
+            "message_id": props.message_id, "correlation_id": props.correlation_id,
+            "content_type": props.content_type, "size": len(message.body),
+            "payload_preview": message.body[:64].decode("utf-8", "replace"),
+            "hops": [{"from": h.source, "to": h.destination,
+                      "to_type": "queue" if h.to_queue else "exchange",
+                      "via": h.via, "key": h.key} for h in event.hops[:MAX_HOPS]],
+            "time": event.now, "routed": event.routed, "queues": [],
         }
+        self._keys[record["id"]] = []
+        for q in event.queues:
+            self._add_queue(record, event.vhost, message.id, q.name, "routed")
+        kept = self.records.setdefault(event.vhost, deque())
+        kept.append(record)
+        while len(kept) > KEEP:
+            self._forget(kept.popleft())
 
-    def _after(self, vh: VirtualHost, before: dict[str, Any], result: PublishResult,
-               now: float) -> None:
-        record = before["record"]
-        record["time"] = now
-        record["routed"] = result.routed
-        reached = []
-        for q, (published, delivered, ready) in before["queues"].items():
-            entry: dict[str, Any] = {"queue": q.name}
-            if q.stats_published == published:
-                entry["outcome"] = "refused (queue full)"
-            elif q.stats_delivered > delivered and q.message_count <= ready and q.consumers:
-                c = q.consumers[0] if q.args.single_active_consumer else q.consumers[-1]
-                entry["outcome"] = "delivered"
-                entry["consumer"] = _consumer_ref(c)
-            else:
-                entry["outcome"] = "queued"
-                entry["waiting"] = q.message_count
-            reached.append(entry)
-        record["queues"] = reached
-        self.records.setdefault(vh.name, deque(maxlen=KEEP)).append(record)
+    def delivered(self, event: Delivered) -> None:
+        view = self._view(event.vhost, event.message.id, event.queue)
+        if view is None:
+            return
+        step: dict[str, Any] = {"event": "delivered", "redelivered": event.redelivered,
+                                "no_ack": event.no_ack, "consumer": None}
+        if event.consumer is None:
+            view["outcome"] = "fetched"  # basic.get, or a session resuming it
+            view.pop("consumer", None)
+        else:
+            view["outcome"] = "delivered"
+            step["consumer"] = view["consumer"] = self.describe(event.consumer)
+        self._step(view, step)
+
+    def acked(self, event: Acked) -> None:
+        self._settled(event.vhost, event.message.id, event.queue, "acked")
+
+    def rejected(self, event: Rejected) -> None:
+        self._settled(event.vhost, event.message.id, event.queue, "rejected")
+
+    def requeued(self, event: Requeued) -> None:
+        self._settled(event.vhost, event.message.id, event.queue, "requeued")
+
+    def dead_lettered(self, event: DeadLettered) -> None:
+        key = (event.vhost, event.message.id, event.queue)
+        found = self._entries.get(key)
+        if found is None:
+            return
+        view, record = found
+        view["outcome"] = "dead-lettered"
+        self._step(view, {"event": "dead-lettered", "reason": event.reason,
+                          "exchange": event.exchange, "queues": list(event.queues)})
+        for name in event.queues:
+            self._add_queue(record, event.vhost, event.copy_id, name,
+                            f"dead-lettered from {event.queue}")
+
+    def dropped(self, event: Dropped) -> None:
+        view = self._view(event.vhost, event.message.id, event.queue)
+        if view is None:
+            return
+        view["outcome"] = "refused (queue full)" if event.reason == "refused" else "dropped"
+        self._step(view, {"event": "dropped", "reason": event.reason})
+
+    # -- records ---------------------------------------------------------------------------
+
+    def _view(self, vhost: str, message_id: int, queue: str) -> dict[str, Any] | None:
+        found = self._entries.get((vhost, message_id, queue))
+        return found[0] if found is not None else None
+
+    def _add_queue(self, record: dict[str, Any], vhost: str, message_id: int, queue: str,
+                   via: str) -> None:
+        view: dict[str, Any] = {"queue": queue, "outcome": "queued", "via": via,
+                                "steps": []}
+        record["queues"].append(view)
+        key = (vhost, message_id, queue)
+        self._entries[key] = (view, record)
+        self._keys[record["id"]].append(key)
+
+    def _settled(self, vhost: str, message_id: int, queue: str, what: str) -> None:
+        view = self._view(vhost, message_id, queue)
+        if view is not None:
+            view["outcome"] = what
+            self._step(view, {"event": what})
+
+    @staticmethod
+    def _step(view: dict[str, Any], step: dict[str, Any]) -> None:
+        if len(view["steps"]) < MAX_STEPS:
+            view["steps"].append(step)
+
+    def _forget(self, record: dict[str, Any]) -> None:
+        for key in self._keys.pop(record["id"], ()):
+            self._entries.pop(key, None)

@@ -32,6 +32,7 @@ from gateway.server.connection import (
     HandshakeLimits,
     Session,
     peer_of,
+    run_password_check,
 )
 from gateway.server.control import (
     LOCAL_OPERATOR,
@@ -43,6 +44,7 @@ from gateway.server.control import (
     socket_path,
 )
 from gateway.server.factories import SESSION_FACTORIES, SessionFactory, wamp_router
+from gateway.server.origin import BrowserPolicy
 from gateway.server.tls import handshake, peer_info, server_context
 from gateway.store.base import Store
 from gateway.store.disk import DiskStore, return_large_buffers_to_the_system
@@ -347,7 +349,10 @@ class Server:
         if self.management is None:
             from gateway.management.app import ManagementApp
 
-            self.management = ManagementApp(self)
+            http = self.config.http
+            self.management = ManagementApp(
+                self, BrowserPolicy(http.allowed_origins, http.allowed_hosts),
+                run_password_check)
             listeners.start_soon(self.management.run)
         return self.management
 

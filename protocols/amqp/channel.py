@@ -26,6 +26,7 @@ from gateway.core.errors import (
 from gateway.core.exchange import Exchange
 from gateway.core.message import Message
 from gateway.core.queue import Entry, Queue
+from gateway.info import ChannelInfo, ConsumerOwner
 from protocols.amqp.frames import reply
 
 if TYPE_CHECKING:
@@ -52,6 +53,9 @@ class AMQPConsumer:
         self.priority = priority
         self.prefetch = prefetch
         self.unacked = 0
+
+    def owner(self) -> ConsumerOwner:
+        return ConsumerOwner(self.channel.session, self.channel.number, self.prefetch)
 
     def can_take(self) -> bool:
         ch = self.channel
@@ -97,6 +101,14 @@ class Channel:
         self._consumer_seq = 0
         # the exchanges this channel published to, by name (permissions: every publish)
         self.publish_exchanges: dict[str, Exchange] = {}
+
+    def info(self) -> ChannelInfo:
+        """As management shows it (deliveries and gets: a delivery tag is spent on each)."""
+        return ChannelInfo(
+            self.number, len(self.consumers), len(self.unacked), len(self.confirms),
+            len(self.tx_publishes), len(self.tx_acks), self.prefetch, self.global_prefetch,
+            self.confirm, self.tx, self.flow, self.stats_publish, self.next_tag - 1,
+            self.stats_ack)
 
     # -- delivery --------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from gateway.core.errors import (
     ReplyCode,
 )
 from gateway.core.message import Message
+from gateway.info import ConnectionInfo
 from protocols.admission import Admit, AdmitChannel, admit_all, admit_any_channel
 from protocols.amqp import handlers
 from protocols.amqp.channel import Channel
@@ -146,6 +147,17 @@ class AMQPSession(Outbox):
     @property
     def closed(self) -> bool:
         return self.state is State.CLOSED
+
+    def info(self) -> ConnectionInfo:
+        """This connection and its channels as management shows them."""
+        return ConnectionInfo(
+            self.protocol_name, "amqp", self.peer,
+            self.user.name if self.user is not None else None,
+            self.vhost.name if self.vhost is not None else None, self.closed,
+            self.client_properties, self.heartbeat, self.frame_max, self.channel_max,
+            self._mechanism, self.tls.info() if self.tls is not None else None,
+            self.pending_output, self.read_paused,
+            tuple(ch.info() for _, ch in sorted(self.channels.items())))
 
     @property
     def authenticated(self) -> bool:

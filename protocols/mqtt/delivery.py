@@ -18,6 +18,7 @@ import math
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from gateway.info import ConsumerOwner
 from protocols.mqtt import persist
 from protocols.mqtt.codec import encode_packet, encode_publish_qos0
 from protocols.mqtt.frames import MQTT_5, NO_PROPERTIES, Properties, Publish, PubRel
@@ -50,6 +51,9 @@ class MQTTConsumer:
         self.no_ack = False
         self.exclusive = False
         self.priority = 0
+
+    def owner(self) -> ConsumerOwner:
+        return ConsumerOwner(self.session)
 
     def can_take(self) -> bool:
         s = self.session

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 from gateway.core.confirms import Confirms
 from gateway.core.errors import BrokerError
 from gateway.core.queue import Queue
+from gateway.info import ConnectionInfo
 from protocols.admission import Admit, admit_all
 from protocols.mqtt import handlers, sessions
 from protocols.mqtt.codec import MQTTCodec, encode_packet
@@ -196,6 +197,16 @@ class MQTTSession(Outbox):
     @property
     def heartbeat(self) -> int:
         return self.keepalive
+
+    def info(self) -> ConnectionInfo:
+        """This connection as management shows it."""
+        return ConnectionInfo(
+            self.protocol_name, "mqtt", self.peer,
+            self.user.name if self.user is not None else None,
+            self.vhost.name if self.vhost is not None else None, self.closed,
+            self.client_properties, self.heartbeat,
+            tls=self.tls.info() if self.tls is not None else None,
+            pending_output=self.pending_output, blocked=self.read_paused)
 
     @property
     def name(self) -> str:

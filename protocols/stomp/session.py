@@ -45,6 +45,7 @@ from gateway.core.confirms import Confirms
 from gateway.core.errors import BrokerError
 from gateway.core.queue import Entry, Queue
 from gateway.core.vhost import server_queue_name
+from gateway.info import ConnectionInfo
 from protocols.admission import Admit, admit_all
 from protocols.outbox import Outbox
 from protocols.stomp import handlers
@@ -179,6 +180,15 @@ class StompSession(Outbox):
     def protocol_name(self) -> str:
         """As the management API lists connections (RabbitMQ: "STOMP 1.2")."""
         return f"STOMP {self.version.value}"
+
+    def info(self) -> ConnectionInfo:
+        """This connection as management shows it."""
+        return ConnectionInfo(
+            self.protocol_name, "stomp", self.peer,
+            self.user.name if self.user is not None else None,
+            self.vhost.name if self.vhost is not None else None, self.closed,
+            tls=self.tls.info() if self.tls is not None else None,
+            pending_output=self.pending_output, blocked=self.read_paused)
 
     # -- I/O boundary ----------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from gateway.core.queue import Entry, Queue
+from gateway.info import ConsumerOwner
 from protocols.stomp.codec import escape
 from protocols.stomp.frames import Version
 
@@ -59,6 +60,9 @@ class Subscription:
         self.wire_id_prefix = escape(self.id_prefix, version).encode()
         self.wire_head = b"MESSAGE\nsubscription:" + escape(sub_id, version).encode() + b"\n"
         self.ack_header = version is Version.V1_2 and not self.no_ack
+
+    def owner(self) -> ConsumerOwner:
+        return ConsumerOwner(self.session, None, self.prefetch)
 
     def can_take(self) -> bool:
         if not self.started or self.session.output_blocked:

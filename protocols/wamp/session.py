@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Final
 from gateway.auth import access
 from gateway.auth.passwords import CRA_ITERATIONS, CRA_KEYLEN
 from gateway.core.errors import BrokerError, ReplyCode
+from gateway.info import ConnectionInfo
 from protocols.admission import Admit, admit_all
 from protocols.outbox import MessageOutbox
 from protocols.wamp.codec import Serializer, WampCodec
@@ -250,6 +251,15 @@ class WampSession(MessageOutbox[bytes | str]):
     @property
     def closed(self) -> bool:
         return self.state is State.CLOSED
+
+    def info(self) -> ConnectionInfo:
+        """This session as management shows it."""
+        return ConnectionInfo(
+            self.protocol_name, "wamp", self.peer,
+            self.user.name if self.user is not None else None,
+            self.vhost.name if self.vhost is not None else None, self.closed,
+            self.client_properties, pending_output=self.pending_output,
+            blocked=self.read_paused)
 
     @property
     def name(self) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
+from gateway.info import ConsumerOwner
 from protocols.wamp.frames import Event
 from protocols.wamp.mapping import (
     FILTER_HEADERS,
@@ -78,6 +79,9 @@ class Subscriber:
         self.no_ack = True
         self.exclusive = False
         self.priority = 0
+
+    def owner(self) -> ConsumerOwner:
+        return ConsumerOwner(self.session)
 
     def can_take(self) -> bool:
         return not self.session.output_blocked

@@ -358,7 +358,10 @@ function traceRecord(r) {
   const queues = r.queues.map((q) => el("div", { class: "flow" },
     el("span", { class: "node q" }, q.queue), el("span", { class: "arrow" }, q.outcome),
     q.consumer ? el("span", { class: "node c" },
-      `${q.consumer.consumer_tag} (${q.consumer.protocol} ${q.consumer.peer})`) : null,
+      `${q.consumer.consumer_tag} (${q.consumer.protocol} ${q.consumer.peer}` +
+      `${q.consumer.channel ? " channel " + q.consumer.channel : ""})`) : null,
+    q.steps.length ? el("span", { class: "muted" },
+      q.steps.map((s) => s.event + (s.reason ? ` (${s.reason})` : "")).join(" → ")) : null,
     q.waiting !== undefined ? el("span", { class: "muted" }, `${q.waiting} waiting`) : null));
   return el("div", { class: "trace" },
     el("div", {}, el("strong", {}, `#${r.id} `), `${new Date(r.time * 1000).toLocaleTimeString()} `,
