@@ -78,3 +78,17 @@ class Owned(Protocol):
 
     def owner(self) -> ConsumerOwner:
         ...
+
+
+def close_session(session: Any, text: str) -> None:
+    """Close a protocol session from outside it (an operator through the management API, an
+    access token that expired): its protocol's own close (AMQP connection.close with
+    `text`, MQTT DISCONNECT, STOMP ERROR, WAMP GOODBYE), then wake its connection so that
+    the close is sent."""
+    try:
+        session.shutdown(text)
+    except TypeError:  # sessions whose close takes no text
+        session.shutdown()
+    wake = getattr(session, "wake", None)
+    if callable(wake):
+        wake()

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import gateway
 from gateway.core.exchange import EXCHANGE_TYPES
+from gateway.info import close_session
 from gateway.management import shapes
 from gateway.management.history import RETENTION, Ranges, add_overview_samples
 from gateway.management.router import (
@@ -264,13 +265,7 @@ def close_connection(ctx: Ctx) -> None:
                        "not_authorised")
     reason = ctx.request.header("x-reason")
     text = f"CONNECTION_FORCED - {reason}" if reason else CLOSE_TEXT
-    try:
-        s.shutdown(text)
-    except TypeError:
-        s.shutdown()
-    wake = getattr(s, "wake", None)
-    if callable(wake):
-        wake()
+    close_session(s, text)
 
 
 @routes.add("GET", "/connections/{name}/channels")

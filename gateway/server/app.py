@@ -14,6 +14,7 @@ import logging
 import signal
 import ssl
 import time
+import weakref
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -26,6 +27,7 @@ from gateway.auth.service import AuthService
 from gateway.config import Config
 from gateway.core.broker import Broker
 from gateway.definitions import load_definitions_file
+from gateway.info import close_session
 from gateway.server.connection import (
     PASSWORD_CHECK_THREADS,
     Connection,
@@ -158,6 +160,8 @@ class Server:
         self.mqtt_state = MQTTState(self.broker.durable, config.mqtt.retained_max_messages,
                                     config.mqtt.retained_max_bytes)
         self._wamp_router: WampRouter | None = None  # made at the first WAMP session
+        # sessions closed because their access token expired (closed once)
+        self._expired: weakref.WeakSet[Any] = weakref.WeakSet()
         self.sessions: set[Any] = set()
         self.admission = Admission(
             self.sessions, self.auth,
@@ -511,6 +515,21 @@ class Server:
             except Exception:
                 log.exception("connection timer failed")
                 conn.stop()
+        self._close_expired_tokens()
+
+    def _close_expired_tokens(self) -> None:
+        """A connection that logged in with an OAuth 2 access token is closed when the token
+        expires (as RabbitMQ's oauth2 backend does): every check it asks after that is
+        refused anyway, and it must not keep consuming what it subscribed to before."""
+        now = self.auth.wall_clock()
+        for session in list(self.sessions):
+            token = getattr(getattr(session, "user", None), "token", None)
+            if token is None or token.expires_at > now or session in self._expired:
+                continue
+            self._expired.add(session)
+            log.info("closing connection of %s: its access token expired",
+                     getattr(session.user, "name", "?"))
+            close_session(session, "CONNECTION_FORCED - access token expired")
 
     def _after_input(self) -> None:
         self.durability.kick()

@@ -276,3 +276,38 @@ def test_wildcards_and_token_shapes() -> None:
     assert name == "preferred" and grant.tags == ("monitoring",)
     assert {(s.permission, s.vhost, s.name) for s in grant.scopes} == {
         ("read", "*", "*"), ("write", "a", "b")}
+
+
+def test_a_connection_is_closed_when_its_token_expires(token_broker: Any) -> None:
+    """As RabbitMQ's oauth2 backend: a connection whose access token expires is closed by
+    the broker (within the once-a-second tick), not left consuming what it had subscribed
+    to. pika sees connection.close; paho sees its connection end."""
+    tok = token("short-lived", exp=3)
+    params = pika.ConnectionParameters(
+        host="127.0.0.1", port=token_broker.ports["amqp"],
+        credentials=pika.PlainCredentials("ignored", tok), connection_attempts=1,
+        socket_timeout=TIMEOUT)
+    conn = pika.BlockingConnection(params)
+    lost = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="tok-expiring",
+                         protocol=mqtt.MQTTv5)
+    client.username_pw_set("ignored", tok)
+    client.on_disconnect = lambda *_args: lost.set()
+    client.connect("127.0.0.1", token_broker.ports["mqtt"])
+    client.loop_start()
+    try:
+        closed: list[pika.exceptions.ConnectionClosedByBroker] = []
+        deadline = time.monotonic() + 3 + TIMEOUT
+        while time.monotonic() < deadline and not closed:
+            try:
+                conn.process_data_events(time_limit=0.2)
+            except pika.exceptions.ConnectionClosedByBroker as exc:
+                closed.append(exc)
+        assert closed and closed[0].reply_code == 320
+        assert "access token expired" in closed[0].reply_text
+        assert lost.wait(TIMEOUT), "the MQTT connection was not closed"
+    finally:
+        client.loop_stop()
+        if conn.is_open:
+            conn.close()
+    assert "access token expired" in token_broker.output(2000)
