@@ -19,6 +19,7 @@ import base64
 import binascii
 import logging
 import mimetypes
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from gateway.auth.service import LoginRefused, User
+from gateway.core.confirms import Confirms
 from gateway.core.errors import BrokerError
 from gateway.management import api_access, api_limits, api_node, api_objects, api_tools
 from gateway.management.metrics import make_registry, render_metrics
@@ -48,6 +50,33 @@ SAMPLE_SECONDS = 1.0
 _STATUS = {403: 403, 404: 404, 405: 409, 406: 400, 530: 400, 503: 400, 540: 501}
 # methods that change something: refused from another site's page, and JSON bodies only
 WRITE_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+
+
+def _no_output() -> None:
+    pass
+
+
+class _OnDisk:
+    """Waits, as a session's confirms do (`gateway.core.confirms`), until the store has made
+    a position durable: the store task wakes it after the group commit holding it."""
+
+    def __init__(self, app: ManagementApp, position: int) -> None:
+        self._app = app
+        self._done = trio.Event()
+        self.pending_output = 0
+        self.wake: Callable[[], None] = _no_output  # it sends nothing of its own
+        self._tracker: Confirms[bool] = Confirms(app.broker.durable, self)
+        self._tracker.insert(position, True)
+
+    def flush_confirms(self) -> None:
+        if self._tracker.confirm():
+            self._done.set()
+
+    async def wait(self) -> None:
+        self.flush_confirms()  # already durable (nothing was pending)
+        if not self._done.is_set():
+            self._app.server.durability.kick()
+            await self._done.wait()
 JSON_TYPE = "application/json"
 
 
@@ -218,11 +247,17 @@ class ManagementApp:
         try:
             ctx = Ctx(self, request, user, Access.of(user.tags), admitted.params,
                       route.vhost_scope)
+            mark = self.broker.durable.position
             result = route.handler(ctx)
         except ApiError as err:
             return self._error(request, err)
         except BrokerError as err:
             return self._error(request, ApiError(_STATUS.get(int(err.code), 400), err.text))
+        # a change is answered once it is on disk, as a publisher confirm is: a user, a
+        # permission or a queue the answer reports made survives a kill -9 right after it
+        position = self.broker.durable.since(mark)
+        if position and not self.broker.durable.is_durable(position):
+            await _OnDisk(self, position).wait()
         if isinstance(result, Response):
             return result
         if result is None:
