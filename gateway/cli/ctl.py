@@ -674,14 +674,20 @@ def _list_vhost_limits_args(p: argparse.ArgumentParser) -> None:
 @command("list_vhost_limits", "show a vhost's limits (--global: every vhost's)",
          _list_vhost_limits_args)
 def list_vhost_limits(c: Client, a: argparse.Namespace, out: Out) -> None:
-    if a.all:
-        out.info("Listing limits for all vhosts ...")
-        rows = [{"vhost": r["vhost"], "limits": r["value"]}
-                for r in c.call("GET", "/vhost-limits")]
-        out.table(rows, ["vhost", "limits"])
+    _list_limits(c, out, "vhost", None if a.all else a.vhost)
+
+
+def _list_limits(c: Client, out: Out, scope: str, name: str | None) -> None:
+    """rabbitmqctl's list_vhost_limits / list_user_limits: one object's limits as JSON, or
+    (name None: --global) a table of every vhost's or user's."""
+    if name is None:
+        out.info(f"Listing limits for all {scope}s ...")
+        rows = [{scope: r[scope], "limits": r["value"]}
+                for r in c.call("GET", f"/{scope}-limits")]
+        out.table(rows, [scope, "limits"])
         return
-    out.info(f'Listing limits for vhost "{a.vhost}" ...')
-    print(json.dumps(_current_limits(c, f"/vhost-limits/{seg(a.vhost)}"),
+    out.info(f'Listing limits for {scope} "{name}" ...')
+    print(json.dumps(_current_limits(c, f"/{scope}-limits/{seg(name)}"),
                      separators=(",", ":")), file=out.stream)
 
 
@@ -716,16 +722,7 @@ def _list_user_limits_args(p: argparse.ArgumentParser) -> None:
 @command("list_user_limits", "show a user's limits (--global: every user's)",
          _list_user_limits_args)
 def list_user_limits(c: Client, a: argparse.Namespace, out: Out) -> None:
-    if a.all:
-        out.info("Listing limits for all users ...")
-        rows = [{"user": r["user"], "limits": r["value"]}
-                for r in c.call("GET", "/user-limits")]
-        out.table(rows, ["user", "limits"])
-        return
-    user = a.user or c.user
-    out.info(f'Listing limits for user "{user}" ...')
-    print(json.dumps(_current_limits(c, f"/user-limits/{seg(user)}"),
-                     separators=(",", ":")), file=out.stream)
+    _list_limits(c, out, "user", None if a.all else a.user or c.user)
 
 
 # -- entry point ------------------------------------------------------------------------------

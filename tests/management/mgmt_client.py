@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -49,3 +51,15 @@ def api_for(broker: Any) -> Api:
     port = broker.ports.get("http")
     assert port, f"the broker under test has no http listener: {broker.ports}"
     return Api(broker.host, int(port), broker.user, broker.password)
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 10.0,
+             interval: float = 0.05) -> Any:
+    """Poll `check` until it returns something truthy, for at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(interval)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pika
 import pytest
-from mgmt_client import Api, api_for, q
+from mgmt_client import Api, api_for, q, wait_for
 
 DEADLINE = 10.0
 
@@ -21,17 +21,6 @@ def api(broker: Any) -> Iterator[Api]:
     client = api_for(broker)
     yield client
     client.close()
-
-
-def wait_for(check: Callable[[], Any], what: str) -> Any:
-    """Poll `check` until it returns something truthy, for at most DEADLINE seconds."""
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 # -- auth and the node --------------------------------------------------------------------

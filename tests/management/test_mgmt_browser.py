@@ -21,7 +21,7 @@ from typing import Any
 
 import pika
 import pytest
-from mgmt_client import Api, api_for, q
+from mgmt_client import Api, api_for, q, wait_for
 from playwright.sync_api import (
     Browser,
     BrowserContext,
@@ -135,13 +135,7 @@ def shot(page: Page, name: str) -> None:
 
 
 def poll(check: Callable[[], Any], what: str, timeout: float = SAMPLE_WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
+    return wait_for(check, what, timeout, 0.2)
 
 
 def newest(details: dict[str, Any]) -> int | None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pika
 import pytest
-from mgmt_client import Api, api_for, q
+from mgmt_client import Api, api_for, q, wait_for
 
 from gateway.core.message import Message, Properties
 from gateway.management.history import (
@@ -175,13 +175,7 @@ def api(broker: Any) -> Iterator[Api]:
 
 
 def poll(check: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
+    return wait_for(check, what, DEADLINE, 0.2)
 
 
 HISTORY = {"lengths_age": 60, "lengths_incr": 5, "msg_rates_age": 60, "msg_rates_incr": 5}

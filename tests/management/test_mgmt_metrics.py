@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pika
 import pytest
-from mgmt_client import Api, api_for, q
+from mgmt_client import Api, api_for, q, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 DEADLINE = 10.0
@@ -35,13 +34,7 @@ def scrape(broker: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def poll(check: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    return wait_for(check, what, DEADLINE)
 
 
 def test_metrics_use_rabbitmq_names_and_count_per_protocol(
