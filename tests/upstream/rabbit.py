@@ -121,23 +121,42 @@ class Node:
         except OSError:
             return ""
 
+    def beam_pid(self) -> int | None:
+        """The PID of this node's Erlang VM: ``rabbitmq-server`` is a shell script that runs
+        it as a child (and stops it on SIGTERM); the VM writes its PID to the pid file. The
+        PID is used only if that process's command line names this node."""
+        try:
+            pid = int((self.base / "rabbit.pid").read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return None
+        return pid if str(self.base).encode() in cmdline else None
+
     def kill(self) -> None:
-        """kill -9 of this node's VM, by PID (rabbitmq-server execs beam.smp)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
+        """kill -9 of this node's VM (by its PID), as a crash would end it."""
+        pid = self.beam_pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+        if self.process is not None:
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.send_signal(signal.SIGKILL)
+                self.process.wait(10)
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM (RabbitMQ shuts down cleanly on it), then SIGKILL; by PID only."""
         process = self.process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGKILL)
-            process.wait(10)
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.send_signal(signal.SIGKILL)
+                process.wait(10)
+        pid = self.beam_pid()  # the VM, if the script left it (it stops it on SIGTERM)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
 
 
 class Cluster:
