@@ -375,7 +375,6 @@ class AMQPSession(Outbox):
                 del self.channels[number]
                 if kind is Ch.Close:
                     ch.release(self.clock())
-                    self._confirm_channels.discard(ch)
                     self.send_method(number, Ch.CloseOk())
                 return
         try:
