@@ -1,5 +1,7 @@
 """One AMQP channel: its consumers, unacknowledged deliveries, prefetch, confirms and
-transactions. The connection (`session.py`) routes channel methods here.
+transactions. The connection (`session.py`) routes channel methods here; the channel's
+state (open, flow stopped, closing) is its `ChannelMachine` (`machine.py`). What a channel
+needs of its connection is `ChannelOwner`, so this module does not import the session.
 
 Delivery tags are per channel and increase by one per delivery or basic.get-ok; `unacked`
 keeps them in that order, so `multiple` acks walk it from the front. Prefetch follows
@@ -10,12 +12,13 @@ counted alone; global=true limits the whole channel; both may apply at once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pamqp import commands
 
-from gateway.core.confirms import Confirms
+from gateway.core.confirms import Confirms, Waiter
 from gateway.core.errors import (
     AccessRefused,
     NotAllowed,
@@ -26,15 +29,36 @@ from gateway.core.errors import (
 from gateway.core.exchange import Exchange
 from gateway.core.message import Message
 from gateway.core.queue import Entry, Queue
-from gateway.info import ChannelInfo, ConsumerOwner
+from gateway.info import ChannelInfo, Connected, ConsumerOwner
 from protocols.amqp.frames import reply
+from protocols.amqp.machine import ChannelMachine, ChannelState
 
 if TYPE_CHECKING:
-    from protocols.amqp.session import AMQPSession
+    from pamqp import base
+
+    from gateway.core.broker import Broker
 
 Basic = commands.Basic
 log = logging.getLogger("gateway.amqp")
 REPLY_TO = "amq.rabbitmq.reply-to"
+
+
+class ChannelOwner(Waiter, Connected, Protocol):
+    """What a channel needs of its connection (`session.AMQPSession` is one)."""
+
+    id: int
+    broker: Broker
+    clock: Callable[[], float]
+    consumer_max: int  # per channel, 0 = no limit
+    cancel_notify: bool  # the client takes basic.cancel from the server
+    output_blocked: bool
+
+    def send_method(self, channel: int, method: base.Frame) -> None: ...
+
+    def send_content(self, channel: int, method: base.Frame, message: Message) -> None: ...
+
+    def send_delivery(self, channel: int, consumer_tag: str, delivery_tag: int,
+                      redelivered: bool, message: Message) -> None: ...
 
 
 class AMQPConsumer:
@@ -59,7 +83,7 @@ class AMQPConsumer:
 
     def can_take(self) -> bool:
         ch = self.channel
-        if not ch.flow or ch.closing or ch.session.output_blocked:
+        if not ch.machine.delivers or ch.session.output_blocked:
             return False
         if self.no_ack:
             return True
@@ -75,11 +99,10 @@ class AMQPConsumer:
 
 
 class Channel:
-    def __init__(self, session: AMQPSession, number: int) -> None:
+    def __init__(self, session: ChannelOwner, number: int, machine: ChannelMachine) -> None:
         self.session = session
         self.number = number
-        self.closing = False
-        self.flow = True
+        self.machine = machine  # open (channel.open was accepted) until it closes
         self.consumers: dict[str, AMQPConsumer] = {}
         self.unacked: dict[int, tuple[Entry, AMQPConsumer | None]] = {}
         self.next_tag = 1
@@ -109,6 +132,15 @@ class Channel:
             len(self.tx_publishes), len(self.tx_acks), self.prefetch, self.global_prefetch,
             self.confirm, self.tx, self.flow, self.stats_publish, self.next_tag - 1,
             self.stats_ack)
+
+    @property
+    def flow(self) -> bool:
+        """Deliveries not stopped by the client's channel.flow."""
+        return self.machine.state is not ChannelState.FLOW_STOPPED
+
+    @property
+    def closing(self) -> bool:
+        return self.machine.closing
 
     # -- delivery --------------------------------------------------------------------------
 
@@ -300,8 +332,8 @@ class Channel:
     # -- closing ---------------------------------------------------------------------------
 
     def release(self, now: float) -> None:
-        """The channel is closing: requeue what was not acked and end its consumers."""
-        self.closing = True
+        """The channel is closing (its machine says so already): requeue what was not
+        acked and end its consumers."""
         for tag in list(self.consumers):
             self.cancel(tag, now)
         self.requeue_all(now)

@@ -5,13 +5,15 @@ decision every protocol shares: configure to declare or delete, write to publish
 into, read to consume, get, purge or bind from, topic permissions on publish and bind),
 then calls the core, and answers; a refused operation has created nothing. Errors
 propagate as `BrokerError`; the session closes the channel or the connection with their
-reply code.
+reply code. Which methods a channel takes in which state is `machine.py`'s business
+(`CHANNEL_METHODS` are the keys of `TABLE`); channel.close and its close-ok end the channel
+and are the session's. A handler sees the session as `Connection`, what it needs of it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pamqp import commands
 
@@ -25,55 +27,62 @@ from gateway.core.errors import (
 from gateway.core.message import Message
 from gateway.core.queue import Queue
 from gateway.core.vhost import server_queue_name
-from protocols.amqp.channel import REPLY_TO, Channel
+from protocols.amqp.channel import REPLY_TO, Channel, ChannelOwner
 from protocols.amqp.frames import reply
+from protocols.amqp.machine import ChannelLocal
 from protocols.amqp.mapping import CACHE_KEY, from_amqp, validate_publish
 
 if TYPE_CHECKING:
-    from gateway.auth.service import User
+    from gateway.auth.service import AuthService, User
     from gateway.core.vhost import VirtualHost
-    from protocols.amqp.session import AMQPSession
 
 C = commands
-Handler = Callable[["AMQPSession", Channel, Any], None]
 
 
-def _vh(s: AMQPSession) -> VirtualHost:
+class Connection(ChannelOwner, Protocol):
+    """What the handlers need of the connection (`session.AMQPSession` is one)."""
+
+    auth: AuthService
+    user: User | None
+    vhost: VirtualHost | None
+
+    def confirm_channel(self, ch: Channel) -> None: ...
+
+
+Handler = Callable[[Connection, Channel, Any], None]
+
+
+def _vh(s: Connection) -> VirtualHost:
     assert s.vhost is not None
     return s.vhost
 
 
-def _user(s: AMQPSession) -> User:
+def _user(s: Connection) -> User:
     assert s.user is not None
     return s.user
 
 
 # -- channel -------------------------------------------------------------------------------
 
-def channel_close(s: AMQPSession, ch: Channel, m: C.Channel.Close) -> None:
-    ch.release(s.clock())
-    del s.channels[ch.number]
-    s.send_method(ch.number, C.Channel.CloseOk())
+def channel_close_ok(s: Connection, ch: Channel, m: C.Channel.CloseOk) -> None:
+    pass  # a close-ok for no close of ours: nothing to do
 
 
-def channel_close_ok(s: AMQPSession, ch: Channel, m: C.Channel.CloseOk) -> None:
-    pass
-
-
-def channel_flow(s: AMQPSession, ch: Channel, m: C.Channel.Flow) -> None:
-    ch.flow = bool(m.active)
-    s.send_method(ch.number, C.Channel.FlowOk(ch.flow))
-    if ch.flow:
+def channel_flow(s: Connection, ch: Channel, m: C.Channel.Flow) -> None:
+    active = bool(m.active)
+    ch.machine.process(ChannelLocal.FLOW_RESUME if active else ChannelLocal.FLOW_STOP)
+    s.send_method(ch.number, C.Channel.FlowOk(active))
+    if active:
         ch.kick(s.clock())
 
 
-def channel_flow_ok(s: AMQPSession, ch: Channel, m: C.Channel.FlowOk) -> None:
+def channel_flow_ok(s: Connection, ch: Channel, m: C.Channel.FlowOk) -> None:
     pass
 
 
 # -- exchange ------------------------------------------------------------------------------
 
-def exchange_declare(s: AMQPSession, ch: Channel, m: C.Exchange.Declare) -> None:
+def exchange_declare(s: Connection, ch: Channel, m: C.Exchange.Declare) -> None:
     vh = _vh(s)
     args = dict(m.arguments or {})
     if not m.passive:
@@ -84,14 +93,14 @@ def exchange_declare(s: AMQPSession, ch: Channel, m: C.Exchange.Declare) -> None
         s.send_method(ch.number, C.Exchange.DeclareOk())
 
 
-def exchange_delete(s: AMQPSession, ch: Channel, m: C.Exchange.Delete) -> None:
+def exchange_delete(s: Connection, ch: Channel, m: C.Exchange.Delete) -> None:
     access.delete_exchange(s.auth, _user(s), _vh(s), m.exchange)
     _vh(s).delete_exchange(m.exchange, if_unused=m.if_unused)
     if not m.nowait:
         s.send_method(ch.number, C.Exchange.DeleteOk())
 
 
-def exchange_bind(s: AMQPSession, ch: Channel, m: C.Exchange.Bind) -> None:
+def exchange_bind(s: Connection, ch: Channel, m: C.Exchange.Bind) -> None:
     vh = _vh(s)
     access.bind(s.auth, _user(s), vh, source=m.source, destination=m.destination,
                 destination_kind="exchange", routing_key=m.routing_key)
@@ -101,7 +110,7 @@ def exchange_bind(s: AMQPSession, ch: Channel, m: C.Exchange.Bind) -> None:
         s.send_method(ch.number, C.Exchange.BindOk())
 
 
-def exchange_unbind(s: AMQPSession, ch: Channel, m: C.Exchange.Unbind) -> None:
+def exchange_unbind(s: Connection, ch: Channel, m: C.Exchange.Unbind) -> None:
     vh = _vh(s)
     access.unbind(s.auth, _user(s), vh, source=m.source, destination=m.destination,
                   destination_kind="exchange", routing_key=m.routing_key)
@@ -113,7 +122,7 @@ def exchange_unbind(s: AMQPSession, ch: Channel, m: C.Exchange.Unbind) -> None:
 
 # -- queue ---------------------------------------------------------------------------------
 
-def queue_declare(s: AMQPSession, ch: Channel, m: C.Queue.Declare) -> None:
+def queue_declare(s: Connection, ch: Channel, m: C.Queue.Declare) -> None:
     vh = _vh(s)
     name = m.queue
     if name == REPLY_TO or name.startswith(REPLY_TO + "."):
@@ -138,11 +147,11 @@ def queue_declare(s: AMQPSession, ch: Channel, m: C.Queue.Declare) -> None:
                                         consumer_count=q.consumer_count))
 
 
-def _queue(s: AMQPSession, ch: Channel, name: str) -> Queue:
+def _queue(s: Connection, ch: Channel, name: str) -> Queue:
     return _vh(s).get_queue(ch.queue_name(name), owner=s)
 
 
-def queue_bind(s: AMQPSession, ch: Channel, m: C.Queue.Bind) -> None:
+def queue_bind(s: Connection, ch: Channel, m: C.Queue.Bind) -> None:
     name = ch.queue_name(m.queue)
     key = m.routing_key if (m.routing_key or m.queue) else name
     access.bind(s.auth, _user(s), _vh(s), source=m.exchange, destination=name,
@@ -153,7 +162,7 @@ def queue_bind(s: AMQPSession, ch: Channel, m: C.Queue.Bind) -> None:
         s.send_method(ch.number, C.Queue.BindOk())
 
 
-def queue_unbind(s: AMQPSession, ch: Channel, m: C.Queue.Unbind) -> None:
+def queue_unbind(s: Connection, ch: Channel, m: C.Queue.Unbind) -> None:
     name = ch.queue_name(m.queue)
     access.unbind(s.auth, _user(s), _vh(s), source=m.exchange, destination=name,
                   destination_kind="queue", routing_key=m.routing_key)
@@ -162,7 +171,7 @@ def queue_unbind(s: AMQPSession, ch: Channel, m: C.Queue.Unbind) -> None:
     s.send_method(ch.number, C.Queue.UnbindOk())
 
 
-def queue_purge(s: AMQPSession, ch: Channel, m: C.Queue.Purge) -> None:
+def queue_purge(s: Connection, ch: Channel, m: C.Queue.Purge) -> None:
     name = ch.queue_name(m.queue)
     access.purge(s.auth, _user(s), _vh(s), name)
     n = _vh(s).purge_queue(name, owner=s)
@@ -170,7 +179,7 @@ def queue_purge(s: AMQPSession, ch: Channel, m: C.Queue.Purge) -> None:
         s.send_method(ch.number, C.Queue.PurgeOk(n))
 
 
-def queue_delete(s: AMQPSession, ch: Channel, m: C.Queue.Delete) -> None:
+def queue_delete(s: Connection, ch: Channel, m: C.Queue.Delete) -> None:
     name = ch.queue_name(m.queue)
     access.delete_queue(s.auth, _user(s), _vh(s), name)
     n = _vh(s).delete_queue(name, if_unused=m.if_unused, if_empty=m.if_empty, owner=s)
@@ -180,7 +189,7 @@ def queue_delete(s: AMQPSession, ch: Channel, m: C.Queue.Delete) -> None:
 
 # -- basic ---------------------------------------------------------------------------------
 
-def basic_qos(s: AMQPSession, ch: Channel, m: C.Basic.Qos) -> None:
+def basic_qos(s: Connection, ch: Channel, m: C.Basic.Qos) -> None:
     if m.prefetch_size:
         raise NotImplementedFeature(
             f"NOT_IMPLEMENTED - prefetch_size!=0 ({m.prefetch_size})")
@@ -192,7 +201,7 @@ def basic_qos(s: AMQPSession, ch: Channel, m: C.Basic.Qos) -> None:
     ch.kick(s.clock())
 
 
-def basic_consume(s: AMQPSession, ch: Channel, m: C.Basic.Consume) -> None:
+def basic_consume(s: Connection, ch: Channel, m: C.Basic.Consume) -> None:
     vh = _vh(s)
     now = s.clock()
     name = m.queue
@@ -240,7 +249,7 @@ class _NoConsumer:
         pass
 
 
-def basic_cancel(s: AMQPSession, ch: Channel, m: C.Basic.Cancel) -> None:
+def basic_cancel(s: Connection, ch: Channel, m: C.Basic.Cancel) -> None:
     tag = m.consumer_tag or ""
     consumer = ch.consumers.get(tag)
     ch.cancel(tag, s.clock())
@@ -250,35 +259,35 @@ def basic_cancel(s: AMQPSession, ch: Channel, m: C.Basic.Cancel) -> None:
         s.send_method(ch.number, C.Basic.CancelOk(tag))
 
 
-def basic_get(s: AMQPSession, ch: Channel, m: C.Basic.Get) -> None:
+def basic_get(s: Connection, ch: Channel, m: C.Basic.Get) -> None:
     name = ch.queue_name(m.queue)
     access.get(s.auth, _user(s), _vh(s), name)
     q = _vh(s).get_queue(name, owner=s)
     ch.get(q, m.no_ack, s.clock())
 
 
-def basic_ack(s: AMQPSession, ch: Channel, m: C.Basic.Ack) -> None:
+def basic_ack(s: Connection, ch: Channel, m: C.Basic.Ack) -> None:
     if ch.tx:
         ch.tx_acks.append(("ack", m.delivery_tag or 0, m.multiple, False))
         return
     ch.settle(m.delivery_tag or 0, m.multiple, ack=True, requeue=False, now=s.clock())
 
 
-def basic_nack(s: AMQPSession, ch: Channel, m: C.Basic.Nack) -> None:
+def basic_nack(s: Connection, ch: Channel, m: C.Basic.Nack) -> None:
     if ch.tx:
         ch.tx_acks.append(("nack", m.delivery_tag, m.multiple, m.requeue))
         return
     ch.settle(m.delivery_tag, m.multiple, ack=False, requeue=m.requeue, now=s.clock())
 
 
-def basic_reject(s: AMQPSession, ch: Channel, m: C.Basic.Reject) -> None:
+def basic_reject(s: Connection, ch: Channel, m: C.Basic.Reject) -> None:
     if ch.tx:
         ch.tx_acks.append(("nack", m.delivery_tag or 0, False, m.requeue))
         return
     ch.settle(m.delivery_tag or 0, False, ack=False, requeue=m.requeue, now=s.clock())
 
 
-def basic_recover(s: AMQPSession, ch: Channel, m: Any) -> None:
+def basic_recover(s: Connection, ch: Channel, m: Any) -> None:
     if not m.requeue:
         # as RabbitMQ: redelivery to the same consumer without requeueing is not offered
         raise BrokerError("NOT_IMPLEMENTED - requeue=false", ReplyCode.NOT_IMPLEMENTED)
@@ -288,7 +297,7 @@ def basic_recover(s: AMQPSession, ch: Channel, m: Any) -> None:
         s.send_method(ch.number, C.Basic.RecoverOk())
 
 
-def publish(s: AMQPSession, ch: Channel, m: C.Basic.Publish,
+def publish(s: Connection, ch: Channel, m: C.Basic.Publish,
             properties: C.Basic.Properties, body: bytes, raw_properties: bytes | None = None
             ) -> None:
     """basic.publish with its content (called by the session for each `Content`).
@@ -316,7 +325,7 @@ def publish(s: AMQPSession, ch: Channel, m: C.Basic.Publish,
     _route(s, ch, exchange, m.routing_key, message, m.mandatory)
 
 
-def _route(s: AMQPSession, ch: Channel, exchange: Any, routing_key: str, message: Message,
+def _route(s: Connection, ch: Channel, exchange: Any, routing_key: str, message: Message,
            mandatory: bool) -> None:
     confirm = ch.confirm
     if confirm:
@@ -335,7 +344,7 @@ def _route(s: AMQPSession, ch: Channel, exchange: Any, routing_key: str, message
 
 # -- confirm and tx ------------------------------------------------------------------------
 
-def confirm_select(s: AMQPSession, ch: Channel, m: C.Confirm.Select) -> None:
+def confirm_select(s: Connection, ch: Channel, m: C.Confirm.Select) -> None:
     if ch.tx:
         raise PreconditionFailed("PRECONDITION_FAILED - cannot switch from tx to confirm "
                                  "mode")
@@ -345,7 +354,7 @@ def confirm_select(s: AMQPSession, ch: Channel, m: C.Confirm.Select) -> None:
         s.send_method(ch.number, C.Confirm.SelectOk())
 
 
-def tx_select(s: AMQPSession, ch: Channel, m: C.Tx.Select) -> None:
+def tx_select(s: Connection, ch: Channel, m: C.Tx.Select) -> None:
     if ch.confirm:
         raise PreconditionFailed("PRECONDITION_FAILED - cannot switch from confirm to tx "
                                  "mode")
@@ -353,7 +362,7 @@ def tx_select(s: AMQPSession, ch: Channel, m: C.Tx.Select) -> None:
     s.send_method(ch.number, C.Tx.SelectOk())
 
 
-def tx_commit(s: AMQPSession, ch: Channel, m: C.Tx.Commit) -> None:
+def tx_commit(s: Connection, ch: Channel, m: C.Tx.Commit) -> None:
     if not ch.tx:
         raise PreconditionFailed("PRECONDITION_FAILED - channel is not transactional")
     now = s.clock()
@@ -368,7 +377,7 @@ def tx_commit(s: AMQPSession, ch: Channel, m: C.Tx.Commit) -> None:
     s.send_method(ch.number, C.Tx.CommitOk())
 
 
-def tx_rollback(s: AMQPSession, ch: Channel, m: C.Tx.Rollback) -> None:
+def tx_rollback(s: Connection, ch: Channel, m: C.Tx.Rollback) -> None:
     if not ch.tx:
         raise PreconditionFailed("PRECONDITION_FAILED - channel is not transactional")
     ch.tx_publishes.clear()
@@ -377,7 +386,6 @@ def tx_rollback(s: AMQPSession, ch: Channel, m: C.Tx.Rollback) -> None:
 
 
 TABLE: dict[type, Handler] = {
-    C.Channel.Close: channel_close,
     C.Channel.CloseOk: channel_close_ok,
     C.Channel.Flow: channel_flow,
     C.Channel.FlowOk: channel_flow_ok,

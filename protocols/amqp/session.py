@@ -8,16 +8,11 @@ connection must send is appended to an outbound buffer that the server's writer 
 drains (`data_to_send`); `wake` tells it there is something new when output was produced
 by another connection's publish. No I/O and no awaits happen here.
 
-Connection states, in order (spec 2.2.4):
-
-    HEADER --header--> START_OK --start-ok--> TUNE_OK --tune-ok--> OPEN_WAIT --open--> OPEN
-    any --we send connection.close--> CLOSING --close-ok or close--> CLOSED
-    any --peer sends connection.close--> CLOSED (after close-ok)
-
-Channel methods are allowed only in OPEN; a method on a channel that is not open is a
-504 CHANNEL_ERROR, closing the connection. A `BrokerError` from the core or auth closes the
-channel (soft codes) or the connection (hard codes) with its reply code and text, and only
-that: the broker and every other client go on.
+The connection's and each channel's states, the frames each state takes and where they lead
+are `machine.py`'s tables (`ConnectionMachine`, `ChannelMachine`); every frame is put to
+them first, and only what they accept is handled here. A `BrokerError` from the core or
+auth closes the channel (soft codes) or the connection (hard codes) with its reply code and
+text, and only that: the broker and every other client go on.
 """
 
 from __future__ import annotations
@@ -25,7 +20,6 @@ from __future__ import annotations
 import logging
 import platform
 from collections.abc import Callable
-from enum import Enum, auto
 from typing import TYPE_CHECKING, Any
 
 from pamqp import base, commands
@@ -33,7 +27,6 @@ from pamqp import base, commands
 import gateway
 from gateway.core.errors import (
     BrokerError,
-    CommandInvalid,
     NotAllowed,
     NotImplementedFeature,
     PreconditionFailed,
@@ -56,6 +49,16 @@ from protocols.amqp.frames import (
     ProtocolError,
     ProtocolHeaderReceived,
 )
+from protocols.amqp.machine import (
+    CHANNEL_FRAME,
+    CONTENT,
+    ChannelLocal,
+    ChannelMachine,
+    ChannelState,
+    ConnectionMachine,
+    Local,
+    State,
+)
 from protocols.amqp.mapping import encoded_properties, parse_credentials
 from protocols.outbox import Outbox
 
@@ -69,14 +72,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.amqp")
 
 
-class State(Enum):
-    HEADER = auto()
-    START_OK = auto()
-    TUNE_OK = auto()
-    OPEN_WAIT = auto()
-    OPEN = auto()
-    CLOSING = auto()
-    CLOSED = auto()
+Ch = commands.Channel
+__all__ = ["AMQPSession", "State", "reply_text"]
 
 
 def reply_text(err: BrokerError) -> str:
@@ -125,7 +122,7 @@ class AMQPSession(Outbox):
         self.heartbeat = heartbeat
         self.max_message_size = max_message_size
         self.high_water = high_water
-        self.state = State.HEADER
+        self.machine = ConnectionMachine()
         self.channels: dict[int, Channel] = {}
         self.user: User | None = None
         self.vhost: VirtualHost | None = None
@@ -145,8 +142,12 @@ class AMQPSession(Outbox):
     # -- I/O boundary ----------------------------------------------------------------------
 
     @property
+    def state(self) -> State:
+        return self.machine.state
+
+    @property
     def closed(self) -> bool:
-        return self.state is State.CLOSED
+        return self.machine.state is State.CLOSED
 
     def info(self) -> ConnectionInfo:
         """This connection and its channels as management shows them."""
@@ -183,7 +184,7 @@ class AMQPSession(Outbox):
             message.routing_key, encoded_properties(message), message.body))
 
     def receive_data(self, data: bytes | bytearray) -> None:
-        if self.state is State.CLOSED:
+        if self.closed:
             return
         self.last_recv = self.clock()
         codec = self.codec
@@ -216,17 +217,17 @@ class AMQPSession(Outbox):
         """Heartbeats: send one when idle for half the interval; give up after two missed.
         Consumer timeouts: a channel whose oldest unacknowledged delivery is older than its
         queue's timeout is closed with 406, as RabbitMQ's channel tick does."""
-        if self.state is State.OPEN:
+        machine = self.machine
+        if machine.allows(Local.CHANNEL_TIMERS):
             for ch in list(self.channels.values()):
                 timeout = ch.timed_out(now, self.consumer_timeout)
-                if timeout is not None and not ch.closing:
+                if timeout is not None and ch.machine.allows(ChannelLocal.SEND_CLOSE):
                     self.close_channel(ch, PreconditionFailed(
                         f"PRECONDITION_FAILED - delivery acknowledgement on channel "
                         f"{ch.number} timed out. Timeout value used: {timeout} ms. This "
                         "timeout value can be configured, see consumers doc guide to learn "
                         "more"), 0, 0)
-        if self.state is State.CLOSED or not self.heartbeat or self.state in (
-                State.HEADER, State.START_OK, State.TUNE_OK):
+        if not self.heartbeat or not machine.allows(Local.HEARTBEAT):
             return
         if self.read_paused:
             self.last_recv = now  # blocked by the memory alarm: we are the ones not reading
@@ -242,12 +243,13 @@ class AMQPSession(Outbox):
     def connection_lost(self) -> None:
         """The socket is gone: release every channel and the exclusive queues."""
         self._release_all()
-        self.state = State.CLOSED
+        self.machine.process(Local.FINISH)
 
     def shutdown(self, text: str = "CONNECTION_FORCED - broker shutdown") -> None:
-        if self.state is State.OPEN:
+        target = self.machine.target(Local.SHUTDOWN)
+        if target is State.CLOSING:
             self.close_connection(ReplyCode.CONNECTION_FORCED, text)
-        elif self.state not in (State.CLOSING, State.CLOSED):
+        elif target is State.CLOSED:
             self._finish()
 
     @property
@@ -258,25 +260,26 @@ class AMQPSession(Outbox):
 
     def close_connection(self, code: int, text: str, class_id: int = 0,
                          method_id: int = 0) -> None:
-        if self.state in (State.CLOSING, State.CLOSED):
+        if not self.machine.allows(Local.SEND_CLOSE):
             return
         self.send_method(0, commands.Connection.Close(int(code), text[:255], class_id,
                                                       method_id))
         self.close_reason = text
         self._release_all()
-        self.state = State.CLOSING
+        self.machine.process(Local.SEND_CLOSE)
 
     def _finish_after_close(self) -> None:
         """After a protocol error the codec is broken: stop reading, close when flushed."""
-        self.state = State.CLOSED
+        self.machine.process(Local.FINISH)
 
     def _finish(self) -> None:
         self._release_all()
-        self.state = State.CLOSED
+        self.machine.process(Local.FINISH)
 
     def _release_all(self) -> None:
         now = self.clock()
         for ch in list(self.channels.values()):
+            ch.machine.process(ChannelLocal.RELEASE)
             ch.release(now)
         self.channels.clear()
         self._confirm_channels.clear()
@@ -285,6 +288,7 @@ class AMQPSession(Outbox):
 
     def close_channel(self, ch: Channel, err: BrokerError, class_id: int,
                       method_id: int) -> None:
+        ch.machine.process(ChannelLocal.SEND_CLOSE)
         ch.release(self.clock())
         self._confirm_channels.discard(ch)
         self.send_method(ch.number, commands.Channel.Close(int(err.code), reply_text(err)[:255],
@@ -300,9 +304,10 @@ class AMQPSession(Outbox):
         elif isinstance(event, Heartbeat):
             pass
         elif isinstance(event, ProtocolHeaderReceived):
-            self._on_header()
+            if self.machine.process(ProtocolHeaderReceived):
+                self._on_header()
         elif isinstance(event, OversizeContent):
-            ch = self._open_channel(event.channel)
+            ch = self._channel_for(event.channel, CONTENT)
             if ch is not None:
                 self.close_channel(ch, PreconditionFailed(
                     f"PRECONDITION_FAILED - message size {event.size} is larger than "
@@ -333,63 +338,62 @@ class AMQPSession(Outbox):
         # certificate names a user, as RabbitMQ offers it only with a peer certificate
         mechanisms = "PLAIN AMQPLAIN EXTERNAL" if self._cert_user() else "PLAIN AMQPLAIN"
         self.send_method(0, commands.Connection.Start(0, 9, props, mechanisms, "en_US"))
-        self.state = State.START_OK
 
-    def _open_channel(self, number: int) -> Channel | None:
+    def _channel_for(self, number: int, event: Any) -> Channel | None:
+        """The channel a frame on `number` goes to, when the connection's and the
+        channel's machines accept it; None when they discard it (closing)."""
+        machine = self.machine
+        if CHANNEL_FRAME not in machine.steady and not machine.process(CHANNEL_FRAME):
+            return None
         ch = self.channels.get(number)
         if ch is None:
-            raise BrokerError("CHANNEL_ERROR - expected 'channel.open'",
-                              ReplyCode.CHANNEL_ERROR)
-        return None if ch.closing else ch
+            ChannelMachine().process(event)  # raises 504: no channel.open before it
+            return None
+        if event not in ch.machine.steady and not ch.machine.process(event):
+            return None
+        return ch
 
     def _on_method(self, number: int, method: base.Frame) -> None:
-        state = self.state
-        if state is State.CLOSING:
-            if isinstance(method, commands.Connection.CloseOk):
-                self.state = State.CLOSED
-            elif isinstance(method, commands.Connection.Close):
-                self.send_method(0, commands.Connection.CloseOk())
-                self.state = State.CLOSED
-            return
+        kind = type(method)
         if number == 0:
-            self._on_connection_method(method)
+            before = self.machine.state
+            if self.machine.process(kind):
+                self._on_connection_method(method, before)
             return
-        if state is not State.OPEN:
-            raise BrokerError("COMMAND_INVALID - connection not open",
-                              ReplyCode.COMMAND_INVALID)
-        if isinstance(method, commands.Channel.Open):
-            if number in self.channels:
-                raise BrokerError("CHANNEL_ERROR - second 'channel.open' seen",
-                                  ReplyCode.CHANNEL_ERROR)
-            if number > self.channel_max:
-                raise NotAllowed(f"NOT_ALLOWED - channel number {number} is above the "
-                                 f"negotiated channel_max {self.channel_max}")
-            if self.user is not None:  # the user's max-channels (connection.close 530)
-                self.admit_channel(self, self.user.name)
-            self.channels[number] = Channel(self, number)
-            self.send_method(number, commands.Channel.OpenOk())
-            return
+        machine = self.machine
+        if CHANNEL_FRAME not in machine.steady and not machine.process(CHANNEL_FRAME):
+            return  # closing: discarded
         ch = self.channels.get(number)
         if ch is None:
-            raise BrokerError("CHANNEL_ERROR - expected 'channel.open'",
-                              ReplyCode.CHANNEL_ERROR)
-        if ch.closing:
-            # after channel.close we only wait for close-ok (spec 2.3.6: discard the rest)
-            if isinstance(method, commands.Channel.CloseOk | commands.Channel.Close):
-                del self.channels[number]
-                if isinstance(method, commands.Channel.Close):
-                    self.send_method(number, commands.Channel.CloseOk())
+            self._open_channel(number, kind)
             return
-        handler = handlers.TABLE.get(type(method))
-        if handler is None:
-            raise BrokerError(f"COMMAND_INVALID - unexpected method {method.name}",
-                              ReplyCode.COMMAND_INVALID)
+        chm = ch.machine
+        if kind not in chm.steady:
+            if not chm.process(kind):
+                return  # closing: discarded until close-ok (spec 2.3.6)
+            if chm.state is ChannelState.CLOSED:  # channel.close, or close-ok to ours
+                del self.channels[number]
+                if kind is Ch.Close:
+                    ch.release(self.clock())
+                    self.send_method(number, Ch.CloseOk())
+                return
         try:
-            handler(self, ch, method)
+            handlers.TABLE[kind](self, ch, method)
         except BrokerError as err:
             if err.hard:
                 raise
             self.close_channel(ch, err, *_ids_of(method))
+
+    def _open_channel(self, number: int, kind: type) -> None:
+        machine = ChannelMachine()
+        machine.process(kind)  # 504 unless it is channel.open
+        if number > self.channel_max:
+            raise NotAllowed(f"NOT_ALLOWED - channel number {number} is above the "
+                             f"negotiated channel_max {self.channel_max}")
+        if self.user is not None:  # the user's max-channels (connection.close 530)
+            self.admit_channel(self, self.user.name)
+        self.channels[number] = Channel(self, number, machine)
+        self.send_method(number, Ch.OpenOk())
 
     def memory_alarm(self, on: bool) -> None:
         """The broker went over (or back under) its memory high-watermark. As in
@@ -398,7 +402,7 @@ class AMQPSession(Outbox):
         if on == self.alarm:
             return
         self.alarm = on
-        if self.state is not State.OPEN:
+        if not self.machine.allows(Local.BLOCK):
             self.read_paused = False
             return
         if on:
@@ -412,17 +416,15 @@ class AMQPSession(Outbox):
     def _on_content(self, event: Content) -> None:
         if self.alarm:
             self.read_paused = True
-        state = self.state
-        if state is not State.OPEN:
-            if state is State.CLOSING:
-                return
-            raise CommandInvalid("COMMAND_INVALID - connection not open")
-        ch = self.channels.get(event.channel)
-        if ch is None or ch.closing:
-            if ch is None:
-                raise BrokerError("CHANNEL_ERROR - expected 'channel.open'",
-                                  ReplyCode.CHANNEL_ERROR)
+        machine = self.machine
+        if CHANNEL_FRAME not in machine.steady and not machine.process(CHANNEL_FRAME):
             return
+        ch = self.channels.get(event.channel)
+        if ch is None:
+            ChannelMachine().process(CONTENT)  # raises 504: no channel.open before it
+            return
+        if CONTENT not in ch.machine.steady and not ch.machine.process(CONTENT):
+            return  # closing: discarded
         try:
             handlers.publish(self, ch, event.method, event.properties, event.body,
                              event.raw_properties)
@@ -433,25 +435,25 @@ class AMQPSession(Outbox):
 
     # -- connection class ------------------------------------------------------------------
 
-    def _on_connection_method(self, method: base.Frame) -> None:
-        state = self.state
+    def _on_connection_method(self, method: base.Frame, before: State) -> None:
+        """A channel-0 method its state accepted (the machine has moved on already;
+        `before` is the state it arrived in)."""
         C = commands.Connection
-        if isinstance(method, C.StartOk) and state is State.START_OK:
+        if isinstance(method, C.StartOk):
             self._on_start_ok(method)
-        elif isinstance(method, C.TuneOk) and state is State.TUNE_OK:
+        elif isinstance(method, C.TuneOk):
             self._on_tune_ok(method)
-        elif isinstance(method, C.Open) and state is State.OPEN_WAIT:
+        elif isinstance(method, C.Open):
             self._on_open(method)
         elif isinstance(method, C.Close):
             self.send_method(0, C.CloseOk())
-            self._finish()
+            if before is not State.CLOSING:
+                self._finish()
         elif isinstance(method, C.CloseOk):
-            self._finish()
+            if before is not State.CLOSING:
+                self._finish()
         elif isinstance(method, C.UpdateSecret):
             self.send_method(0, C.UpdateSecretOk())
-        else:
-            raise BrokerError(f"COMMAND_INVALID - unexpected method {method.name} on "
-                              "channel 0", ReplyCode.COMMAND_INVALID)
 
     def _on_start_ok(self, m: commands.Connection.StartOk) -> None:
         self.client_properties = dict(m.client_properties or {})
@@ -480,7 +482,7 @@ class AMQPSession(Outbox):
             mechanism=self._mechanism, now=self.clock(), then=self._logged_in)
 
     def _logged_in(self, result: User | LoginRefused) -> None:
-        if self.state is not State.START_OK:
+        if not self.machine.allows(Local.LOGGED_IN):
             return  # closed meanwhile
         if isinstance(result, BrokerError):
             self.close_connection(ReplyCode.ACCESS_REFUSED, reply_text(result))
@@ -488,7 +490,7 @@ class AMQPSession(Outbox):
         self.user = result
         self.send_method(0, commands.Connection.Tune(self.channel_max, self.frame_max,
                                                      self.heartbeat))
-        self.state = State.TUNE_OK
+        self.machine.process(Local.LOGGED_IN)
 
     def _cert_user(self) -> str | None:
         return self.tls.cert_user if self.tls is not None else None
@@ -510,7 +512,6 @@ class AMQPSession(Outbox):
         if m.channel_max:
             self.channel_max = min(self.channel_max, m.channel_max)
         self.heartbeat = m.heartbeat
-        self.state = State.OPEN_WAIT
 
     def _on_open(self, m: commands.Connection.Open) -> None:
         assert self.user is not None
@@ -519,7 +520,6 @@ class AMQPSession(Outbox):
         self.admit(self, self.user.name, name)  # NotAllowed: connection.close 530
         self.vhost = self.broker.vhost(name)
         self.send_method(0, commands.Connection.OpenOk())
-        self.state = State.OPEN
         if self.alarm and self.blocked_notify:
             self.send_method(0, commands.Connection.Blocked("low on memory"))
 

@@ -8,13 +8,16 @@ body, or the core's `BrokerError`; the session answers either with ERROR and clo
 Permissions are checked as RabbitMQ's STOMP plugin does through AMQP: configure to declare
 a queue, write on an exchange to publish, write on a queue and read on an exchange to bind,
 read on a queue to consume.
+
+Which commands a state takes is `machine.py`'s business. A handler sees the session as
+`Connection`, the part of it the handlers use, so this module does not import the session.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import gateway
 from gateway.auth import access
@@ -22,7 +25,9 @@ from gateway.auth.service import LoginRefused
 from gateway.core.errors import NotAllowed
 from gateway.core.message import Message
 from gateway.core.queue import Queue
+from protocols.stomp.codec import StompCodec
 from protocols.stomp.frames import SUPPORTED_VERSIONS, Command, Frame, StompError, Version
+from protocols.stomp.machine import Local, StompMachine
 from protocols.stomp.mapping import (
     TOPIC_EXCHANGE,
     Destination,
@@ -35,15 +40,68 @@ from protocols.stomp.mapping import (
     subscription_queue_name,
     validate_publish,
 )
-from protocols.stomp.subscription import AckMode, Subscription
+from protocols.stomp.subscription import AckMode, Subscription, SubscriptionOwner
 
 if TYPE_CHECKING:
-    from gateway.auth.service import User
+    from gateway.auth.login import PendingCheck
+    from gateway.auth.service import AuthService, User
+    from gateway.core.broker import Broker
     from gateway.core.vhost import VirtualHost
-    from protocols.stomp.session import StompSession
+    from protocols.admission import Admit
+
+
+class Connection(SubscriptionOwner, Protocol):
+    """What the handlers need of the connection (`session.StompSession` is one)."""
+
+    machine: StompMachine
+    broker: Broker
+    auth: AuthService
+    admit: Admit
+    codec: StompCodec
+    peer: tuple[str, int]
+    loopback: bool
+    clock: Callable[[], float]
+    heartbeat_min: int
+    anonymous_user: str | None
+    loopback_users: frozenset[str]
+    cert_user: str | None
+    close_reason: str | None
+    password_check: PendingCheck | None
+    user: User | None
+    vhost: VirtualHost | None
+    subscriptions: dict[str, Subscription]
+    transactions: dict[str, list[Frame]]
+    declared: set[str]
+    targets: dict[str, tuple[str, str]]
+    alarm: bool
+    read_paused: bool
+
+    def send_frame(self, command: Command, headers: list[tuple[str, str]],
+                   body: bytes = b"") -> None: ...
+
+    def send_error(self, message: str, detail: str, receipt: str | None = None,
+                   extra: tuple[tuple[str, str], ...] = ()) -> None: ...
+
+    def connected(self, user: User, vhost: VirtualHost, send_interval: float,
+                  recv_interval: float) -> None: ...
+
+    def disconnect(self, receipt: str | None) -> None: ...
+
+    def temp_queue(self, name: str) -> Queue: ...
+
+    def start_subscription(self, sub: Subscription) -> None: ...
+
+    def end_subscription(self, sub: Subscription, now: float) -> None: ...
+
+    def settle(self, ack_id: str, *, ack: bool, requeue: bool, command: str) -> None: ...
+
+    def end_transaction(self, tx: str) -> list[Frame]: ...
+
+    def replay(self, frame: Frame) -> None: ...
+
 
 After = Callable[[], None] | None
-Handler = Callable[["StompSession", Frame], After]
+Handler = Callable[[Connection, Frame], After]
 
 DEFAULT_VHOST: Final = "/"
 MAX_TRANSACTIONS: Final = 16  # open at once on one connection (RabbitMQ's limit)
@@ -53,12 +111,12 @@ MAX_TARGETS: Final = 1024  # SEND destinations remembered per connection
 _ACK_MODES: Final = {m.value: m for m in AckMode}
 
 
-def _vh(s: StompSession) -> VirtualHost:
+def _vh(s: Connection) -> VirtualHost:
     assert s.vhost is not None
     return s.vhost
 
 
-def _user(s: StompSession) -> User:
+def _user(s: Connection) -> User:
     assert s.user is not None
     return s.user
 
@@ -94,7 +152,7 @@ def _negotiate(frame: Frame) -> Version:
                      f"{accept}.")
 
 
-def _heartbeat(s: StompSession, frame: Frame) -> tuple[int, int]:
+def _heartbeat(s: Connection, frame: Frame) -> tuple[int, int]:
     """(sx, sy) in ms for CONNECTED, from the client's (cx, cy)."""
     value = frame.get("heart-beat", "0,0") or "0,0"
     parts = value.split(",")
@@ -112,7 +170,7 @@ def _heartbeat(s: StompSession, frame: Frame) -> tuple[int, int]:
     return sx, sy
 
 
-def _vhost_name(s: StompSession, host: str | None) -> str:
+def _vhost_name(s: Connection, host: str | None) -> str:
     """The vhost a CONNECT asks for. Spec 1.2 recommends that clients put the host name
     they connected to in `host` (stomp.py does); RabbitMQ then refuses the connection
     ("Virtual host '127.0.0.1' access denied"), a frequent complaint. Here an IP address
@@ -133,7 +191,7 @@ def _is_ip(text: str) -> bool:
     return True
 
 
-def _without_password(s: StompSession) -> User:
+def _without_password(s: Connection) -> User:
     """The user of a CONNECT without login: the client certificate's, or anonymous."""
     if s.cert_user is not None:
         # RabbitMQ's stomp.ssl_cert_login: the verified certificate names the user
@@ -154,7 +212,7 @@ def _without_password(s: StompSession) -> User:
     return user
 
 
-def connect(s: StompSession, frame: Frame) -> After:
+def connect(s: Connection, frame: Frame) -> After:
     version = _negotiate(frame)
     s.version = version
     s.codec.version = version
@@ -168,9 +226,7 @@ def connect(s: StompSession, frame: Frame) -> After:
     receipt = frame.get("receipt")
 
     def logged_in(result: User | LoginRefused) -> None:
-        from protocols.stomp.session import State
-
-        if s.state is not State.CONNECTING:
+        if not s.machine.allows(Local.LOGGED_IN):
             return  # the connection went meanwhile
         try:
             if isinstance(result, LoginRefused):
@@ -186,7 +242,7 @@ def connect(s: StompSession, frame: Frame) -> After:
     return None
 
 
-def _connected(s: StompSession, user: User, vhost: str, version: Version, sx: int,
+def _connected(s: Connection, user: User, vhost: str, version: Version, sx: int,
                sy: int) -> None:
     login = user.name
     if not s.auth.vhost_exists(vhost) or vhost not in s.broker.vhosts:
@@ -210,14 +266,14 @@ def _connected(s: StompSession, user: User, vhost: str, version: Version, sx: in
     ])
 
 
-def disconnect(s: StompSession, frame: Frame) -> After:
+def disconnect(s: Connection, frame: Frame) -> After:
     s.disconnect(frame.get("receipt"))
     return None
 
 
 # -- publishing ----------------------------------------------------------------------------
 
-def _declare(s: StompSession, name: str, frame: Frame, *, durable: bool, auto_delete: bool,
+def _declare(s: Connection, name: str, frame: Frame, *, durable: bool, auto_delete: bool,
              exclusive: bool) -> Queue:
     opts = queue_options(frame.headers, durable=durable, auto_delete=auto_delete,
                          exclusive=exclusive)
@@ -241,7 +297,7 @@ def _publish_address(dest: Destination) -> tuple[str, str]:
     return "", dest.name
 
 
-def _publish_target(s: StompSession, dest: Destination, frame: Frame) -> tuple[str, str]:
+def _publish_target(s: Connection, dest: Destination, frame: Frame) -> tuple[str, str]:
     """(exchange, routing key) a SEND to `dest` publishes with; declares a /queue/ (or a
     temp queue) it names on first use."""
     kind = dest.kind
@@ -259,7 +315,7 @@ def _publish_target(s: StompSession, dest: Destination, frame: Frame) -> tuple[s
     return "", s.temp_queue(dest.name).name
 
 
-def send(s: StompSession, frame: Frame) -> After:
+def send(s: Connection, frame: Frame) -> After:
     destination = _required(frame, "destination")
     vh = _vh(s)
     target = s.targets.get(destination)
@@ -296,7 +352,7 @@ def send(s: StompSession, frame: Frame) -> After:
 
 # -- subscriptions -------------------------------------------------------------------------
 
-def _subscription_queue(s: StompSession, dest: Destination, destination: str, sub_id: str,
+def _subscription_queue(s: Connection, dest: Destination, destination: str, sub_id: str,
                         frame: Frame, durable: bool) -> Queue:
     """The queue a /topic/ or /exchange/ subscription reads: its own, bound by the key."""
     vh = _vh(s)
@@ -315,7 +371,7 @@ def _subscription_queue(s: StompSession, dest: Destination, destination: str, su
     return queue
 
 
-def subscribe(s: StompSession, frame: Frame) -> After:
+def subscribe(s: Connection, frame: Frame) -> After:
     destination = _required(frame, "destination")
     dest = parse_destination(destination)
     sub_id = frame.get("id")
@@ -359,7 +415,7 @@ def subscribe(s: StompSession, frame: Frame) -> After:
     return lambda: s.start_subscription(sub)
 
 
-def unsubscribe(s: StompSession, frame: Frame) -> After:
+def unsubscribe(s: Connection, frame: Frame) -> After:
     sub_id = frame.get("id")
     if sub_id is None:
         if s.version is Version.V1_0 and frame.get("destination") is not None:
@@ -383,7 +439,7 @@ def unsubscribe(s: StompSession, frame: Frame) -> After:
 
 # -- acknowledgements ----------------------------------------------------------------------
 
-def _ack_id(s: StompSession, frame: Frame) -> str:
+def _ack_id(s: Connection, frame: Frame) -> str:
     # 1.2 names the message by `id` (the MESSAGE's `ack` header), 1.0/1.1 by `message-id`;
     # either is accepted in every version, the version's own first
     names = ("id", "message-id") if s.version is Version.V1_2 else ("message-id", "id")
@@ -395,12 +451,12 @@ def _ack_id(s: StompSession, frame: Frame) -> str:
                      f"{frame.command.value} requires the '{names[0]}' header.")
 
 
-def ack(s: StompSession, frame: Frame) -> After:
+def ack(s: Connection, frame: Frame) -> After:
     s.settle(_ack_id(s, frame), ack=True, requeue=False, command="ACK")
     return None
 
 
-def nack(s: StompSession, frame: Frame) -> After:
+def nack(s: Connection, frame: Frame) -> After:
     requeue = parse_bool(frame.headers, "requeue", True)
     s.settle(_ack_id(s, frame), ack=False, requeue=requeue, command="NACK")
     return None
@@ -408,7 +464,7 @@ def nack(s: StompSession, frame: Frame) -> After:
 
 # -- transactions --------------------------------------------------------------------------
 
-def begin(s: StompSession, frame: Frame) -> After:
+def begin(s: Connection, frame: Frame) -> After:
     tx = _required(frame, "transaction")
     if tx in s.transactions:
         raise StompError("Bad transaction", f"Transaction {tx} is already open.")
@@ -419,17 +475,17 @@ def begin(s: StompSession, frame: Frame) -> After:
     return None
 
 
-def _end_tx(s: StompSession, frame: Frame) -> list[Frame]:
+def _end_tx(s: Connection, frame: Frame) -> list[Frame]:
     return s.end_transaction(_required(frame, "transaction"))
 
 
-def commit(s: StompSession, frame: Frame) -> After:
+def commit(s: Connection, frame: Frame) -> After:
     for action in _end_tx(s, frame):
         s.replay(action)
     return None
 
 
-def abort(s: StompSession, frame: Frame) -> After:
+def abort(s: Connection, frame: Frame) -> After:
     _end_tx(s, frame)
     return None
 

@@ -7,12 +7,8 @@ each frame is handled to completion, synchronously, against the core (one handle
 command in `handlers.py`). Everything to send is appended to an outbound buffer that the
 server's writer task drains (`data_to_send`). No I/O and no awaits happen here.
 
-States and the commands each accepts (`ACCEPTS`, the transition table):
-
-    CONNECTING --CONNECT/STOMP ok--> CONNECTED --DISCONNECT--> CLOSED
-                                     CONNECTED --DISCONNECT+receipt--> DISCONNECTING
-    DISCONNECTING --its RECEIPT sent--> CLOSED
-    any --ERROR sent, or socket lost, or heart-beats missed--> CLOSED
+The connection's states, the commands each takes and where they lead are `machine.py`'s
+tables (`StompMachine`); every frame is put to it first.
 
 Any problem is answered with one ERROR frame (`message` header, explanatory body, the
 `receipt-id` of the frame that caused it) and the connection closes, as the spec requires
@@ -37,7 +33,6 @@ import base64
 import logging
 import os
 from collections.abc import Callable
-from enum import Enum, auto
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 from gateway.auth import access
@@ -59,6 +54,7 @@ from protocols.stomp.frames import (
     StompProtocolError,
     Version,
 )
+from protocols.stomp.machine import Local, State, StompMachine
 from protocols.stomp.mapping import message_destination, message_headers
 from protocols.stomp.subscription import AckMode, Subscription
 
@@ -75,23 +71,7 @@ CONNECT_TIMEOUT: Final = 10.0  # seconds a client has to send CONNECT, as Rabbit
 # (the server passes its limits.handshake_timeout)
 
 
-class State(Enum):
-    CONNECTING = auto()
-    CONNECTED = auto()
-    DISCONNECTING = auto()
-    CLOSED = auto()
-
-
-_SESSION_COMMANDS = frozenset({
-    Command.SEND, Command.SUBSCRIBE, Command.UNSUBSCRIBE, Command.ACK, Command.NACK,
-    Command.BEGIN, Command.COMMIT, Command.ABORT, Command.DISCONNECT,
-})
-ACCEPTS: Final[dict[State, frozenset[Command]]] = {
-    State.CONNECTING: frozenset({Command.CONNECT, Command.STOMP}),
-    State.CONNECTED: _SESSION_COMMANDS,
-    State.DISCONNECTING: frozenset(),
-    State.CLOSED: frozenset(),
-}
+__all__ = ["State", "StompSession", "error_message"]
 TRANSACTIONAL: Final = frozenset({Command.SEND, Command.ACK, Command.NACK})
 
 
@@ -147,7 +127,7 @@ class StompSession(Outbox):
         self.tls = tls
         # a CONNECT without login is the verified certificate's CN (RabbitMQ's ssl_cert_login)
         self.cert_user = tls.cert_user if tls is not None and ssl_cert_login else None
-        self.state = State.CONNECTING
+        self.machine = StompMachine()
         self.version = Version.V1_0
         self.session_name = "session-" + base64.urlsafe_b64encode(os.urandom(12)).decode()
         self.user: User | None = None
@@ -198,8 +178,12 @@ class StompSession(Outbox):
         return self.vhost is not None
 
     @property
+    def state(self) -> State:
+        return self.machine.state
+
+    @property
     def closed(self) -> bool:
-        return self.state is State.CLOSED
+        return self.machine.state is State.CLOSED
 
     def credit_returned(self) -> None:
         self.kick()
@@ -209,12 +193,12 @@ class StompSession(Outbox):
         self.emit(encode_frame(command, headers, body, self.version))
 
     def receive_data(self, data: bytes | bytearray) -> None:
-        if self.state is State.CLOSED or self.state is State.DISCONNECTING:
+        machine = self.machine
+        if not machine.buffers:
             return
         self.last_recv = self.clock()
         self.codec.receive_data(data)
-        while (self.state is State.CONNECTED or self.state is State.CONNECTING) \
-                and self.password_check is None:
+        while machine.parses and self.password_check is None:
             try:
                 event = self.codec.next_event()
             except StompProtocolError as exc:
@@ -233,12 +217,13 @@ class StompSession(Outbox):
 
     def timer(self, now: float) -> None:
         """Heart-beats both ways, and the deadline for CONNECT."""
-        if self.state is State.CONNECTING:
+        machine = self.machine
+        if machine.allows(Local.CONNECT_DEADLINE):
             if now - self.started > self.connect_timeout:
                 self.close_reason = "no CONNECT frame in time"
                 self._finish()
             return
-        if self.state is State.CLOSED:
+        if not machine.allows(Local.HEARTBEAT):
             return
         if self.read_paused:
             self.last_recv = now  # paused by the memory alarm: we are the ones not reading
@@ -257,16 +242,16 @@ class StompSession(Outbox):
         self._finish()
 
     def shutdown(self) -> None:
-        if self.state is State.CONNECTED:
+        if self.machine.allows(Local.NOTICE):
             self.send_error("Server shutdown", "The broker is shutting down.")
-        elif self.state is not State.CLOSED:
+        elif not self.closed:
             self._finish()
 
     def vhost_deleted(self, name: str) -> None:
         """The vhost this connection is on was deleted."""
-        if self.state is State.CONNECTED:
+        if self.machine.allows(Local.NOTICE):
             self.send_error("Virtual host deleted", f"Virtual host '{name}' was deleted.")
-        elif self.state is not State.CLOSED:
+        elif not self.closed:
             self._finish()
 
     def memory_alarm(self, on: bool) -> None:
@@ -283,7 +268,7 @@ class StompSession(Outbox):
     def send_error(self, message: str, detail: str, receipt: str | None = None,
                    extra: tuple[tuple[str, str], ...] = ()) -> None:
         """ERROR then close (spec 1.2: the server MUST close the connection after it)."""
-        if self.state is State.CLOSED:
+        if not self.machine.allows(Local.SEND_ERROR):
             return
         headers = [("message", message), ("content-type", "text/plain"), *extra]
         if receipt is not None:
@@ -293,9 +278,9 @@ class StompSession(Outbox):
         self.close_reason = message
         self._finish()
 
-    def _finish(self) -> None:
+    def _finish(self, event: Local = Local.FINISH) -> None:
         self._release_all()
-        self.state = State.CLOSED
+        self.machine.process(event)
 
     def _release_all(self) -> None:
         now = self.clock()
@@ -320,8 +305,9 @@ class StompSession(Outbox):
         receipt = frame.get("receipt")
         command = frame.command
         try:
-            if command not in ACCEPTS[self.state]:
-                raise self._illegal(command)
+            machine = self.machine
+            if command not in machine.steady:
+                machine.process(command)  # CONNECT's transition, or the refusal
             tx = frame.get("transaction") if command in TRANSACTIONAL else None
             durable = self.broker.durable
             before = durable.position
@@ -341,14 +327,6 @@ class StompSession(Outbox):
             self.flush_confirms()
         if after is not None:
             after()
-
-    def _illegal(self, command: Command) -> StompError:
-        if self.state is State.CONNECTING:
-            return StompError("Illegal command",
-                              f"You must log in using CONNECT first; got {command.value}.")
-        if command in (Command.CONNECT, Command.STOMP):
-            return StompError("Illegal command", "This connection is already connected.")
-        return StompError("Illegal command", f"{command.value} is not a client frame.")
 
     def replay(self, frame: Frame) -> None:
         """Run a frame of a committed transaction."""
@@ -387,7 +365,7 @@ class StompSession(Outbox):
         self.vhost = vhost
         self.send_interval = send_interval
         self.recv_interval = recv_interval
-        self.state = State.CONNECTED
+        self.machine.process(Local.LOGGED_IN)
 
     def disconnect(self, receipt: str | None) -> None:
         """DISCONNECT: close now, or once its RECEIPT is out. That receipt waits for every
@@ -396,7 +374,7 @@ class StompSession(Outbox):
             self.close_reason = "DISCONNECT"
             self._finish()
             return
-        self.state = State.DISCONNECTING
+        self.machine.process(Local.AWAIT_RECEIPT)
         self.receipts.insert(self.broker.durable.position, Receipt(receipt, True))
 
     def flush_confirms(self) -> None:
@@ -406,7 +384,7 @@ class StompSession(Outbox):
         for receipt in self.receipts.confirm():
             self.send_frame(Command.RECEIPT, [("receipt-id", receipt.receipt_id)])
             if receipt.close:
-                self._finish()
+                self._finish(Local.RECEIPT_SENT)
                 return
 
     # -- deliveries and acknowledgements ---------------------------------------------------
@@ -481,7 +459,7 @@ class StompSession(Outbox):
         for _, mid in sub.unacked.values():
             self.ack_ids.pop(mid, None)
         sub.unacked.clear()
-        if self.state is State.CONNECTED and not sub.id.startswith("/temp-queue/"):
+        if self.machine.allows(Local.NOTICE) and not sub.id.startswith("/temp-queue/"):
             self.send_frame(Command.ERROR, [
                 ("message", "Server cancelled subscription"), ("subscription", sub.id),
                 ("content-type", "text/plain")],

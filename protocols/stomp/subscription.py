@@ -8,22 +8,31 @@ Acknowledgement modes (spec 1.2 "SUBSCRIBE ack Header"):
 
 `unacked` keeps the subscription's delivery tags in the order they were sent, so a
 cumulative ACK walks it from the front. `prefetch-count` (RabbitMQ's header) bounds it;
-0 means no bound.
+0 means no bound. What a subscription needs of its connection is `SubscriptionOwner`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from gateway.core.queue import Entry, Queue
-from gateway.info import ConsumerOwner
+from gateway.info import Connected, ConsumerOwner
 from protocols.stomp.codec import escape
 from protocols.stomp.frames import Version
 
-if TYPE_CHECKING:
-    from protocols.stomp.session import StompSession
+
+class SubscriptionOwner(Connected, Protocol):
+    """What a subscription needs of its connection (`session.StompSession` is one)."""
+
+    version: Version
+    session_name: str
+    output_blocked: bool
+
+    def deliver(self, sub: Subscription, entry: Entry) -> None: ...
+
+    def subscription_cancelled(self, sub: Subscription) -> None: ...
 
 
 class AckMode(Enum):
@@ -37,7 +46,7 @@ class Subscription:
                  "exclusive", "priority", "prefetch", "unacked", "started", "durable",
                  "id_prefix", "wire_id_prefix", "wire_head", "ack_header")
 
-    def __init__(self, session: StompSession, sub_id: str, queue: Queue, destination: str,
+    def __init__(self, session: SubscriptionOwner, sub_id: str, queue: Queue, destination: str,
                  mode: AckMode, *, prefetch: int = 0, priority: int = 0,
                  durable: bool = False) -> None:
         self.id = sub_id

@@ -5,16 +5,18 @@ is the table of contents. HELLO, AUTHENTICATE, GOODBYE and ABORT are the session
 Each handler validates URIs and options (spec "URIs": loose rules, empty components only in
 patterns; `wamp.` is reserved for the router), calls the core through the session's
 subscription and RPC state, and answers. A `BrokerError` becomes an ERROR for that request
-with a standard URI; nothing else is affected.
+with a standard URI; nothing else is affected. Which messages a state takes is
+`machine.py`'s business; a handler sees the session as `Session`, the part it uses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 from gateway.core.errors import BrokerError
 from gateway.core.message import Message, Properties
+from protocols.wamp.context import SessionContext
 from protocols.wamp.frames import (
     Call,
     Cancel,
@@ -50,17 +52,27 @@ from protocols.wamp.mapping import (
     valid_uri,
 )
 from protocols.wamp.router import INVOKE_POLICIES, global_id
-from protocols.wamp.rpc import AlreadyExists, NoSuchProcedure
+from protocols.wamp.rpc import AlreadyExists, NoSuchProcedure, RpcState
+from protocols.wamp.subscriptions import SubscriptionState
 
-if TYPE_CHECKING:
-    from protocols.wamp.session import WampSession
+
+class Session(SessionContext, Protocol):
+    """What the handlers need of the session (`session.WampSession` is one)."""
+
+    subs: SubscriptionState
+    rpc: RpcState
+
+    def check_subscribe(self, exchange: str, binding_key: str) -> None: ...
+
+    def error_uri(self, err: BrokerError, default: str) -> str: ...
+
 
 MATCH_POLICIES: Final = ("exact", "prefix", "wildcard")
 CANCEL_MODES: Final = ("skip", "kill", "killnowait")
 T = MessageType
 
 
-def _error(s: WampSession, request_type: MessageType, request: int, uri: str,
+def _error(s: Session, request_type: MessageType, request: int, uri: str,
            message: str | None = None) -> None:
     args = [message] if message else None
     s.send(Error(request_type, request, {}, uri, args))
@@ -68,7 +80,7 @@ def _error(s: WampSession, request_type: MessageType, request: int, uri: str,
 
 # -- publish/subscribe -----------------------------------------------------------------------
 
-def publish(s: WampSession, m: Publish) -> None:
+def publish(s: Session, m: Publish) -> None:
     opts = m.options
     ack = opts.get("acknowledge") is True
     if not valid_uri(m.topic) or reserved_uri(m.topic):
@@ -113,7 +125,7 @@ def publish(s: WampSession, m: Publish) -> None:
         s.send(Published(m.request, pub))
 
 
-def subscribe(s: WampSession, m: Subscribe) -> None:
+def subscribe(s: Session, m: Subscribe) -> None:
     match = m.options.get("match", "exact")
     if match not in MATCH_POLICIES:
         _error(s, T.SUBSCRIBE, m.request, "wamp.error.invalid_argument",
@@ -137,7 +149,7 @@ def subscribe(s: WampSession, m: Subscribe) -> None:
     s.send(Subscribed(m.request, sub_id))
 
 
-def unsubscribe(s: WampSession, m: Unsubscribe) -> None:
+def unsubscribe(s: Session, m: Unsubscribe) -> None:
     if s.subs.unsubscribe(m.subscription):
         s.send(Unsubscribed(m.request))
     else:
@@ -146,7 +158,7 @@ def unsubscribe(s: WampSession, m: Unsubscribe) -> None:
 
 # -- remote procedure calls ------------------------------------------------------------------
 
-def call(s: WampSession, m: Call) -> None:
+def call(s: Session, m: Call) -> None:
     if not valid_uri(m.procedure):
         _error(s, T.CALL, m.request, "wamp.error.invalid_uri",
                f"invalid procedure {m.procedure!r}")
@@ -165,14 +177,14 @@ def call(s: WampSession, m: Call) -> None:
         _error(s, T.CALL, m.request, s.error_uri(err, "wamp.error.not_authorized"), err.text)
 
 
-def cancel(s: WampSession, m: Cancel) -> None:
+def cancel(s: Session, m: Cancel) -> None:
     mode = m.options.get("mode", "killnowait")
     if mode not in CANCEL_MODES:
         mode = "killnowait"
     s.rpc.cancel(m.request, mode)
 
 
-def register(s: WampSession, m: Register) -> None:
+def register(s: Session, m: Register) -> None:
     opts = m.options
     match = opts.get("match", "exact")
     invoke = opts.get("invoke", "single")
@@ -203,14 +215,14 @@ def register(s: WampSession, m: Register) -> None:
         s.rpc.start(reg)
 
 
-def unregister(s: WampSession, m: Unregister) -> None:
+def unregister(s: Session, m: Unregister) -> None:
     if s.rpc.unregister(m.registration):
         s.send(Unregistered(m.request))
     else:
         _error(s, T.UNREGISTER, m.request, "wamp.error.no_such_registration")
 
 
-def yield_(s: WampSession, m: Yield) -> None:
+def yield_(s: Session, m: Yield) -> None:
     try:
         body = encode_payload(m.args, m.kwargs)
     except ValueError as exc:
@@ -220,13 +232,13 @@ def yield_(s: WampSession, m: Yield) -> None:
     s.rpc.yield_(m, body)
 
 
-def error(s: WampSession, m: Error) -> None:
+def error(s: Session, m: Error) -> None:
     if m.request_type != T.INVOCATION:
         raise ProtocolViolation(f"ERROR for request type {m.request_type} from a client")
     s.rpc.error(m)
 
 
-TABLE: Final[dict[MessageType, Callable[[WampSession, Any], None]]] = {
+TABLE: Final[dict[MessageType, Callable[[Session, Any], None]]] = {
     T.PUBLISH: publish,
     T.SUBSCRIBE: subscribe,
     T.UNSUBSCRIBE: unsubscribe,

@@ -10,7 +10,8 @@ INVOCATION, and its YIELD goes back to the client's `reply_to` with the same cor
 Replies carry WAMP's extras in headers (`mapping.H_*`): progress, error URI. A call with a
 timeout also sets the message's `expiration`, so it is not delivered after the caller gave
 up. Timeouts and CANCEL answer the caller at once and INTERRUPT the callee that holds the
-call; a call nobody took yet is skipped when it comes out of the queue.
+call; a call nobody took yet is skipped when it comes out of the queue. The session is
+seen as `context.SessionContext`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from gateway.core.errors import AccessRefused
 from gateway.core.message import Message, Properties
+from protocols.wamp.context import SessionContext
 from protocols.wamp.frames import Call, Error, Interrupt, Invocation, MessageType, Result, Yield
 from protocols.wamp.mapping import (
     H_CALLER,
@@ -43,7 +45,6 @@ from protocols.wamp.subscriptions import message_payload
 if TYPE_CHECKING:
     from gateway.core.queue import Entry, Queue
     from gateway.core.vhost import VirtualHost
-    from protocols.wamp.session import WampSession
 
 log = logging.getLogger("gateway.wamp")
 
@@ -107,7 +108,7 @@ class ReplyConsumer:
 
 
 class RpcState:
-    def __init__(self, session: WampSession) -> None:
+    def __init__(self, session: SessionContext) -> None:
         self.session = session
         self.calls: dict[int, PendingCall] = {}
         self.by_cid: dict[str, int] = {}

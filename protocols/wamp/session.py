@@ -11,13 +11,8 @@ which the WebSocket framing layer takes with `messages_to_send`, one WebSocket m
 each; `wake` tells it there is something new when another connection's publish produced
 it. No I/O and no awaits happen here.
 
-States and the messages each accepts (`ACCEPTS`, the transition table):
-
-    HANDSHAKE  --HELLO, no auth (anonymous, when allowed)--> ESTABLISHED
-    HANDSHAKE  --HELLO, ticket or wampcra--> CHALLENGED --AUTHENTICATE ok--> ESTABLISHED
-    ESTABLISHED --GOODBYE from the client (we echo goodbye_and_out)--> HANDSHAKE
-    ESTABLISHED --we send GOODBYE (shutdown)--> CLOSING --GOODBYE--> CLOSED
-    any --ABORT either way, a protocol violation, the transport lost--> CLOSED
+The session's states, the messages each takes and where they lead are `machine.py`'s
+tables (`WampMachine`); every message is put to it first.
 
 A message that its state does not accept, or one the codec cannot read, is a protocol
 violation (spec "Protocol Errors"): ABORT `wamp.error.protocol_violation`, everything the
@@ -42,7 +37,6 @@ import secrets
 from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from enum import Enum, auto
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.auth import access
@@ -64,6 +58,7 @@ from protocols.wamp.frames import (
     Welcome,
 )
 from protocols.wamp.handlers import TABLE
+from protocols.wamp.machine import Local, State, WampMachine
 from protocols.wamp.router import Realm, WampRouter
 from protocols.wamp.rpc import RpcState
 from protocols.wamp.subscriptions import SubscriptionState
@@ -79,27 +74,9 @@ log = logging.getLogger("gateway.wamp")
 HELLO_TIMEOUT: Final = 10.0  # seconds a client has to establish a session
 
 
-class State(Enum):
-    HANDSHAKE = auto()
-    CHALLENGED = auto()
-    ESTABLISHED = auto()
-    CLOSING = auto()
-    CLOSED = auto()
-
-
 T = MessageType
-_SESSION_MESSAGES: Final = frozenset({
-    T.PUBLISH, T.SUBSCRIBE, T.UNSUBSCRIBE, T.CALL, T.CANCEL, T.REGISTER, T.UNREGISTER,
-    T.YIELD, T.ERROR, T.GOODBYE, T.ABORT,
-})
-ACCEPTS: Final[dict[State, frozenset[MessageType]]] = {
-    State.HANDSHAKE: frozenset({T.HELLO, T.ABORT}),
-    State.CHALLENGED: frozenset({T.AUTHENTICATE, T.ABORT}),
-    State.ESTABLISHED: _SESSION_MESSAGES,
-    # after our GOODBYE, only the client's GOODBYE matters; the rest is dropped
-    State.CLOSING: _SESSION_MESSAGES,
-    State.CLOSED: frozenset(),
-}
+__all__ = ["ROLES", "State", "WampSession", "broker_cra_lookup"]
+PAUSING: Final = frozenset({T.PUBLISH, T.CALL, T.YIELD})  # paused by the memory alarm
 
 # What WELCOME announces: exactly what this router implements (spec "Feature Announcement")
 ROLES: Final[dict[str, dict[str, dict[str, bool]]]] = {
@@ -217,7 +194,7 @@ class WampSession(MessageOutbox[bytes | str]):
         # asked with `disclose_me` (recent autobahn clients cannot ask)
         self.disclose = disclose
         self.high_water = high_water
-        self.state = State.HANDSHAKE
+        self.machine = WampMachine()
         self.started = clock()
         self.session_id = 0
         self.realm: Realm | None = None
@@ -249,8 +226,12 @@ class WampSession(MessageOutbox[bytes | str]):
         return self.vhost is not None
 
     @property
+    def state(self) -> State:
+        return self.machine.state
+
+    @property
     def closed(self) -> bool:
-        return self.state is State.CLOSED
+        return self.machine.state is State.CLOSED
 
     def info(self) -> ConnectionInfo:
         """This session as management shows it."""
@@ -284,7 +265,7 @@ class WampSession(MessageOutbox[bytes | str]):
         return True
 
     def receive_message(self, data: bytes | str) -> None:
-        if self.state is State.CLOSED:
+        if self.closed:
             return
         if self.password_check is not None or self._held:
             if len(self._held) >= MAX_HELD:
@@ -296,41 +277,47 @@ class WampSession(MessageOutbox[bytes | str]):
 
     def resume_input(self) -> None:
         """A password check finished: handle the messages that waited for it."""
-        while self._held and self.password_check is None and self.state is not State.CLOSED:
+        while self._held and self.password_check is None and not self.closed:
             self._receive(self._held.popleft())
 
     def _receive(self, data: bytes | str) -> None:
         try:
             msg = self.codec.decode(data)
-            if msg.TYPE not in ACCEPTS[self.state]:
-                raise ProtocolViolation(f"{msg.TYPE.name} is not allowed in state "
-                                        f"{self.state.name}")
-            self._dispatch(msg)
+            kind = msg.TYPE
+            machine = self.machine
+            if kind in machine.steady:  # handled in this state, which it leaves as it is
+                handler = TABLE.get(kind)
+                if handler is not None:
+                    if self.alarm and kind in PAUSING:
+                        self.read_paused = True
+                    handler(self, msg)
+                elif isinstance(msg, Hello):
+                    self._on_hello(msg)
+                elif isinstance(msg, Authenticate):
+                    self._on_authenticate(msg)
+                return
+            before = machine.state
+            if machine.process(kind):  # GOODBYE or ABORT: the machine moved on already
+                self._leave_by(msg, before)
         except ProtocolViolation as exc:
             self.abort("wamp.error.protocol_violation", exc.text)
 
-    def _dispatch(self, msg: Message) -> None:
-        if isinstance(msg, Hello):
-            self._on_hello(msg)
-        elif isinstance(msg, Authenticate):
-            self._on_authenticate(msg)
-        elif isinstance(msg, Abort):
+    def _leave_by(self, msg: Message, before: State) -> None:
+        if isinstance(msg, Abort):
             log.info("wamp session %d: client aborted: %s", self.session_id, msg.reason)
             self._leave()
-            self.state = State.CLOSED
-        elif isinstance(msg, Goodbye):
-            self._on_goodbye(msg)
-        elif self.state is State.ESTABLISHED:
-            if self.alarm and msg.TYPE in (T.PUBLISH, T.CALL, T.YIELD):
-                self.read_paused = True
-            TABLE[msg.TYPE](self, msg)
+        elif isinstance(msg, Goodbye) and before is State.ESTABLISHED:
+            self.send(Goodbye({}, "wamp.close.goodbye_and_out"))
+            self._leave()
+            self.started = self.clock()  # the transport may carry a new session (spec)
 
     def timer(self, now: float) -> None:
-        if self.state in (State.HANDSHAKE, State.CHALLENGED) and self.session_id == 0 \
+        machine = self.machine
+        if machine.allows(Local.HELLO_DEADLINE) and self.session_id == 0 \
                 and now - self.started > HELLO_TIMEOUT:
             self.abort("wamp.error.timeout", "no HELLO in time")
             return
-        if self.state is State.ESTABLISHED:
+        if machine.allows(Local.CALL_TIMEOUTS):
             self.rpc.expire(now)
 
     def next_deadline(self) -> float | None:
@@ -338,24 +325,25 @@ class WampSession(MessageOutbox[bytes | str]):
         return self.rpc.next_deadline()
 
     def connection_lost(self) -> None:
-        if self.state is not State.CLOSED:
+        if self.machine.allows(Local.LOST):
             self._leave()
-            self.state = State.CLOSED
+            self.machine.process(Local.LOST)
 
     def shutdown(self) -> None:
         """Broker shutdown: GOODBYE `wamp.close.system_shutdown`, then close."""
-        if self.state is State.ESTABLISHED:
+        target = self.machine.target(Local.SHUTDOWN)
+        if target is State.CLOSING:
             self.send(Goodbye({"message": "broker shutdown"}, "wamp.close.system_shutdown"))
             self._leave()
-            self.state = State.CLOSING
-        elif self.state is not State.CLOSING:
+            self.machine.process(Local.SHUTDOWN)
+        elif target is State.CLOSED:
             self.abort("wamp.close.system_shutdown", "broker shutdown")
 
     def vhost_deleted(self, name: str) -> None:
-        if self.state is State.ESTABLISHED:
+        if self.machine.allows(Local.SEND_GOODBYE):
             self.send(Goodbye({"message": f"realm {name} deleted"}, "wamp.close.close_realm"))
             self._leave()
-            self.state = State.CLOSING
+            self.machine.process(Local.SEND_GOODBYE)
 
     def memory_alarm(self, on: bool) -> None:
         self.alarm = on
@@ -366,13 +354,13 @@ class WampSession(MessageOutbox[bytes | str]):
         """Nothing in WAMP waits for the disk (its messages are transient)."""
 
     def abort(self, reason: str, message: str) -> None:
-        if self.state is State.CLOSED:
+        if not self.machine.allows(Local.SEND_ABORT):
             return
         log.info("wamp session %s: abort %s: %s", self.name, reason, message)
         self.send(Abort({"message": message}, reason))
         self.close_reason = message
         self._leave()
-        self.state = State.CLOSED
+        self.machine.process(Local.SEND_ABORT)
 
     # -- joining -----------------------------------------------------------------------------
 
@@ -404,7 +392,7 @@ class WampSession(MessageOutbox[bytes | str]):
                 return
             if method == "ticket" and authid:
                 self._pending_auth = ("ticket", msg, authid)
-                self.state = State.CHALLENGED
+                self.machine.process(Local.CHALLENGE)
                 self.send(Challenge("ticket", {}))
                 return
             if method == "wampcra" and authid and self.cra_lookup is not _no_cra:
@@ -443,7 +431,7 @@ class WampSession(MessageOutbox[bytes | str]):
         signature = cra_signature(key, challenge)  # computed alike for every name
         expected = signature if found is not None else ""
         self._pending_auth = ("wampcra", hello, expected)
-        self.state = State.CHALLENGED
+        self.machine.process(Local.CHALLENGE)
         self.send(Challenge("wampcra", extra))
 
     def _on_authenticate(self, msg: Authenticate) -> None:
@@ -455,7 +443,7 @@ class WampSession(MessageOutbox[bytes | str]):
         now = self.clock()
         if method == "ticket":
             def logged_in(result: User | LoginRefused) -> None:
-                if self.state is not State.CHALLENGED:
+                if not self.machine.allows(Local.WELCOME):
                     return  # the transport went meanwhile
                 if isinstance(result, BrokerError):
                     self.abort("wamp.error.authentication_failed", result.text)
@@ -513,7 +501,7 @@ class WampSession(MessageOutbox[bytes | str]):
         self.authid = authid
         self.authrole = "anonymous" if method == "anonymous" else self._role_of(user)
         self.authmethod = method
-        self.state = State.ESTABLISHED
+        self.machine.process(Local.WELCOME)
         self.send(Welcome(self.session_id, {
             "roles": ROLES,
             "realm": hello.realm,
@@ -525,15 +513,6 @@ class WampSession(MessageOutbox[bytes | str]):
         }))
 
     # -- leaving ---------------------------------------------------------------------------
-
-    def _on_goodbye(self, msg: Goodbye) -> None:
-        if self.state is State.CLOSING:  # the client's answer to ours
-            self.state = State.CLOSED
-            return
-        self.send(Goodbye({}, "wamp.close.goodbye_and_out"))
-        self._leave()
-        self.state = State.HANDSHAKE  # the transport may carry a new session (spec)
-        self.started = self.clock()
 
     def _leave(self) -> None:
         """Release everything the session held (subscriptions, registrations, calls)."""

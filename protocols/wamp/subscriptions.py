@@ -6,6 +6,7 @@ EVENT, after the WAMP-only filters that the core does not know: the prefix of a 
 subscription (a string prefix), publisher exclusion (`exclude_me`, by the publishing
 session in a header) and the publisher's black/whitelists. A subscriber that does not read
 gets no credit, and its queue keeps at most `MAX_BACKLOG` events (older ones are dropped).
+The session is seen as `context.SessionContext`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.info import ConsumerOwner
+from protocols.wamp.context import SessionContext
 from protocols.wamp.frames import Event
 from protocols.wamp.mapping import (
     FILTER_HEADERS,
@@ -31,7 +33,6 @@ from protocols.wamp.router import global_id
 if TYPE_CHECKING:
     from gateway.core.message import Message
     from gateway.core.queue import Entry, Queue
-    from protocols.wamp.session import WampSession
 
 MAX_BACKLOG: Final = 10000  # events kept for a subscriber that does not read
 PAYLOAD_CACHE: Final = "wamp.payload"
@@ -64,12 +65,13 @@ def message_payload(message: Message) -> tuple[list[Any] | None, dict[str, Any] 
 class Subscriber:
     """One subscription of one session: the core's `Consumer` of its queue."""
 
-    __slots__ = ("session", "id", "topic", "match", "binding", "queue", "tag", "no_ack",
-                 "exclusive", "priority")
+    __slots__ = ("session", "subs", "id", "topic", "match", "binding", "queue", "tag",
+                 "no_ack", "exclusive", "priority")
 
-    def __init__(self, session: WampSession, sub_id: int, topic: str, match: str,
+    def __init__(self, subs: SubscriptionState, sub_id: int, topic: str, match: str,
                  binding: TopicBinding, queue: Queue) -> None:
-        self.session = session
+        self.session = subs.session
+        self.subs = subs
         self.id = sub_id
         self.topic = topic
         self.match = match
@@ -87,10 +89,10 @@ class Subscriber:
         return not self.session.output_blocked
 
     def deliver(self, entry: Entry) -> None:
-        self.session.subs.event(self, entry.message)
+        self.subs.event(self, entry.message)
 
     def cancelled(self) -> None:
-        self.session.subs.revoked(self)
+        self.subs.revoked(self)
 
 
 def _in(value: Any, lst: Any) -> bool:
@@ -98,7 +100,7 @@ def _in(value: Any, lst: Any) -> bool:
 
 
 class SubscriptionState:
-    def __init__(self, session: WampSession) -> None:
+    def __init__(self, session: SessionContext) -> None:
         self.session = session
         self.by_id: dict[int, Subscriber] = {}
         self.by_topic: dict[tuple[str, str], Subscriber] = {}
@@ -120,7 +122,7 @@ class SubscriptionState:
             vh.remove_queue(queue)
             raise
         sub_id = s.realm.subscription_id(topic, match)
-        sub = Subscriber(s, sub_id, topic, match, binding, queue)
+        sub = Subscriber(self, sub_id, topic, match, binding, queue)
         self.by_id[sub_id] = sub
         self.by_topic[(topic, match)] = sub
         vh.consume(queue, sub, exclusive=False, now=now)
