@@ -5,16 +5,20 @@ RabbitMQ decided by `gateway.auth.access` exactly as RabbitMQ decides them for p
 
 from __future__ import annotations
 
+import queue
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx
+import paho.mqtt.client as mqtt
 import pika
 import pika.exceptions
 import pytest
 import trio
+from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.auth import access
 from gateway.auth.login import PendingCheck
@@ -26,8 +30,9 @@ from gateway.auth.upstream import (
     UpstreamUnavailable,
     amqp_login,
 )
-from gateway.config import load_config
+from gateway.config import load_config, with_overrides
 from gateway.core.errors import AccessRefused, NotAllowed
+from gateway.server.app import Server
 from gateway.server.connection import run_password_check
 
 from .rabbit import Cluster, free_port
@@ -363,3 +368,73 @@ def test_config_keys() -> None:
     node = Node.parse("amqp://gw:pw@10.0.0.2:5673/%2Fprod")
     assert node == Node("10.0.0.2", 5673, "/prod")
     assert "pw" not in repr(RabbitMQUsers.from_urls(["amqp://h"], "http://u:pw@h:1").api)
+
+
+# -- end to end: a gateway whose users are RabbitMQ's, paho-mqtt as the client ---------------
+
+def _mqtt(port: int, name: str, password: str, got: queue.Queue[tuple[str, Any]]
+          ) -> mqtt.Client:
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"c-{secrets.token_hex(4)}",
+                    protocol=mqtt.MQTTv5)
+    c.username_pw_set(name, password)
+    c.on_connect = lambda _c, _u, _f, rc, _p: got.put(("connack", rc.value))
+    c.on_subscribe = lambda _c, _u, _m, codes, _p: got.put(
+        ("suback", [code.value for code in codes]))
+    c.on_publish = lambda _c, _u, _m, rc, _p: got.put(("puback", rc.value))
+    c.on_message = lambda _c, _u, msg: got.put(("message", (msg.topic, msg.payload)))
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    return c
+
+
+def _next(got: queue.Queue[tuple[str, Any]], kind: str,
+          seen: dict[str, Any] | None = None) -> Any:
+    """The next event of `kind`; other events met on the way go to `seen`."""
+    while True:
+        what, value = got.get(timeout=15)
+        if what == kind:
+            return value
+        if seen is not None:
+            seen[what] = value
+
+
+async def test_mqtt_client_with_a_rabbitmq_user(rabbit_node: Cluster, admin: Admin,
+                                                tmp_path: Path) -> None:
+    name = admin.user("pw")
+    admin.topic_permissions(name, "/", "amq.topic", "^sensors\\.{username}\\.",
+                            "^sensors\\.")
+    config = with_overrides(load_config(), host="127.0.0.1", amqp_port=None, mqtt_port=0,
+                            stomp_port=None, http_port=None, data_dir=tmp_path / "data")
+    server = Server(config)
+    users = users_of(rabbit_node)
+    server.auth.source = users  # what `--backend rabbitmq` wires
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(users.run)
+        ports = await nursery.start(server.serve)
+        port = ports["mqtt"]
+
+        def scenario() -> None:
+            wrong: queue.Queue[tuple[str, Any]] = queue.Queue()
+            refused = _mqtt(port, name, "not-the-password", wrong)
+            assert _next(wrong, "connack") == 0x86  # bad user name or password
+            refused.loop_stop()
+            got: queue.Queue[tuple[str, Any]] = queue.Queue()
+            c = _mqtt(port, name, "pw", got)
+            try:
+                assert _next(got, "connack") == 0
+                c.subscribe([("sensors/#", 1), ("alarms/#", 1)])
+                assert _next(got, "suback") == [1, 0x87]  # topic read: ^sensors\.
+                c.publish(f"sensors/{name}/t", b"mine", qos=1)
+                seen: dict[str, Any] = {}
+                assert _next(got, "puback", seen) == 0
+                message = seen.get("message") or _next(got, "message")
+                assert message == (f"sensors/{name}/t", b"mine")
+                c.publish("sensors/someone-else/t", b"not mine", qos=1)
+                assert _next(got, "puback") == 0x87  # topic write: ^sensors\.{username}\.
+            finally:
+                c.disconnect()
+                c.loop_stop()
+
+        await trio.to_thread.run_sync(scenario)
+        await server.shutdown()
+        nursery.cancel_scope.cancel()
