@@ -27,6 +27,10 @@ definitions export behave the same here:
   (publish) or binding key (subscribe). A refusal is 403 "access to topic 'k' in exchange
   'x' in vhost '/' refused for user 'u'".
 
+With a `source` (`gateway.auth.source`; `gateway.auth.upstream`: a RabbitMQ cluster's), the
+users, tags, vhosts, permissions and topic permissions are the source's, not the store's;
+the rules above are applied to them unchanged.
+
 Users, vhosts and permissions can change at run time (the management API calls the
 methods of `AuthService`); regexes are compiled once per change, here.
 """
@@ -78,6 +82,7 @@ from gateway.store.base import (
 if TYPE_CHECKING:
     import trio
 
+    from gateway.auth.source import UserSource
     from gateway.config import AuthConfig, OAuth2Config, PermissionConfig
     from gateway.core.vhost import VirtualHost
     from gateway.store.base import Store
@@ -163,12 +168,15 @@ class AuthService:
     def __init__(self, config: AuthConfig, oauth2: OAuth2Config | None = None, *,
                  store: Store | None = None, broker: Broker | None = None,
                  inline_checks: bool = True,
-                 check_limiter: trio.CapacityLimiter | None = None) -> None:
+                 check_limiter: trio.CapacityLimiter | None = None,
+                 source: UserSource | None = None) -> None:
         """`store`: where changes are written; `broker`: whose vhosts these are (the
         config's are added to it). `inline_checks` False: slow password checks are handed
         out as a `PendingCheck` for the I/O layer to run in a worker thread, under
         `check_limiter` (the server's: at most so many at once); True: run at once
-        (sans-IO tests, tools)."""
+        (sans-IO tests, tools). `source`: where users and permissions come from instead
+        (RabbitMQ's: `gateway.auth.upstream.RabbitMQUsers`)."""
+        self.source = source
         self._users: dict[str, User] = {
             u.name: User(u.name, tuple(u.tags), u.password_hash, u.wampcra)
             for u in config.users}
@@ -337,6 +345,8 @@ class AuthService:
         return list(self._vhosts)
 
     def vhost_exists(self, vhost: str) -> bool:
+        if self.source is not None:
+            return self.source.vhost_exists(vhost)
         return vhost in self._vhosts
 
     def add_vhost(self, name: str) -> None:
@@ -424,7 +434,7 @@ class AuthService:
     def has_topic_permissions(self) -> bool:
         """Whether any topic permission exists, or tokens may be presented, whose topic
         access comes from their scopes (publish paths skip the check otherwise)."""
-        return bool(self._topic) or self.tokens.enabled
+        return bool(self._topic) or self.tokens.enabled or self.source is not None
 
     def list_topic_permissions(self) -> list[TopicPermission]:
         return self._topic.all()
@@ -439,6 +449,9 @@ class AuthService:
         if user.token is not None:
             return user.token.topic_access(vhost, exchange, permission, routing_key,
                                            self.wall_clock())
+        if self.source is not None:
+            return self.source.topic_allowed(user.name, vhost, exchange, permission,
+                                             routing_key, client_id=client_id)
         return not self._topic or self._topic.allowed(user.name, vhost, exchange, permission,
                                                       routing_key, client_id=client_id)
 
@@ -532,6 +545,9 @@ class AuthService:
 
     def user(self, name: str) -> User | None:
         """The user of that name, without checking a password (None if there is none)."""
+        if self.source is not None:
+            tags = self.source.tags(name)  # known once logged in
+            return User(name, tags) if tags is not None else None
         return self._users.get(name)
 
     def login(
@@ -566,6 +582,9 @@ class AuthService:
             then(self._token_login(username, password, peer, loopback, protocol, mechanism,
                                    now))
             return None
+        if self.source is not None:
+            return self._source_login(username, password, peer, loopback, protocol,
+                                      mechanism, now, then)
         found = self._users.get(username)
         stored = found.password_hash if found is not None else ""
         if found is not None and stored and password and self._verified.hit(
@@ -596,6 +615,31 @@ class AuthService:
             finish(verify())
             return None
         return PendingCheck(verify, finish, self.check_limiter)
+
+    def _source_login(self, username: str, password: str, peer: str, loopback: bool,
+                      protocol: str, mechanism: str, now: float,
+                      then: Callable[[User | LoginRefused], None]) -> PendingCheck | None:
+        """The password checked by the source (RabbitMQ: a round trip, so in a worker
+        thread like scrypt, unless its cache of recent successes answers)."""
+        assert self.source is not None
+        check = self.source.password_check(username, password)
+
+        def finish(ok: bool) -> None:
+            answer = check.finish(ok)
+            if answer.tags is None:
+                then(self._refused(username, peer, protocol, mechanism, now,
+                                   f"user '{username}' - {answer.reason}", count=answer.count))
+            elif username in self._loopback_users and not loopback:
+                then(self._refused(username, peer, protocol, mechanism, now,
+                                   f"user '{username}' can only connect via localhost",
+                                   count=False))
+            else:
+                then(User(username, answer.tags))
+
+        if check.cached or self.inline_checks:
+            finish(check.verify())
+            return None
+        return PendingCheck(check.verify, finish, self.source.limiter or self.check_limiter)
 
     def _upgrade_hash(self, user: User, old_hash: str, new_hash: str, wampcra: str) -> User:
         """Replace a user's legacy (RabbitMQ SHA-256) hash by the scrypt hash of the
@@ -697,6 +741,12 @@ class AuthService:
     def check_vhost(self, user: User, vhost: str) -> None:
         """Raises `NotAllowed` (530) unless the vhost exists and the user has a permission
         row on it."""
+        if self.source is not None and user.token is None and not user.node_local:
+            refusal = self.source.vhost_refusal(user.name, vhost)
+            if refusal is not None:
+                raise NotAllowed(refusal)
+            self._broker.add_vhost(vhost)  # RabbitMQ has it: so does this node's core
+            return
         if vhost not in self._vhosts:
             raise NotAllowed(f"vhost {vhost} not found")
         if user.token is not None:
@@ -721,7 +771,8 @@ class AuthService:
         if user.token is not None:
             return vhost in self._vhosts and user.token.resource_access(
                 vhost, _resource_name(resource, resource_kind), permission, self.wall_clock())
-        grant = self._grants.get((user.name, vhost))
+        grant = (self._grants.get((user.name, vhost)) if self.source is None
+                 else self.source.grant(user.name, vhost))
         if grant is None:
             return False
         name = _resource_name(resource, resource_kind)
