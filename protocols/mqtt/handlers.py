@@ -364,7 +364,7 @@ def disconnect(s: Connection, p: Disconnect) -> None:
             # [MQTT-3.14.2-2]: a session that was not persistent may not become one here
             raise ProtocolError(ReasonCode.PROTOCOL_ERROR, "session expiry set at DISCONNECT")
         st.expiry = min(expiry, s.config.max_session_expiry)
-    # the will goes with 0x04 only: DISCONNECT 0x00 deletes it [MQTT-3.14.4-3]
+    # a DISCONNECT deletes the will unless its reason code is 0x04 [MQTT-3.14.4-3]
     s.transition(Local.CLOSE,
                  publish_will=p.reason_code == ReasonCode.DISCONNECT_WITH_WILL)
 

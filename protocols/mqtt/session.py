@@ -18,9 +18,9 @@ which events move it. This module looks every packet up in it and tells it every
 
 The first packet must be CONNECT and a second one is a protocol error [MQTT-3.1.0-1,
 MQTT-3.1.0-2]. A protocol error closes this connection only (MQTT 5: after a DISCONNECT
-with its reason code [MQTT-4.13.1-1]); the will is published unless the client sent
-DISCONNECT 0x00 [MQTT-3.1.2-8, MQTT-3.14.4-3]. Keepalive: a client silent for one and a
-half keepalive periods is disconnected [MQTT-3.1.2-24].
+with its reason code [MQTT-4.13.1-1]); the will is published unless the client sent a
+DISCONNECT other than 0x04 "with will message" [MQTT-3.1.2-8, MQTT-3.14.4-3]. Keepalive:
+a client silent for one and a half keepalive periods is disconnected [MQTT-3.1.2-24].
 
 Sessions (``session_state.py``, kept by the broker's ``registry.py``): a clean session
 (3.1.1 clean session, 5.0 session expiry 0) ends with its connection and its queue is
