@@ -45,10 +45,10 @@ from protocols.amqp.session import State as AMQPState
 from protocols.mqtt.codec import MQTTCodec, encode_packet
 from protocols.mqtt.frames import MQTT_5, MQTT_311, NEED_DATA, Connect, Disconnect, Properties
 from protocols.mqtt.frames import ProtocolError as MQTTError
+from protocols.mqtt.machine import ConnState as MQTTState
 from protocols.mqtt.persist import take_over
+from protocols.mqtt.registry import MQTTRegistry as MQTTBrokerState
 from protocols.mqtt.session import MQTTSession
-from protocols.mqtt.session import State as MQTTState
-from protocols.mqtt.state import MQTTState as MQTTBrokerState
 from protocols.stomp.codec import StompCodec, encode_frame
 from protocols.stomp.frames import NEED_DATA as STOMP_NEED_DATA
 from protocols.stomp.frames import Command, Frame, StompProtocolError
@@ -312,7 +312,7 @@ def mqtt_state_of(broker: Broker) -> MQTTBrokerState:
 def run_mqtt(stream: bytes, chunk: int | None = None) -> MQTTSession:
     clock = Clock()
     broker = Broker(MemoryStore(), CONFIG.auth.vhosts)
-    session = MQTTSession(broker, AUTH, MQTT_CONFIG, mqtt_state=mqtt_state_of(broker), peer=PEER,
+    session = MQTTSession(broker, AUTH, MQTT_CONFIG, registry=mqtt_state_of(broker), peer=PEER,
                           loopback=True, loopback_users=CONFIG.auth.loopback_users,
                           clock=clock, high_water=1 << 16)
     recorder, out = drive(session, stream, chunk)

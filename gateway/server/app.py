@@ -52,7 +52,7 @@ from gateway.store.base import Store
 from gateway.store.disk import DiskStore, return_large_buffers_to_the_system
 from protocols.admission import Admission
 from protocols.mqtt.persist import take_over
-from protocols.mqtt.state import MQTTState
+from protocols.mqtt.registry import MQTTRegistry
 from protocols.wamp.router import WampRouter
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ class Server:
                                 check_limiter=trio.CapacityLimiter(PASSWORD_CHECK_THREADS))
         self.broker.on_vhost_deleted.append(self._vhost_deleted)
         # MQTT's sessions and retained messages, shared by its listeners (and Web-MQTT)
-        self.mqtt_state = MQTTState(self.broker.durable, config.mqtt.retained_max_messages,
+        self.mqtt_state = MQTTRegistry(self.broker.durable, config.mqtt.retained_max_messages,
                                     config.mqtt.retained_max_bytes)
         self._wamp_router: WampRouter | None = None  # made at the first WAMP session
         # sessions closed because their access token expired (closed once)

@@ -65,7 +65,7 @@ def stomp_session(server: Server, peer: tuple[str, int], wake: Callable[[], None
 def mqtt_session(server: Server, peer: tuple[str, int], wake: Callable[[], None],
                  tls: TLSPeer | None = None) -> Any:
     return MQTTSession(
-        server.broker, server.auth, server.config.mqtt, mqtt_state=server.mqtt_state,
+        server.broker, server.auth, server.config.mqtt, registry=server.mqtt_state,
         peer=peer, loopback=is_loopback(peer[0]),
         loopback_users=server.config.auth.loopback_users,
         clock=server.clock, wake=wake, high_water=server.config.limits.connection_buffer,

@@ -1,4 +1,5 @@
-"""Messages from the core to an MQTT client: the consumer, QoS, topic aliases, in-flight.
+"""Messages from the core to an MQTT client: the session's queues and their consumers, QoS,
+topic aliases, in-flight.
 
 The session's queue gets one copy of each message however many of its filters match
 (bindings to one queue are routed once). At delivery the topic is matched against the
@@ -18,16 +19,29 @@ import math
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from gateway.auth import access
+from gateway.core.errors import AccessRefused
 from gateway.info import ConsumerOwner
 from protocols.mqtt import persist
 from protocols.mqtt.codec import encode_packet, encode_publish_qos0
 from protocols.mqtt.frames import MQTT_5, NO_PROPERTIES, Properties, Publish, PubRel
-from protocols.mqtt.mapping import from_core, published_qos, routing_key_to_topic, topic_matches
-from protocols.mqtt.state import Outgoing, SubOptions
+from protocols.mqtt.mapping import (
+    filter_to_binding_key,
+    from_core,
+    published_qos,
+    routing_key_to_topic,
+    topic_matches,
+)
+from protocols.mqtt.session_state import (
+    Outgoing,
+    SubOptions,
+    session_queue_name,
+    shared_queue_name,
+)
 
 if TYPE_CHECKING:
     from gateway.core.queue import Entry, Queue
-    from protocols.mqtt.session import MQTTSession
+    from protocols.mqtt.connection import Connection
 
 FROM_KEY = "mqtt.from"  # Message.cache: (vhost, client id) of the MQTT publisher
 RETAIN_KEY = "mqtt.retain"  # Message.cache: the PUBLISH had the retain flag
@@ -42,7 +56,7 @@ class MQTTConsumer:
 
     __slots__ = ("tag", "session", "queue", "share", "no_ack", "exclusive", "priority")
 
-    def __init__(self, session: MQTTSession, queue: Queue,
+    def __init__(self, session: Connection, queue: Queue,
                  share: tuple[str, SubOptions] | None = None) -> None:
         self.tag = f"mqtt-{session.client_id}"
         self.session = session
@@ -72,23 +86,24 @@ class MQTTConsumer:
             s.shared_consumers = {k: c for k, c in s.shared_consumers.items() if c is not self}
 
 
-def _matching(s: MQTTSession, consumer: MQTTConsumer, topic: str,
+def _matching(s: Connection, consumer: MQTTConsumer, topic: str,
               own: bool) -> list[SubOptions]:
     if consumer.share is not None:
         f, opts = consumer.share
         return [opts] if topic_matches(f, topic) else []
-    assert s.st is not None
-    return [opts for f, opts in s.st.subscriptions.items()
+    st = s.st
+    assert st is not None
+    return [opts for f, opts in st.subscriptions.items()
             if topic_matches(f, topic) and not (own and opts.no_local)]
 
 
-def deliver(s: MQTTSession, consumer: MQTTConsumer, entry: Entry) -> None:
+def deliver(s: Connection, consumer: MQTTConsumer, entry: Entry) -> None:
     msg = entry.message
     queue = entry.queue
     now = s.clock()
     if msg.exchange == "" and consumer.share is None:
         # an AMQP reply sent to this session's queue through the default exchange
-        topic = s.reply_topic(msg.properties.correlation_id)
+        topic = s.replies.topic(msg.properties.correlation_id)
         subs = [SubOptions(min(1, published_qos(msg)))] if topic else []
     else:
         topic = msg.cache.get(TOPIC_KEY)
@@ -116,7 +131,7 @@ def deliver(s: MQTTSession, consumer: MQTTConsumer, entry: Entry) -> None:
         queue.ack(entry)
 
 
-def send_publish(s: MQTTSession, topic: str, payload: bytes, qos: int, retain: bool,
+def send_publish(s: Connection, topic: str, payload: bytes, qos: int, retain: bool,
                  props: Properties, entry: Entry | None) -> bool:
     """Send one PUBLISH; QoS 1/2 ones are remembered until acknowledged. False when it was
     dropped: over the client's Maximum Packet Size [MQTT-3.1.2-25] or no packet id free.
@@ -163,23 +178,24 @@ def send_publish(s: MQTTSession, topic: str, payload: bytes, qos: int, retain: b
     return True
 
 
-def _with_alias(s: MQTTSession, packet: Publish) -> Publish:
+def _with_alias(s: Connection, packet: Publish) -> Publish:
     """Server-to-client topic aliases: the first PUBLISH of a topic carries topic and alias,
     later ones the alias and an empty topic [MQTT-3.3.2-12]."""
     if not s.client_alias_maximum or s.version != MQTT_5:
         return packet
-    alias = s.aliases_out.get(packet.topic)
+    aliases = s.aliases.outbound
+    alias = aliases.get(packet.topic)
     if alias is not None:
         return replace(packet, topic="", properties=replace(packet.properties,
                                                             topic_alias=alias))
-    if len(s.aliases_out) >= s.client_alias_maximum:
+    if len(aliases) >= s.client_alias_maximum:
         return packet
-    alias = len(s.aliases_out) + 1
-    s.aliases_out[packet.topic] = alias
+    alias = len(aliases) + 1
+    aliases[packet.topic] = alias
     return replace(packet, properties=replace(packet.properties, topic_alias=alias))
 
 
-def resend_inflight(s: MQTTSession) -> None:
+def resend_inflight(s: Connection) -> None:
     """On a resumed session: every unacknowledged PUBLISH again with DUP set and its packet
     id, PUBREL for those already received [MQTT-4.4.0-1], in the original order. Behind
     whatever the store has not yet made durable (a record of the previous connection may
@@ -194,7 +210,65 @@ def resend_inflight(s: MQTTSession) -> None:
             s.send_when_durable(position, replace(out.packet, dup=True))
 
 
-def kick(s: MQTTSession) -> None:
+# -- the session's queues -------------------------------------------------------------------
+
+def ensure_queue(s: Connection) -> Queue:
+    """The session's queue, declared on first use: durable with `x-expires` for a
+    persistent session, transient for a clean one."""
+    st = s.st
+    assert s.vhost is not None and st is not None
+    name = session_queue_name(s.client_id)
+    queue = s.vhost.queues.get(name)
+    if queue is None:
+        persistent = st.expiry > 0
+        args = {"x-expires": st.expiry * 1000} if persistent else {}
+        queue = s.vhost.declare_queue(name, durable=persistent, arguments=args,
+                                      now=s.clock())
+    if s.consumer is None or s.consumer.queue is not queue:
+        attach(s, queue)
+    return queue
+
+
+def may_make_queue(s: Connection) -> bool:
+    """Whether the session's queue exists or this user may declare and consume it (what
+    `ensure_queue` does)."""
+    assert s.user is not None and s.vhost is not None
+    name = session_queue_name(s.client_id)
+    if name in s.vhost.queues:
+        return True
+    try:
+        access.declare_queue(s.auth, s.user, s.vhost, name)
+        access.consume(s.auth, s.user, s.vhost, name)
+    except AccessRefused:
+        return False
+    return True
+
+
+def attach(s: Connection, queue: Queue) -> None:
+    s.consumer = MQTTConsumer(s, queue)
+    queue.add_consumer(s.consumer, s.clock())
+
+
+def attach_shared(s: Connection, group: str, topic_filter: str, opts: SubOptions) -> None:
+    """A member of a shared subscription: one more consumer on the group's queue, which
+    hands messages round-robin to its consumers."""
+    assert s.vhost is not None
+    name = shared_queue_name(group, topic_filter)
+    queue = s.vhost.queues.get(name)
+    if queue is None:
+        queue = s.vhost.declare_queue(name, auto_delete=True, now=s.clock())
+        s.vhost.bind(queue, "amq.topic", filter_to_binding_key(topic_filter),
+                     {"x-mqtt-subscription-qos": 2})
+    key = f"$share/{group}/{topic_filter}"
+    old = s.shared_consumers.pop(key, None)
+    if old is not None:
+        s.vhost.cancel(old.queue, old, s.clock())
+    consumer = MQTTConsumer(s, queue, (topic_filter, opts))
+    s.shared_consumers[key] = consumer
+    queue.add_consumer(consumer, s.clock())
+
+
+def kick(s: Connection) -> None:
     """Credit came back: let the queues this session consumes from deliver again."""
     now = s.clock()
     consumers = [s.consumer, *s.shared_consumers.values()]

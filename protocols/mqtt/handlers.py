@@ -1,5 +1,6 @@
 """One handler per MQTT packet a client sends after CONNECT; `TABLE` at the bottom is the
-table of contents (CONNECT itself is in ``sessions.py``).
+table of contents (CONNECT itself is in ``connect.py``; which packets each state of the
+connection takes is ``machine.py``'s to say).
 
 Publishing: PUBLISH -> `amq.topic` with the topic's routing key. QoS 0 is transient, QoS 1
 and 2 persistent; their PUBACK / PUBREC wait until the store has made the message durable
@@ -18,13 +19,20 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.auth import access
 from gateway.core.errors import AccessRefused, PreconditionFailed
-from protocols.mqtt import persist, sessions
-from protocols.mqtt.delivery import FROM_KEY, RETAIN_KEY, kick, send_publish
+from protocols.mqtt import persist
+from protocols.mqtt.delivery import (
+    FROM_KEY,
+    RETAIN_KEY,
+    attach_shared,
+    ensure_queue,
+    kick,
+    may_make_queue,
+    send_publish,
+)
 from protocols.mqtt.frames import (
     MQTT_5,
     NO_PROPERTIES,
     SUBACK_FAILURE_311,
-    Auth,
     Disconnect,
     PingReq,
     PingResp,
@@ -42,6 +50,7 @@ from protocols.mqtt.frames import (
     UnsubAck,
     Unsubscribe,
 )
+from protocols.mqtt.machine import Local
 from protocols.mqtt.mapping import (
     REPLY_PREFIX,
     filter_to_binding_key,
@@ -52,18 +61,18 @@ from protocols.mqtt.mapping import (
     valid_topic_filter,
 )
 from protocols.mqtt.retain import Retained
-from protocols.mqtt.state import SubOptions, session_queue_name, shared_queue_name
+from protocols.mqtt.session_state import SubOptions, session_queue_name, shared_queue_name
 
 if TYPE_CHECKING:
     from gateway.core.vhost import PublishResult
-    from protocols.mqtt.session import MQTTSession
+    from protocols.mqtt.connection import Connection
 
-Handler = Callable[["MQTTSession", Any], None]
+Handler = Callable[["Connection", Any], None]
 
 
 # -- publishing ----------------------------------------------------------------------------
 
-def route_publish(s: MQTTSession, topic: str, payload: bytes, qos: int, retain: bool,
+def route_publish(s: Connection, topic: str, payload: bytes, qos: int, retain: bool,
                   props: Properties) -> tuple[PublishResult, int]:
     """Publish to amq.topic (and the retained store). Returns the core's result and the
     store position a PUBACK/PUBREC must wait for (0: nothing to wait for)."""
@@ -72,11 +81,11 @@ def route_publish(s: MQTTSession, topic: str, payload: bytes, qos: int, retain: 
     now = s.clock()
     own: str | None = None
     if props.response_topic is not None:
-        s.remember_reply_topic(
+        s.replies.remember(
             props.correlation_data.decode("utf-8", "replace")
             if props.correlation_data is not None else None, props.response_topic)
-        if needs_own_queue(props) and sessions.may_make_queue(s):
-            own = sessions.ensure_queue(s).name
+        if needs_own_queue(props) and may_make_queue(s):
+            own = ensure_queue(s).name
     message = to_core(topic, payload, qos, props, own_queue=own,
                       message_id=vh.next_message_id())
     message.cache[FROM_KEY] = s.key_cached
@@ -86,7 +95,7 @@ def route_publish(s: MQTTSession, topic: str, payload: bytes, qos: int, retain: 
         message.cache[RETAIN_KEY] = True
         expires = (now + props.message_expiry_interval
                    if props.message_expiry_interval is not None else None)
-        s.mqtt.retained(vh.name).set(Retained(topic, payload, qos, props, expires))
+        s.registry.retained(vh.name).set(Retained(topic, payload, qos, props, expires))
     exchange = vh.get_exchange("amq.topic")
     if topic.startswith(REPLY_PREFIX):
         # a reply to an AMQP requester: straight to its reply queue
@@ -104,7 +113,7 @@ def needs_own_queue(props: Properties) -> bool:
     return topic is not None and not topic.startswith(REPLY_PREFIX)
 
 
-def _publish_refused(s: MQTTSession, topic: str, props: Properties) -> str | None:
+def _publish_refused(s: Connection, topic: str, props: Properties) -> str | None:
     """Why this PUBLISH may not go (None: it may): write on the exchange and the topic
     permission, and for a Response Topic the session queue it would declare."""
     assert s.user is not None and s.vhost is not None
@@ -114,15 +123,16 @@ def _publish_refused(s: MQTTSession, topic: str, props: Properties) -> str | Non
         access.publish(s.auth, s.user, s.vhost, exchange_name, key, client_id=s.client_id)
     except AccessRefused as err:
         return err.text
-    if needs_own_queue(props) and not sessions.may_make_queue(s):
+    if needs_own_queue(props) and not may_make_queue(s):
         return (f"a Response Topic needs the session queue "
                 f"'{session_queue_name(s.client_id)}', which user '{s.user.name}' may not "
                 "declare and consume")
     return None
 
 
-def publish(s: MQTTSession, p: Publish) -> None:
-    assert s.st is not None
+def publish(s: Connection, p: Publish) -> None:
+    st = s.st
+    assert st is not None
     if s.alarm:
         s.read_paused = True
     v5 = s.version == MQTT_5
@@ -132,9 +142,9 @@ def publish(s: MQTTSession, p: Publish) -> None:
         if not v5 or alias == 0 or alias > s.config.topic_alias_maximum:
             raise ProtocolError(ReasonCode.TOPIC_ALIAS_INVALID, f"topic alias {alias}")
         if topic:
-            s.aliases_in[alias] = topic
+            s.aliases.inbound[alias] = topic
         else:
-            known = s.aliases_in.get(alias)
+            known = s.aliases.inbound.get(alias)
             if known is None:
                 raise ProtocolError(ReasonCode.PROTOCOL_ERROR, f"unknown topic alias {alias}")
             topic = known
@@ -144,7 +154,7 @@ def publish(s: MQTTSession, p: Publish) -> None:
         except UnicodeDecodeError as exc:
             raise ProtocolError(ReasonCode.PAYLOAD_FORMAT_INVALID,
                                 "payload is not UTF-8 [MQTT-3.3.2-4]") from exc
-    if p.qos == 2 and p.packet_id in s.st.incoming_qos2:
+    if p.qos == 2 and p.packet_id in st.incoming_qos2:
         # a repeat of a QoS 2 PUBLISH not yet released: answer, do not route again
         assert p.packet_id is not None
         s.pending_acks.insert(0, PubRec(p.packet_id))
@@ -176,16 +186,17 @@ def publish(s: MQTTSession, p: Publish) -> None:
         s.pending_acks.insert(position, PubAck(p.packet_id, code))
     else:
         if code < 0x80:
-            s.st.incoming_qos2.add(p.packet_id)
+            st.incoming_qos2.add(p.packet_id)
             position = persist.received(s, p.packet_id) or position
         s.pending_acks.insert(position, PubRec(p.packet_id, code))
 
 
-def pubrel(s: MQTTSession, p: PubRel) -> None:
-    assert s.st is not None
+def pubrel(s: Connection, p: PubRel) -> None:
+    st = s.st
+    assert st is not None
     position = 0
-    if p.packet_id in s.st.incoming_qos2:
-        s.st.incoming_qos2.discard(p.packet_id)
+    if p.packet_id in st.incoming_qos2:
+        st.incoming_qos2.discard(p.packet_id)
         position = persist.incoming_released(s, p.packet_id)
         code = ReasonCode.SUCCESS
     else:
@@ -197,20 +208,22 @@ def pubrel(s: MQTTSession, p: PubRel) -> None:
 
 # -- acknowledgements of our PUBLISHes -----------------------------------------------------
 
-def puback(s: MQTTSession, p: PubAck) -> None:
-    assert s.st is not None
-    out = s.st.outgoing.get(p.packet_id)
+def puback(s: Connection, p: PubAck) -> None:
+    st = s.st
+    assert st is not None
+    out = st.outgoing.get(p.packet_id)
     if out is None or out.packet.qos != 1:
         return  # unknown id: nothing to settle (a client may ack twice after a resend)
-    del s.st.outgoing[p.packet_id]
+    del st.outgoing[p.packet_id]
     if out.entry is not None:
         out.entry.queue.ack(out.entry)
     kick(s)
 
 
-def pubrec(s: MQTTSession, p: PubRec) -> None:
-    assert s.st is not None
-    out = s.st.outgoing.get(p.packet_id)
+def pubrec(s: Connection, p: PubRec) -> None:
+    st = s.st
+    assert st is not None
+    out = st.outgoing.get(p.packet_id)
     if out is None or out.packet.qos != 2:
         s.send(PubRel(p.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
                       if s.version == MQTT_5 else 0))
@@ -219,7 +232,7 @@ def pubrec(s: MQTTSession, p: PubRec) -> None:
         persist.completed(s, p.packet_id, out)
         if out.entry is not None:
             out.entry.queue.ack(out.entry)
-        del s.st.outgoing[p.packet_id]
+        del st.outgoing[p.packet_id]
         kick(s)
         return
     # PUBREL owed: recorded before the entry's ack, and sent once that record is durable
@@ -231,23 +244,24 @@ def pubrec(s: MQTTSession, p: PubRec) -> None:
     s.send_when_durable(position, PubRel(p.packet_id))
 
 
-def pubcomp(s: MQTTSession, p: PubComp) -> None:
-    assert s.st is not None
-    out = s.st.outgoing.get(p.packet_id)
+def pubcomp(s: Connection, p: PubComp) -> None:
+    st = s.st
+    assert st is not None
+    out = st.outgoing.get(p.packet_id)
     if out is None or not out.released:
         return
     persist.completed(s, p.packet_id, out)
-    del s.st.outgoing[p.packet_id]
+    del st.outgoing[p.packet_id]
     kick(s)
 
 
 # -- subscriptions -------------------------------------------------------------------------
 
-def _failure(s: MQTTSession, reason: ReasonCode) -> int:
+def _failure(s: Connection, reason: ReasonCode) -> int:
     return int(reason) if s.version == MQTT_5 else SUBACK_FAILURE_311
 
 
-def subscribe(s: MQTTSession, p: Subscribe) -> None:
+def subscribe(s: Connection, p: Subscribe) -> None:
     st, vh = s.st, s.vhost
     assert st is not None and vh is not None
     sub_id = p.properties.subscription_identifiers[0] if (
@@ -275,9 +289,9 @@ def subscribe(s: MQTTSession, p: Subscribe) -> None:
         opts = SubOptions(sub.qos, sub.no_local, sub.retain_as_published, sub_id)
         try:  # the queue may be refused: the vhost's max-queues (as RabbitMQ: 0x97)
             if group is not None:
-                sessions.attach_shared(s, group, topic_filter, opts)
+                attach_shared(s, group, topic_filter, opts)
             else:
-                queue = sessions.ensure_queue(s)
+                queue = ensure_queue(s)
         except PreconditionFailed:
             codes.append(_failure(s, ReasonCode.QUOTA_EXCEEDED))
             continue
@@ -296,7 +310,7 @@ def subscribe(s: MQTTSession, p: Subscribe) -> None:
     s.send(SubAck(p.packet_id, tuple(codes)))
     # retained messages after the SUBACK, with the retain flag set [MQTT-3.3.1-9]
     now = s.clock()
-    store = s.mqtt.retained(vh.name)
+    store = s.registry.retained(vh.name)
     for sub, _ in retained:
         for msg in store.match(sub.topic_filter, now):
             props = msg.properties if s.version == MQTT_5 else NO_PROPERTIES
@@ -310,7 +324,7 @@ def subscribe(s: MQTTSession, p: Subscribe) -> None:
         kick(s)
 
 
-def unsubscribe(s: MQTTSession, p: Unsubscribe) -> None:
+def unsubscribe(s: Connection, p: Unsubscribe) -> None:
     st, vh = s.st, s.vhost
     assert st is not None and vh is not None
     codes = []
@@ -337,28 +351,22 @@ def unsubscribe(s: MQTTSession, p: Unsubscribe) -> None:
 
 # -- the rest ------------------------------------------------------------------------------
 
-def pingreq(s: MQTTSession, p: PingReq) -> None:
+def pingreq(s: Connection, p: PingReq) -> None:
     s.send(PingResp())
 
 
-def disconnect(s: MQTTSession, p: Disconnect) -> None:
-    from protocols.mqtt.session import State
-
-    assert s.st is not None
+def disconnect(s: Connection, p: Disconnect) -> None:
+    st = s.st
+    assert st is not None
     expiry = p.properties.session_expiry_interval
     if expiry is not None:
-        if s.st.expiry == 0 and expiry != 0:
+        if st.expiry == 0 and expiry != 0:
             # [MQTT-3.14.2-2]: a session that was not persistent may not become one here
             raise ProtocolError(ReasonCode.PROTOCOL_ERROR, "session expiry set at DISCONNECT")
-        s.st.expiry = min(expiry, s.config.max_session_expiry)
-    will = p.reason_code == ReasonCode.DISCONNECT_WITH_WILL
-    s._end_session(publish_will=will)
-    s.state = State.CLOSED
-
-
-def auth(s: MQTTSession, p: Auth) -> None:
-    raise ProtocolError(ReasonCode.PROTOCOL_ERROR, "AUTH without an authentication method "
-                        "[MQTT-4.12.0-1]")
+        st.expiry = min(expiry, s.config.max_session_expiry)
+    # a DISCONNECT deletes the will unless its reason code is 0x04 [MQTT-3.14.4-3]
+    s.transition(Local.CLOSE,
+                 publish_will=p.reason_code == ReasonCode.DISCONNECT_WITH_WILL)
 
 
 TABLE: dict[type, Handler] = {
@@ -371,5 +379,4 @@ TABLE: dict[type, Handler] = {
     Unsubscribe: unsubscribe,
     PingReq: pingreq,
     Disconnect: disconnect,
-    Auth: auth,
 }

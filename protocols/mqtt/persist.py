@@ -35,18 +35,20 @@ Retained messages (space `mqtt.retained`) are written by `RetainedStore` itself.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from protocols.mqtt import retain
 from protocols.mqtt.frames import MQTT_5, NO_PROPERTIES, Publish
 from protocols.mqtt.mapping import from_core, routing_key_to_topic, topic_matches
-from protocols.mqtt.state import Outgoing
+from protocols.mqtt.session_state import Outgoing
 
 if TYPE_CHECKING:
     from gateway.core.broker import Broker
     from gateway.core.queue import Entry, Queue
-    from protocols.mqtt.session import MQTTSession
-    from protocols.mqtt.state import MQTTState, SessionState
+    from protocols.mqtt.connection import Connection
+    from protocols.mqtt.registry import MQTTRegistry
+    from protocols.mqtt.session_state import SessionState
 
 SPACE = "mqtt.session"
 OWNER_SPACE = "mqtt.owner"
@@ -56,38 +58,38 @@ SENT = 0
 RELEASED = 1
 
 
-def take_over(state: MQTTState, broker: Broker) -> None:
+def take_over(registry: MQTTRegistry, broker: Broker) -> None:
     """Load what the store read back at start and keep it in every later snapshot."""
     values = broker.durable
     for (vhost, topic), value in values.claim_values(
-            retain.SPACE, lambda: retained_values(state)).items():
-        state.retained(vhost).load(retain.from_value(topic, value))
+            retain.SPACE, lambda: retained_values(registry)).items():
+        registry.retained(vhost).load(retain.from_value(topic, value))
     for (vhost, client_id, direction, pid), value in values.claim_values(
-            SPACE, lambda: session_values(state)).items():
-        state.dormant.setdefault((vhost, client_id), {})[(direction, pid)] = value
+            SPACE, lambda: session_values(registry)).items():
+        registry.dormant.setdefault((vhost, client_id), {})[(direction, pid)] = value
     for (vhost, client_id), user in values.claim_values(
-            OWNER_SPACE, lambda: dict(state.owners)).items():
+            OWNER_SPACE, lambda: dict(registry.owners)).items():
         if isinstance(user, str):
-            state.owners[(vhost, client_id)] = user
-    broker.on_vhost_deleted.append(state.vhost_deleted)
+            registry.owners[(vhost, client_id)] = user
+    broker.on_vhost_deleted.append(registry.vhost_deleted)
 
 
-def retained_values(state: MQTTState) -> dict[tuple[Any, ...], Any]:
+def retained_values(registry: MQTTRegistry) -> dict[tuple[Any, ...], Any]:
     """Every retained message, as a snapshot keeps it."""
     retained: dict[tuple[Any, ...], Any] = {}
-    for store in state.retained_stores():
+    for store in registry.retained_stores():
         for m in store.all():
             retained[(store.vhost, m.topic)] = retain.to_value(m)
     return retained
 
 
-def session_values(state: MQTTState) -> dict[tuple[Any, ...], Any]:
+def session_values(registry: MQTTRegistry) -> dict[tuple[Any, ...], Any]:
     """Every session record, as a snapshot keeps it."""
     sessions: dict[tuple[Any, ...], Any] = {}
-    for (vhost, client_id), records in state.dormant.items():
+    for (vhost, client_id), records in registry.dormant.items():
         for (direction, pid), value in records.items():
             sessions[(vhost, client_id, direction, pid)] = value
-    for (vhost, client_id), st in state.sessions.items():
+    for (vhost, client_id), st in registry.sessions.items():
         if not st.recorded:
             continue
         for pid, out in st.outgoing.items():
@@ -109,14 +111,14 @@ def _key(st: SessionState, direction: str, pid: int) -> tuple[str, str, str, int
 
 # -- outgoing QoS 2 ------------------------------------------------------------------------
 
-def recorded(s: MQTTSession, qos: int, entry: Entry | None) -> bool:
+def recorded(s: Connection, qos: int, entry: Entry | None) -> bool:
     """Whether a PUBLISH of `entry` at `qos` is recorded (`sent`) before it goes out."""
     st = s.st
     return (qos == 2 and st is not None and st.expiry > 0 and entry is not None
             and entry.persisted and entry.queue.durable)
 
 
-def sent(s: MQTTSession, pid: int, out: Outgoing) -> int:
+def sent(s: Connection, pid: int, out: Outgoing) -> int:
     """Record a QoS 2 PUBLISH about to go out (`recorded` said so). Returns the store
     position the PUBLISH must wait for."""
     st = s.st
@@ -128,24 +130,26 @@ def sent(s: MQTTSession, pid: int, out: Outgoing) -> int:
     return durable.position
 
 
-def released(s: MQTTSession, pid: int, out: Outgoing) -> int:
+def released(s: Connection, pid: int, out: Outgoing) -> int:
     """PUBREC came: record that PUBREL is owed (before the entry's ack is written).
     Returns the position the PUBREL must wait for (0: none)."""
-    if not out.durable or s.st is None:
+    st = s.st
+    if not out.durable or st is None:
         return 0
     durable = s.broker.durable
-    durable.put_value(SPACE, _key(s.st, OUT, pid), [RELEASED, _seq(out)])
+    durable.put_value(SPACE, _key(st, OUT, pid), [RELEASED, _seq(out)])
     return durable.position
 
 
-def completed(s: MQTTSession, pid: int, out: Outgoing) -> None:
-    if out.durable and s.st is not None:
-        s.broker.durable.delete_value(SPACE, _key(s.st, OUT, pid))
+def completed(s: Connection, pid: int, out: Outgoing) -> None:
+    st = s.st
+    if out.durable and st is not None:
+        s.broker.durable.delete_value(SPACE, _key(st, OUT, pid))
 
 
 # -- incoming QoS 2 ------------------------------------------------------------------------
 
-def received(s: MQTTSession, pid: int) -> int:
+def received(s: Connection, pid: int) -> int:
     """A QoS 2 PUBLISH was taken: record its packet id (after the message's own records).
     Returns the position the PUBREC must wait for (0: none)."""
     st = s.st
@@ -157,7 +161,7 @@ def received(s: MQTTSession, pid: int) -> int:
     return durable.position
 
 
-def incoming_released(s: MQTTSession, pid: int) -> int:
+def incoming_released(s: Connection, pid: int) -> int:
     """PUBREL came: forget the packet id. Returns the position the PUBCOMP must wait for."""
     st = s.st
     if st is None or not st.recorded:
@@ -169,27 +173,27 @@ def incoming_released(s: MQTTSession, pid: int) -> int:
 
 # -- a session's life ----------------------------------------------------------------------
 
-def own(state: MQTTState, st: SessionState) -> None:
+def own(registry: MQTTRegistry, st: SessionState) -> None:
     """Record the owner of a persistent session (nothing for a clean one)."""
     key = (st.vhost, st.client_id)
-    if st.expiry > 0 and state.owners.get(key) != st.owner:
-        state.owners[key] = st.owner
-        state.durable.put_value(OWNER_SPACE, key, st.owner)
+    if st.expiry > 0 and registry.owners.get(key) != st.owner:
+        registry.owners[key] = st.owner
+        registry.durable.put_value(OWNER_SPACE, key, st.owner)
 
 
-def _forget_owner(state: MQTTState, key: tuple[str, str]) -> None:
-    if state.owners.pop(key, None) is not None:
-        state.durable.delete_value(OWNER_SPACE, key)
+def _forget_owner(registry: MQTTRegistry, key: tuple[str, str]) -> None:
+    if registry.owners.pop(key, None) is not None:
+        registry.durable.delete_value(OWNER_SPACE, key)
 
 
-def forget(state: MQTTState, st: SessionState) -> None:
+def forget(registry: MQTTRegistry, st: SessionState) -> None:
     """The session ends for good: delete its records."""
     key = (st.vhost, st.client_id)
-    _forget_owner(state, key)
-    records = state.dormant.pop(key, None)
+    _forget_owner(registry, key)
+    records = registry.dormant.pop(key, None)
     if not st.recorded and not records:
         return
-    durable = state.durable
+    durable = registry.durable
     pids = {(OUT, pid) for pid, out in st.outgoing.items() if out.durable}
     pids |= {(IN, pid) for pid in st.incoming_qos2}
     pids |= set(records or ())
@@ -198,15 +202,15 @@ def forget(state: MQTTState, st: SessionState) -> None:
     st.recorded = False
 
 
-def forget_dormant(state: MQTTState, vhost: str, client_id: str) -> None:
+def forget_dormant(registry: MQTTRegistry, vhost: str, client_id: str) -> None:
     """A clean start for a client whose session was read back at start."""
-    _forget_owner(state, (vhost, client_id))
-    records = state.dormant.pop((vhost, client_id), None)
+    _forget_owner(registry, (vhost, client_id))
+    records = registry.dormant.pop((vhost, client_id), None)
     for direction, pid in sorted(records or ()):
-        state.durable.delete_value(SPACE, (vhost, client_id, direction, pid))
+        registry.durable.delete_value(SPACE, (vhost, client_id, direction, pid))
 
 
-def resume(s: MQTTSession, st: SessionState, queue: Queue | None,
+def resume(s: Connection, st: SessionState, queue: Queue | None,
            records: dict[tuple[str, int], Any]) -> None:
     """After a restart: rebuild the session's QoS 2 exchanges from its records. Entries
     sent before are taken out of the queue again (to go out with their packet ids)."""
@@ -242,14 +246,12 @@ def resume(s: MQTTSession, st: SessionState, queue: Queue | None,
         st.next_packet_id = max(st.outgoing) % 65535 + 1
 
 
-def _packet(s: MQTTSession, st: SessionState, entry: Entry, pid: int) -> Publish:
+def _packet(s: Connection, st: SessionState, entry: Entry, pid: int) -> Publish:
     """The PUBLISH of an entry that was in flight before a restart (sent again with DUP)."""
     msg = entry.message
     topic = routing_key_to_topic(msg.routing_key)
     props = NO_PROPERTIES
     if s.version == MQTT_5:
-        from dataclasses import replace
-
         ids = tuple(o.subscription_id for f, o in st.subscriptions.items()
                     if o.subscription_id is not None and topic_matches(f, topic))
         props = replace(from_core(msg), subscription_identifiers=ids)

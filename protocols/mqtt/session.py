@@ -1,45 +1,48 @@
-"""One MQTT connection's state machine over the core: packets in -> core calls, deliveries
--> packets out.
+"""One MQTT connection over the core: packets in -> core calls, deliveries -> packets out.
 
 Theory of operation
 -------------------
 The server feeds bytes to `receive_data`; the codec turns them into packets, each handled
-to completion against the core (``handlers.py`` has one function per packet type; its
-`TABLE` is the table of contents). Output is appended to a buffer the writer task drains
-(`data_to_send`). Nothing here awaits or touches a socket; time comes from `clock`.
+to completion against the core (``connect.py`` handles CONNECT, ``handlers.py`` has one
+function per later packet type; its `TABLE` is the table of contents). Output is appended
+to a buffer the writer task drains (`data_to_send`). Nothing here awaits or touches a
+socket; time comes from `clock`.
+
+The connection's state machine is ``machine.py``: which packets each state takes, and
+which events move it. This module looks every packet up in it and tells it every decision:
 
     CONNECT_WAIT --CONNECT accepted--> CONNECTED --DISCONNECT / error / lost--> CLOSED
     CONNECT_WAIT --anything else, or CONNECT refused--> CLOSED
+    CONNECT_WAIT --slow password check--> AUTHENTICATING --its answer--> CONNECTED or CLOSED
+    CONNECTED --our DISCONNECT (MQTT 5)--> CLOSING --a moment later--> CLOSED
 
 The first packet must be CONNECT and a second one is a protocol error [MQTT-3.1.0-1,
 MQTT-3.1.0-2]. A protocol error closes this connection only (MQTT 5: after a DISCONNECT
-with its reason code [MQTT-4.13.1-1]); the will is published unless the client sent
-DISCONNECT 0x00 [MQTT-3.1.2-8, MQTT-3.14.4-3]. Keepalive: a client silent for one and a
-half keepalive periods is disconnected [MQTT-3.1.2-24].
+with its reason code [MQTT-4.13.1-1]); the will is published unless the client sent a
+DISCONNECT other than 0x04 "with will message" [MQTT-3.1.2-8, MQTT-3.14.4-3]. Keepalive:
+a client silent for one and a half keepalive periods is disconnected [MQTT-3.1.2-24].
 
-Sessions (``state.py``): a clean session (3.1.1 clean session, 5.0 session expiry 0) ends
-with its connection and its queue is deleted; a persistent one keeps its durable queue
-(`x-expires` = session expiry) and its state; a CONNECT with the client id of a connected
-client takes the session over: the old connection gets DISCONNECT 0x8E and is closed
-[MQTT-3.1.4-3].
+Sessions (``session_state.py``, kept by the broker's ``registry.py``): a clean session
+(3.1.1 clean session, 5.0 session expiry 0) ends with its connection and its queue is
+deleted; a persistent one keeps its durable queue (`x-expires` = session expiry) and its
+state; a CONNECT with the client id of a connected client takes the session over: the old
+connection gets DISCONNECT 0x8E and is closed [MQTT-3.1.4-3].
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
-from enum import Enum, auto
 from typing import TYPE_CHECKING
 
 from gateway.core.confirms import Confirms
 from gateway.core.errors import BrokerError
-from gateway.core.queue import Queue
 from gateway.info import ConnectionInfo
 from protocols.admission import Admit, admit_all
-from protocols.mqtt import handlers, sessions
+from protocols.mqtt import connect, handlers
 from protocols.mqtt.codec import MQTTCodec, encode_packet
-from protocols.mqtt.delivery import MQTTConsumer, kick
+from protocols.mqtt.connection import ReplyTopics, SessionConsumer, TopicAliases
+from protocols.mqtt.delivery import kick
 from protocols.mqtt.frames import (
     MQTT_5,
     NEED_DATA,
@@ -47,12 +50,23 @@ from protocols.mqtt.frames import (
     Connect,
     Disconnect,
     Packet,
+    Properties,
     ProtocolError,
     PubAck,
     ReasonCode,
     Will,
 )
-from protocols.mqtt.state import MQTTState, SessionState
+from protocols.mqtt.machine import (
+    DROPPING,
+    HANDSHAKE,
+    READING,
+    RECEIVES,
+    ConnectionMachine,
+    ConnState,
+    Local,
+)
+from protocols.mqtt.registry import MQTTRegistry
+from protocols.mqtt.session_state import SessionState
 from protocols.outbox import Outbox
 
 if TYPE_CHECKING:
@@ -65,30 +79,27 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.mqtt")
 CONNECT_TIMEOUT = 10.0  # seconds a new connection has to send CONNECT (limits.handshake_timeout)
-REPLY_TOPICS_KEPT = 1024
 LINGER = 1.0  # seconds input is still read (and dropped) after a server DISCONNECT
 
-
-class State(Enum):
-    CONNECT_WAIT = auto()
-    CONNECTED = auto()
-    CLOSING = auto()  # DISCONNECT sent: input is read and dropped for a moment
-    CLOSED = auto()
+_HANDLERS: dict[type, handlers.Handler] = {Connect: connect.connect, **handlers.TABLE}
+# for each state, the handler of each packet it takes: the machine's `RECEIVES` joined with
+# the handlers, so a packet costs one lookup; a packet not found is refused by the machine
+DISPATCH: dict[ConnState, dict[type, handlers.Handler]] = {
+    state: {kind: _HANDLERS[kind] for kind in kinds} for state, kinds in RECEIVES.items()
+}
 
 
 class MQTTSession(Outbox):
     # slots, not a __dict__: past 30 attributes an instance dict costs 1.5 KiB, and an idle
     # broker holds one session per connection
     __slots__ = (
-        "_ended", "_key", "_last_reply_topic", "_linger_until", "_out", "_out_size",
-        "output_blocked", "last_send",
-        "_reply_topics", "admit", "alarm", "aliases_in", "aliases_out", "auth",
-        "broker", "cert_user", "client_alias_maximum", "client_id", "client_max_packet",
-        "client_receive_maximum", "clock", "codec", "config", "connect_timeout", "consumer",
-        "high_water",
-        "inbound_qos1", "keepalive", "last_recv", "loopback", "loopback_users",
-        "mqtt", "password_check", "peer", "pending_acks", "queue", "read_paused",
-        "shared_consumers", "st", "started", "state", "tls", "user", "vhost", "wake", "will",
+        "_key", "_linger_until", "_out", "_out_size", "output_blocked", "last_send",
+        "admit", "alarm", "aliases", "auth", "broker", "cert_user", "client_alias_maximum",
+        "client_id", "client_max_packet", "client_receive_maximum", "clock", "codec", "config",
+        "connect_timeout", "consumer", "high_water", "inbound_qos1", "keepalive", "last_recv",
+        "loopback", "loopback_users", "machine", "password_check", "peer", "pending_acks",
+        "read_paused", "registry", "replies", "shared_consumers", "st", "started", "tls",
+        "user", "vhost", "wake", "will",
     )
 
     def __init__(
@@ -97,7 +108,7 @@ class MQTTSession(Outbox):
         auth: AuthService,
         config: MQTTConfig,
         *,
-        mqtt_state: MQTTState,
+        registry: MQTTRegistry,
         peer: tuple[str, int],
         loopback: bool,
         loopback_users: frozenset[str] = frozenset(),
@@ -124,17 +135,16 @@ class MQTTSession(Outbox):
         self.high_water = high_water
         self.init_outbox()
         self.codec = MQTTCodec(max_packet_size=config.max_packet_size)
-        self.mqtt = mqtt_state  # the broker's sessions and retained messages (its owner's)
-        self.state = State.CONNECT_WAIT
+        self.registry = registry  # the broker's session states and retained messages
+        self.machine = ConnectionMachine()
         self.user: User | None = None
         # a slow password check the I/O layer runs in a thread; input waits meanwhile
         self.password_check: PendingCheck | None = None
         self.vhost: VirtualHost | None = None
         self.client_id = ""
-        self.st: SessionState | None = None
-        self.queue: Queue | None = None
-        self.consumer: MQTTConsumer | None = None
-        self.shared_consumers: dict[str, MQTTConsumer] = {}
+        self.st: SessionState | None = None  # the MQTT session, once CONNECTed
+        self.consumer: SessionConsumer | None = None
+        self.shared_consumers: dict[str, SessionConsumer] = {}
         self.will: Will | None = None
         self.keepalive = 0
         self.started = clock()
@@ -142,23 +152,24 @@ class MQTTSession(Outbox):
         # what the client told us about itself (MQTT 5 CONNECT properties)
         self.client_receive_maximum = 65535
         self.client_max_packet: int | None = None
-        self.client_alias_maximum = 0
-        self.aliases_out: dict[str, int] = {}
-        self.aliases_in: dict[int, str] = {}
+        self.client_alias_maximum = 0  # 0: we send no topic aliases
+        self.aliases = TopicAliases()
         # output waiting for the store, in order, each packet (or its bytes) with the store
         # position it waits for: QoS 1/2 acknowledgements, and a persistent session's QoS 2
         # PUBLISH and PUBREL
         self.pending_acks: Confirms[Packet | bytes] = Confirms(broker.durable, self)
         self.inbound_qos1 = 0  # QoS 1 PUBLISHes received whose PUBACK is not sent yet
-        self._reply_topics: dict[str, str] = {}
-        self._last_reply_topic: str | None = None
+        self.replies = ReplyTopics()
         self.alarm = False
         self.read_paused = False
-        self._ended = False
         self._linger_until = 0.0
         self._key: tuple[str, str] | None = None
 
     # -- I/O boundary ----------------------------------------------------------------------
+
+    @property
+    def state(self) -> ConnState:
+        return self.machine.state
 
     @property
     def version(self) -> int | None:
@@ -183,7 +194,7 @@ class MQTTSession(Outbox):
 
     @property
     def closed(self) -> bool:
-        return self.state is State.CLOSED
+        return self.machine.state is ConnState.CLOSED
 
     @property
     def protocol_name(self) -> str:
@@ -213,20 +224,21 @@ class MQTTSession(Outbox):
         return f"{self.peer[0]}:{self.peer[1]} ({self.client_id or '-'})"
 
     def credit_returned(self) -> None:
-        if self.state is State.CONNECTED:
+        if self.machine.state is ConnState.CONNECTED:
             kick(self)
 
     def send(self, packet: Packet) -> None:
         self.emit(encode_packet(packet, self.version or 4))
 
     def receive_data(self, data: bytes | bytearray) -> None:
-        if self.state in (State.CLOSED, State.CLOSING):
+        machine = self.machine
+        if machine.state in DROPPING:
             return
         self.last_recv = self.clock()
         self.codec.receive_data(data)
-        # after our DISCONNECT (CLOSING) the rest of the read is dropped, not handled
-        while (self.state is State.CONNECTED or self.state is State.CONNECT_WAIT) \
-                and self.password_check is None:
+        # only CONNECT_WAIT and CONNECTED handle packets: AUTHENTICATING keeps them for
+        # later, and after our DISCONNECT (CLOSING) the rest of the read is dropped
+        while machine.state in READING:
             try:
                 packet = self.codec.next_event()
             except ProtocolError as exc:
@@ -235,7 +247,11 @@ class MQTTSession(Outbox):
             if packet is NEED_DATA:
                 break
             try:
-                self._handle(packet)
+                handler = DISPATCH[machine.state].get(type(packet))
+                if handler is None:
+                    machine.apply(type(packet))  # not taken in this state: raises
+                    continue
+                handler(self, packet)
             except ProtocolError as exc:
                 self._protocol_error(exc)
             except BrokerError as err:
@@ -249,53 +265,44 @@ class MQTTSession(Outbox):
 
     def _protocol_error(self, exc: ProtocolError) -> None:
         log.info("connection %s: %s: %s", self.name, exc.reason.name, exc.text)
-        if self.state is State.CONNECT_WAIT:
+        if self.machine.state in HANDSHAKE:
             if exc.reason is ReasonCode.UNSUPPORTED_PROTOCOL_VERSION:
                 # [MQTT-3.1.2-2]: CONNACK 0x01 in 3.1.1's format, then close
                 self.emit(b"\x20\x02\x00\x01")
-            self._finish()
+            self.transition(Local.REFUSE)
             return
         self.close(exc.reason, exc.text)
 
-    def _handle(self, packet: Packet) -> None:
-        if self.state is State.CONNECT_WAIT:
-            if not isinstance(packet, Connect):
-                log.info("connection %s: first packet is not CONNECT", self.name)
-                self._finish()
-                return
-            sessions.connect(self, packet)
-            return
-        handler = handlers.TABLE.get(type(packet))
-        if handler is None:
-            raise ProtocolError(ReasonCode.PROTOCOL_ERROR,
-                                f"unexpected {type(packet).__name__} from a client")
-        handler(self, packet)
+    def transition(self, event: Local, *, publish_will: bool = False) -> None:
+        """Tell the state machine what happened. Leaving CONNECTED ends the MQTT session:
+        detached from the core, kept or discarded, its will published if `publish_will`."""
+        if self.machine.apply(event) is ConnState.CONNECTED:
+            connect.end(self, publish_will=publish_will)
 
     def timer(self, now: float) -> None:
-        if self.state is State.CLOSING:
+        state = self.machine.state
+        if state is ConnState.CLOSING:
             if now >= self._linger_until:
-                self.state = State.CLOSED
+                self.transition(Local.LINGER_OVER)
             return
-        if self.state is State.CONNECT_WAIT:
+        if state in HANDSHAKE:
             if now - self.started > self.connect_timeout:
-                self._finish()
+                self.transition(Local.REFUSE)
             return
         if self.read_paused:
             self.last_recv = now  # paused by the memory alarm: we are the ones not reading
-        if self.state is State.CONNECTED and self.keepalive and (
+        if state is ConnState.CONNECTED and self.keepalive and (
                 now - self.last_recv > 1.5 * self.keepalive):
             log.info("connection %s: keepalive timeout", self.name)
             self.close(ReasonCode.KEEP_ALIVE_TIMEOUT, "keepalive timeout")
 
     def connection_lost(self) -> None:
-        if self.state is State.CONNECTED:
-            self._end_session(publish_will=True)
-        self.state = State.CLOSED
+        self.transition(Local.CLOSE, publish_will=True)
 
     def shutdown(self) -> None:
-        if self.state is State.CONNECTED:
+        if self.machine.state is ConnState.CONNECTED:
             self.close(ReasonCode.SERVER_SHUTTING_DOWN, "broker shutdown", will=False)
-        self._finish()
+        self.transition(Local.CLOSE)
 
     def memory_alarm(self, on: bool) -> None:
         """Over the memory high-watermark a publishing client is not read any more."""
@@ -308,57 +315,30 @@ class MQTTSession(Outbox):
     def close(self, reason: ReasonCode, text: str = "", *, will: bool = True) -> None:
         """Server-side close: DISCONNECT with a reason code (MQTT 5), then the session
         ends as after a lost connection."""
-        if self.state in (State.CLOSED, State.CLOSING):
+        state = self.machine.state
+        if state in DROPPING:
             return
-        if self.version == MQTT_5 and self.state is State.CONNECTED:
-            props = NO_PROPERTIES
-            if text:
-                from protocols.mqtt.frames import Properties
-
-                props = Properties(reason_string=text[:200])
+        if self.version == MQTT_5 and state is ConnState.CONNECTED:
+            props = Properties(reason_string=text[:200]) if text else NO_PROPERTIES
             self.send(Disconnect(int(reason), props))
-            self._end_session(publish_will=will)
             # the client may still be sending: reading on for a moment lets it read our
             # DISCONNECT instead of a connection reset
-            self.state = State.CLOSING
             self._linger_until = self.clock() + LINGER
+            self.transition(Local.DISCONNECT_SENT, publish_will=will)
             return
-        if self.state is State.CONNECTED:
-            self._end_session(publish_will=will)
-        self.state = State.CLOSED
-
-    def _finish(self) -> None:
-        self.state = State.CLOSED
+        self.transition(Local.CLOSE, publish_will=will)
 
     def taken_over(self) -> None:
         """Another connection CONNECTed with this client id [MQTT-3.1.4-3]."""
         self.close(ReasonCode.SESSION_TAKEN_OVER, "session taken over")
 
-    def _end_session(self, *, publish_will: bool) -> None:
-        if self._ended:
-            return
-        self._ended = True
-        sessions.end(self, publish_will=publish_will)
-
-    # -- helpers for handlers --------------------------------------------------------------
-
-    def remember_reply_topic(self, correlation_id: str | None, topic: str) -> None:
-        self._last_reply_topic = topic
-        if correlation_id is not None:
-            if len(self._reply_topics) >= REPLY_TOPICS_KEPT:
-                del self._reply_topics[next(iter(self._reply_topics))]
-            self._reply_topics[correlation_id] = topic
-
-    def reply_topic(self, correlation_id: str | None) -> str | None:
-        if correlation_id is not None and correlation_id in self._reply_topics:
-            return self._reply_topics.pop(correlation_id)
-        return self._last_reply_topic
+    # -- output that waits for the store ---------------------------------------------------
 
     def flush_confirms(self) -> None:
         """Send what waited for the store (PUBACK/PUBREC of messages it has made durable,
         QoS 2 PUBLISH/PUBREL whose records it has), in order."""
         pending = self.pending_acks
-        if not pending or self.state is not State.CONNECTED:
+        if not pending or self.machine.state is not ConnState.CONNECTED:
             return
         for packet in pending.confirm():
             if isinstance(packet, bytes):
@@ -381,8 +361,5 @@ class MQTTSession(Outbox):
 
     def inbound_inflight(self) -> int:
         """QoS 1/2 PUBLISHes from the client not yet acknowledged (PUBACK / PUBCOMP)."""
-        return self.inbound_qos1 + (len(self.st.incoming_qos2) if self.st else 0)
-
-
-def new_client_id() -> str:
-    return "gw-" + os.urandom(9).hex()
+        st = self.st
+        return self.inbound_qos1 + (len(st.incoming_qos2) if st else 0)

@@ -97,10 +97,11 @@ def test_crash_packets_after_the_servers_disconnect_are_dropped() -> None:
 
     from gateway.core.broker import Broker
     from gateway.store.base import MemoryStore
-    from protocols.mqtt.session import MQTTSession, State
+    from protocols.mqtt.machine import ConnState as State
+    from protocols.mqtt.session import MQTTSession
 
     broker = Broker(MemoryStore(), CONFIG.auth.vhosts)
-    session = MQTTSession(broker, AUTH, MQTT_CONFIG, mqtt_state=mqtt_state_of(broker),
+    session = MQTTSession(broker, AUTH, MQTT_CONFIG, registry=mqtt_state_of(broker),
                           peer=PEER, loopback=True, clock=Clock())
     session.receive_data(mqtt_connect(MQTT_5, clean=False) + CRASH_AFTER_DISCONNECT[1:])
     out = mqtt_output(session.data_to_send(), MQTT_5)
@@ -135,7 +136,7 @@ def test_crash_nothing_is_written_after_the_servers_disconnect() -> None:
     from protocols.mqtt.session import MQTTSession
 
     broker = Broker(MemoryStore(), CONFIG.auth.vhosts)
-    session = MQTTSession(broker, AUTH, MQTT_CONFIG, mqtt_state=mqtt_state_of(broker),
+    session = MQTTSession(broker, AUTH, MQTT_CONFIG, registry=mqtt_state_of(broker),
                           peer=PEER, loopback=True, clock=Clock())
     session.receive_data(mqtt_connect(MQTT_5) + CRASH_SHARED_REQUEUE[1:])
     out = mqtt_output(session.data_to_send(), MQTT_5)

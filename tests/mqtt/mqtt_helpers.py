@@ -22,8 +22,8 @@ from protocols.mqtt.frames import (
     Will,
 )
 from protocols.mqtt.persist import take_over
+from protocols.mqtt.registry import MQTTRegistry
 from protocols.mqtt.session import MQTTSession
-from protocols.mqtt.state import MQTTState
 
 
 class Clock:
@@ -57,10 +57,10 @@ class World:
         self.auth = AuthService(config.auth)
 
     @cached_property
-    def mqtt_state(self) -> MQTTState:
+    def mqtt_state(self) -> MQTTRegistry:
         """MQTT's sessions and retained messages, made as the server makes them: once, with
         the settings, after the store was read back (here: at the first client)."""
-        state = MQTTState(self.broker.durable, self.mqtt_config.retained_max_messages,
+        state = MQTTRegistry(self.broker.durable, self.mqtt_config.retained_max_messages,
                           self.mqtt_config.retained_max_bytes)
         take_over(state, self.broker)
         return state
@@ -74,7 +74,7 @@ class Client:
         self.world = world
         self.version = version
         self.session = MQTTSession(
-            world.broker, world.auth, world.mqtt_config, mqtt_state=world.mqtt_state,
+            world.broker, world.auth, world.mqtt_config, registry=world.mqtt_state,
             peer=("127.0.0.1", 5555),
             loopback=loopback, loopback_users=world.config.auth.loopback_users,
             clock=world.clock)

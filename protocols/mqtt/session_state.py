@@ -1,4 +1,5 @@
-"""What MQTT keeps beyond one connection: sessions by client id, and retained messages.
+"""An MQTT session's state, which outlives its connections: `SessionState` and its parts
+(subscription options, messages in flight), and the names of the queues a session uses.
 
 A `SessionState` is an MQTT session in the spec's sense [MQTT-4.1]: subscriptions, QoS 1/2
 messages sent and not yet acknowledged (kept with their packet ids, to be resent with DUP
@@ -7,14 +8,8 @@ dedup), and when it expires. The messages themselves live in the core, in the se
 queue; a persistent session's queue and bindings are durable, so after a broker restart the
 session comes back from them (its subscriptions are bindings whose arguments carry the
 subscription options). Its QoS 2 packet ids in flight both ways are kept in the store too
-(``persist.py``), so a resumed session completes the QoS 2 exchanges it had open.
-
-`MQTTState` holds one broker's sessions, the connection currently attached to each, and one
-retained store per virtual host. Its owner (the server) makes it with its settings and hands
-it to every MQTT session it makes, so two brokers (as in tests) never share it. After the
-store is read back at start it takes over what the store kept (`persist.take_over`: retained
-messages; session records waiting in `dormant` until their client returns) and adds its
-state to every snapshot the store compacts to.
+(``persist.py``), so a resumed session completes the QoS 2 exchanges it had open. The
+broker's session states, by (vhost, client id), are in its `MQTTRegistry` (``registry.py``).
 """
 
 from __future__ import annotations
@@ -23,10 +18,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from protocols.mqtt.frames import Publish
-from protocols.mqtt.retain import RetainedStore
 
 if TYPE_CHECKING:
-    from gateway.core.durable import Durable
     from gateway.core.queue import Entry
 
 # binding arguments that carry a subscription's options
@@ -119,52 +112,3 @@ class SessionState:
             pid = pid % 65535 + 1
         self.next_packet_id = pid % 65535 + 1
         return pid
-
-
-class MQTTState:
-    def __init__(self, durable: Durable, retained_max_messages: int,
-                 retained_max_bytes: int) -> None:
-        self.durable = durable  # where its retained messages and session records are kept
-        self.sessions: dict[tuple[str, str], SessionState] = {}
-        self.active: dict[tuple[str, str], Any] = {}  # (vhost, client id) -> MQTTSession
-        # session records read back at start, until the client returns: (vhost, client
-        # id) -> {(direction, packet id): value} (see persist.py)
-        self.dormant: dict[tuple[str, str], dict[tuple[str, int], Any]] = {}
-        # the user owning each persistent session, as kept in the store: (vhost, client
-        # id) -> user name (see persist.py)
-        self.owners: dict[tuple[str, str], str] = {}
-        self.retained_max_messages = retained_max_messages
-        self.retained_max_bytes = retained_max_bytes
-        self._retained: dict[str, RetainedStore] = {}
-        self._connects = 0
-
-    def retained(self, vhost: str) -> RetainedStore:
-        store = self._retained.get(vhost)
-        if store is None:
-            store = self._retained[vhost] = RetainedStore(
-                self.retained_max_messages, self.retained_max_bytes, vhost=vhost,
-                durable=self.durable)
-        return store
-
-    def retained_stores(self) -> list[RetainedStore]:
-        return list(self._retained.values())
-
-    def vhost_deleted(self, vhost: str) -> None:
-        """Everything of a deleted vhost goes (its store records went with it)."""
-        self._retained.pop(vhost, None)
-        for d in (self.sessions, self.dormant, self.owners):
-            for key in [k for k in d if k[0] == vhost]:
-                del d[key]
-
-    def sweep(self, now: float) -> None:
-        """Forget expired sessions that nobody reconnected to (every 100 connects)."""
-        from protocols.mqtt import persist
-
-        self._connects += 1
-        if self._connects % 100:
-            return
-        for key, st in list(self.sessions.items()):
-            if key not in self.active and st.expired(now):
-                persist.forget(self, st)
-                del self.sessions[key]
-

@@ -1,5 +1,6 @@
-"""Session life: CONNECT (login, client id, takeover, clean or resumed session, CONNACK),
-the session's queue, and the end of a connection (queue kept or deleted, will published).
+"""CONNECT and the end of a connection: login, client id, takeover, clean or resumed
+session, CONNACK; then, when the connection leaves CONNECTED, its session kept or discarded
+and its will published.
 
 Persistent sessions map onto the core as RabbitMQ maps them: a durable queue with
 `x-expires` = session expiry (capped by `mqtt.max_session_expiry`), bindings from
@@ -22,13 +23,15 @@ done (`gateway.auth.access`).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from gateway.auth import access
 from gateway.core.errors import AccessRefused, BrokerError
 from protocols.mqtt import persist
-from protocols.mqtt.delivery import MQTTConsumer, resend_inflight
+from protocols.mqtt.delivery import attach, attach_shared, resend_inflight
 from protocols.mqtt.frames import (
     CONNACK_311,
     MQTT_5,
@@ -37,37 +40,38 @@ from protocols.mqtt.frames import (
     Properties,
     ReasonCode,
 )
-from protocols.mqtt.mapping import (
-    filter_to_binding_key,
-    topic_to_routing_key,
-)
-from protocols.mqtt.state import (
+from protocols.mqtt.handlers import route_publish
+from protocols.mqtt.machine import HANDSHAKE, Local
+from protocols.mqtt.mapping import binding_key_to_filter, to_core, topic_to_routing_key
+from protocols.mqtt.session_state import (
     SessionState,
     SubOptions,
     session_queue_name,
-    shared_queue_name,
     will_queue_name,
 )
 
 if TYPE_CHECKING:
     from gateway.auth.service import LoginRefused, User
-    from gateway.core.queue import Queue
-    from protocols.mqtt.session import MQTTSession
+    from protocols.mqtt.connection import Connection
 
 log = logging.getLogger("gateway.mqtt")
 NEVER = 0xFFFFFFFF
 
 
-def _refuse(s: MQTTSession, reason: ReasonCode, text: str) -> None:
+def _refuse(s: Connection, reason: ReasonCode, text: str) -> None:
     log.info("connection %s: CONNECT refused: %s", s.name, text)
     if s.version == MQTT_5:
         s.send(Connack(int(reason), False, Properties(reason_string=text[:200])))
     else:
         s.send(Connack(int(CONNACK_311.get(reason, 3))))
-    s._finish()
+    s.transition(Local.REFUSE)
 
 
-def _login(s: MQTTSession, c: Connect, then: Callable[[], None]) -> None:
+def new_client_id() -> str:
+    return "gw-" + os.urandom(9).hex()
+
+
+def _login(s: Connection, c: Connect, then: Callable[[], None]) -> None:
     """Log the client in; `then` continues the CONNECT once the user and vhost are set
     (at once, or after a slow password check that the I/O layer runs, see `login`)."""
     cfg = s.config
@@ -102,21 +106,21 @@ def _login(s: MQTTSession, c: Connect, then: Callable[[], None]) -> None:
         password = ""
 
     def logged_in(result: User | LoginRefused) -> None:
-        from protocols.mqtt.session import State
-
-        if s.state is not State.CONNECT_WAIT:
+        if s.machine.state not in HANDSHAKE:
             return  # the connection went meanwhile
         if isinstance(result, BrokerError):
             _refuse(s, ReasonCode.BAD_USER_NAME_OR_PASSWORD, "bad user name or password")
             return
         _enter(s, result, vhost_name, then)
 
-    s.password_check = s.auth.login(name, password, peer=s.peer[0], loopback=s.loopback,
-                                    protocol="MQTT", mechanism="MQTT", now=s.clock(),
-                                    then=logged_in)
+    check = s.auth.login(name, password, peer=s.peer[0], loopback=s.loopback,
+                         protocol="MQTT", mechanism="MQTT", now=s.clock(), then=logged_in)
+    if check is not None:  # `logged_in` is called once the I/O layer has run it
+        s.password_check = check
+        s.transition(Local.PASSWORD_CHECK)
 
 
-def _enter(s: MQTTSession, user: User, vhost_name: str, then: Callable[[], None]) -> None:
+def _enter(s: Connection, user: User, vhost_name: str, then: Callable[[], None]) -> None:
     try:
         s.auth.check_vhost(user, vhost_name)
     except BrokerError as err:
@@ -132,9 +136,7 @@ def _enter(s: MQTTSession, user: User, vhost_name: str, then: Callable[[], None]
     then()
 
 
-def connect(s: MQTTSession, c: Connect) -> None:
-    from protocols.mqtt.session import new_client_id
-
+def connect(s: Connection, c: Connect) -> None:
     v5 = c.protocol_level == MQTT_5
     props = Properties()
     client_id = c.client_id
@@ -163,7 +165,7 @@ def connect(s: MQTTSession, c: Connect) -> None:
     _login(s, c, lambda: _connected(s, c, client_id, props))
 
 
-def _will_refused(s: MQTTSession, c: Connect, client_id: str, expiry: int) -> str | None:
+def _will_refused(s: Connection, c: Connect, client_id: str, expiry: int) -> str | None:
     """Why the CONNECT's will may not be published (None: it may)."""
     will = c.will
     if will is None:
@@ -180,13 +182,13 @@ def _will_refused(s: MQTTSession, c: Connect, client_id: str, expiry: int) -> st
     return None
 
 
-def _foreign(s: MQTTSession, st: SessionState | None, clean_start: bool) -> bool:
+def _foreign(s: Connection, st: SessionState | None, clean_start: bool) -> bool:
     """Whether the session kept under this client id is another user's (so this CONNECT
     must not resume it). A session read back from a data directory written before owners
     were recorded is adopted, as RabbitMQ would resume it, by a user who may declare and
     consume its queue."""
     assert s.user is not None and s.vhost is not None
-    owner = st.owner if st is not None else s.mqtt.owners.get(s.key)
+    owner = st.owner if st is not None else s.registry.owners.get(s.key)
     if owner:
         return owner != s.user.name
     if st is not None or clean_start:
@@ -202,10 +204,8 @@ def _foreign(s: MQTTSession, st: SessionState | None, clean_start: bool) -> bool
     return False
 
 
-def _connected(s: MQTTSession, c: Connect, client_id: str, props: Properties) -> None:
+def _connected(s: Connection, c: Connect, client_id: str, props: Properties) -> None:
     """CONNECT, after the login: the session, CONNACK, and what a resumed session held."""
-    from protocols.mqtt.session import State
-
     cfg = s.config
     v5 = c.protocol_level == MQTT_5
     assert s.vhost is not None and s.user is not None
@@ -221,8 +221,9 @@ def _connected(s: MQTTSession, c: Connect, client_id: str, props: Properties) ->
     s.client_id = client_id
     key = s.key
     now = s.clock()
-    s.mqtt.sweep(now)
-    st = s.mqtt.sessions.get(key)
+    for expired in s.registry.sweep(now):
+        persist.forget(s.registry, expired)
+    st = s.registry.sessions.get(key)
     clean = c.clean_start or _foreign(s, st, c.clean_start)
     queue_name = session_queue_name(client_id)
     if (clean or (st is not None and st.expired(now))) and queue_name in s.vhost.queues:
@@ -231,7 +232,7 @@ def _connected(s: MQTTSession, c: Connect, client_id: str, props: Properties) ->
         except AccessRefused as err:
             _refuse(s, ReasonCode.NOT_AUTHORIZED, f"session not discarded: {err.text}")
             return
-    old = s.mqtt.active.get(key)
+    old = s.registry.active.get(key)
     if old is not None and old is not s:
         old.taken_over()
     # a new connection cancels a delayed will of the same client [MQTT-3.1.3-9]
@@ -239,26 +240,26 @@ def _connected(s: MQTTSession, c: Connect, client_id: str, props: Properties) ->
     if v5 and granted_expiry != expiry:
         props = _with(props, session_expiry_interval=granted_expiry)
 
-    st = s.mqtt.sessions.get(key)
+    st = s.registry.sessions.get(key)
     if st is not None and (clean or st.expired(now)):
         discard(s, st)
         st = None
     elif st is None and clean:
         # a session from before a restart, not resumed: it ends here [MQTT-3.1.2-4]
-        persist.forget_dormant(s.mqtt, *key)
+        persist.forget_dormant(s.registry, *key)
         s.vhost.delete_queue(queue_name)
     if st is None and not clean:
         st = _recover(s, client_id)
     present = st is not None and not clean
     if st is None:
         st = SessionState(s.vhost.name, client_id)
-        s.mqtt.sessions[key] = st
+        s.registry.sessions[key] = st
     st.owner = s.user.name
     st.expiry = granted_expiry
-    persist.own(s.mqtt, st)
+    persist.own(s.registry, st)
     st.disconnected_at = None
     s.st = st
-    s.mqtt.active[key] = s
+    s.registry.active[key] = s
 
     s.keepalive = c.keepalive
     if cfg.max_keepalive and (c.keepalive == 0 or c.keepalive > cfg.max_keepalive):
@@ -274,7 +275,7 @@ def _connected(s: MQTTSession, c: Connect, client_id: str, props: Properties) ->
                       maximum_packet_size=cfg.max_packet_size,
                       receive_maximum=cfg.receive_maximum)
     s.will = c.will
-    s.state = State.CONNECTED
+    s.transition(Local.ACCEPT)
     s.send(Connack(0, present, props))
     log.info("connection %s: MQTT %s session %s (%s)", s.name,
              "5.0" if v5 else "3.1.1", client_id, "resumed" if present else "new")
@@ -288,21 +289,17 @@ def _connected(s: MQTTSession, c: Connect, client_id: str, props: Properties) ->
 
 
 def _with(props: Properties, **changes: object) -> Properties:
-    from dataclasses import replace
-
     return replace(props, **changes)  # type: ignore[arg-type]
 
 
-def _recover(s: MQTTSession, client_id: str) -> SessionState | None:
+def _recover(s: Connection, client_id: str) -> SessionState | None:
     """After a broker restart: the session's durable queue and its bindings, and the QoS 2
     exchanges it had open (``persist.py``)."""
     assert s.vhost is not None
     queue = s.vhost.queues.get(session_queue_name(client_id))
-    records = s.mqtt.dormant.pop(s.key, None)
+    records = s.registry.dormant.pop(s.key, None)
     if queue is None and not records:
         return None
-    from protocols.mqtt.mapping import binding_key_to_filter
-
     st = SessionState(s.vhost.name, client_id)
     for binding in queue.bound_by if queue is not None else ():
         if binding.source.name != "amq.topic":
@@ -312,71 +309,31 @@ def _recover(s: MQTTSession, client_id: str) -> SessionState | None:
             st.subscriptions[binding_key_to_filter(binding.routing_key)] = opts
     if records:
         persist.resume(s, st, queue, records)
-    s.mqtt.sessions[s.key] = st
+    s.registry.sessions[s.key] = st
     return st
 
 
-def discard(s: MQTTSession, st: SessionState) -> None:
+def discard(s: Connection, st: SessionState) -> None:
     """End a session for good: its queue, bindings and in-flight messages go."""
     assert s.vhost is not None
     for out in st.outgoing.values():
         if out.entry is not None and not out.entry.queue.deleted:
             out.entry.queue.requeue([out.entry], s.clock())
-    persist.forget(s.mqtt, st)
+    persist.forget(s.registry, st)
     st.outgoing.clear()
     s.vhost.delete_queue(session_queue_name(st.client_id))
-    s.mqtt.sessions.pop((st.vhost, st.client_id), None)
+    s.registry.sessions.pop((st.vhost, st.client_id), None)
 
 
-def ensure_queue(s: MQTTSession) -> Queue:
-    """The session's queue, declared on first use: durable with `x-expires` for a
-    persistent session, transient for a clean one."""
-    assert s.vhost is not None and s.st is not None
-    name = session_queue_name(s.client_id)
-    queue = s.vhost.queues.get(name)
-    if queue is None:
-        persistent = s.st.expiry > 0
-        args = {"x-expires": s.st.expiry * 1000} if persistent else {}
-        queue = s.vhost.declare_queue(name, durable=persistent, arguments=args,
-                                      now=s.clock())
-    if s.consumer is None or s.consumer.queue is not queue:
-        attach(s, queue)
-    return queue
-
-
-def attach(s: MQTTSession, queue: Queue) -> None:
-    s.consumer = MQTTConsumer(s, queue)
-    queue.add_consumer(s.consumer, s.clock())
-
-
-def attach_shared(s: MQTTSession, group: str, topic_filter: str, opts: SubOptions) -> None:
-    """A member of a shared subscription: one more consumer on the group's queue, which
-    hands messages round-robin to its consumers."""
-    assert s.vhost is not None
-    name = shared_queue_name(group, topic_filter)
-    queue = s.vhost.queues.get(name)
-    if queue is None:
-        queue = s.vhost.declare_queue(name, auto_delete=True, now=s.clock())
-        s.vhost.bind(queue, "amq.topic", filter_to_binding_key(topic_filter),
-                     {"x-mqtt-subscription-qos": 2})
-    key = f"$share/{group}/{topic_filter}"
-    old = s.shared_consumers.pop(key, None)
-    if old is not None:
-        s.vhost.cancel(old.queue, old, s.clock())
-    consumer = MQTTConsumer(s, queue, (topic_filter, opts))
-    s.shared_consumers[key] = consumer
-    queue.add_consumer(consumer, s.clock())
-
-
-def end(s: MQTTSession, *, publish_will: bool) -> None:
-    """The connection is gone: detach from the core, keep or end the session, will."""
+def end(s: Connection, *, publish_will: bool) -> None:
+    """The connection left CONNECTED: detach from the core, keep or end the session, will."""
     st = s.st
     vhost = s.vhost
     if st is None or vhost is None:
         return
     now = s.clock()
-    if s.mqtt.active.get(s.key) is s:
-        del s.mqtt.active[s.key]
+    if s.registry.active.get(s.key) is s:
+        del s.registry.active[s.key]
     if s.consumer is not None:
         s.consumer.queue.remove_consumer(s.consumer, now)
         s.consumer = None
@@ -404,37 +361,14 @@ def _will_queue_arguments(delay: int, routing_key: str) -> dict[str, object]:
             "x-dead-letter-routing-key": routing_key, "x-expires": delay * 1000 + 60_000}
 
 
-def may_make_queue(s: MQTTSession) -> bool:
-    """Whether the session's queue exists or this user may declare and consume it (what
-    `ensure_queue` does)."""
-    assert s.user is not None and s.vhost is not None
-    name = session_queue_name(s.client_id)
-    if name in s.vhost.queues:
-        return True
-    try:
-        access.declare_queue(s.auth, s.user, s.vhost, name)
-        access.consume(s.auth, s.user, s.vhost, name)
-    except AccessRefused:
-        return False
-    return True
-
-
-def _publish_will(s: MQTTSession, session_expiry: int) -> None:
+def _publish_will(s: Connection, session_expiry: int) -> None:
     will = s.will
     assert will is not None and s.vhost is not None
     delay = min(will.properties.will_delay_interval or 0, session_expiry)
     if delay <= 0:
-        from dataclasses import replace as _replace
-
-        from protocols.mqtt.handlers import route_publish
-
         route_publish(s, will.topic, will.payload, will.qos, will.retain,
-                      _replace(will.properties, will_delay_interval=None))
+                      replace(will.properties, will_delay_interval=None))
         return
-    from dataclasses import replace
-
-    from protocols.mqtt.mapping import to_core
-
     props = replace(will.properties, message_expiry_interval=None, will_delay_interval=None)
     rk = topic_to_routing_key(will.topic)
     name = will_queue_name(s.client_id)

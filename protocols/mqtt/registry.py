@@ -1,0 +1,80 @@
+"""What one broker keeps of MQTT across connections: `MQTTRegistry`, the owner of the
+session states by client id, the connection attached to each, and one retained store per
+virtual host.
+
+Its owner (the server) makes it with its settings and hands it to every MQTT session it
+makes, so two brokers (as in tests) never share it. After the store is read back at start
+it takes over what the store kept (`persist.take_over`: retained messages; session records
+waiting in `dormant` until their client returns) and adds its state to every snapshot the
+store compacts to.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from protocols.mqtt.retain import RetainedStore
+
+if TYPE_CHECKING:
+    from gateway.core.durable import Durable
+    from protocols.mqtt.session_state import SessionState
+
+SWEEP_EVERY = 100  # connects between two sweeps of expired sessions
+
+
+class Attached(Protocol):
+    """The connection a session state is attached to (``session.py``'s `MQTTSession`)."""
+
+    def taken_over(self) -> None:
+        """Another connection CONNECTed with this client id [MQTT-3.1.4-3]."""
+        ...
+
+
+class MQTTRegistry:
+    def __init__(self, durable: Durable, retained_max_messages: int,
+                 retained_max_bytes: int) -> None:
+        self.durable = durable  # where its retained messages and session records are kept
+        self.sessions: dict[tuple[str, str], SessionState] = {}
+        # (vhost, client id) -> the connection its session state is attached to
+        self.active: dict[tuple[str, str], Attached] = {}
+        # session records read back at start, until the client returns: (vhost, client
+        # id) -> {(direction, packet id): value} (see persist.py)
+        self.dormant: dict[tuple[str, str], dict[tuple[str, int], Any]] = {}
+        # the user owning each persistent session, as kept in the store: (vhost, client
+        # id) -> user name (see persist.py)
+        self.owners: dict[tuple[str, str], str] = {}
+        self.retained_max_messages = retained_max_messages
+        self.retained_max_bytes = retained_max_bytes
+        self._retained: dict[str, RetainedStore] = {}
+        self._connects = 0
+
+    def retained(self, vhost: str) -> RetainedStore:
+        store = self._retained.get(vhost)
+        if store is None:
+            store = self._retained[vhost] = RetainedStore(
+                self.retained_max_messages, self.retained_max_bytes, vhost=vhost,
+                durable=self.durable)
+        return store
+
+    def retained_stores(self) -> list[RetainedStore]:
+        return list(self._retained.values())
+
+    def vhost_deleted(self, vhost: str) -> None:
+        """Everything of a deleted vhost goes (its store records went with it)."""
+        self._retained.pop(vhost, None)
+        for d in (self.sessions, self.dormant, self.owners):
+            for key in [k for k in d if k[0] == vhost]:
+                del d[key]
+
+    def sweep(self, now: float) -> list[SessionState]:
+        """Every `SWEEP_EVERY` connects: drop the expired session states nobody reconnected
+        to, and return them (their store records are the caller's to delete)."""
+        self._connects += 1
+        if self._connects % SWEEP_EVERY:
+            return []
+        expired = []
+        for key, st in list(self.sessions.items()):
+            if key not in self.active and st.expired(now):
+                expired.append(st)
+                del self.sessions[key]
+        return expired
