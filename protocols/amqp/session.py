@@ -373,6 +373,9 @@ class AMQPSession(Outbox):
                 return  # closing: discarded until close-ok (spec 2.3.6)
             if chm.state is ChannelState.CLOSED:  # channel.close, or close-ok to ours
                 del self.channels[number]
+                # its unsent confirms die with it, as in RabbitMQ: the number may be
+                # opened again for a channel that published nothing
+                self._confirm_channels.discard(ch)
                 if kind is Ch.Close:
                     ch.release(self.clock())
                     self.send_method(number, Ch.CloseOk())

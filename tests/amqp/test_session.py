@@ -337,3 +337,28 @@ def test_confirms_wait_for_the_disk_and_keep_their_order(tmp_path: Path) -> None
     assert len(got) == 3
     assert c.broker.durable.waiting == 0
     store.close()
+
+
+def test_a_closed_channel_gets_no_confirms_even_when_its_number_is_open_again(
+        tmp_path: Path) -> None:
+    store = DiskStore(tmp_path, fsync=False)
+    store.recover()
+    c = Client(store=store)
+    c.handshake()
+    c.methods()
+    durability = Durability(store, c.broker)
+    c.open_channel(1)
+    c.send(1, C.Confirm.Select(), C.Queue.Declare(queue="d", durable=True))
+    trio.run(durability.flush)
+    c.methods()
+    c.send(1, C.Basic.Publish(exchange="", routing_key="d"),
+           header.ContentHeader(0, 1, C.Basic.Properties(delivery_mode=2)),
+           body.ContentBody(b"m"))
+    assert c.methods() == []  # the confirm waits for the disk
+    c.send(1, C.Channel.Close(200, "bye", 0, 0))
+    assert [type(m).__name__ for m in c.methods()] == ["CloseOk"]
+    c.open_channel(1)  # the same number, a new channel that published nothing
+    trio.run(durability.flush)
+    c.session.flush_confirms()
+    assert c.received() == []  # no ack for the old channel's publish on the new one
+    store.close()
