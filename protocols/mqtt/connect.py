@@ -334,9 +334,7 @@ def end(s: Connection, *, publish_will: bool) -> None:
     now = s.clock()
     if s.registry.active.get(s.key) is s:
         del s.registry.active[s.key]
-    if s.consumer is not None:
-        s.consumer.queue.remove_consumer(s.consumer, now)
-        s.consumer = None
+    _detach(s, now)
     # detach from the shared groups first: a requeue dispatches at once, and must not
     # hand the message straight back to this connection after its DISCONNECT
     for consumer in list(s.shared_consumers.values()):
@@ -349,11 +347,19 @@ def end(s: Connection, *, publish_will: bool) -> None:
             out.entry.queue.requeue([out.entry], now)
     if publish_will and s.will is not None:
         _publish_will(s, st.expiry)
+        _detach(s, now)  # a Response Topic in the will declared and attached the queue
     s.will = None
     if st.expiry == 0:
         discard(s, st)
     else:
         st.disconnected_at = now
+
+
+def _detach(s: Connection, now: float) -> None:
+    """Stop consuming the session queue, if this connection does."""
+    if s.consumer is not None:
+        s.consumer.queue.remove_consumer(s.consumer, now)
+        s.consumer = None
 
 
 def _will_queue_arguments(delay: int, routing_key: str) -> dict[str, object]:

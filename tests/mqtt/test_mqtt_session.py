@@ -598,3 +598,20 @@ def test_publisher_paused_during_memory_alarm() -> None:
     assert c.session.read_paused
     c.session.memory_alarm(False)
     assert not c.session.read_paused
+
+
+def test_a_will_with_a_response_topic_leaves_no_consumer_on_the_session_queue() -> None:
+    # The will's Response Topic declares the session queue (an AMQP replier answers there)
+    # after the connection detached from it; the queue must stay unused, so that its
+    # x-expires runs and a message for the session waits for the next connection.
+    w = World()
+    a = w.client(MQTT_5)
+    will = Will("will/a", b"gone", 1, properties=Properties(response_topic="answers/a"))
+    a.connect("a", will=will, properties=Properties(session_expiry_interval=60))
+    a.session.connection_lost()
+    queue = w.broker.vhost("/").queues["mqtt-subscription-aqos1"]
+    assert queue.consumer_count == 0
+    a2 = w.client(MQTT_5)
+    assert a2.connect("a", clean=False, properties=Properties(
+        session_expiry_interval=60)).session_present
+    assert queue.consumer_count == 1
