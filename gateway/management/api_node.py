@@ -29,7 +29,7 @@ from gateway.management.shapes import NODE, details
 from gateway.web import Response
 
 if TYPE_CHECKING:
-    from gateway.core.consumer import Consumer
+    from gateway.core.queue import Consumer
     from gateway.info import Connected
     from gateway.management.app import ManagementApp
 
