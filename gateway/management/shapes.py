@@ -16,14 +16,15 @@ import socket
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from gateway.core.queue import Queue
 from gateway.info import ChannelInfo, Connected, ConnectionInfo, ConsumerOwner, Owned, TLSInfo
-from gateway.management.router import jsonable
+from gateway.management.answers import jsonable
 from gateway.management.stats import CHANNEL_FIELDS, QUEUE_FIELDS, Stats, channel_counters
 
 if TYPE_CHECKING:
     from gateway.core.exchange import Binding, Exchange
     from gateway.core.observe import ConsumerRef
-    from gateway.core.queue import Consumer, Queue
+    from gateway.core.queue import Consumer
     from gateway.core.vhost import VirtualHost
 
 NODE = f"gateway@{socket.gethostname()}"
@@ -175,8 +176,6 @@ def properties_key(routing_key: str, arguments: dict[str, Any]) -> str:
 
 
 def binding(b: Binding, vhost: str) -> dict[str, Any]:
-    from gateway.core.queue import Queue
-
     return {
         "source": b.source.name,
         "vhost": vhost,
