@@ -20,8 +20,8 @@ from gateway.auth.service import AuthService, is_loopback
 from gateway.config import Config
 from gateway.core.broker import Broker
 from protocols.amqp.session import AMQPSession
+from protocols.mqtt.registry import MQTTRegistry
 from protocols.mqtt.session import MQTTSession
-from protocols.mqtt.state import MQTTState
 from protocols.stomp.session import StompSession
 from protocols.tls import TLSPeer
 from protocols.wamp.router import WampRouter
@@ -46,7 +46,7 @@ class SessionHost(Protocol):
     def clock(self) -> Callable[[], float]: ...
 
     @property
-    def mqtt_state(self) -> MQTTState: ...
+    def mqtt_state(self) -> MQTTRegistry: ...
 
     @property
     def wamp_router(self) -> WampRouter: ...
