@@ -37,7 +37,9 @@ from pathlib import Path
 from typing import Any, Final, TypeAlias
 from urllib.parse import urlsplit
 
+from gateway.auth.oauth import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, load_signing_key
 from gateway.auth.passwords import derive_cra_key, hash_password, is_password_hash
+from gateway.auth.permissions import PermissionConfig
 
 __all__ = [
     "AMQPConfig",
@@ -222,15 +224,6 @@ class UserConfig:
     password_hash: str
     tags: tuple[str, ...]
     wampcra: str = ""  # the WAMP-CRA key of a plain `password` (`CraKey.encode()`)
-
-
-@dataclass(frozen=True)
-class PermissionConfig:
-    user: str
-    vhost: str
-    configure: str
-    write: str
-    read: str
 
 
 @dataclass(frozen=True)
@@ -651,12 +644,6 @@ def _build(document: _Doc, source: str) -> Config:
 
 
 def _build_oauth2(root: _Table) -> OAuth2Config:
-    from gateway.auth.oauth import (
-        ASYMMETRIC_ALGORITHMS,
-        HMAC_ALGORITHMS,
-        load_signing_key,
-    )
-
     t = root.table("oauth2")
     keys_t = t.table("signing_keys")
     keys = []

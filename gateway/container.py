@@ -31,6 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from gateway.auth.passwords import check_password, derive_cra_key, hash_password
+from gateway.cli.main import build_parser, run_serve, serve_config
 from gateway.config import (
     Config,
     ConfigError,
@@ -38,6 +39,8 @@ from gateway.config import (
     UserConfig,
     load_config,
 )
+from gateway.logging_setup import configure_logging
+from gateway.store.disk import LOG_NAME, OLD_LOG_NAMES
 
 DEFAULT_PASSWORD = "guest"  # noqa: S105 - the well-known default, refused from outside
 ENV_SOURCE = "environment"
@@ -119,17 +122,12 @@ def _refuse_open_administrators(config: Config) -> None:
 
 def data_dir_seeded(data_dir: Path) -> bool:
     """Whether the data directory was used before (its users are then in the store)."""
-    from gateway.store.disk import LOG_NAME, OLD_LOG_NAMES
-
     return any((data_dir / name).is_file() and (data_dir / name).stat().st_size > 0
                for name in (LOG_NAME, *OLD_LOG_NAMES))
 
 
 def serve(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     """`gateway serve` with the environment's default user and the checks above."""
-    from gateway.cli.main import build_parser, run_serve, serve_config
-    from gateway.logging_setup import configure_logging
-
     args = build_parser().parse_args(["serve", *argv])
     try:
         config = apply_environment(serve_config(args), environ)

@@ -63,6 +63,7 @@ from gateway.auth.passwords import (
     is_password_hash,
     is_slow_hash,
 )
+from gateway.auth.permissions import PermissionConfig
 from gateway.auth.topics import (
     TopicGrants,
     TopicPermission,
@@ -83,7 +84,7 @@ if TYPE_CHECKING:
     import trio
 
     from gateway.auth.source import UserSource
-    from gateway.config import AuthConfig, OAuth2Config, PermissionConfig
+    from gateway.config import AuthConfig, OAuth2Config
     from gateway.core.vhost import VirtualHost
     from gateway.store.base import Store
 
@@ -398,8 +399,6 @@ class AuthService:
             self._store.delete_permission(user, vhost)
 
     def list_permissions(self) -> list[PermissionConfig]:
-        from gateway.config import PermissionConfig
-
         return [PermissionConfig(user, vhost, c, w, r)
                 for (user, vhost), (c, w, r) in self._perms.items()]
 

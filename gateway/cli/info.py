@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from gateway.cli.ctl import (
+from gateway.cli.client import (
     EX_SOFTWARE,
     EX_USAGE,
     Client,

@@ -12,6 +12,7 @@ from typing import NoReturn
 import trio
 
 import gateway
+from gateway.cli import ctl, info
 from gateway.config import (
     KEEP,
     TLS_LISTENERS,
@@ -60,8 +61,6 @@ def build_parser() -> Parser:
     serve.add_argument("--log-level", default=None,
                        choices=["debug", "info", "warning", "error"],
                        help="overrides [log] level of the config file")
-    from gateway.cli import ctl, info
-
     parser.commands = {"serve": serve, "ctl": ctl.add_parser(sub),  # type: ignore[attr-defined]
                        "info": info.add_parser(sub)}
     return parser
@@ -87,12 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.commands[args.command].error(  # type: ignore[attr-defined]
             f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "ctl":
-        from gateway.cli import ctl
-
         return ctl.run(args)
     if args.command == "info":
-        from gateway.cli import info
-
         return info.run(args)
     try:
         config = serve_config(args)
@@ -115,6 +110,8 @@ def serve_config(args: argparse.Namespace) -> Config:
 
 def run_serve(config: Config) -> int:
     """Run the broker until it stops; its exit status (a start-up failure: one line)."""
+    # imported here, not at the top: the server (every protocol, management) is only for
+    # `gateway serve`, and `gateway ctl` / `gateway info` start faster without it
     from gateway.server.app import StartupError, run_server
 
     try:

@@ -16,9 +16,10 @@ from gateway.core.durable import Durable
 from gateway.core.errors import NotAllowed, NotFound
 from gateway.core.exchange import Binding, Exchange
 from gateway.core.message import Message, Properties
+from gateway.core.meter import Meter
 from gateway.core.observe import Observers
 from gateway.core.queue import RETURNS_SPACE, Queue
-from gateway.core.vhost import Meter, VirtualHost
+from gateway.core.vhost import VirtualHost
 from gateway.store.base import (
     BindingRecord,
     ExchangeRecord,

@@ -29,12 +29,23 @@ the event they are given (events are plain slotted records, cheap to make; not f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from gateway.core.consumer import Consumer
-    from gateway.core.message import Message
-    from gateway.core.queue import Queue
+from gateway.core.message import Message
+
+
+class QueueRef(Protocol):
+    """A queue as an event shows it (the `gateway.core.queue.Queue` itself)."""
+
+    @property
+    def name(self) -> str: ...
+
+
+class ConsumerRef(Protocol):
+    """A consumer as an event shows it (the `gateway.core.queue.Consumer` itself)."""
+
+    @property
+    def tag(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +65,7 @@ class Published:
     exchange: str
     routing_key: str
     message: Message
-    queues: tuple[Queue, ...]  # every queue the routing reached
+    queues: tuple[QueueRef, ...]  # every queue the routing reached
     hops: tuple[Hop, ...]  # only when an observer wants them for this vhost
     now: float
 
@@ -69,7 +80,7 @@ class Delivered:
     queue: str
     message: Message
     seq: int  # the entry's place in its queue
-    consumer: Consumer | None  # None: basic.get, or a session resuming what it had
+    consumer: ConsumerRef | None  # None: basic.get, or a session resuming what it had
     redelivered: bool
     no_ack: bool
 

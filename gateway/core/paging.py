@@ -23,18 +23,35 @@ file of a `DiskStore`, a dict in a `MemoryStore`). Unacked entries are never pag
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, Protocol, TypeVar
 
 from gateway.core.message import Message, Properties
-from gateway.store.base import PROPERTY_FIELDS
+from gateway.core.meter import Meter
+from gateway.store.base import PROPERTY_FIELDS, Store
 from gateway.store.serial import decode, encode
-
-if TYPE_CHECKING:
-    from gateway.core.queue import Entry, Queue
 
 PAGE_BYTES = 512 * 1024  # a page is written when its tail holds this many body bytes
 PAGE_ENTRIES = 4096  # ... or this many entries
+
+
+class Paged(Protocol):
+    """What a level keeps of a queue's entry (`gateway.core.queue.Entry`) and writes to a
+    page."""
+
+    message: Message
+    seq: int
+    redelivered: bool
+    expires_at: float | None
+    persisted: bool
+    delivery_count: int
+
+
+E = TypeVar("E", bound=Paged)
+
+# makes an entry of the level's queue again from a page: (message, seq, expires_at,
+# persisted)
+NewEntry = Callable[[Message, int, float | None, bool], E]
 
 
 class Page:
@@ -46,14 +63,20 @@ class Page:
         self.size = size
 
 
-class ReadyLevel:
-    __slots__ = ("queue", "head", "pages", "tail", "tail_bytes", "count")
+class ReadyLevel(Generic[E]):
+    """`meter`: the broker's; `store`: the one whose page file takes the pages;
+    `new_entry`: makes an entry of the level's queue again when its page is read back."""
 
-    def __init__(self, queue: Queue) -> None:
-        self.queue = queue
-        self.head: deque[Entry] = deque()
+    __slots__ = ("meter", "store", "new_entry", "head", "pages", "tail", "tail_bytes",
+                 "count")
+
+    def __init__(self, meter: Meter, store: Store, new_entry: NewEntry[E]) -> None:
+        self.meter = meter
+        self.store = store
+        self.new_entry = new_entry
+        self.head: deque[E] = deque()
         self.pages: deque[Page] = deque()
-        self.tail: list[Entry] = []
+        self.tail: list[E] = []
         self.tail_bytes = 0
         self.count = 0
 
@@ -69,9 +92,9 @@ class ReadyLevel:
 
     # -- adding ----------------------------------------------------------------------------
 
-    def append(self, entry: Entry) -> None:
+    def append(self, entry: E) -> None:
         self.count += 1
-        meter = self.queue.vhost.meter
+        meter = self.meter
         if not self.pages and not self.tail and meter.held_bytes <= meter.paging_threshold:
             self.head.append(entry)
             return
@@ -80,17 +103,16 @@ class ReadyLevel:
         if self.tail_bytes >= PAGE_BYTES or len(self.tail) >= PAGE_ENTRIES:
             self._write_tail()
 
-    def appendleft(self, entry: Entry) -> None:
+    def appendleft(self, entry: E) -> None:
         self.count += 1
         self.head.appendleft(entry)
 
     def _write_tail(self) -> None:
-        vh = self.queue.vhost
         data = encode([_entry_tuple(e) for e in self.tail])
-        ref = vh.store.spill_write(data)
+        ref = self.store.spill_write(data)
         self.pages.append(Page(ref, len(self.tail), len(data)))
-        vh.meter.held_bytes -= self.tail_bytes
-        vh.meter.paged_bytes += len(data)
+        self.meter.held_bytes -= self.tail_bytes
+        self.meter.paged_bytes += len(data)
         self.tail = []
         self.tail_bytes = 0
 
@@ -102,12 +124,11 @@ class ReadyLevel:
             return True
         if self.pages:
             page = self.pages.popleft()
-            vh = self.queue.vhost
-            data = vh.store.spill_read(page.ref)
-            vh.store.spill_free(page.ref)
-            vh.meter.paged_bytes -= page.size
-            entries = [_entry_from(t, self.queue) for t in decode(data)]
-            vh.meter.held_bytes += sum(len(e.message.body) for e in entries)
+            data = self.store.spill_read(page.ref)
+            self.store.spill_free(page.ref)
+            self.meter.paged_bytes -= page.size
+            entries = [self._entry_from(t) for t in decode(data)]
+            self.meter.held_bytes += sum(len(e.message.body) for e in entries)
             self.head.extend(entries)
             return True
         if self.tail:
@@ -117,16 +138,16 @@ class ReadyLevel:
             return True
         return False
 
-    def peek(self) -> Entry:
+    def peek(self) -> E:
         self._fill()
         return self.head[0]
 
-    def popleft(self) -> Entry:
+    def popleft(self) -> E:
         self._fill()
         self.count -= 1
         return self.head.popleft()
 
-    def take(self, seqs: set[int]) -> list[Entry]:
+    def take(self, seqs: set[int]) -> list[E]:
         """Remove and return the entries with these seqs found in memory (head and tail;
         pages are not read), in order."""
         found = [e for e in self.head if e.seq in seqs]
@@ -140,16 +161,16 @@ class ReadyLevel:
         self.count -= len(found)
         return found
 
-    def __iter__(self) -> Iterator[Entry]:
+    def __iter__(self) -> Iterator[E]:
         """Every entry in order, reading pages without taking them (lazily)."""
         yield from list(self.head)
         for page in list(self.pages):
-            data = self.queue.vhost.store.spill_read(page.ref)
+            data = self.store.spill_read(page.ref)
             for t in decode(data):
-                yield _entry_from(t, self.queue)
+                yield self._entry_from(t)
         yield from list(self.tail)
 
-    def clear(self) -> list[Entry]:
+    def clear(self) -> list[E]:
         """Empty the level; returns the entries that were in memory. Paged entries that were
         persisted are reported through `paged_persisted` before the pages are freed."""
         out = list(self.head)
@@ -163,31 +184,28 @@ class ReadyLevel:
     def drop_pages(self, settle: bool) -> list[int]:
         """Free every page; with `settle`, returns the seqs of the persisted entries in them
         (their store records must be acked)."""
-        vh = self.queue.vhost
         seqs: list[int] = []
         for page in self.pages:
             if settle:
-                data = vh.store.spill_read(page.ref)
+                data = self.store.spill_read(page.ref)
                 seqs.extend(t[0] for t in decode(data) if t[3])
-            vh.store.spill_free(page.ref)
-            vh.meter.paged_bytes -= page.size
+            self.store.spill_free(page.ref)
+            self.meter.paged_bytes -= page.size
         self.pages.clear()
         return seqs
 
 
-def _entry_tuple(e: Entry) -> tuple[Any, ...]:
+    def _entry_from(self, t: list[Any]) -> E:
+        props = Properties(**dict(zip(PROPERTY_FIELDS, t[8], strict=True)))
+        entry = self.new_entry(Message(t[5], t[6], t[7], props, t[9], t[10]), t[0], t[2], t[3])
+        entry.redelivered = t[1]
+        entry.delivery_count = t[4]
+        return entry
+
+
+def _entry_tuple(e: Paged) -> tuple[Any, ...]:
     m = e.message
     p = m.properties
     return (e.seq, e.redelivered, e.expires_at, e.persisted, e.delivery_count,
             m.id, m.exchange, m.routing_key, [getattr(p, f) for f in PROPERTY_FIELDS],
             m.body, m.origin)
-
-
-def _entry_from(t: list[Any], queue: Queue) -> Entry:
-    from gateway.core.queue import Entry
-
-    props = Properties(**dict(zip(PROPERTY_FIELDS, t[8], strict=True)))
-    entry = Entry(Message(t[5], t[6], t[7], props, t[9], t[10]), t[0], queue, t[2], t[3])
-    entry.redelivered = t[1]
-    entry.delivery_count = t[4]
-    return entry

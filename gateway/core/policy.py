@@ -22,6 +22,7 @@ from typing import Any, Final
 
 from gateway.core import bounded_regex
 from gateway.core.errors import PreconditionFailed
+from gateway.core.queue_args import QueueArgs
 
 log = logging.getLogger("gateway.policy")
 
@@ -99,8 +100,6 @@ class Policy:
             raise PreconditionFailed(f"policy '{name}': unrecognised definition keys "
                                      f"{', '.join(unknown)}")
         # validated as the queue arguments they stand for
-        from gateway.core.queue import QueueArgs
-
         QueueArgs(queue_arguments(definition))
         ae = definition.get("alternate-exchange")
         if ae is not None and not isinstance(ae, str):

@@ -18,19 +18,18 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from gateway.core.consumer import Consumer
 from gateway.core.message import Message
-from gateway.core.observe import Acked, Delivered, Dropped, Rejected, Requeued
+from gateway.core.meter import Meter
+from gateway.core.observe import Acked, Delivered, Dropped, Observers, Rejected, Requeued
 from gateway.core.paging import ReadyLevel
 from gateway.core.policy import Policy, queue_arguments, select
 from gateway.core.queue_args import OVERFLOW_MODES, QueueArgs, queue_type, unsupported
+from gateway.store.base import Store
 
-if TYPE_CHECKING:
-    from gateway.core.vhost import VirtualHost
-
-__all__ = ["OVERFLOW_MODES", "RETURNS_SPACE", "Entry", "Queue", "QueueArgs"]
+__all__ = ["OVERFLOW_MODES", "RETURNS_SPACE", "Consumer", "Entry", "Queue", "QueueArgs",
+           "QueueHost"]
 
 # the store's value space keeping how often a quorum queue's persisted entry came back
 # unsettled, by (vhost, queue, seq): its delivery count survives a restart, as RabbitMQ's
@@ -60,10 +59,57 @@ class Entry:
         self.delivered_at = 0.0
 
 
+class Consumer(Protocol):
+    """What the core needs from a consumer; sessions implement it.
+
+    The core hands a consumer an `Entry` only when `can_take()` says it has credit (prefetch
+    not full, outbound buffer under its high-water mark). When credit comes back the session
+    calls `Queue.dispatch` again; nothing is pushed to a consumer that did not ask.
+    """
+
+    tag: str
+    no_ack: bool
+    exclusive: bool
+    priority: int
+
+    def can_take(self) -> bool:
+        """True when the consumer has credit for one more delivery."""
+        ...
+
+    def deliver(self, entry: Entry) -> None:
+        """Take one message. Must not call back into the queue synchronously."""
+        ...
+
+    def cancelled(self) -> None:
+        """The broker ended this consumer (its queue was deleted)."""
+        ...
+
+
+class QueueHost(Protocol):
+    """The virtual host a queue lives in, as the queue and its users see it
+    (`gateway.core.vhost.VirtualHost` is one): the queue is typed against this, so the vhost
+    module that makes queues is the only one that knows both."""
+
+    name: str
+    store: Store
+    meter: Meter
+    observers: Observers
+    policies: dict[str, Policy]
+
+    def dead_letter(self, entry: Entry, reason: str, now: float) -> None: ...
+
+    def consume(self, queue: Queue, consumer: Consumer, *, exclusive: bool,
+                now: float) -> None: ...
+
+    def cancel(self, queue: Queue, consumer: Consumer, now: float) -> None: ...
+
+    def remove_queue(self, q: Queue) -> int: ...
+
+
 class Queue:
     def __init__(
         self,
-        vhost: VirtualHost,
+        vhost: QueueHost,
         name: str,
         *,
         durable: bool = False,
@@ -91,7 +137,8 @@ class Queue:
         self._observers = vhost.observers  # the vhost's, shared (gateway.core.observe)
         # quorum queues: two levels (priority above 4 is high), as RabbitMQ 4's rabbit_fifo_q
         levels = 2 if self.quorum else (self.args.max_priority or 0) + 1
-        self._ready: list[ReadyLevel] = [ReadyLevel(self) for _ in range(levels)]
+        self._ready: list[ReadyLevel[Entry]] = [
+            ReadyLevel(vhost.meter, vhost.store, self._paged_entry) for _ in range(levels)]
         # quorum queues: messages that came back unsettled, delivered before the others in
         # the order they came back (RabbitMQ 4's `returns`); high taken since the last normal
         self._returns: deque[Entry] = deque()
@@ -115,6 +162,11 @@ class Queue:
 
     def __repr__(self) -> str:
         return f"Queue({self.name!r})"
+
+    def _paged_entry(self, message: Message, seq: int, expires_at: float | None,
+                     persisted: bool) -> Entry:
+        """An entry of this queue read back from a page (`gateway.core.paging`)."""
+        return Entry(message, seq, self, expires_at, persisted)
 
     # -- counts ----------------------------------------------------------------------------
 
@@ -270,7 +322,7 @@ class Queue:
             return 1 if message.priority > 4 else 0
         return min(message.priority, len(self._ready) - 1)
 
-    def _head_level(self) -> ReadyLevel | None:
+    def _head_level(self) -> ReadyLevel[Entry] | None:
         """The level the next message comes from: the highest non-empty one; in a quorum
         queue, high twice for each normal one when both wait (rabbit_fifo_q's weight 2)."""
         if self.quorum:

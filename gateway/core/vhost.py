@@ -24,15 +24,15 @@ from gateway.core.errors import (
 )
 from gateway.core.exchange import EXCHANGE_TYPES, Binding, Exchange, _freeze
 from gateway.core.message import Message
+from gateway.core.meter import Meter
 from gateway.core.observe import DeadLettered, Dropped, Hop, Observers, Published
 from gateway.core.policy import Policy, select
-from gateway.core.queue import Entry, Queue
+from gateway.core.queue import Consumer, Entry, Queue
 from gateway.core.queue_args import TYPE_MODULES
 from gateway.core.queue_args import validate as validate_queue_arguments
 from gateway.store.base import PolicyRecord
 
 if TYPE_CHECKING:
-    from gateway.core.consumer import Consumer
     from gateway.store.base import Store
 
 log = logging.getLogger("gateway.queue")
@@ -55,20 +55,6 @@ EQUIVALENCE_ARGS = frozenset({
     "x-queue-leader-locator", "x-max-in-memory-length", "x-max-in-memory-bytes",
     "x-delivery-limit", "x-dead-letter-strategy", "x-max-age",
 })
-
-
-class Meter:
-    """What the broker holds, across vhosts: bytes of message bodies in queues (ready or
-    unacked) in memory, which the server compares with the memory high-watermark, and bytes
-    of pages on disk. Past `paging_threshold` held bytes, queues page new messages out
-    (`gateway.core.paging`)."""
-
-    __slots__ = ("held_bytes", "paged_bytes", "paging_threshold")
-
-    def __init__(self, paging_threshold: int = 2**62) -> None:
-        self.held_bytes = 0
-        self.paged_bytes = 0
-        self.paging_threshold = paging_threshold
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway import definitions
 from gateway.auth.passwords import (
     HASHING_SCRYPT,
     HASHING_SHA256,
@@ -16,15 +17,8 @@ from gateway.auth.passwords import (
     is_password_hash,
 )
 from gateway.core.vhost import VirtualHost
-from gateway.management.router import (
-    Access,
-    ApiError,
-    Ctx,
-    Routes,
-    VhostScope,
-    list_result,
-    not_found,
-)
+from gateway.management.answers import ApiError, not_found
+from gateway.management.router import Access, Ctx, Routes, VhostScope, list_result
 from gateway.management.shapes import NODE
 from gateway.web import Response
 
@@ -369,26 +363,15 @@ def delete_policy(ctx: Ctx) -> None:
 # -- definitions ----------------------------------------------------------------------------
 
 
-def _definitions_module() -> Any:
-    try:
-        from gateway import definitions
-    except ImportError:
-        raise ApiError(501, "definitions export/import is not available in this build"
-                       ) from None
-    return definitions
-
-
 @routes.add("GET", "/definitions", Access.ADMINISTRATOR)
 def export(ctx: Ctx) -> Any:
-    mod = _definitions_module()
-    return call(mod, "export_definitions", ctx.app.broker, ctx.app.auth)
+    return definitions.export_definitions(ctx.app.broker, ctx.app.auth)
 
 
 @routes.add("POST", "/definitions", Access.ADMINISTRATOR)
 def import_(ctx: Ctx) -> None:
-    mod = _definitions_module()
-    call(mod, "import_definitions", ctx.app.broker, ctx.app.auth, ctx.body_json(),
-         now=ctx.app.now())
+    definitions.import_definitions(ctx.app.broker, ctx.app.auth, ctx.body_json(),
+                                   now=ctx.app.now())
     ctx.app.changed()
 
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.management.router import Access, ApiError, Ctx, Routes, list_result, not_found
+from gateway.management.answers import ApiError, not_found
+from gateway.management.router import Access, Ctx, Routes, list_result
 from gateway.web import Response
 
 routes = Routes()

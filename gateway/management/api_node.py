@@ -14,24 +14,15 @@ import gateway
 from gateway.core.exchange import EXCHANGE_TYPES
 from gateway.info import close_session
 from gateway.management import shapes
+from gateway.management.answers import ApiError, dumps, not_found
 from gateway.management.history import RETENTION, Ranges, add_overview_samples
-from gateway.management.router import (
-    Access,
-    ApiError,
-    Ctx,
-    Routes,
-    VhostScope,
-    dumps,
-    list_result,
-    not_found,
-)
+from gateway.management.router import Access, App, Ctx, Routes, VhostScope, list_result
 from gateway.management.shapes import NODE, details
 from gateway.web import Response
 
 if TYPE_CHECKING:
-    from gateway.core.consumer import Consumer
+    from gateway.core.queue import Consumer
     from gateway.info import Connected
-    from gateway.management.app import ManagementApp
 
 routes = Routes()
 STARTED = time.time()
@@ -67,14 +58,14 @@ def fd_total() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def disk_free(app: ManagementApp) -> int:
+def disk_free(app: App) -> int:
     try:
         return shutil.disk_usage(app.server.config.store.data_dir).free
     except OSError:
         return 0
 
 
-def node_info(app: ManagementApp) -> dict[str, Any]:
+def node_info(app: App) -> dict[str, Any]:
     limit = app.server.config.limits.memory_high_watermark
     return {
         "name": NODE, "type": "disc", "running": True, "being_drained": False,
@@ -93,7 +84,7 @@ def node_info(app: ManagementApp) -> dict[str, Any]:
     }
 
 
-def listeners(app: ManagementApp) -> list[dict[str, Any]]:
+def listeners(app: App) -> list[dict[str, Any]]:
     host = app.server.config.listeners.host
     return [{"node": NODE, "protocol": PROTOCOL_LABELS.get(name, name), "ip_address": host,
              "port": port} for name, port in sorted(app.server.ports.items())]

@@ -20,8 +20,9 @@ from gateway.core.message import Message, Properties
 from gateway.core.queue import Queue
 from gateway.core.vhost import VirtualHost
 from gateway.management import shapes
+from gateway.management.answers import ApiError, jsonable, not_found
 from gateway.management.history import Ranges, add_queue_samples
-from gateway.management.router import ApiError, Ctx, Routes, jsonable, list_result, not_found
+from gateway.management.router import Ctx, Routes, list_result
 from gateway.web import Response
 
 routes = Routes()

@@ -10,8 +10,9 @@ import itertools
 from typing import Any
 
 from gateway.auth import access
+from gateway.management.answers import ApiError
 from gateway.management.api_objects import get_queue, message_json
-from gateway.management.router import Access, ApiError, Ctx, Routes
+from gateway.management.router import Access, Ctx, Routes
 
 routes = Routes()
 BROWSE_MAX = 500  # messages one browse request returns

@@ -29,9 +29,10 @@ import trio
 from gateway.auth.service import LoginRefused, User
 from gateway.core.confirms import Confirms
 from gateway.core.errors import BrokerError
-from gateway.management import api_access, api_limits, api_node, api_objects, api_tools
+from gateway.management.answers import ApiError, dumps
+from gateway.management.api import routes
 from gateway.management.metrics import make_registry, render_metrics
-from gateway.management.router import Access, ApiError, Ctx, Route, Routes, VhostScope, dumps
+from gateway.management.router import Access, Ctx, Route, VhostScope
 from gateway.management.shapes import Listening, consumer_ref
 from gateway.management.stats import Stats
 from gateway.management.trace import Tracer
@@ -80,13 +81,6 @@ class _OnDisk:
 JSON_TYPE = "application/json"
 
 
-def _routes() -> Routes:
-    routes = Routes()
-    for module in (api_node, api_objects, api_access, api_tools, api_limits):
-        routes.extend(module.routes)
-    return routes
-
-
 class ManagementApp:
     def __init__(self, server: Host, policy: OriginPolicy, check_password: PasswordCheck
                  ) -> None:
@@ -101,7 +95,7 @@ class ManagementApp:
                              lambda c: consumer_ref(c, self.listening), server.clock)
         # told by the core what happens to every message, in every vhost, from now on
         server.broker.observers.add(self.stats)
-        self.routes = _routes()
+        self.routes = routes()
         self.policy = policy
         self._static = _load_static()
         self.metrics = make_registry(self)

@@ -25,13 +25,12 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from gateway.management.router import ApiError
+from gateway.management.answers import ApiError
 
 if TYPE_CHECKING:
     from gateway.core.queue import Queue
-    from gateway.management.stats import Stats
 
 INTERVAL = 5  # seconds between kept samples (RabbitMQ's finest retention step)
 RETENTION = 600  # seconds of samples kept (RabbitMQ's basic policy keeps 605 s at 5 s)
@@ -175,7 +174,16 @@ def _at(series: Series | None, buckets: Sequence[int], width: int) -> list[Value
     return series.at(buckets, width)
 
 
-def add_queue_samples(out: dict[str, Any], stats: Stats, q: Queue, ranges: Ranges) -> None:
+class Recorded(Protocol):
+    """Where the samples are read from (`stats.Stats` records them)."""
+
+    queue_history: dict[Queue, Series]
+    vhost_history: dict[str, Series]
+    first_bucket: int
+    last_bucket: int
+
+
+def add_queue_samples(out: dict[str, Any], stats: Recorded, q: Queue, ranges: Ranges) -> None:
     """A queue's `messages*_details` and `message_stats.*_details` get their samples."""
     series = stats.queue_history.get(q)
     if ranges.lengths is not None:
@@ -187,7 +195,7 @@ def add_queue_samples(out: dict[str, Any], stats: Stats, q: Queue, ranges: Range
                     _at(series, buckets, 6), buckets)
 
 
-def add_overview_samples(out: dict[str, Any], stats: Stats, vhosts: Iterable[str],
+def add_overview_samples(out: dict[str, Any], stats: Recorded, vhosts: Iterable[str],
                          ranges: Ranges) -> None:
     """The overview's `queue_totals.*_details` and `message_stats.*_details` get the
     samples of the vhosts the user may see, summed."""

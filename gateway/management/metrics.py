@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -19,10 +18,8 @@ from prometheus_client.registry import Collector
 
 import gateway
 from gateway.management.api_node import STARTED, disk_free, fd_total, fd_used, memory_used
+from gateway.management.router import App
 from gateway.management.shapes import NODE
-
-if TYPE_CHECKING:
-    from gateway.management.app import ManagementApp
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # origin of a message (Message.origin) -> RabbitMQ's `protocol` label where it has one
@@ -34,7 +31,7 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
 
 
 class BrokerCollector(Collector):
-    def __init__(self, app: ManagementApp) -> None:
+    def __init__(self, app: App) -> None:
         self.app = app
 
     def collect(self) -> Iterator[Metric]:
@@ -159,7 +156,7 @@ class BrokerCollector(Collector):
         yield dropped
 
 
-def make_registry(app: ManagementApp) -> CollectorRegistry:
+def make_registry(app: App) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(BrokerCollector(app))
     return registry

@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 import gateway
+from gateway.management.api import routes
 from gateway.management.router import Access
 
 OBJ: dict[str, Any] = {"type": "object"}
@@ -205,10 +206,8 @@ def _operation(method: str, path: str, access: Access, handler: Any) -> dict[str
 
 
 def build() -> dict[str, Any]:
-    from gateway.management.app import _routes
-
     paths: dict[str, dict[str, Any]] = {}
-    for route in _routes().table:
+    for route in routes().table:
         path = "/" + "/".join(route.segments)
         ops = paths.setdefault("/api" + path, {})
         ops[route.method.lower()] = _operation(route.method, path, route.access,

@@ -1,5 +1,6 @@
-"""The management API's table of routes, its errors, and the list conventions RabbitMQ's
-API has (`columns`, `sort`, `sort_reverse`, `page`, `page_size`).
+"""The management API's table of routes, one request as a handler sees it (`Ctx`, and of
+the app, `App`), and the list conventions RabbitMQ's API has (`columns`, `sort`,
+`sort_reverse`, `page`, `page_size`). Its answers' JSON and errors: `answers.py`.
 
 A route is a method, a path pattern of segments (`{name}` captures one segment, decoded
 after splitting, so `%2F` is the vhost `/`), the access a user needs (by tag) and a
@@ -13,18 +14,23 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime
-from decimal import Decimal
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
 
 from gateway.core import bounded_regex
-from gateway.web import Request, Response
+from gateway.management.answers import ApiError, not_found
+from gateway.web import Request
 
 if TYPE_CHECKING:
-    from gateway.auth.service import User
-    from gateway.management.app import ManagementApp
+    from gateway.auth.service import AuthService, User
+    from gateway.core.broker import Broker
+    from gateway.core.vhost import VirtualHost
+    from gateway.info import Connected
+    from gateway.management.host import Host
+    from gateway.management.shapes import Listening
+    from gateway.management.stats import Stats
+    from gateway.management.trace import Tracer
 
 
 class Access(IntEnum):
@@ -71,36 +77,41 @@ class VhostScope(IntEnum):
     VISIBLE = 1  # those, and monitoring users (who see every vhost's name)
 
 
-class ApiError(Exception):
-    """An error answer: HTTP status and RabbitMQ's `{"error", "reason"}` body."""
+class App(Protocol):
+    """What a handler sees of the management application (`app.ManagementApp` is it): the
+    handlers are typed against this, so they need not import the app that routes to them."""
 
-    def __init__(self, status: int, reason: str, error: str | None = None) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.error = error or {400: "bad_request", 401: "not_authorised",
-                               403: "access_refused", 404: "Object Not Found",
-                               405: "method_not_allowed", 409: "conflict",
-                               501: "not_implemented", 503: "service_unavailable"}.get(
-                                   status, "error")
+    auth: AuthService
+    broker: Broker
+    server: Host
+    stats: Stats
+    tracer: Tracer
 
-    def response(self) -> Response:
-        body = json.dumps({"error": self.error, "reason": self.reason}).encode()
-        headers = []
-        if self.status == 401:
-            headers.append(("www-authenticate", 'Basic realm="RabbitMQ Management"'))
-        return Response(self.status, body, headers=headers)
+    @property
+    def listening(self) -> Listening: ...
 
+    def now(self) -> float: ...
 
-def not_found() -> ApiError:
-    return ApiError(404, "Not Found")
+    def changed(self) -> None:
+        """Something durable may have changed: let the store task write it now."""
+        ...
+
+    def visible_vhosts(self, ctx: Ctx) -> list[VirtualHost]: ...
+
+    def login_vhosts(self, ctx: Ctx) -> list[VirtualHost]: ...
+
+    def vhost(self, ctx: Ctx, name: str) -> VirtualHost: ...
+
+    def may_see_session(self, ctx: Ctx, session: Connected) -> bool: ...
+
+    def owns_session(self, ctx: Ctx, session: Connected) -> bool: ...
 
 
 @dataclass(slots=True)
 class Ctx:
     """One request as a handler sees it."""
 
-    app: ManagementApp
+    app: App
     request: Request
     user: User
     access: Access
@@ -184,38 +195,6 @@ class Routes:
         if allowed:
             raise ApiError(405, "Method Not Allowed")
         raise not_found()
-
-
-# -- JSON ----------------------------------------------------------------------------------
-
-
-def jsonable(value: Any) -> Any:
-    """AMQP field values as JSON: timestamps as integer seconds, bytes as text where they
-    are UTF-8, decimals as numbers."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, datetime):
-        return int(value.timestamp())
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, bytes | bytearray | memoryview):
-        try:
-            return bytes(value).decode("utf-8")
-        except UnicodeDecodeError:
-            return bytes(value).hex()
-    return str(value)
-
-
-def dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
 
 
 # -- list conventions ------------------------------------------------------------------------

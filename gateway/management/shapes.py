@@ -16,14 +16,15 @@ import socket
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from gateway.core.queue import Queue
 from gateway.info import ChannelInfo, Connected, ConnectionInfo, ConsumerOwner, Owned, TLSInfo
-from gateway.management.router import jsonable
+from gateway.management.answers import jsonable
 from gateway.management.stats import CHANNEL_FIELDS, QUEUE_FIELDS, Stats, channel_counters
 
 if TYPE_CHECKING:
-    from gateway.core.consumer import Consumer
     from gateway.core.exchange import Binding, Exchange
-    from gateway.core.queue import Queue
+    from gateway.core.observe import ConsumerRef
+    from gateway.core.queue import Consumer
     from gateway.core.vhost import VirtualHost
 
 NODE = f"gateway@{socket.gethostname()}"
@@ -134,7 +135,7 @@ def consumer(c: Consumer, q: Queue, listening: Listening) -> dict[str, Any]:
     return out
 
 
-def consumer_ref(c: Consumer, listening: Listening) -> dict[str, Any]:
+def consumer_ref(c: ConsumerRef, listening: Listening) -> dict[str, Any]:
     """The consumer as a trace record names it: its tag, and the connection and channel
     (or session) it belongs to."""
     owner = owner_of(c)
@@ -175,8 +176,6 @@ def properties_key(routing_key: str, arguments: dict[str, Any]) -> str:
 
 
 def binding(b: Binding, vhost: str) -> dict[str, Any]:
-    from gateway.core.queue import Queue
-
     return {
         "source": b.source.name,
         "vhost": vhost,

@@ -15,10 +15,11 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway.core.observe import (
     Acked,
+    ConsumerRef,
     DeadLettered,
     Delivered,
     Dropped,
@@ -29,9 +30,6 @@ from gateway.core.observe import (
     Requeued,
 )
 
-if TYPE_CHECKING:
-    from gateway.core.consumer import Consumer
-
 KEEP = 200  # traced publishes kept per vhost
 MAX_HOPS = 256  # hops recorded for one publish
 MAX_STEPS = 64  # steps recorded per queue of one publish
@@ -41,7 +39,7 @@ Key = tuple[str, int, str]
 
 
 class Tracer(Observer):
-    def __init__(self, observers: Observers, describe: Callable[[Consumer], dict[str, Any]],
+    def __init__(self, observers: Observers, describe: Callable[[ConsumerRef], dict[str, Any]],
                  clock: Callable[[], float]) -> None:
         """`observers`: the broker's, which the tracer joins while some vhost is traced;
         `describe`: the consumer's connection (or session) and channel, for a record."""

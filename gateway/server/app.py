@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -28,6 +28,7 @@ from gateway.config import Config
 from gateway.core.broker import Broker
 from gateway.definitions import load_definitions_file
 from gateway.info import close_session
+from gateway.management.app import ManagementApp
 from gateway.server.connection import (
     PASSWORD_CHECK_THREADS,
     Connection,
@@ -46,17 +47,16 @@ from gateway.server.control import (
     socket_path,
 )
 from gateway.server.factories import SESSION_FACTORIES, SessionFactory, wamp_router
+from gateway.server.http import HTTPServer
 from gateway.server.origin import BrowserPolicy
 from gateway.server.tls import handshake, peer_info, server_context
+from gateway.server.websocket import WEB_MQTT, WEB_STOMP, WebSocketFront, with_limits
 from gateway.store.base import Store
 from gateway.store.disk import DiskStore, return_large_buffers_to_the_system
 from protocols.admission import Admission
 from protocols.mqtt.persist import take_over
 from protocols.mqtt.registry import MQTTRegistry
 from protocols.wamp.router import WampRouter
-
-if TYPE_CHECKING:
-    from gateway.management.app import ManagementApp
 
 log = logging.getLogger("gateway.server")
 
@@ -310,13 +310,9 @@ class Server:
         plain, secure = await self._open("http"), await self._open("https")
         if plain is None and secure is None:
             return
-        from gateway.server.http import HTTPServer
-
         management = self._management_app(listeners)
         self.http = HTTPServer(management.handle, check_head=management.check_head,
                                head_timeout=self.config.limits.handshake_timeout / 1000)
-        from gateway.server.websocket import WebSocketFront
-
         front = WebSocketFront(self)  # WAMP, MQTT, STOMP
         for path in front.paths:  # /ws, and /mqtt and /stomp as its aliases
             self.http.add_upgrade(path, front.handle)
@@ -351,8 +347,6 @@ class Server:
     def _management_app(self, listeners: trio.Nursery) -> ManagementApp:
         """The one management app (HTTP, HTTPS and the control channel share it)."""
         if self.management is None:
-            from gateway.management.app import ManagementApp
-
             http = self.config.http
             self.management = ManagementApp(
                 self, BrowserPolicy(http.allowed_origins, http.allowed_hosts),
@@ -375,8 +369,6 @@ class Server:
             log.warning("local control channel off: %s: %s", path, exc.strerror or exc)
             return
         self.control_path = path
-        from gateway.server.http import HTTPServer
-
         management = self._management_app(listeners)
         local = HTTPServer(partial(management.handle, as_user=LOCAL_OPERATOR),
                            head_timeout=self.config.limits.handshake_timeout / 1000)
@@ -399,8 +391,6 @@ class Server:
     async def _start_web_plugins(self, listeners: trio.Nursery, conns: trio.Nursery
                                  ) -> None:
         """RabbitMQ-style WebSocket-only ports (Web-STOMP, Web-MQTT), when configured."""
-        from gateway.server.websocket import WEB_MQTT, WEB_STOMP, WebSocketFront, with_limits
-
         host = self.config.listeners.host
         for name, options in (("web_stomp", WEB_STOMP), ("web_mqtt", WEB_MQTT)):
             for key, tls in ((name, False), (name + "_tls", True)):

@@ -14,27 +14,56 @@ import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
-from gateway.auth.service import is_loopback
+from gateway.auth.service import AuthService, is_loopback
+from gateway.config import Config
+from gateway.core.broker import Broker
 from protocols.amqp.session import AMQPSession
+from protocols.mqtt.registry import MQTTRegistry
 from protocols.mqtt.session import MQTTSession
 from protocols.stomp.session import StompSession
 from protocols.tls import TLSPeer
 from protocols.wamp.router import WampRouter
 
-if TYPE_CHECKING:
-    from gateway.server.app import Server
-
 log = logging.getLogger("gateway.websocket")
 
-SessionFactory = Callable[["Server", tuple[str, int], Callable[[], None], TLSPeer | None], Any]
+
+class SessionHost(Protocol):
+    """What a factory needs of the server (`gateway.server.app.Server` is it): the factories
+    are typed against this, so they need not import the server that uses them."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def broker(self) -> Broker: ...
+
+    @property
+    def auth(self) -> AuthService: ...
+
+    @property
+    def clock(self) -> Callable[[], float]: ...
+
+    @property
+    def mqtt_state(self) -> MQTTRegistry: ...
+
+    @property
+    def wamp_router(self) -> WampRouter: ...
+
+    def admit(self, session: object, user: str, vhost: str) -> None: ...
+
+    def admit_channel(self, session: object, user: str) -> None: ...
+
+
+SessionFactory = Callable[[SessionHost, tuple[str, int], Callable[[], None], TLSPeer | None],
+                          Any]
 
 SECRET_FILE: Final = "wamp-cra.secret"  # in the data directory
 SECRET_SIZE: Final = 32
 
 
-def amqp_session(server: Server, peer: tuple[str, int], wake: Callable[[], None],
+def amqp_session(server: SessionHost, peer: tuple[str, int], wake: Callable[[], None],
                  tls: TLSPeer | None = None) -> Any:
     amqp = server.config.amqp
     limits = server.config.limits
@@ -48,7 +77,7 @@ def amqp_session(server: Server, peer: tuple[str, int], wake: Callable[[], None]
         admit_channel=server.admit_channel)
 
 
-def stomp_session(server: Server, peer: tuple[str, int], wake: Callable[[], None],
+def stomp_session(server: SessionHost, peer: tuple[str, int], wake: Callable[[], None],
                   tls: TLSPeer | None = None) -> Any:
     stomp = server.config.stomp
     return StompSession(
@@ -62,7 +91,7 @@ def stomp_session(server: Server, peer: tuple[str, int], wake: Callable[[], None
         connect_timeout=server.config.limits.handshake_timeout / 1000)
 
 
-def mqtt_session(server: Server, peer: tuple[str, int], wake: Callable[[], None],
+def mqtt_session(server: SessionHost, peer: tuple[str, int], wake: Callable[[], None],
                  tls: TLSPeer | None = None) -> Any:
     return MQTTSession(
         server.broker, server.auth, server.config.mqtt, registry=server.mqtt_state,

@@ -51,8 +51,8 @@ from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.utilities import RemoteProtocolError
 
 from gateway.auth.service import is_loopback
-from gateway.server.connection import peer_of
-from gateway.server.factories import SESSION_FACTORIES
+from gateway.server.connection import Connection, Session, peer_of
+from gateway.server.factories import SESSION_FACTORIES, SessionHost
 from gateway.server.origin import BrowserPolicy
 from gateway.server.tls import peer_info
 from gateway.server.wsframing import STREAM, WAMP, WebSocketSession
@@ -62,7 +62,6 @@ from protocols.wamp.session import WampSession, broker_cra_lookup
 
 if TYPE_CHECKING:
     from gateway.config import Limits
-    from gateway.server.app import Server
 
 log = logging.getLogger("gateway.websocket")
 
@@ -125,7 +124,7 @@ def choose_subprotocol(offered: list[str], available: set[str]) -> str | None:
     return None
 
 
-def wamp_session(server: Server, peer: tuple[str, int], wake: Callable[[], None],
+def wamp_session(server: SessionHost, peer: tuple[str, int], wake: Callable[[], None],
                  serializer: Serializer, options: WebSocketOptions) -> WampSession:
     # WAMP-CRA signs with each user's salted key, stored when the password was set
     wamp = server.config.wamp
@@ -139,10 +138,30 @@ def wamp_session(server: Server, peer: tuple[str, int], wake: Callable[[], None]
         cra_lookup=broker_cra_lookup(server.auth))
 
 
+class FrontHost(SessionHost, Protocol):
+    """What a WebSocket front needs of the server (`gateway.server.app.Server` is it)."""
+
+    @property
+    def sessions(self) -> set[Any]: ...
+
+    @property
+    def connections(self) -> set[Connection]: ...
+
+    async def secure(self, stream: trio.SocketStream, *, https: bool = False
+                     ) -> trio.SSLStream[trio.SocketStream] | None: ...
+
+    def connection(self, wire: trio.abc.Stream, *, high_water: int | None = None,
+                   send_timeout: float | None = None, label: str = "connection"
+                   ) -> Connection: ...
+
+    async def drive(self, conn: Connection, session: Session, *, early: bytes = b"") -> None:
+        ...
+
+
 class WebSocketFront:
     """Serves WebSocket connections for one server."""
 
-    def __init__(self, server: Server, options: WebSocketOptions | None = None) -> None:
+    def __init__(self, server: FrontHost, options: WebSocketOptions | None = None) -> None:
         """Without `options`: the defaults with the server's configured limits."""
         self.server = server
         self.options = options or with_limits(WebSocketOptions(), server.config.limits)

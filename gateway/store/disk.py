@@ -1,12 +1,13 @@
 """The embedded on-disk store: one append-only log with group commit and compaction.
 
 File format: a sequence of records `[u32 length][u32 crc32][u8 kind][payload]`, the payload
-a tuple in `gateway.store.serial` encoding. Every record is an idempotent set operation
-(put/delete an exchange, queue or binding; write a message; enqueue a message at a queue
-position; ack a queue position; put/delete a protocol's keyed value), so replaying any
-suffix of records over a state that already contains them gives the same state. Recovery
-replays the log, stops at the first torn or corrupt record (the tail of a write cut off by
-a crash, which was never reported durable), and writes the live state into a fresh log.
+a tuple in `gateway.store.serial` encoding (`gateway.store.records`). Every record is an
+idempotent set operation (put/delete an exchange, queue or binding; write a message;
+enqueue a message at a queue position; ack a queue position; put/delete a protocol's keyed
+value), so replaying any suffix of records over a state that already contains them gives
+the same state. Recovery replays the log, stops at the first torn or corrupt record (the
+tail of a write cut off by a crash, which was never reported durable), and writes the live
+state into a fresh log (`gateway.store.replay` builds the state).
 
 Recovery streams: the old log is read in chunks, and of a message record replay keeps only
 where it lies, not its body. The fresh log copies each live message record byte for byte
@@ -42,68 +43,63 @@ in the meantime on top (idempotent records make the overlap harmless).
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import struct
-import zlib
-from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from gateway.store.base import (
     PROPERTY_FIELDS,
-    BindingRecord,
-    ExchangeRecord,
     LimitsRecord,
-    MessageRecord,
     PermissionRecord,
     PolicyRecord,
-    QueueRecord,
     Recovered,
     StoredMessage,
     TopicPermissionRecord,
     UserRecord,
 )
-from gateway.store.serial import DecodeError, decode, encode, encode_into
+from gateway.store.records import (
+    ACK,
+    DEL_BINDING,
+    DEL_EXCHANGE,
+    DEL_LIMITS,
+    DEL_PERMISSION,
+    DEL_POLICY,
+    DEL_QUEUE,
+    DEL_TOPIC_PERMISSION,
+    DEL_USER,
+    DEL_VALUE,
+    DEL_VHOST,
+    DELIVERED,
+    ENQUEUE,
+    MESSAGE,
+    PUT_BINDING,
+    PUT_EXCHANGE,
+    PUT_LIMITS,
+    PUT_PERMISSION,
+    PUT_POLICY,
+    PUT_QUEUE,
+    PUT_TOPIC_PERMISSION,
+    PUT_USER,
+    PUT_VALUE,
+    PUT_VHOST,
+    SEEDED,
+    LogReader,
+    encode_record,
+    encode_record_into,
+    pread_all,
+)
+from gateway.store.replay import RecoveredEntries, replay
 from gateway.store.spill import PageFile
 
 log = logging.getLogger("gateway.store")
 
-_HEAD = struct.Struct(">II")
-_NO_HEAD = bytes(_HEAD.size)
 LOG_NAME = "messages.log"  # the store's append-only log (records, not text)
 OLD_LOG_NAMES = ("gateway.log",)  # what the log was called before; renamed at start
-
-# record kinds
-PUT_EXCHANGE = 1
-DEL_EXCHANGE = 2
-PUT_QUEUE = 3
-DEL_QUEUE = 4
-PUT_BINDING = 5
-DEL_BINDING = 6
-MESSAGE = 7
-ENQUEUE = 8
-ACK = 9
-PUT_USER = 10
-DEL_USER = 11
-PUT_VHOST = 12
-DEL_VHOST = 13  # drops the vhost and everything in it: permissions, policies, topology
-PUT_PERMISSION = 14
-DEL_PERMISSION = 15
-PUT_POLICY = 16
-DEL_POLICY = 17
-SEEDED = 18  # users/vhosts/permissions have been written once; the config no longer seeds
-PUT_VALUE = 19  # a protocol's own durable value (MQTT retained messages, session state)
-DEL_VALUE = 20
-PUT_TOPIC_PERMISSION = 21
-DEL_TOPIC_PERMISSION = 22
-PUT_LIMITS = 23  # a vhost's or a user's runtime limits: (scope, name, {limit: value})
-DEL_LIMITS = 24
-DELIVERED = 25  # entries of one queue handed to consumers: (vhost, queue, seqs as int64s)
-
+WRITE_CHUNK = 1024 * 1024  # bytes of records joined into one write of a new log
 
 def return_large_buffers_to_the_system() -> bool:
     """Have glibc's malloc serve allocations of 1 MiB and more (log batches, spill pages,
@@ -120,126 +116,6 @@ def return_large_buffers_to_the_system() -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt(-3, 1024 * 1024))  # M_MMAP_THRESHOLD
-
-
-def _frame(kind: int, payload: tuple[Any, ...]) -> bytes:
-    body = bytes((kind,)) + encode(payload)
-    return _HEAD.pack(len(body), zlib.crc32(body)) + body
-
-
-def _frame_into(out: bytearray, kind: int, payload: tuple[Any, ...]) -> None:
-    """`_frame`, written straight into a batch being built (a message body is copied once,
-    into the batch)."""
-    start = len(out)
-    out += _NO_HEAD
-    out.append(kind)
-    encode_into(payload, out)
-    with memoryview(out) as view:
-        crc = zlib.crc32(view[start + 8:])
-    _HEAD.pack_into(out, start, len(out) - start - 8, crc)
-
-
-READ_CHUNK = 1024 * 1024  # bytes of the old log read at a time during recovery
-WRITE_CHUNK = 1024 * 1024  # bytes of records joined into one write of a new log
-
-
-class _LogReader:
-    """The records of a log file, read in chunks: (kind, payload, offset, frame length) of
-    each, up to the first torn or corrupt one. `valid` is then the length of the good prefix."""
-
-    def __init__(self, f: BinaryIO) -> None:
-        self.f = f
-        self.valid = 0
-
-    def __iter__(self) -> Iterator[tuple[int, Any, int, int]]:
-        buf = b""
-        base = 0  # file offset of buf[0]
-        pos = 0
-        eof = False
-        while True:
-            if len(buf) - pos < 8 or (
-                    len(buf) - pos < 8 + _HEAD.unpack_from(buf, pos)[0]):
-                if eof:
-                    return
-                more = self.f.read(READ_CHUNK)
-                eof = not more
-                base += pos
-                buf = buf[pos:] + more
-                pos = 0
-                continue
-            length, crc = _HEAD.unpack_from(buf, pos)
-            end = pos + 8 + length
-            if length == 0:
-                return
-            body = memoryview(buf)[pos + 8:end]
-            if zlib.crc32(body) != crc:
-                return
-            try:
-                payload = decode(body[1:])
-            except DecodeError:
-                return
-            kind = body[0]
-            yield kind, payload, base + pos, end - pos
-            pos = end
-            self.valid = base + pos
-
-
-def _read_records(data: bytes | bytearray) -> tuple[list[tuple[int, Any]], int]:
-    """The records in a buffer (a batch, a whole log) and the length of its valid prefix."""
-    reader = _LogReader(io.BytesIO(data))
-    records = [(kind, payload) for kind, payload, _, _ in reader]
-    return records, reader.valid
-
-
-class RecoveredEntries(Sequence[tuple[int, MessageRecord]]):
-    """One queue's recovered messages, (seq, message) in seq order, each read from the log
-    only when asked for (see the module docstring: recovery streams)."""
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._seqs = array("q")
-        self._offsets = array("q")
-        self._lengths = array("q")
-
-    def add(self, seq: int, offset: int, length: int) -> None:
-        self._seqs.append(seq)
-        self._offsets.append(offset)
-        self._lengths.append(length)
-
-    def __len__(self) -> int:
-        return len(self._seqs)
-
-    def _load(self, i: int) -> tuple[int, MessageRecord]:
-        frame = _pread_all(self._fd, self._lengths[i], self._offsets[i])
-        return self._seqs[i], _message_record(decode(frame[9:]))
-
-    def __getitem__(self, i: Any) -> Any:
-        if isinstance(i, slice):
-            return [self._load(j) for j in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        return self._load(i)
-
-    def __iter__(self) -> Iterator[tuple[int, MessageRecord]]:
-        for i in range(len(self)):
-            yield self._load(i)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
-            return list(self) == list(other)
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"RecoveredEntries({list(self)!r})"
-
-
-def _message_record(p: Any) -> MessageRecord:
-    props = dict(zip(PROPERTY_FIELDS, p[3], strict=False))
-    return MessageRecord(p[0], p[1], p[2], props, p[4], p[5])
 
 
 @dataclass
@@ -286,8 +162,8 @@ class DiskStore:
             path.touch()
         with open(path, "rb") as old:
             size = os.fstat(old.fileno()).st_size
-            reader = _LogReader(old)
-            state, queued, located = _replay(reader)
+            reader = LogReader(old)
+            state, queued, located = replay(reader)
             delivered = state.delivered
             if reader.valid != size:
                 log.warning("store: ignored %d bytes of an incomplete write at the end of the "
@@ -327,11 +203,11 @@ class DiskStore:
                     marks.discard(seq)
                     continue
                 if mid not in placed:
-                    frame = _pread_all(old_fd, where[1], where[0])
+                    frame = pread_all(old_fd, where[1], where[0])
                     placed[mid] = offset
                     offset += len(frame)
                     yield frame
-                frame = _frame(ENQUEUE, (vhost, queue, seq, mid))
+                frame = encode_record(ENQUEUE, (vhost, queue, seq, mid))
                 offset += len(frame)
                 yield frame
             if marks:
@@ -346,43 +222,44 @@ class DiskStore:
 
     def _snapshot_frames(self, state: Recovered) -> Iterator[bytes]:
         if state.seeded:
-            yield _frame(SEEDED, ())
+            yield encode_record(SEEDED, ())
         for u in state.users:
-            yield _frame(PUT_USER, (u.name, u.password_hash, list(u.tags), u.wampcra))
+            yield encode_record(PUT_USER, (u.name, u.password_hash, list(u.tags), u.wampcra))
         for v in state.vhosts:
-            yield _frame(PUT_VHOST, (v,))
+            yield encode_record(PUT_VHOST, (v,))
         for p in state.permissions:
-            yield _frame(PUT_PERMISSION, (p.user, p.vhost, p.configure, p.write, p.read))
+            yield encode_record(PUT_PERMISSION, (p.user, p.vhost, p.configure, p.write, p.read))
         for t in state.topic_permissions:
-            yield _frame(PUT_TOPIC_PERMISSION, (t.user, t.vhost, t.exchange, t.write, t.read))
+            yield encode_record(PUT_TOPIC_PERMISSION,
+                                (t.user, t.vhost, t.exchange, t.write, t.read))
         for lim in state.limits:
-            yield _frame(PUT_LIMITS, (lim.scope, lim.name, dict(lim.limits)))
+            yield encode_record(PUT_LIMITS, (lim.scope, lim.name, dict(lim.limits)))
         for pol in state.policies:
-            yield _frame(PUT_POLICY, (pol.vhost, pol.name, pol.pattern, pol.definition,
-                                      pol.priority, pol.apply_to))
+            yield encode_record(PUT_POLICY, (pol.vhost, pol.name, pol.pattern, pol.definition,
+                                             pol.priority, pol.apply_to))
         for x in state.exchanges:
-            yield _frame(PUT_EXCHANGE, (x.vhost, x.name, x.type, x.auto_delete, x.internal,
-                                        x.arguments))
+            yield encode_record(PUT_EXCHANGE, (x.vhost, x.name, x.type, x.auto_delete, x.internal,
+                                               x.arguments))
         for q in state.queues:
-            yield _frame(PUT_QUEUE, (q.vhost, q.name, q.auto_delete, q.arguments))
+            yield encode_record(PUT_QUEUE, (q.vhost, q.name, q.auto_delete, q.arguments))
         for b in state.bindings:
-            yield _frame(PUT_BINDING, (b.vhost, b.source, b.dest_is_queue, b.destination,
-                                       b.routing_key, b.arguments))
+            yield encode_record(PUT_BINDING, (b.vhost, b.source, b.dest_is_queue, b.destination,
+                                              b.routing_key, b.arguments))
         written: set[int] = set()
         for (vhost, queue), entries in state.messages.items():
             for seq, m in entries:
                 if m.id not in written:
                     written.add(m.id)
-                    yield _frame(MESSAGE, (m.id, m.exchange, m.routing_key,
-                                           [m.properties.get(f) for f in PROPERTY_FIELDS],
-                                           m.body, m.origin))
-                yield _frame(ENQUEUE, (vhost, queue, seq, m.id))
+                    yield encode_record(MESSAGE, (m.id, m.exchange, m.routing_key,
+                                                  [m.properties.get(f) for f in PROPERTY_FIELDS],
+                                                  m.body, m.origin))
+                yield encode_record(ENQUEUE, (vhost, queue, seq, m.id))
             marks = state.delivered.get((vhost, queue))
             if marks:
                 yield _marks_frame(vhost, queue, marks)
         for space, values in state.values.items():
             for key, value in values.items():
-                yield _frame(PUT_VALUE, (space, list(key), value))
+                yield encode_record(PUT_VALUE, (space, list(key), value))
 
     def _write_file(self, frames: Iterable[bytes]) -> None:
         """Write a whole new log next to the old one, fsync it, and swap it in."""
@@ -424,25 +301,26 @@ class DiskStore:
         self._live += 1
 
     def put_exchange(self, vhost: str, exchange: Any) -> None:
-        self._append(_frame(PUT_EXCHANGE, (vhost, exchange.name, exchange.type,
-                                           exchange.auto_delete, exchange.internal,
-                                           exchange.arguments)))
+        self._append(encode_record(PUT_EXCHANGE, (vhost, exchange.name, exchange.type,
+                                                  exchange.auto_delete, exchange.internal,
+                                                  exchange.arguments)))
 
     def delete_exchange(self, vhost: str, name: str) -> None:
-        self._append(_frame(DEL_EXCHANGE, (vhost, name)))
+        self._append(encode_record(DEL_EXCHANGE, (vhost, name)))
 
     def put_queue(self, vhost: str, queue: Any) -> None:
-        self._append(_frame(PUT_QUEUE, (vhost, queue.name, queue.auto_delete, queue.arguments)))
+        self._append(encode_record(PUT_QUEUE, (vhost, queue.name, queue.auto_delete,
+                                               queue.arguments)))
 
     def delete_queue(self, vhost: str, name: str) -> None:
         self._pending_delivered.pop((vhost, name), None)  # a queue of that name may follow
-        self._append(_frame(DEL_QUEUE, (vhost, name)))
+        self._append(encode_record(DEL_QUEUE, (vhost, name)))
 
     def put_binding(self, vhost: str, binding: Any) -> None:
-        self._append(_frame(PUT_BINDING, _binding_tuple(vhost, binding)))
+        self._append(encode_record(PUT_BINDING, _binding_tuple(vhost, binding)))
 
     def delete_binding(self, vhost: str, binding: Any) -> None:
-        self._append(_frame(DEL_BINDING, _binding_tuple(vhost, binding)))
+        self._append(encode_record(DEL_BINDING, _binding_tuple(vhost, binding)))
 
     def enqueue(self, vhost: str, queue: str, seq: int, message: StoredMessage) -> None:
         mid = message.id
@@ -479,7 +357,7 @@ class DiskStore:
                     del self._pending_delivered[(vhost, queue)]
         cancel = self._pending_enqueues.pop(key, None)
         if cancel is None:
-            self._append(_frame(ACK, (vhost, queue, seq)))
+            self._append(encode_record(ACK, (vhost, queue, seq)))
             return
         # settled before written: neither its enqueue nor (if now unused) its message goes
         index, mid = cancel
@@ -504,55 +382,56 @@ class DiskStore:
             self._taken = self.durable = self.appended
 
     def put_user(self, user: UserRecord) -> None:
-        self._append(_frame(PUT_USER, (user.name, user.password_hash, list(user.tags),
-                                       user.wampcra)))
+        self._append(encode_record(PUT_USER, (user.name, user.password_hash, list(user.tags),
+                                              user.wampcra)))
 
     def delete_user(self, name: str) -> None:
-        self._append(_frame(DEL_USER, (name,)))
+        self._append(encode_record(DEL_USER, (name,)))
 
     def put_vhost(self, name: str) -> None:
-        self._append(_frame(PUT_VHOST, (name,)))
+        self._append(encode_record(PUT_VHOST, (name,)))
 
     def delete_vhost(self, name: str) -> None:
         for key in [k for k in self._pending_delivered if k[0] == name]:
             del self._pending_delivered[key]
-        self._append(_frame(DEL_VHOST, (name,)))
+        self._append(encode_record(DEL_VHOST, (name,)))
 
     def put_permission(self, perm: PermissionRecord) -> None:
-        self._append(_frame(PUT_PERMISSION, (perm.user, perm.vhost, perm.configure,
-                                             perm.write, perm.read)))
+        self._append(encode_record(PUT_PERMISSION, (perm.user, perm.vhost, perm.configure,
+                                                    perm.write, perm.read)))
 
     def delete_permission(self, user: str, vhost: str) -> None:
-        self._append(_frame(DEL_PERMISSION, (user, vhost)))
+        self._append(encode_record(DEL_PERMISSION, (user, vhost)))
 
     def put_topic_permission(self, perm: TopicPermissionRecord) -> None:
-        self._append(_frame(PUT_TOPIC_PERMISSION, (perm.user, perm.vhost, perm.exchange,
-                                                   perm.write, perm.read)))
+        self._append(encode_record(PUT_TOPIC_PERMISSION, (perm.user, perm.vhost, perm.exchange,
+                                                          perm.write, perm.read)))
 
     def delete_topic_permission(self, user: str, vhost: str, exchange: str) -> None:
-        self._append(_frame(DEL_TOPIC_PERMISSION, (user, vhost, exchange)))
+        self._append(encode_record(DEL_TOPIC_PERMISSION, (user, vhost, exchange)))
 
     def put_limits(self, limits: LimitsRecord) -> None:
-        self._append(_frame(PUT_LIMITS, (limits.scope, limits.name, dict(limits.limits))))
+        self._append(encode_record(PUT_LIMITS, (limits.scope, limits.name, dict(limits.limits))))
 
     def delete_limits(self, scope: str, name: str) -> None:
-        self._append(_frame(DEL_LIMITS, (scope, name)))
+        self._append(encode_record(DEL_LIMITS, (scope, name)))
 
     def put_policy(self, policy: PolicyRecord) -> None:
-        self._append(_frame(PUT_POLICY, (policy.vhost, policy.name, policy.pattern,
-                                         policy.definition, policy.priority, policy.apply_to)))
+        self._append(encode_record(PUT_POLICY, (policy.vhost, policy.name, policy.pattern,
+                                                policy.definition, policy.priority,
+                                                policy.apply_to)))
 
     def delete_policy(self, vhost: str, name: str) -> None:
-        self._append(_frame(DEL_POLICY, (vhost, name)))
+        self._append(encode_record(DEL_POLICY, (vhost, name)))
 
     def mark_seeded(self) -> None:
-        self._append(_frame(SEEDED, ()))
+        self._append(encode_record(SEEDED, ()))
 
     def put_value(self, space: str, key: tuple[Any, ...], value: Any) -> None:
-        self._append(_frame(PUT_VALUE, (space, list(key), value)))
+        self._append(encode_record(PUT_VALUE, (space, list(key), value)))
 
     def delete_value(self, space: str, key: tuple[Any, ...]) -> None:
-        self._append(_frame(DEL_VALUE, (space, list(key))))
+        self._append(encode_record(DEL_VALUE, (space, list(key))))
 
     # -- paging (event loop; see gateway.store.spill) ---------------------------------------
 
@@ -661,18 +540,18 @@ def _encoded(pending: list[bytes | tuple[Any, ...] | None]) -> bytearray:
         elif item[0] == MESSAGE:
             m = item[1]
             props = m.properties
-            _frame_into(out, MESSAGE, (m.id, m.exchange, m.routing_key,
-                                       [getattr(props, f) for f in PROPERTY_FIELDS], m.body,
-                                       m.origin))
+            encode_record_into(out, MESSAGE, (m.id, m.exchange, m.routing_key,
+                                              [getattr(props, f) for f in PROPERTY_FIELDS], m.body,
+                                              m.origin))
         else:
-            _frame_into(out, ENQUEUE, item[1:])
+            encode_record_into(out, ENQUEUE, item[1:])
     return out
 
 
 def _marks_frame(vhost: str, queue: str, seqs: Iterable[int]) -> bytes:
     """One DELIVERED record: a queue's marked seqs as big-endian int64s (cheap to encode)."""
     ordered = sorted(seqs)
-    return _frame(DELIVERED, (vhost, queue, struct.pack(f">{len(ordered)}q", *ordered)))
+    return encode_record(DELIVERED, (vhost, queue, struct.pack(f">{len(ordered)}q", *ordered)))
 
 
 def _migrate_log_name(data_dir: Path, fsync: bool) -> None:
@@ -697,160 +576,3 @@ def _binding_tuple(vhost: str, b: Any) -> tuple[Any, ...]:
     return (vhost, b.source.name, from_queue, b.destination.name, b.routing_key, b.arguments)
 
 
-def _pread_all(fd: int, length: int, offset: int) -> bytes:
-    data = os.pread(fd, length, offset)
-    while len(data) < length:
-        more = os.pread(fd, length - len(data), offset + len(data))
-        if not more:
-            raise OSError(f"store: log truncated at {offset + len(data)}")
-        data += more
-    return data
-
-
-def _replay(records: Iterable[tuple[int, Any, int, int]]
-            ) -> tuple[Recovered, dict[tuple[str, str], dict[int, int]],
-                       dict[int, tuple[int, int]]]:
-    """The state a log's records build, without messages; and, apart, each live queue's
-    entries (seq -> message id) and where each message record lies (id -> offset, length)."""
-    exchanges: dict[tuple[str, str], ExchangeRecord] = {}
-    queues: dict[tuple[str, str], QueueRecord] = {}
-    bindings: dict[tuple[Any, ...], BindingRecord] = {}
-    located: dict[int, tuple[int, int]] = {}
-    entries: dict[tuple[str, str], dict[int, int]] = {}
-    marks: dict[tuple[str, str], set[int]] = {}  # delivered marks of live entries
-    users: dict[str, UserRecord] = {}
-    vhosts: dict[str, None] = {}
-    perms: dict[tuple[str, str], PermissionRecord] = {}
-    topic_perms: dict[tuple[str, str, str], TopicPermissionRecord] = {}
-    limits: dict[tuple[str, str], LimitsRecord] = {}
-    policies: dict[tuple[str, str], PolicyRecord] = {}
-    values: dict[str, dict[tuple[Any, ...], Any]] = {}
-    seeded = False
-    max_id = 0
-    for kind, p, offset, length in records:
-        if kind == PUT_VALUE:
-            values.setdefault(p[0], {})[tuple(p[1])] = p[2]
-            continue
-        if kind == DEL_VALUE:
-            values.get(p[0], {}).pop(tuple(p[1]), None)
-            continue
-        if kind in (PUT_LIMITS, DEL_LIMITS):
-            if kind == PUT_LIMITS:
-                limits[(p[0], p[1])] = LimitsRecord(p[0], p[1], dict(p[2]))
-            else:
-                limits.pop((p[0], p[1]), None)
-            continue
-        if kind in (DEL_USER, DEL_VHOST):
-            limits.pop(("user" if kind == DEL_USER else "vhost", p[0]), None)
-        if kind == DELIVERED:
-            q = entries.get((p[0], p[1]))
-            if q is not None:
-                seqs = struct.unpack(f">{len(p[2]) // 8}q", p[2])
-                marked = marks.setdefault((p[0], p[1]), set())
-                marked.update(seq for seq in seqs if seq in q)
-            continue
-        if kind >= PUT_USER:
-            seeded = _replay_auth(kind, p, users, vhosts, (perms, topic_perms),
-                                  policies) or seeded
-            if kind == DEL_VHOST:
-                for d in (exchanges, queues, entries, marks):
-                    for key in [k for k in d if k[0] == p[0]]:
-                        del d[key]
-                for bkey in [k for k, b in bindings.items() if b.vhost == p[0]]:
-                    del bindings[bkey]
-                for space in values.values():
-                    for vkey in [k for k in space if k and k[0] == p[0]]:
-                        del space[vkey]
-            continue
-        if kind == PUT_EXCHANGE:
-            exchanges[(p[0], p[1])] = ExchangeRecord(p[0], p[1], p[2], p[3], p[4], p[5])
-        elif kind == DEL_EXCHANGE:
-            exchanges.pop((p[0], p[1]), None)
-        elif kind == PUT_QUEUE:
-            queues[(p[0], p[1])] = QueueRecord(p[0], p[1], p[2], p[3])
-            entries.setdefault((p[0], p[1]), {})
-        elif kind == DEL_QUEUE:
-            queues.pop((p[0], p[1]), None)
-            entries.pop((p[0], p[1]), None)
-            marks.pop((p[0], p[1]), None)
-        elif kind in (PUT_BINDING, DEL_BINDING):
-            rec = BindingRecord(p[0], p[1], p[2], p[3], p[4], p[5])
-            if kind == PUT_BINDING:
-                bindings[rec.key()] = rec
-            else:
-                bindings.pop(rec.key(), None)
-        elif kind == MESSAGE:
-            located[p[0]] = (offset, length)
-            max_id = max(max_id, p[0])
-        elif kind == ENQUEUE:
-            q = entries.get((p[0], p[1]))
-            if q is not None:
-                q[p[2]] = p[3]
-        elif kind == ACK:
-            q = entries.get((p[0], p[1]))
-            if q is not None:
-                q.pop(p[2], None)
-                m = marks.get((p[0], p[1]))
-                if m is not None:
-                    m.discard(p[2])
-    state = Recovered(max_message_id=max_id, seeded=seeded)
-    state.values = {space: d for space, d in values.items() if d}
-    state.users = list(users.values())
-    state.vhosts = list(vhosts)
-    state.permissions = list(perms.values())
-    state.topic_permissions = list(topic_perms.values())
-    state.limits = list(limits.values())
-    state.policies = list(policies.values())
-    state.exchanges = list(exchanges.values())
-    state.queues = list(queues.values())
-    live_x = {(x.vhost, x.name) for x in state.exchanges}
-    for b in bindings.values():
-        dest_ok = ((b.vhost, b.destination) in queues if b.dest_is_queue
-                   else (b.vhost, b.destination) in live_x or b.destination.startswith("amq."))
-        source_ok = (b.vhost, b.source) in live_x or b.source.startswith("amq.")
-        if dest_ok and source_ok:
-            state.bindings.append(b)
-    queued = {key: seqs for key, seqs in entries.items() if key in queues}
-    state.delivered = {key: m for key, m in marks.items() if m and key in queued}
-    return state, queued, located
-
-
-def _replay_auth(kind: int, p: Any, users: dict[str, UserRecord], vhosts: dict[str, None],
-                 all_perms: tuple[dict[tuple[str, str], PermissionRecord],
-                                  dict[tuple[str, str, str], TopicPermissionRecord]],
-                 policies: dict[tuple[str, str], PolicyRecord]) -> bool:
-    """Apply one user/vhost/permission/policy record; True for the SEEDED marker."""
-    perms, topic_perms = all_perms
-    if kind == SEEDED:
-        return True
-    if kind == PUT_USER:  # (a 4th field, the WAMP-CRA key, was added later)
-        users[p[0]] = UserRecord(p[0], p[1], list(p[2]), p[3] if len(p) > 3 else "")
-    elif kind == DEL_USER:
-        users.pop(p[0], None)
-        for key in [k for k in perms if k[0] == p[0]]:
-            del perms[key]
-        for tkey in [k for k in topic_perms if k[0] == p[0]]:
-            del topic_perms[tkey]
-    elif kind == PUT_VHOST:
-        vhosts[p[0]] = None
-    elif kind == DEL_VHOST:
-        vhosts.pop(p[0], None)
-        for key in [k for k in perms if k[1] == p[0]]:
-            del perms[key]
-        for tkey in [k for k in topic_perms if k[1] == p[0]]:
-            del topic_perms[tkey]
-        for key in [k for k in policies if k[0] == p[0]]:
-            del policies[key]
-    elif kind == PUT_PERMISSION:
-        perms[(p[0], p[1])] = PermissionRecord(p[0], p[1], p[2], p[3], p[4])
-    elif kind == DEL_PERMISSION:
-        perms.pop((p[0], p[1]), None)
-    elif kind == PUT_TOPIC_PERMISSION:
-        topic_perms[(p[0], p[1], p[2])] = TopicPermissionRecord(p[0], p[1], p[2], p[3], p[4])
-    elif kind == DEL_TOPIC_PERMISSION:
-        topic_perms.pop((p[0], p[1], p[2]), None)
-    elif kind == PUT_POLICY:
-        policies[(p[0], p[1])] = PolicyRecord(p[0], p[1], p[2], p[3], p[4], p[5])
-    elif kind == DEL_POLICY:
-        policies.pop((p[0], p[1]), None)
-    return False

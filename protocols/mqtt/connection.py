@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from gateway.core.consumer import Consumer
+from gateway.core.queue import Consumer
 
 if TYPE_CHECKING:
     from gateway.auth.login import PendingCheck

@@ -14,6 +14,7 @@ import pytest
 from mgmt_client import Api, api_for, q, wait_for
 
 from gateway.core.message import Message, Properties
+from gateway.management.answers import ApiError
 from gateway.management.history import (
     INTERVAL,
     RETENTION,
@@ -24,7 +25,6 @@ from gateway.management.history import (
     add_overview_samples,
     add_queue_samples,
 )
-from gateway.management.router import ApiError
 from gateway.management.stats import Stats
 from gateway.store.base import MemoryStore
 

@@ -15,7 +15,8 @@ from core.helpers import flush
 from mqtt_helpers import MQTT_5, MQTT_311, Client, World
 
 from gateway.server.app import Durability
-from gateway.store.disk import DiskStore, _read_records
+from gateway.store.disk import DiskStore
+from gateway.store.records import read_records as _read_records
 from protocols.mqtt.frames import (
     Properties,
     PubAck,

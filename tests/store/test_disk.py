@@ -13,7 +13,8 @@ from gateway.core.message import Message, Properties
 from gateway.core.queue import Queue
 from gateway.core.vhost import VirtualHost
 from gateway.store.base import PROPERTY_FIELDS, MemoryStore, Recovered
-from gateway.store.disk import LOG_NAME, DiskStore, _read_records
+from gateway.store.disk import LOG_NAME, DiskStore
+from gateway.store.records import read_records as _read_records
 
 
 def _store(path: Path, **kw: object) -> DiskStore:
@@ -426,7 +427,9 @@ def test_settle_and_a_snapshot_in_between(tmp_path: Path) -> None:
 
 
 def test_records_written_into_a_batch_are_the_framed_records() -> None:
-    from gateway.store.disk import ENQUEUE, MESSAGE, _frame, _frame_into
+    from gateway.store.records import ENQUEUE, MESSAGE
+    from gateway.store.records import encode_record as _frame
+    from gateway.store.records import encode_record_into as _frame_into
 
     out = bytearray(b"before")
     payloads = [(MESSAGE, (7, "ex", "rk", [None, {"h": [1, "x"]}], b"\x00body" * 99, "mqtt")),

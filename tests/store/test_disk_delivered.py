@@ -9,7 +9,9 @@ from pathlib import Path
 
 from core.helpers import CreditConsumer, flush, open_disk_broker, publish, restart
 
-from gateway.store.disk import ACK, DELIVERED, LOG_NAME, OLD_LOG_NAMES, DiskStore, _read_records
+from gateway.store.disk import LOG_NAME, OLD_LOG_NAMES, DiskStore
+from gateway.store.records import ACK, DELIVERED
+from gateway.store.records import read_records as _read_records
 
 
 def _kinds(data: bytes | bytearray) -> list[int]:

@@ -14,7 +14,8 @@ from gateway.core.message import Message, Properties
 from gateway.core.queue import Queue
 from gateway.core.vhost import VirtualHost
 from gateway.store.base import MemoryStore
-from gateway.store.disk import LOG_NAME, READ_CHUNK, DiskStore
+from gateway.store.disk import LOG_NAME, DiskStore
+from gateway.store.records import READ_CHUNK
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
