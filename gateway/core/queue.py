@@ -127,6 +127,9 @@ class Queue:
         self.arguments = dict(arguments or {})
         self.queue_type = queue_type(self.arguments)
         self.quorum = self.queue_type == "quorum"
+        # every entry is settled through the store: a quorum queue logs every message, as
+        # RabbitMQ's do, and a queue fed by a backend acks its entries upstream through it
+        self.persist_all = (durable and self.quorum) or vhost.backend is not None
         self.policy: Policy | None = None
         self.args = QueueArgs(self.arguments, self.queue_type)
         if vhost.policies:
@@ -236,7 +239,7 @@ class Queue:
         self._next_seq = seq + 1
         # a quorum queue keeps every message on disk, persistent or not, as RabbitMQ's
         # quorum queues log every message
-        persisted = self.durable and (message.persistent or self.quorum)
+        persisted = self.persist_all or (self.durable and message.persistent)
         if persisted:
             self.vhost.store.enqueue(self.vhost.name, self.name, seq, message)
         entry = Entry(message, seq, self, self._expiry(message, now), persisted)
@@ -562,6 +565,9 @@ class Queue:
         self.last_used = now
         if consumer.priority:
             self._consumer_priorities = True
+        backend = self.vhost.backend
+        if backend is not None:
+            backend.consumers_changed(self)
         self.dispatch(now)
 
     def remove_consumer(self, consumer: Consumer, now: float) -> None:
@@ -572,6 +578,9 @@ class Queue:
             return
         self.last_used = now
         self._consumer_priorities = any(c.priority for c in self.consumers)
+        backend = self.vhost.backend
+        if backend is not None:
+            backend.consumers_changed(self)
         if self.args.single_active_consumer and self.consumers:
             self.dispatch(now)
 
