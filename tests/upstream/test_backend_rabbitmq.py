@@ -170,6 +170,38 @@ def test_stomp_send_reaches_pika_with_the_receipt_after_the_confirm(
         ch.queue_delete(q)
 
 
+def test_mqtt_on_node_a_to_a_stomp_topic_subscriber_on_node_b(
+        nodes: tuple[GatewayNode, GatewayNode]) -> None:
+    a, b = nodes
+    tag = secrets.token_hex(4)
+    client = stomp.Connection12([("127.0.0.1", b.ports["stomp"])])
+    frames: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    class Listener(stomp.ConnectionListener):  # type: ignore[misc]
+        def on_receipt(self, frame: Any) -> None:
+            frames.put(("receipt", frame.headers["receipt-id"]))
+
+        def on_message(self, frame: Any) -> None:
+            frames.put(("message", frame))
+
+    client.set_listener("l", Listener())
+    client.connect(USER, PASSWORD, wait=True)
+    pub = Peer(a.ports["mqtt"], f"pub-{tag}")
+    try:
+        # the receipt comes once the subscription's queue is bound in RabbitMQ
+        client.subscribe(f"/topic/alerts.{tag}", id="s1", ack="client-individual",
+                         headers={"receipt": "sub"})
+        assert frames.get(timeout=TIMEOUT) == ("receipt", "sub")
+        pub.publish(f"alerts/{tag}", b"fire", 1)
+        kind, frame = frames.get(timeout=TIMEOUT)
+        assert kind == "message"
+        assert frame.body == "fire"
+        client.ack(frame.headers["message-id"], "s1")
+    finally:
+        pub.close()
+        client.disconnect()
+
+
 def test_persistent_session_moves_from_node_a_to_node_b(
         rabbit_node: Cluster, nodes: tuple[GatewayNode, GatewayNode]) -> None:
     a, b = nodes
