@@ -17,8 +17,8 @@ Limits (`x-max-length`, `x-max-length-bytes`) are applied on enqueue by `x-overf
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.core.message import Message
 from gateway.core.meter import Meter
@@ -27,6 +27,9 @@ from gateway.core.paging import ReadyLevel
 from gateway.core.policy import Policy, queue_arguments, select
 from gateway.core.queue_args import OVERFLOW_MODES, QueueArgs, queue_type, unsupported
 from gateway.store.base import Store
+
+if TYPE_CHECKING:
+    from gateway.core.backend import Backend
 
 __all__ = ["OVERFLOW_MODES", "RETURNS_SPACE", "Consumer", "Entry", "Queue", "QueueArgs",
            "QueueHost"]
@@ -95,6 +98,8 @@ class QueueHost(Protocol):
     meter: Meter
     observers: Observers
     policies: dict[str, Policy]
+    backend: Backend | None  # the cluster its messages live in (None: here)
+    next_message_id: Callable[[], int]
 
     def dead_letter(self, entry: Entry, reason: str, now: float) -> None: ...
 
