@@ -44,6 +44,7 @@ from gateway.auth.permissions import PermissionConfig
 __all__ = [
     "AMQPConfig",
     "AuthConfig",
+    "BackendConfig",
     "Config",
     "ConfigError",
     "DefinitionsConfig",
@@ -55,6 +56,7 @@ __all__ = [
     "MQTTConfig",
     "PermissionConfig",
     "PortError",
+    "RabbitMQBackendConfig",
     "StompConfig",
     "StoreConfig",
     "TLSConfig",
@@ -77,7 +79,11 @@ _AMQP_SHORT_MAX: Final = 0xFFFF
 _MAX_MESSAGE_SIZE: Final = 512 * 1024 * 1024  # RabbitMQ's hard ceiling as well
 _USER_TABLES: Final = ("users", "vhosts", "permissions")
 _SECTIONS: Final = ("listeners", "store", "definitions", "amqp", "stomp", "limits", "auth", "mqtt",
-                    "tls", "wamp", "http", "oauth2", "log")
+                    "tls", "wamp", "http", "oauth2", "log", "backend")
+BACKENDS: Final = ("embedded", "rabbitmq")
+# tables inside a section merged key by key too ([backend.rabbitmq])
+_SUBTABLES: Final = {"backend": ("rabbitmq",)}
+SESSION_QUEUE_TYPES: Final = ("quorum", "classic")
 # the TLS listeners (RabbitMQ's ports: 5671, 8883, 61614, 15671, 15673, 15676), all off by
 # default; each needs [tls] certfile and keyfile
 TLS_LISTENERS: Final = ("amqps", "mqtts", "stomps", "https", "web_stomp_tls", "web_mqtt_tls")
@@ -285,6 +291,28 @@ class OAuth2Config:
 
 
 @dataclass(frozen=True)
+class RabbitMQBackendConfig:
+    """`[backend.rabbitmq]`: the RabbitMQ cluster a `rabbitmq` backend fronts."""
+
+    urls: tuple[str, ...] = ()  # amqp://USER:PASS@HOST:PORT/VHOST, one per node
+    management_url: str = ""  # http://USER:PASS@HOST:PORT, an administrator
+    session_queue_type: str = "quorum"  # MQTT persistent session queues
+    heartbeat: int = 30  # s, the upstream connection's AMQP heartbeat (0 = off)
+    prefetch: int = 100  # unacknowledged upstream deliveries per consumed queue
+    # the keys gateway/auth/upstream.py reads (RabbitMQAuthConfig.from_dict)
+    auth: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """`[backend]`: embedded (own core and store) or rabbitmq (a RabbitMQ cluster)."""
+
+    kind: str = "embedded"
+    workers: int = 1
+    rabbitmq: RabbitMQBackendConfig = RabbitMQBackendConfig()
+
+
+@dataclass(frozen=True)
 class Config:
     listeners: Listeners
     store: StoreConfig
@@ -299,6 +327,7 @@ class Config:
     wamp: WAMPConfig = WAMPConfig()
     oauth2: OAuth2Config = OAuth2Config()
     log: LogConfig = LogConfig()
+    backend: BackendConfig = BackendConfig()
 
 
 # --------------------------------------------------------------------------- public API
@@ -322,7 +351,13 @@ def load_config(path: Path | None = None) -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigError(source, "", f"not UTF-8 text: {exc}") from exc
     document = _parse_toml(text, source)
-    return _build(_merge(defaults, document, source), source)
+    # with the rabbitmq backend the AMQP listener is off unless this file gives it another
+    # port than the default's (a copy of the default file keeps it off)
+    listeners, default_listeners = document.get("listeners"), defaults.get("listeners")
+    amqp_set = (isinstance(listeners, dict) and "amqp" in listeners
+                and isinstance(default_listeners, dict)
+                and listeners["amqp"] != default_listeners.get("amqp"))
+    return _build(_merge(defaults, document, source), source, amqp_set)
 
 
 def parse_port(text: str) -> int | None:
@@ -355,6 +390,10 @@ def with_overrides(
     web_mqtt_port: int | None | Keep = KEEP,
     data_dir: Path | str | None = None,
     tls_ports: Mapping[str, int | None | Keep] | None = None,
+    backend: str | None = None,
+    upstream: Iterable[str] | None = None,
+    upstream_management: str | None = None,
+    workers: int | None = None,
 ) -> Config:
     """The config with command-line values applied.
 
@@ -362,6 +401,9 @@ def with_overrides(
     argparse default of the port flags (argparse does not pass non-string defaults through
     the `type` function). For host and data_dir, None means "not given". `tls_ports` gives
     TLS listeners by name (`{"amqps": 0}`); turning one on needs the file's [tls] section.
+    `backend`, `upstream` (URLs, replacing the file's), `upstream_management` and `workers`
+    override `[backend]`; with the rabbitmq backend the AMQP listener is off unless the
+    file or `amqp_port` sets it.
     """
     source = "command line"
     listeners = config.listeners
@@ -394,7 +436,51 @@ def with_overrides(
         if not str(data_dir).strip():
             raise ConfigError(source, "store.data_dir", "must not be empty")
         store = replace(store, data_dir=Path(data_dir).expanduser())
-    return replace(config, listeners=listeners, store=store)
+    chosen = _backend_overrides(config.backend, source, backend, upstream, upstream_management,
+                                workers)
+    if (chosen.kind == "rabbitmq" and config.backend.kind != "rabbitmq"
+            and isinstance(amqp_port, Keep) and listeners.amqp == _default_amqp_port()):
+        # switched to rabbitmq here: the AMQP listener is off unless set (as in load_config)
+        listeners = replace(listeners, amqp=None)
+    return replace(config, listeners=listeners, store=store, backend=chosen)
+
+
+def _default_amqp_port() -> object:
+    listeners = _parse_toml(default_config_text(), DEFAULT_SOURCE).get("listeners")
+    return listeners.get("amqp") if isinstance(listeners, dict) else None
+
+
+def _backend_overrides(config: BackendConfig, source: str, kind: str | None,
+                       upstream: Iterable[str] | None, management: str | None,
+                       workers: int | None) -> BackendConfig:
+    if kind is None and upstream is None and management is None and workers is None:
+        return config
+    backend = config
+    if kind is not None:
+        if kind not in BACKENDS:
+            raise ConfigError(source, "backend.kind",
+                              f"must be one of {', '.join(BACKENDS)}, got {kind!r}")
+        backend = replace(backend, kind=kind)
+    rabbitmq = backend.rabbitmq
+    if upstream is not None:
+        urls = tuple(upstream)
+        for url in urls:
+            problem = upstream_url_problem(url)
+            if problem is not None:
+                raise ConfigError(source, "--upstream", problem)
+        rabbitmq = replace(rabbitmq, urls=urls)
+    if management is not None:
+        problem = management_url_problem(management)
+        if problem is not None:
+            raise ConfigError(source, "--upstream-management", problem)
+        rabbitmq = replace(rabbitmq, management_url=management)
+    if workers is not None:
+        if workers < 1:
+            raise ConfigError(source, "--workers", f"must be 1 or more, got {workers}")
+        backend = replace(backend, workers=workers)
+    backend = replace(backend, rabbitmq=rabbitmq)
+    _check_backend(backend, source)
+    return backend
 
 
 # --------------------------------------------------------------------------- reading
@@ -419,6 +505,10 @@ def _merge(defaults: _Doc, document: _Doc, source: str) -> _Doc:
             if not isinstance(override, dict):
                 raise ConfigError(source, key, f"must be a table, got {_kind(override)}")
             merged[key] = {**value, **override}
+            for sub in _SUBTABLES.get(key, ()):
+                inner = override.get(sub)
+                if isinstance(inner, dict) and isinstance(value.get(sub), dict):
+                    merged[key][sub] = {**value[sub], **inner}  # type: ignore[index]
         elif key not in _USER_TABLES:
             merged[key] = value
     if any(key in document for key in _USER_TABLES):
@@ -522,7 +612,7 @@ class _Table:
             raise self.error(unknown[0], "unknown key" + _did_you_mean(unknown[0], self.seen))
 
 
-def _build(document: _Doc, source: str) -> Config:
+def _build(document: _Doc, source: str, amqp_set: bool = False) -> Config:
     root = _Table(source, "", document)
 
     listeners_t = root.table("listeners")
@@ -636,11 +726,123 @@ def _build(document: _Doc, source: str) -> Config:
     _check_tls(tls, listeners, source)
     auth = _build_auth(root)
     oauth2 = _build_oauth2(root)
+    backend = _build_backend(root)
+    if backend.kind == "rabbitmq" and not amqp_set:
+        listeners = replace(listeners, amqp=None)
     root.done()
     return Config(listeners=listeners, store=store, amqp=amqp, stomp=stomp, limits=limits,
                   auth=auth, mqtt=mqtt,
                   definitions=definitions, tls=tls, http=http, wamp=wamp, oauth2=oauth2,
-                  log=log_config)
+                  log=log_config, backend=backend)
+
+
+_RABBITMQ_AUTH_KEYS: Final = ("auth_cache_ttl", "permissions_cache_ttl", "auth_timeout",
+                              "auth_max_checks")
+
+
+def _build_backend(root: _Table) -> BackendConfig:
+    table = root.table("backend")
+    kind = table.string("kind").strip()
+    if kind not in BACKENDS:
+        raise table.error("kind", f"must be one of {', '.join(BACKENDS)}, got {kind!r}")
+    workers = table.integer("workers", 1, 1024)
+    rt = table.table("rabbitmq")
+    urls = rt.strings("urls")
+    for i, url in enumerate(urls):
+        problem = upstream_url_problem(url)
+        if problem is not None:
+            raise ConfigError(rt.source, f"{rt.key('urls')}[{i}]", problem)
+    management_url = rt.string("management_url", allow_empty=True).strip()
+    if management_url:
+        problem = management_url_problem(management_url)
+        if problem is not None:
+            raise rt.error("management_url", problem)
+    queue_type = rt.string("session_queue_type").strip()
+    if queue_type not in SESSION_QUEUE_TYPES:
+        raise rt.error("session_queue_type",
+                       f"must be one of {', '.join(SESSION_QUEUE_TYPES)}, got {queue_type!r}")
+    auth: dict[str, Any] = {}
+    for key in _RABBITMQ_AUTH_KEYS:
+        value = rt.raw(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise rt.error(key, f"must be a number, got {_kind(value)}")
+        if key == "auth_max_checks" and (not isinstance(value, int) or value < 1):
+            raise rt.error(key, f"must be an integer >= 1, got {value!r}")
+        if value < 0 or (key != "auth_cache_ttl" and value <= 0):
+            raise rt.error(key, f"must be greater than 0, got {value!r}")
+        auth[key] = value
+    rabbitmq = RabbitMQBackendConfig(
+        urls=urls, management_url=management_url, session_queue_type=queue_type,
+        heartbeat=rt.integer("heartbeat", 0, _AMQP_SHORT_MAX),
+        prefetch=rt.integer("prefetch", 1, _AMQP_SHORT_MAX), auth=auth)
+    rt.done()
+    table.done()
+    backend = BackendConfig(kind=kind, workers=workers, rabbitmq=rabbitmq)
+    _check_backend(backend, root.source)
+    return backend
+
+
+def _check_backend(backend: BackendConfig, source: str) -> None:
+    """What a backend needs to start: RabbitMQ's URLs; one worker (more are not built)."""
+    if backend.kind == "rabbitmq":
+        if not backend.rabbitmq.urls:
+            raise ConfigError(source, "backend.rabbitmq.urls",
+                              'backend "rabbitmq" needs the URL of at least one RabbitMQ node '
+                              "(--upstream amqp://USER:PASS@HOST:PORT/VHOST)")
+        if not backend.rabbitmq.management_url:
+            raise ConfigError(source, "backend.rabbitmq.management_url",
+                              'backend "rabbitmq" needs RabbitMQ\'s management API '
+                              "(--upstream-management http://USER:PASS@HOST:PORT): users "
+                              "and permissions are read from it")
+    if backend.workers > 1:
+        if backend.kind == "embedded":
+            raise ConfigError(source, "backend.workers",
+                              "more than one worker needs backend \"rabbitmq\": embedded "
+                              "nodes each keep their own store, so they cannot share ports")
+        raise ConfigError(source, "backend.workers",
+                          "more than one worker is not built yet; run one gateway process "
+                          "per port set (or several hosts) in front of the cluster")
+
+
+def upstream_url_problem(url: str) -> str | None:
+    """Why `url` is not an amqp:// URL of a RabbitMQ node (None: it is)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"not a valid URL {_redact(url)!r}: {exc}"
+    if parts.scheme != "amqp":
+        why = " (TLS to RabbitMQ is not built yet)" if parts.scheme == "amqps" else ""
+        return f"must be an amqp:// URL{why}, got {_redact(url)!r}"
+    if not parts.hostname:
+        return f"has no host: {_redact(url)!r}"
+    if port == 0:
+        return f"port must be 1-{_MAX_PORT}: {_redact(url)!r}"
+    return None
+
+
+def management_url_problem(url: str) -> str | None:
+    """Why `url` is not an http(s):// URL of RabbitMQ's management API (None: it is)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises for a bad port)
+    except ValueError as exc:
+        return f"not a valid URL {_redact(url)!r}: {exc}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"must be an http://USER:PASS@HOST:PORT URL, got {_redact(url)!r}"
+    return None
+
+
+def _redact(url: str) -> str:
+    """`url` without its password (what may go to a terminal or a log)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 def _build_oauth2(root: _Table) -> OAuth2Config:

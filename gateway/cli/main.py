@@ -58,6 +58,19 @@ def build_parser() -> Parser:
                            help=f"{name} (TLS) port; needs [tls] in the config file")
     serve.add_argument("--data-dir", type=Path, default=None,
                        help="directory for durable state")
+    serve.add_argument("--backend", default=None, choices=["embedded", "rabbitmq"],
+                       help="where messages live: this process (embedded) or a RabbitMQ "
+                            "cluster (rabbitmq); overrides [backend] kind")
+    serve.add_argument("--upstream", action="append", default=None,
+                       metavar="amqp://USER:PASS@HOST:PORT/VHOST",
+                       help="a RabbitMQ node of the cluster (once per node); overrides "
+                            "[backend.rabbitmq] urls")
+    serve.add_argument("--upstream-management", default=None,
+                       metavar="http://USER:PASS@HOST:PORT",
+                       help="RabbitMQ's management API, as an administrator; overrides "
+                            "[backend.rabbitmq] management_url")
+    serve.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="gateway processes sharing the ports (only 1 is built so far)")
     serve.add_argument("--log-level", default=None,
                        choices=["debug", "info", "warning", "error"],
                        help="overrides [log] level of the config file")
@@ -104,7 +117,8 @@ def serve_config(args: argparse.Namespace) -> Config:
         load_config(args.config), host=args.host, amqp_port=args.amqp_port,
         mqtt_port=args.mqtt_port, stomp_port=args.stomp_port, http_port=args.http_port,
         web_stomp_port=args.web_stomp_port, web_mqtt_port=args.web_mqtt_port,
-        data_dir=args.data_dir,
+        data_dir=args.data_dir, backend=args.backend, upstream=args.upstream,
+        upstream_management=args.upstream_management, workers=args.workers,
         tls_ports={name: getattr(args, f"{name}_port") for name in TLS_LISTENERS})
 
 

@@ -12,6 +12,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from gateway.core.backend import Backend
 from gateway.core.durable import Durable
 from gateway.core.errors import NotAllowed, NotFound
 from gateway.core.exchange import Binding, Exchange
@@ -34,12 +35,14 @@ from gateway.store.base import (
 class Broker:
     def __init__(self, store: Store, vhosts: Iterable[str] = ("/",), *,
                  paging_threshold: int | None = None, max_queues_per_vhost: int = 0,
-                 observers: Observers | None = None) -> None:
+                 observers: Observers | None = None, backend: Backend | None = None) -> None:
         """`paging_threshold`: bytes the queues hold before they page new messages out
         (None: never); `max_queues_per_vhost`: each vhost's max-queues when it is made
         (0: no limit; a vhost limit set at run time overrides it); `observers`: told what
-        happens to messages (gateway.core.observe), shared by every vhost."""
+        happens to messages (gateway.core.observe), shared by every vhost; `backend`: the
+        cluster every vhost's messages live in (gateway.core.backend; None: here)."""
         self.store = store
+        self.backend = backend
         # told what happens to messages in every vhost (gateway.core.observe)
         self.observers = observers if observers is not None else Observers()
         self._ids = itertools.count(1)
@@ -70,7 +73,7 @@ class Broker:
         vh = self.vhosts.get(name)
         if vh is None:
             vh = self.vhosts[name] = VirtualHost(name, self.store, self.next_message_id,
-                                                 self.meter, self.observers)
+                                                 self.meter, self.observers, self.backend)
             vh.max_queues = self.max_queues_per_vhost or None  # (0: no limit)
         return vh
 

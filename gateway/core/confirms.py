@@ -116,6 +116,10 @@ class Waiting:
         tracker.waiting = position
         heapq.heappush(self._heap, (position, next(self._order), tracker))
 
+    def trackers(self) -> list[Confirms[Any]]:
+        """Every registered tracker (each holds an answer not yet due), each once."""
+        return list({entry[2]: None for entry in self._heap})
+
     def due(self, durable: int) -> list[Waiter]:
         """The sessions of the trackers whose positions are durable now, each once, in
         order of position; those trackers are no longer registered."""

@@ -74,6 +74,15 @@ class Durable:
         each once; called by the store task after each group commit."""
         return self._waiting.due(self.reached())
 
+    def fail_waiting(self) -> list[Waiter]:
+        """Forget every answer still waiting for a position (what it waits for failed:
+        none of them may be sent as a success); their sessions, each once, to close."""
+        sessions: dict[Waiter, None] = {}
+        for tracker in self._waiting.trackers():
+            tracker.clear()
+            sessions[tracker.waiter] = None
+        return list(sessions)
+
     @property
     def waiting(self) -> int:
         """How many trackers are registered."""

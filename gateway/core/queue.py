@@ -17,8 +17,8 @@ Limits (`x-max-length`, `x-max-length-bytes`) are applied on enqueue by `x-overf
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.core.message import Message
 from gateway.core.meter import Meter
@@ -27,6 +27,9 @@ from gateway.core.paging import ReadyLevel
 from gateway.core.policy import Policy, queue_arguments, select
 from gateway.core.queue_args import OVERFLOW_MODES, QueueArgs, queue_type, unsupported
 from gateway.store.base import Store
+
+if TYPE_CHECKING:
+    from gateway.core.backend import Backend
 
 __all__ = ["OVERFLOW_MODES", "RETURNS_SPACE", "Consumer", "Entry", "Queue", "QueueArgs",
            "QueueHost"]
@@ -95,6 +98,8 @@ class QueueHost(Protocol):
     meter: Meter
     observers: Observers
     policies: dict[str, Policy]
+    backend: Backend | None  # the cluster its messages live in (None: here)
+    next_message_id: Callable[[], int]
 
     def dead_letter(self, entry: Entry, reason: str, now: float) -> None: ...
 
@@ -127,6 +132,9 @@ class Queue:
         self.arguments = dict(arguments or {})
         self.queue_type = queue_type(self.arguments)
         self.quorum = self.queue_type == "quorum"
+        # every entry is settled through the store: a quorum queue logs every message, as
+        # RabbitMQ's do, and a queue fed by a backend acks its entries upstream through it
+        self.persist_all = (durable and self.quorum) or vhost.backend is not None
         self.policy: Policy | None = None
         self.args = QueueArgs(self.arguments, self.queue_type)
         if vhost.policies:
@@ -236,7 +244,7 @@ class Queue:
         self._next_seq = seq + 1
         # a quorum queue keeps every message on disk, persistent or not, as RabbitMQ's
         # quorum queues log every message
-        persisted = self.durable and (message.persistent or self.quorum)
+        persisted = self.persist_all or (self.durable and message.persistent)
         if persisted:
             self.vhost.store.enqueue(self.vhost.name, self.name, seq, message)
         entry = Entry(message, seq, self, self._expiry(message, now), persisted)
@@ -562,6 +570,9 @@ class Queue:
         self.last_used = now
         if consumer.priority:
             self._consumer_priorities = True
+        backend = self.vhost.backend
+        if backend is not None:
+            backend.consumers_changed(self)
         self.dispatch(now)
 
     def remove_consumer(self, consumer: Consumer, now: float) -> None:
@@ -572,6 +583,9 @@ class Queue:
             return
         self.last_used = now
         self._consumer_priorities = any(c.priority for c in self.consumers)
+        backend = self.vhost.backend
+        if backend is not None:
+            backend.consumers_changed(self)
         if self.args.single_active_consumer and self.consumers:
             self.dispatch(now)
 

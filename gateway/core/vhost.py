@@ -33,6 +33,7 @@ from gateway.core.queue_args import validate as validate_queue_arguments
 from gateway.store.base import PolicyRecord
 
 if TYPE_CHECKING:
+    from gateway.core.backend import Backend
     from gateway.store.base import Store
 
 log = logging.getLogger("gateway.queue")
@@ -98,9 +99,12 @@ def server_queue_name() -> str:
 
 class VirtualHost:
     def __init__(self, name: str, store: Store, next_message_id: Any,
-                 meter: Meter | None = None, observers: Observers | None = None) -> None:
+                 meter: Meter | None = None, observers: Observers | None = None,
+                 backend: Backend | None = None) -> None:
         self.name = name
         self.store = store
+        # None: messages are routed and kept here; else the cluster's (gateway.core.backend)
+        self.backend = backend
         self.meter = meter if meter is not None else Meter()
         # told what happens to messages here (gateway.core.observe); the broker's, shared
         self.observers = observers if observers is not None else Observers()
@@ -312,6 +316,8 @@ class VirtualHost:
                      self._where(), ", ".join(q.unsupported_arguments))
         if durable and not exclusive:
             self.store.put_queue(self.name, q)
+        if self.backend is not None and not hidden:
+            self.backend.queue_declared(q)
         return q
 
     def delete_queue(
@@ -351,6 +357,8 @@ class VirtualHost:
         q.unacked.clear()
         if q.durable and q.exclusive_owner is None:
             self.store.delete_queue(self.name, q.name)
+        if self.backend is not None and not q.hidden:
+            self.backend.queue_deleted(q)
         return n
 
     def purge_queue(self, name: str, owner: object | None = None) -> int:
@@ -374,6 +382,8 @@ class VirtualHost:
                 isinstance(destination, Queue) and destination.exclusive_owner is not None
             ):
                 self.store.put_binding(self.name, binding)
+            if self.backend is not None:
+                self.backend.bound(binding)
 
     def _attach(self, binding: Binding) -> None:
         dest = binding.destination
@@ -401,6 +411,8 @@ class VirtualHost:
             dest.bound_by.pop(binding, None)
         if source.durable and dest.durable:
             self.store.delete_binding(self.name, binding)
+        if self.backend is not None and not (isinstance(dest, Queue) and dest.deleted):
+            self.backend.unbound(binding)
         if cascade and source.auto_delete and not source.bindings and not source.deleted:
             self._remove_exchange(source)
 
@@ -473,7 +485,10 @@ class VirtualHost:
 
     def publish(self, exchange: Exchange, routing_key: str, message: Message,
                 now: float) -> PublishResult:
-        """Route `message` and enqueue it in every queue it reaches."""
+        """Route `message` and enqueue it in every queue it reaches (with a backend: hand
+        it to the cluster, which routes it)."""
+        if self.backend is not None:
+            return self.backend.publish(self, exchange, routing_key, message, now)
         if self.observers.to_published:
             return self._publish_observed(exchange, routing_key, message, now)
         self.stats_published += 1

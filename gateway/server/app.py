@@ -53,6 +53,8 @@ from gateway.server.tls import handshake, peer_info, server_context
 from gateway.server.websocket import WEB_MQTT, WEB_STOMP, WebSocketFront, with_limits
 from gateway.store.base import Store
 from gateway.store.disk import DiskStore, return_large_buffers_to_the_system
+from gateway.upstream.connection import UpstreamError
+from gateway.upstream.node import upstream_backend
 from protocols.admission import Admission
 from protocols.mqtt.persist import take_over
 from protocols.mqtt.registry import MQTTRegistry
@@ -109,6 +111,10 @@ class Durability:
         if self.store.dirty():
             self._dirty.set()
 
+    def wake(self) -> None:
+        """Positions became durable outside a batch (the upstream answered)."""
+        self._dirty.set()
+
     async def run(self) -> None:
         while True:
             await self._dirty.wait()
@@ -144,17 +150,23 @@ class Server:
         self.ssl_context: ssl.SSLContext | None = server_context(config.tls) if tls_on else None
         self.handshakes = 0  # TLS handshakes under way
         data_dir = config.store.data_dir
-        self.store: Store = DiskStore(data_dir, fsync=config.store.fsync)
         self.lock = DataDirLock(data_dir)
         self.control_path: Path | None = None  # the local control socket, while open
         self.management: ManagementApp | None = None
+        # --backend rabbitmq: the store and the backend are the upstream (no message here)
+        self.upstream = upstream_backend(config, clock) if config.backend.kind == "rabbitmq" \
+            else None
+        self.store: Store = (self.upstream.backend if self.upstream is not None
+                             else DiskStore(data_dir, fsync=config.store.fsync))
         self.broker = Broker(self.store, (), paging_threshold=config.store.paging_threshold,
-                             max_queues_per_vhost=config.limits.max_queues_per_vhost)
+                             max_queues_per_vhost=config.limits.max_queues_per_vhost,
+                             backend=self.upstream.backend if self.upstream else None)
         # the broker holds the vhosts, the auth service decides them; scrypt checks go to
         # worker threads (connection.py), a few at once
         self.auth = AuthService(config.auth, config.oauth2, store=self.store, broker=self.broker,
                                 inline_checks=False,
-                                check_limiter=trio.CapacityLimiter(PASSWORD_CHECK_THREADS))
+                                check_limiter=trio.CapacityLimiter(PASSWORD_CHECK_THREADS),
+                                source=self.upstream.users if self.upstream else None)
         self.broker.on_vhost_deleted.append(self._vhost_deleted)
         # MQTT's sessions and retained messages, shared by its listeners (and Web-MQTT)
         self.mqtt_state = MQTTRegistry(self.broker.durable, config.mqtt.retained_max_messages,
@@ -209,6 +221,12 @@ class Server:
         async with trio.open_nursery() as outer:
             outer.start_soon(self.durability.run)
             outer.start_soon(self._tick)
+            if self.upstream is not None:
+                try:
+                    await outer.start(self.upstream.run, self._upstream_failed,
+                                      self.durability.wake)
+                except UpstreamError as exc:
+                    raise StartupError(f"backend rabbitmq: {exc}") from None
             async with trio.open_nursery() as conns:
                 self._conn_scope = conns.cancel_scope
                 self._conns = conns
@@ -240,6 +258,16 @@ class Server:
             return
         load_definitions_file(self.broker, self.auth, path, now=self.clock())
         log.info("loaded definitions from %s", path)
+
+    def _upstream_failed(self, reason: str) -> None:
+        """RabbitMQ refused an operation (a nack, a refused declare or bind): close every
+        session still waiting for an answer, so that none is answered with success."""
+        for session in self.broker.durable.fail_waiting():
+            log.warning("closing a connection waiting for an answer: upstream: %s", reason)
+            closer = getattr(session, "shutdown", None)
+            if closer is not None:
+                closer()
+            session.wake()
 
     def _vhost_deleted(self, name: str) -> None:
         """Close every connection that was open on a vhost just deleted."""

@@ -732,6 +732,17 @@ class UpstreamConnection:
     async def _publish_once(self, exchange: str, routing_key: str, body: bytes,
                             properties: commands.Basic.Properties | None,
                             mandatory: bool) -> None:
+        confirmed = await self.start_publish(exchange, routing_key, body, properties,
+                                             mandatory=mandatory)
+        await confirmed()
+
+    async def start_publish(self, exchange: str, routing_key: str, body: bytes,
+                            properties: commands.Basic.Properties | None = None, *,
+                            mandatory: bool = False) -> Callable[[], Awaitable[None]]:
+        """Send a publish (after any block) and return once it is written, without waiting
+        for its confirm: the function returned waits for it and raises as ``publish`` does
+        (``ConnectionLost`` included: nothing is sent again). Publishes started one after
+        another from one task go out in that order."""
         await self._unblocked.wait()
         await self._ready.wait()
         link = self._current()
@@ -746,7 +757,7 @@ class UpstreamConnection:
                                   mandatory=mandatory)
         link.publishes[tag] = _Publish(waiter, exchange, routing_key, mandatory)
         await self._flush(link)
-        await waiter.wait()
+        return waiter.wait
 
     # -- consuming -----------------------------------------------------------------------
 

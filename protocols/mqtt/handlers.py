@@ -268,6 +268,7 @@ def subscribe(s: Connection, p: Subscribe) -> None:
         p.properties.subscription_identifiers) else None
     codes: list[int] = []
     retained: list[tuple[Subscription, bool]] = []
+    before = s.broker.durable.position
     for sub in p.subscriptions:
         group, topic_filter = parse_shared(sub.topic_filter)
         if group == "" or not valid_topic_filter(topic_filter):
@@ -307,7 +308,11 @@ def subscribe(s: Connection, p: Subscribe) -> None:
             if sub.retain_handling == 0 or (sub.retain_handling == 1 and old is None):
                 retained.append((sub, True))
         codes.append(sub.qos)
-    s.send(SubAck(p.packet_id, tuple(codes)))
+    if vh.backend is not None:
+        # in front of a RabbitMQ cluster: once its queue and bindings are declared there
+        s.send_when_durable(s.broker.durable.since(before), SubAck(p.packet_id, tuple(codes)))
+    else:
+        s.send(SubAck(p.packet_id, tuple(codes)))
     # retained messages after the SUBACK, with the retain flag set [MQTT-3.3.1-9]
     now = s.clock()
     store = s.registry.retained(vh.name)

@@ -66,7 +66,11 @@ def expected_keys(conf_text: str) -> dict[str, str]:
     for section, value in document.items():
         if isinstance(value, dict):
             for key, default in value.items():
-                keys[f"{section}.{key}"] = toml_value(default)
+                if isinstance(default, dict) and default:  # a table in the section
+                    for inner, inner_default in default.items():
+                        keys[f"{section}.{key}.{inner}"] = toml_value(inner_default)
+                else:
+                    keys[f"{section}.{key}"] = toml_value(default)
         elif isinstance(value, list) and all(isinstance(v, dict) for v in value):
             keys[f"[[{section}]]"] = table_default(section, value)
         else:
