@@ -492,13 +492,16 @@ class VirtualHost:
         if self.observers.to_published:
             return self._publish_observed(exchange, routing_key, message, now)
         self.stats_published += 1
+        received = self.meter.received
+        origin = message.origin
+        received[origin] = received.get(origin, 0) + 1
         headers = message.properties.headers
         if headers and ("CC" in headers or "BCC" in headers):
             queues = self._route_sender_selected(exchange, routing_key, message)
         else:
             queues = self.route(exchange, routing_key, headers)
         if not queues:
-            self.stats_unroutable += 1
+            self._unroutable(origin)
             return UNROUTED
         rejected = False
         for q in queues:
@@ -506,6 +509,11 @@ class VirtualHost:
                 rejected = True
                 self._refused(q, message, now)
         return REJECTED if rejected else ROUTED
+
+    def _unroutable(self, origin: str) -> None:
+        self.stats_unroutable += 1
+        unroutable = self.meter.unroutable
+        unroutable[origin] = unroutable.get(origin, 0) + 1
 
     def _refused(self, q: Queue, message: Message, now: float) -> None:
         """`q` refused a publish (x-overflow reject-publish or reject-publish-dlx)."""
@@ -519,6 +527,9 @@ class VirtualHost:
         """`publish` with observers: the same steps, and the routing result told to them
         before the queues act on it (so a delivery is seen after its publish)."""
         self.stats_published += 1
+        received = self.meter.received
+        origin = message.origin
+        received[origin] = received.get(origin, 0) + 1
         hops: list[Hop] | None = [] if self.observers.wants_hops(self.name) else None
         headers = message.properties.headers
         if headers and ("CC" in headers or "BCC" in headers):
@@ -526,7 +537,7 @@ class VirtualHost:
         else:
             queues = self.route(exchange, routing_key, headers, hops)
         if not queues:
-            self.stats_unroutable += 1
+            self._unroutable(origin)
         self.observers.published(Published(
             self.name, exchange.name, routing_key, message, tuple(queues),
             tuple(hops) if hops else (), now))

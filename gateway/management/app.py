@@ -93,8 +93,6 @@ class ManagementApp:
         self.stats = Stats(server.broker, server.sessions)
         self.tracer = Tracer(server.broker.observers,
                              lambda c: consumer_ref(c, self.listening), server.clock)
-        # told by the core what happens to every message, in every vhost, from now on
-        server.broker.observers.add(self.stats)
         self.routes = routes()
         self.policy = policy
         self._static = _load_static()
