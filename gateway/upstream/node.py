@@ -5,13 +5,14 @@ connection."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
 
-from gateway.auth.upstream import RabbitMQUsers
+from gateway.auth.upstream import RabbitMQUsers, UpstreamUnavailable
 from gateway.config import Config
 
 from .backend import UpstreamBackend
@@ -47,6 +48,10 @@ class UpstreamNode:
             async with trio.open_nursery() as nursery:
                 if self.backend.retained is not None:
                     await nursery.start(self.retained.run, upstream)
+                # the vhosts RabbitMQ has, before the listeners open (a WAMP HELLO names its
+                # realm before the login that would fetch them)
+                with contextlib.suppress(UpstreamUnavailable):
+                    await self.users.refresh()
                 task_status.started()
                 nursery.start_soon(self.users.run)
                 await self.backend.run(upstream)
