@@ -2,13 +2,16 @@
 (subprocesses) in front of the private RabbitMQ node. A subscriber on node B gets node A's
 WAMP and MQTT publishes (its subscription is a queue in RabbitMQ bound to `amq.topic`); a
 caller on node A reaches a callee on node B, and a pika RPC server on RabbitMQ itself (the
-call is a message to the procedure's queue with reply-to and correlation id)."""
+call is a message to the procedure's queue with reply-to and correlation id). Server-named
+queues (WAMP's, STOMP's /temp-queue/) are `gateway.gen-...` in RabbitMQ."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import queue
 import secrets
 import threading
 import urllib.parse
@@ -18,6 +21,7 @@ from typing import Any, TypeVar
 
 import pika
 import pytest
+import stomp
 from ab_client import join, leave
 from autobahn.wamp.exception import ApplicationError
 from autobahn.wamp.types import PublishOptions
@@ -171,28 +175,28 @@ def test_a_callee_error_reaches_the_caller_on_another_node(
     assert run(main) == "com.example.error.nope"
 
 
-def test_a_pika_rpc_server_on_rabbitmq_answers_a_wamp_call(
-        rabbit_node: Cluster, nodes: tuple[GatewayNode, GatewayNode]) -> None:
-    a, _ = nodes
+@contextlib.contextmanager
+def rpc_server(rabbit: Cluster) -> Iterator[tuple[str, list[str]]]:
+    """The RabbitMQ tutorials' rpc_server.py in a thread: fib(n) to reply_to with the
+    request's correlation id. Yields its queue and the reply_to of each request."""
     rpc_queue = f"rpc_queue_{secrets.token_hex(4)}"
     served: list[str] = []
     ready = threading.Event()
     stop = threading.Event()
 
     def server() -> None:
-        """The RabbitMQ tutorials' rpc_server.py: fib(n) to reply_to, correlation id."""
-        with pika_connection(rabbit_node) as conn:
+        with pika_connection(rabbit) as conn:
             ch = conn.channel()
             ch.queue_declare(rpc_queue)
             ch.basic_qos(prefetch_count=1)
 
             def on_request(channel: Any, method: Any, props: Any, body: bytes) -> None:
                 n = int(body)
-                a_, b_ = 0, 1
+                a, b = 0, 1
                 for _ in range(n):
-                    a_, b_ = b_, a_ + b_
+                    a, b = b, a + b
                 served.append(props.reply_to)
-                channel.basic_publish("", props.reply_to, str(a_).encode(),
+                channel.basic_publish("", props.reply_to, str(a).encode(),
                                       pika.BasicProperties(correlation_id=props.correlation_id))
                 channel.basic_ack(method.delivery_tag)
 
@@ -205,18 +209,50 @@ def test_a_pika_rpc_server_on_rabbitmq_answers_a_wamp_call(
     thread = threading.Thread(target=server, daemon=True)
     thread.start()
     assert ready.wait(TIMEOUT)
-
-    async def main() -> Any:
-        caller = await joined(a)
-        try:
-            return await caller.call(rpc_queue, 30)  # body b"30" (JSON of 30)
-        finally:
-            await leave(caller)
-
     try:
-        assert run(main) == 832040
+        yield rpc_queue, served
     finally:
         stop.set()
         thread.join(TIMEOUT)
+
+
+def test_a_pika_rpc_server_on_rabbitmq_answers_a_wamp_call(
+        rabbit_node: Cluster, nodes: tuple[GatewayNode, GatewayNode]) -> None:
+    a, _ = nodes
+    with rpc_server(rabbit_node) as (rpc_queue, served):
+        async def main() -> Any:
+            caller = await joined(a)
+            try:
+                return await caller.call(rpc_queue, 30)  # body b"30" (JSON of 30)
+            finally:
+                await leave(caller)
+
+        assert run(main) == 832040
     # the reply went to the caller's reply queue, named by the gateway for RabbitMQ
     assert len(served) == 1 and served[0].startswith("gateway.gen-")
+
+
+def test_a_pika_rpc_server_answers_a_stomp_temp_queue(
+        rabbit_node: Cluster, nodes: tuple[GatewayNode, GatewayNode]) -> None:
+    """STOMP's /temp-queue/ is a server-named queue too: `gateway.gen-...` in RabbitMQ."""
+    _, b = nodes
+    client = stomp.Connection12([("127.0.0.1", b.ports["stomp"])])
+    replies: queue.Queue[Any] = queue.Queue()
+
+    class Listener(stomp.ConnectionListener):  # type: ignore[misc]
+        def on_message(self, frame: Any) -> None:
+            replies.put(frame)
+
+    client.set_listener("l", Listener())
+    client.connect(USER, PASSWORD, wait=True)
+    try:
+        with rpc_server(rabbit_node) as (rpc_queue, served):
+            client.send(f"/amq/queue/{rpc_queue}", "10",
+                        headers={"reply-to": "/temp-queue/fib", "correlation-id": "c1"})
+            frame = replies.get(timeout=TIMEOUT)
+        assert frame.body == "55"
+        assert frame.headers["correlation-id"] == "c1"
+        assert frame.headers["subscription"] == "/temp-queue/fib"
+        assert len(served) == 1 and served[0].startswith("gateway.gen-")
+    finally:
+        client.disconnect()
