@@ -4,12 +4,16 @@ front of the private RabbitMQ node, paho clients on each, pika reading the strea
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
+import pika
 import pytest
 
 from gateway.store import serial
@@ -29,6 +33,19 @@ def nodes(rabbit_node: Cluster, tmp_path_factory: pytest.TempPathFactory
     yield a, b
     a.stop()
     b.stop()
+
+
+@contextlib.contextmanager
+def stream_reader(rabbit: Cluster) -> Iterator[pika.BlockingConnection]:
+    """A pika connection for reading the stream. At close, pika nacks the deliveries it
+    holds and has not handed out, which RabbitMQ refuses on a stream (540, closing the
+    connection): that close ends the reading, as the test wants."""
+    conn = pika_connection(rabbit)
+    try:
+        yield conn
+    finally:
+        with contextlib.suppress(pika.exceptions.AMQPError):
+            conn.close()
 
 
 def retain(port: int, topic: str, payload: bytes) -> None:
@@ -75,7 +92,7 @@ def test_retained_on_node_a_reaches_a_wildcard_subscriber_on_node_b_also_after_a
     retain(a.ports["mqtt"], f"home/{tag}/hall/temp", b"19.0")
     retain(a.ports["mqtt"], f"home/{tag}/hall/temp", b"19.5")  # replaces the one before
     # the PUBACK came after the stream's confirm: the records are in RabbitMQ's stream
-    with pika_connection(rabbit_node) as conn:
+    with stream_reader(rabbit_node) as conn:
         ch = conn.channel()
         ok = ch.queue_declare(STREAM, passive=True)
         assert ok.method.queue == STREAM
@@ -151,3 +168,57 @@ def test_an_expired_retained_message_is_not_sent_by_another_node(
     time.sleep(1.5)  # past the 1 s expiry (not a timing assertion: the wait makes it expire)
     got = retained_batch(b.ports["mqtt"], f"exp/{tag}/#", (f"exp/{tag}/long", b"stays"))
     assert got == {f"exp/{tag}/long": b"stays"}
+
+
+def stream_records(rabbit: Cluster, prefix: str, until: Callable[[list[dict[str, Any]]], bool]
+                   ) -> list[dict[str, Any]]:
+    """The stream's records whose topic starts with `prefix`, with their offsets, read
+    with pika from the first offset until `until(records)` (bounded)."""
+    deadline = time.monotonic() + 3 * TIMEOUT
+    while True:
+        records: list[dict[str, Any]] = []
+        with stream_reader(rabbit) as conn:
+            ch = conn.channel()
+            ch.basic_qos(prefetch_count=1000)
+
+            def on_message(channel: Any, method: Any, props: Any, body: bytes,
+                           into: list[dict[str, Any]] = records) -> None:
+                record = serial.decode(body)
+                if str(record.get("topic", "")).startswith(prefix):
+                    record["offset"] = props.headers["x-stream-offset"]
+                    into.append(record)
+                channel.basic_ack(method.delivery_tag)
+
+            ch.basic_consume(STREAM, on_message, arguments={"x-stream-offset": "first"})
+            conn.process_data_events(time_limit=1.0)
+        if until(records) or time.monotonic() > deadline:
+            return records
+
+
+def test_live_retained_messages_are_appended_again_and_keep_their_value(
+        rabbit_node: Cluster, nodes: tuple[GatewayNode, GatewayNode],
+        tmp_path: Path) -> None:
+    """A node with a short `retained_refresh` appends a live message again (a `refresh`
+    record naming the offset it copies); the value stays. The stream exists already with
+    other arguments (7 days): the node uses it as it is."""
+    _, b = nodes
+    config = tmp_path / "gateway.toml"
+    config.write_text('[backend.rabbitmq]\nretained_max_age = "1h"\nretained_refresh = 2\n')
+    c = GatewayNode(rabbit_node, tmp_path / "data", extra=["--config", str(config)]).start()
+    try:
+        assert "exists with other arguments" in c.output()
+        tag = secrets.token_hex(4)
+        retain(c.ports["mqtt"], f"ref/{tag}/v", b"kept")
+        records = stream_records(rabbit_node, f"ref/{tag}/",
+                                 lambda rs: any(r["kind"] == "refresh" for r in rs))
+        kinds = [r["kind"] for r in records]
+        assert kinds[0] == "set" and "refresh" in kinds, kinds
+        refresh = next(r for r in records if r["kind"] == "refresh")
+        assert refresh["origin"] == records[0]["offset"]
+        assert refresh["value"][0] == b"kept"
+        # every node still has the value
+        for port in (c.ports["mqtt"], b.ports["mqtt"]):
+            assert retained_batch(port, f"ref/{tag}/#", (f"ref/{tag}/v", b"kept")) == {
+                f"ref/{tag}/v": b"kept"}
+    finally:
+        c.stop()
