@@ -299,6 +299,12 @@ class RabbitMQBackendConfig:
     session_queue_type: str = "quorum"  # MQTT persistent session queues
     heartbeat: int = 30  # s, the upstream connection's AMQP heartbeat (0 = off)
     prefetch: int = 100  # unacknowledged upstream deliveries per consumed queue
+    # retained MQTT messages: one stream every node reads (gateway/upstream/retained.py)
+    retained_stream: str = "gateway.retained"
+    retained_max_age: str = "7D"  # the stream's x-max-age ("" = none)
+    retained_max_bytes: int = 0  # the stream's x-max-length-bytes (0 = none)
+    retained_segment_bytes: int = 4 * 1024 * 1024  # x-stream-max-segment-size-bytes
+    retained_refresh: int = 86400  # s after which a live message is appended again (0 = never)
     # the keys gateway/auth/upstream.py reads (RabbitMQAuthConfig.from_dict)
     auth: Mapping[str, Any] | None = None
 
@@ -774,12 +780,48 @@ def _build_backend(root: _Table) -> BackendConfig:
     rabbitmq = RabbitMQBackendConfig(
         urls=urls, management_url=management_url, session_queue_type=queue_type,
         heartbeat=rt.integer("heartbeat", 0, _AMQP_SHORT_MAX),
-        prefetch=rt.integer("prefetch", 1, _AMQP_SHORT_MAX), auth=auth)
+        prefetch=rt.integer("prefetch", 1, _AMQP_SHORT_MAX), auth=auth,
+        **_build_retained(rt))
     rt.done()
     table.done()
     backend = BackendConfig(kind=kind, workers=workers, rabbitmq=rabbitmq)
     _check_backend(backend, root.source)
     return backend
+
+
+_STREAM_AGE: Final = re.compile(r"^(\d+)([YMDhms])$")
+_STREAM_AGE_UNIT: Final = {"Y": 365 * 86400, "M": 30 * 86400, "D": 86400, "h": 3600,
+                           "m": 60, "s": 1}
+
+
+def stream_max_age_seconds(max_age: str) -> int | None:
+    """RabbitMQ's stream `x-max-age` (`7D`, `12h`, `30m`; units Y M D h m s) in seconds;
+    None if it is not one."""
+    match = _STREAM_AGE.match(max_age)
+    if match is None:
+        return None
+    return int(match[1]) * _STREAM_AGE_UNIT[match[2]]
+
+
+def _build_retained(rt: _Table) -> dict[str, Any]:
+    """The retained stream's keys of `[backend.rabbitmq]`."""
+    name = rt.string("retained_stream").strip()
+    if name.startswith("amq."):
+        raise rt.error("retained_stream", f"'amq.*' names are RabbitMQ's own, got {name!r}")
+    max_age = rt.string("retained_max_age", allow_empty=True).strip()
+    age = stream_max_age_seconds(max_age) if max_age else None
+    if max_age and not age:
+        raise rt.error("retained_max_age", "must be RabbitMQ's x-max-age: a number > 0 and a "
+                       f"unit of Y M D h m s (e.g. \"7D\"), or \"\" for none; got {max_age!r}")
+    refresh = rt.integer("retained_refresh", 0, 10 * 365 * 86400)
+    if age is not None and not 0 < refresh < age:
+        raise rt.error("retained_refresh", f"must be greater than 0 and less than "
+                       f"retained_max_age ({age} s), or the stream loses live messages; "
+                       f"got {refresh}")
+    return {"retained_stream": name, "retained_max_age": max_age,
+            "retained_max_bytes": rt.integer("retained_max_bytes", 0, 2**62),
+            "retained_segment_bytes": rt.integer("retained_segment_bytes", 0, 2**31),
+            "retained_refresh": refresh}
 
 
 def _check_backend(backend: BackendConfig, source: str) -> None:

@@ -26,6 +26,16 @@ delete counts one; a position is durable once RabbitMQ answered it and every ear
 next one (at-least-once) before its position counts. A nack, a refused declare or bind:
 the sessions waiting for an answer at that moment are closed (`on_failed`) before the
 position counts, so none is told success.
+
+Retained MQTT messages (`retained`, a `RetainedStream`): the retained tree's keyed values
+(`put_value` / `delete_value` of space `mqtt.retained`) are appended to the retained
+stream as publishes with a position, so the PUBACK of a retained PUBLISH waits for the
+stream's confirm.
+
+Server-named queues: RabbitMQ refuses `amq.*` names from clients, so a queue the core names
+`amq.gen-...` is `gateway.gen-...` upstream (`upstream_name`), and exclusive there (only this
+node's connection consumes it; RabbitMQ deletes it if that connection goes); a `reply_to`
+naming one is rewritten the same way on the way up, so a reply from anywhere reaches it.
 """
 
 from __future__ import annotations
@@ -63,9 +73,21 @@ if TYPE_CHECKING:
     from gateway.core.queue import Queue
     from gateway.core.vhost import PublishResult, VirtualHost
 
+    from .retained import RetainedStream
+
 log = logging.getLogger("gateway.upstream")
 
 MQTT_SESSION_PREFIX = "mqtt-subscription-"
+RETAINED_SPACE = "mqtt.retained"  # protocols.mqtt.retain.SPACE
+SERVER_NAMED = "amq.gen-"  # the core's server-named queues (gateway.core.vhost)
+UPSTREAM_NAMED = "gateway.gen-"  # the same queues in RabbitMQ
+
+
+def upstream_name(name: str) -> str:
+    """A local queue's name in RabbitMQ: the same, but for server-named ones."""
+    if name.startswith(SERVER_NAMED):
+        return UPSTREAM_NAMED + name[len(SERVER_NAMED):]
+    return name
 
 
 @dataclass(eq=False)
@@ -105,6 +127,7 @@ class UpstreamBackend(MemoryStore):
         self._feeding: UpstreamMessage | None = None
         self.published = 0
         self.failures = 0
+        self.retained: RetainedStream | None = None  # where retained messages go
 
     # -- the Store side: only what settles upstream deliveries ------------------------------
 
@@ -120,6 +143,18 @@ class UpstreamBackend(MemoryStore):
         if upstream is not None:
             self._add(_Op("ack", 0, {"message": upstream}))
 
+    def put_value(self, space: str, key: tuple[Any, ...], value: Any) -> None:
+        if space == RETAINED_SPACE and self.retained is not None:
+            self._add(_Op("publish", self._position(), self.retained.append(key, value)))
+            return
+        super().put_value(space, key, value)
+
+    def delete_value(self, space: str, key: tuple[Any, ...]) -> None:
+        if space == RETAINED_SPACE and self.retained is not None:
+            self._add(_Op("publish", self._position(), self.retained.append(key, None)))
+            return
+        super().delete_value(space, key)
+
     # -- the Backend side (gateway.core.backend) --------------------------------------------
 
     def publish(self, vhost: VirtualHost, exchange: Exchange, routing_key: str,
@@ -129,6 +164,10 @@ class UpstreamBackend(MemoryStore):
         properties = message.properties
         if properties.user_id is not None:  # RabbitMQ checks it against our user
             properties = properties.copy(user_id=None)
+        if properties.reply_to is not None and properties.reply_to.startswith(SERVER_NAMED):
+            properties = properties.copy(reply_to=upstream_name(properties.reply_to))
+        if not exchange.name:
+            routing_key = upstream_name(routing_key)
         self._add(_Op("publish", self._position(), {
             "exchange": exchange.name, "routing_key": routing_key, "body": message.body,
             "properties": to_amqp(properties)}))
@@ -152,13 +191,14 @@ class UpstreamBackend(MemoryStore):
             # a clean session: transient, deleted with its consumer (as RabbitMQ's)
             auto_delete = True
         self._add(_Op("declare", self._position(), {
-            "queue": queue.name, "durable": durable,
-            "exclusive": False, "auto_delete": auto_delete, "arguments": arguments}))
+            "queue": upstream_name(queue.name), "durable": durable,
+            "exclusive": queue.name.startswith(SERVER_NAMED), "auto_delete": auto_delete,
+            "arguments": arguments}))
 
     def queue_deleted(self, queue: Queue) -> None:
         self._drop_tags(queue)
         self._wanted.add(queue)
-        self._add(_Op("delete", self._position(), {"queue": queue.name}))
+        self._add(_Op("delete", self._position(), {"queue": upstream_name(queue.name)}))
         self._add(_Op("feed", 0, {"queue": queue}))
 
     def bound(self, binding: Binding) -> None:
@@ -176,7 +216,7 @@ class UpstreamBackend(MemoryStore):
         arguments = {k: v for k, v in (binding.arguments or {}).items()
                      if not k.startswith("x-mqtt-")}  # the session's own annotations
         self._add(_Op(kind, self._position(), {
-            "queue": binding.destination.name, "exchange": binding.source.name,
+            "queue": upstream_name(binding.destination.name), "exchange": binding.source.name,
             "routing_key": binding.routing_key, "arguments": arguments}))
 
     def consumers_changed(self, queue: Queue) -> None:
@@ -288,7 +328,8 @@ class UpstreamBackend(MemoryStore):
             self._live.add(queue)
             try:
                 self._feeds[queue] = await connection.consume(
-                    queue.name, prefetch=self.prefetch, callback=partial(self._deliver, queue))
+                    upstream_name(queue.name), prefetch=self.prefetch,
+                    callback=partial(self._deliver, queue))
             except BaseException:
                 self._live.discard(queue)
                 raise

@@ -46,6 +46,9 @@ class MQTTRegistry:
         self.retained_max_messages = retained_max_messages
         self.retained_max_bytes = retained_max_bytes
         self._retained: dict[str, RetainedStore] = {}
+        # the retained messages are a stream every node reads (`--backend rabbitmq`:
+        # gateway/upstream/retained.py), set by that stream
+        self.shared_retained = False
         self._connects = 0
 
     def retained(self, vhost: str) -> RetainedStore:
@@ -53,7 +56,7 @@ class MQTTRegistry:
         if store is None:
             store = self._retained[vhost] = RetainedStore(
                 self.retained_max_messages, self.retained_max_bytes, vhost=vhost,
-                durable=self.durable)
+                durable=self.durable, shared=self.shared_retained)
         return store
 
     def retained_stores(self) -> list[RetainedStore]:

@@ -14,6 +14,12 @@ Retained messages are durable: given the broker's `Durable`, every change (set, 
 expiry) appends a keyed value record (space `mqtt.retained`, key `(vhost, topic)`) to the
 store's batch, so a PUBACK/PUBREC that waits for the store's position after the publish
 also waits for the retained message; `load` puts back what a restart read, without writing.
+
+Shared (`shared`, in front of a RabbitMQ cluster: gateway/upstream/retained.py): the store's
+values are a stream every node reads, so a clear is written even when this node holds no
+message for the topic (another node may), and an expired message is dropped here without
+writing (every node drops it on its own; a written clear could overtake a newer message
+from another node). `load` and `drop` are how the stream's records come in.
 """
 
 from __future__ import annotations
@@ -66,11 +72,13 @@ def from_value(topic: str, value: list[Any]) -> Retained:
 
 class RetainedStore:
     def __init__(self, max_messages: int = 100_000, max_bytes: int = 64 * 1024 * 1024,
-                 *, vhost: str = "", durable: Durable | None = None) -> None:
+                 *, vhost: str = "", durable: Durable | None = None,
+                 shared: bool = False) -> None:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.vhost = vhost
         self.durable = durable  # None: kept in memory only
+        self.shared = shared  # the durable values are a log every node reads
         self._root = _Node()
         self.count = 0
         self.bytes = 0
@@ -116,19 +124,25 @@ class RetainedStore:
         return node
 
     def clear(self, topic: str) -> None:
+        """Clear the topic's retained message, and write it (when shared, even when this
+        node holds none)."""
+        removed = self.drop(topic)
+        if self.durable is not None and (removed or self.shared):
+            self.durable.delete_value(SPACE, (self.vhost, topic))
+
+    def drop(self, topic: str) -> bool:
+        """`clear` without writing; False if the topic had no retained message."""
         path = topic.split("/")
         trail: list[tuple[_Node, str]] = []
         node = self._root
         for level in path:
             nxt = node.children.get(level)
             if nxt is None:
-                return
+                return False
             trail.append((node, level))
             node = nxt
         if node.message is None:
-            return
-        if self.durable is not None:
-            self.durable.delete_value(SPACE, (self.vhost, topic))
+            return False
         self.count -= 1
         self.bytes -= len(node.message.payload)
         node.message = None
@@ -137,6 +151,7 @@ class RetainedStore:
             if child.message is not None or child.children:
                 break
             del parent.children[level]
+        return True
 
     def all(self) -> list[Retained]:
         out: list[Retained] = []
@@ -157,7 +172,10 @@ class RetainedStore:
         if len(live) != len(out):
             for m in out:
                 if m.expires_at is not None and m.expires_at <= now:
-                    self.clear(m.topic)
+                    if self.shared:
+                        self.drop(m.topic)
+                    else:
+                        self.clear(m.topic)
         return live
 
     def _walk(self, node: _Node, levels: list[str], i: int, out: list[Retained],

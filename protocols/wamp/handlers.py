@@ -12,7 +12,7 @@ with a standard URI; nothing else is affected. Which messages a state takes is
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from gateway.core.errors import BrokerError
 from gateway.core.message import Message, Properties
@@ -55,6 +55,10 @@ from protocols.wamp.router import INVOKE_POLICIES, global_id
 from protocols.wamp.rpc import AlreadyExists, NoSuchProcedure, RpcState
 from protocols.wamp.subscriptions import SubscriptionState
 
+if TYPE_CHECKING:
+    from gateway.core.broker import Broker
+    from protocols.wamp.frames import Message as Frame
+
 
 class Session(SessionContext, Protocol):
     """What the handlers need of the session (`session.WampSession` is one)."""
@@ -66,10 +70,26 @@ class Session(SessionContext, Protocol):
 
     def error_uri(self, err: BrokerError, default: str) -> str: ...
 
+    @property
+    def broker(self) -> Broker: ...
+
+    def send_when_durable(self, position: int, msg: Frame) -> None: ...
+
 
 MATCH_POLICIES: Final = ("exact", "prefix", "wildcard")
 CANCEL_MODES: Final = ("skip", "kill", "killnowait")
 T = MessageType
+
+
+def _answer(s: Session, before: int, msg: Frame) -> None:
+    """Answer a request; in front of a RabbitMQ cluster, once RabbitMQ answered what the
+    request asked of it (since the store position `before`: a bind, a declare, a publish
+    confirm), so a publish from another node after SUBSCRIBED reaches the subscription."""
+    vh = s.vhost
+    if vh is not None and vh.backend is not None:
+        s.send_when_durable(s.broker.durable.since(before), msg)
+    else:
+        s.send(msg)
 
 
 def _error(s: Session, request_type: MessageType, request: int, uri: str,
@@ -120,9 +140,10 @@ def publish(s: Session, m: Publish) -> None:
         return
     props = Properties(content_type=body.content_type, message_id=str(pub), headers=headers)
     message = Message(vh.next_message_id(), TOPIC_EXCHANGE, key, props, body.data, ORIGIN)
+    before = s.broker.durable.position
     vh.publish(exchange, key, message, s.clock())
     if ack:
-        s.send(Published(m.request, pub))
+        _answer(s, before, Published(m.request, pub))
 
 
 def subscribe(s: Session, m: Subscribe) -> None:
@@ -139,6 +160,7 @@ def subscribe(s: Session, m: Subscribe) -> None:
     except ValueError:
         _error(s, T.SUBSCRIBE, m.request, "wamp.error.invalid_uri", f"invalid prefix {m.topic!r}")
         return
+    before = s.broker.durable.position
     try:
         s.check_subscribe(TOPIC_EXCHANGE, binding.key)
         sub_id = s.subs.subscribe(m.topic, match, binding)
@@ -146,7 +168,7 @@ def subscribe(s: Session, m: Subscribe) -> None:
         _error(s, T.SUBSCRIBE, m.request, s.error_uri(err, "wamp.error.not_authorized"),
                err.text)
         return
-    s.send(Subscribed(m.request, sub_id))
+    _answer(s, before, Subscribed(m.request, sub_id))
 
 
 def unsubscribe(s: Session, m: Unsubscribe) -> None:
@@ -200,6 +222,7 @@ def register(s: Session, m: Register) -> None:
         _error(s, T.REGISTER, m.request, "wamp.error.invalid_uri",
                f"invalid procedure {m.procedure!r}")
         return
+    before = s.broker.durable.position
     try:
         reg, start = s.rpc.register(m.procedure, invoke)
     except AlreadyExists:
@@ -210,7 +233,7 @@ def register(s: Session, m: Register) -> None:
         _error(s, T.REGISTER, m.request,
                s.error_uri(err, "wamp.error.procedure_already_exists"), err.text)
         return
-    s.send(Registered(m.request, reg.id))
+    _answer(s, before, Registered(m.request, reg.id))
     if start:
         s.rpc.start(reg)
 

@@ -12,6 +12,11 @@ timeout also sets the message's `expiration`, so it is not delivered after the c
 up. Timeouts and CANCEL answer the caller at once and INTERRUPT the callee that holds the
 call; a call nobody took yet is skipped when it comes out of the queue. The session is
 seen as `context.SessionContext`.
+
+In front of a RabbitMQ cluster (`--backend rabbitmq`) the procedure's queue and the
+caller's reply queue are RabbitMQ's (docs/upstream.md): a CALL goes there whether or not
+this node knows a callee, so a callee on another node or an AMQP RPC server on RabbitMQ
+answers it.
 """
 
 from __future__ import annotations
@@ -148,7 +153,9 @@ class RpcState:
         s = self.session
         vh = self._vh()
         queue = vh.queues.get(msg.procedure)
-        if queue is None or not queue.consumers:
+        if vh.backend is None and (queue is None or not queue.consumers):
+            # (in front of a RabbitMQ cluster the callee may be on another node, or an AMQP
+            # RPC server: the call goes to RabbitMQ, which knows)
             raise NoSuchProcedure(msg.procedure)
         s.check_publish("", msg.procedure)
         now = s.clock()

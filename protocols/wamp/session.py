@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from gateway.auth import access
 from gateway.auth.passwords import CRA_ITERATIONS, CRA_KEYLEN
+from gateway.core.confirms import Confirms
 from gateway.core.errors import BrokerError, ReplyCode
 from gateway.info import ConnectionInfo
 from protocols.admission import Admit, admit_all
@@ -217,6 +218,9 @@ class WampSession(MessageOutbox[bytes | str]):
         self._leaving = False
         self.subs = SubscriptionState(self)
         self.rpc = RpcState(self)
+        # answers that wait for RabbitMQ (`--backend rabbitmq`: SUBSCRIBED after the bind,
+        # REGISTERED after the procedure's queue is declared, PUBLISHED after the confirm)
+        self.answers: Confirms[Message] = Confirms(broker.durable, self)
 
     # -- I/O boundary ----------------------------------------------------------------------
 
@@ -351,7 +355,18 @@ class WampSession(MessageOutbox[bytes | str]):
             self.read_paused = False
 
     def flush_confirms(self) -> None:
-        """Nothing in WAMP waits for the disk (its messages are transient)."""
+        """Send the answers whose upstream operations RabbitMQ answered (nothing in WAMP
+        waits for a disk of its own: its messages are transient)."""
+        for msg in self.answers.confirm():
+            self.send(msg)
+
+    def send_when_durable(self, position: int, msg: Message) -> None:
+        """Send `msg` once the store (in front of RabbitMQ: the upstream) reached
+        `position`, after the answers waiting before it."""
+        if not self.answers and self.broker.durable.is_durable(position):
+            self.send(msg)
+        else:
+            self.answers.insert(position, msg)
 
     def abort(self, reason: str, message: str) -> None:
         if not self.machine.allows(Local.SEND_ABORT):
