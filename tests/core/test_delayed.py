@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from core.helpers import drain, flush, new_vhost, open_disk_broker, publish, ready_bodies, restart
 
+from core.helpers import drain, flush, new_vhost, open_disk_broker, publish, ready_bodies, restart
 from gateway.core.delayed import MAX_DELAY_MS, delay_of
 from gateway.core.errors import CommandInvalid, PreconditionFailed
 from gateway.core.vhost import VirtualHost
