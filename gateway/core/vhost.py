@@ -574,7 +574,10 @@ class VirtualHost:
     def _release(self, held: Held, now: float) -> None:
         message = held.message
         exchange = self.exchanges.get(held.exchange)
-        if exchange is not None:
+        if exchange is not None and self.backend is not None:
+            # in front of a cluster (MQTT's $delayed/ held here): the cluster routes it
+            self.backend.publish(self, exchange, message.routing_key, message, now)
+        elif exchange is not None:
             headers = message.properties.headers
             if headers and ("CC" in headers or "BCC" in headers):
                 queues = self._route_sender_selected(exchange, message.routing_key, message)
