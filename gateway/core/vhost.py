@@ -201,8 +201,6 @@ class VirtualHost:
             return existing
         if type not in EXCHANGE_TYPES:
             raise CommandInvalid(f"COMMAND_INVALID - unknown exchange type '{type}'")
-        if type == DELAYED_TYPE:
-            _check_delayed_type(args.get("x-delayed-type"))
         if existing is not None:
             if existing.type != type:
                 raise PreconditionFailed(
@@ -228,6 +226,10 @@ class VirtualHost:
         if name.startswith("amq."):
             raise AccessRefused(f"ACCESS_REFUSED - exchange name '{name}' contains reserved "
                                 "prefix 'amq.*'")
+        if type == DELAYED_TYPE:
+            # checked when made, as RabbitMQ validates a new exchange only (a redeclare
+            # compares alternate-exchange alone)
+            _check_delayed_type(args.get("x-delayed-type"))
         ex = Exchange(name, type, durable=durable, auto_delete=auto_delete, internal=internal,
                       arguments=args, vhost_name=self.name)
         if self.policies:
