@@ -89,6 +89,11 @@ def test_held_then_routed_in_due_order_with_properties(broker: Any, names: Scrat
         ch.basic_publish(x, "k", b"more delayed payload", pika.BasicProperties(
             headers={"x-delay": 1000}))
         ch.basic_publish(x, "k", b"no delay")  # no x-delay: routed at once
+        vhost = quote(broker.vhost, safe="")
+        answer = httpx.get(
+            f"http://127.0.0.1:{broker.ports['http']}/api/exchanges/{vhost}/{x}",
+            auth=(broker.user, broker.password), timeout=10)
+        assert answer.json()["messages_delayed"] == 2
         got = _collect(conn, ch, q, 3, 2 + MARGIN)
         assert [body for _, _, body in got] == [b"no delay", b"more delayed payload",
                                                 b"delayed payload"]
@@ -99,12 +104,12 @@ def test_held_then_routed_in_due_order_with_properties(broker: Any, names: Scrat
         assert (p2.content_type, p2.correlation_id, p2.delivery_mode) == (
             "text/plain", "c-1", 2)
     # the management API shows the exchange type and its arguments
-    vhost = quote(broker.vhost, safe="")
     answer = httpx.get(f"http://127.0.0.1:{broker.ports['http']}/api/exchanges/{vhost}/{x}",
                        auth=(broker.user, broker.password), timeout=10)
     assert answer.status_code == 200
     assert answer.json()["type"] == "x-delayed-message"
     assert answer.json()["arguments"] == {"x-delayed-type": "direct"}
+    assert answer.json()["messages_delayed"] == 0
 
 
 def test_topic_delayed_type(broker: Any, names: Scratch) -> None:
