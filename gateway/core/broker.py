@@ -94,6 +94,7 @@ class Broker:
             raise NotFound(f"NOT_FOUND - vhost '{name}' not found")
         for q in list(vh.queues.values()):
             vh.remove_queue(q)
+        vh.delayed.clear()
         for x in vh.exchanges.values():
             x.deleted = True
         vh.exchanges.clear()

@@ -39,6 +39,7 @@ from gateway.core.errors import PreconditionFailed
 
 if TYPE_CHECKING:
     from gateway.core.message import Message
+    from gateway.core.meter import Meter
     from gateway.store.base import DelayedRecord, Store
 
 # the plugin's largest delay, Erlang's largest timer (ms); a longer x-delay is not delayed
@@ -87,12 +88,14 @@ class Delayed:
     """One vhost's held messages: a heap by due time, counts and limits."""
 
     __slots__ = ("_arrival", "_heap", "bytes", "by_exchange", "count", "max_bytes",
-                 "max_messages", "store", "vhost")
+                 "max_messages", "meter", "store", "vhost")
 
-    def __init__(self, vhost: str, store: Store, max_messages: int = 0,
+    def __init__(self, vhost: str, store: Store, meter: Meter, max_messages: int = 0,
                  max_bytes: int = 0) -> None:
         self.vhost = vhost
         self.store = store
+        # held bodies count as bytes the broker holds in memory (the memory alarm sees them)
+        self.meter = meter
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self._heap: list[tuple[float, int, Held]] = []
@@ -126,8 +129,10 @@ class Delayed:
 
     def _add(self, held: Held) -> Held:
         heapq.heappush(self._heap, (held.due, next(self._arrival), held))
+        size = len(held.message.body)
         self.count += 1
-        self.bytes += len(held.message.body)
+        self.bytes += size
+        self.meter.held_bytes += size
         self.by_exchange[held.exchange] = self.by_exchange.get(held.exchange, 0) + 1
         return held
 
@@ -151,8 +156,10 @@ class Delayed:
         return out
 
     def _forget(self, held: Held) -> None:
+        size = len(held.message.body)
         self.count -= 1
-        self.bytes -= len(held.message.body)
+        self.bytes -= size
+        self.meter.held_bytes -= size
         n = self.by_exchange[held.exchange] - 1
         if n:
             self.by_exchange[held.exchange] = n
@@ -173,6 +180,14 @@ class Delayed:
                     self.store.delete_delayed(self.vhost, held.message.id)
                 n += 1
         return n
+
+    def clear(self) -> None:
+        """Forget everything held (the vhost is deleted; the store drops its records)."""
+        for _, _, held in self._heap:
+            if not held.dropped:
+                held.dropped = True
+                self._forget(held)
+        self._heap.clear()
 
     def persisted(self) -> list[Held]:
         """The held messages the store keeps, in due order (for a snapshot)."""

@@ -143,7 +143,7 @@ class VirtualHost:
         self.stats_published = 0
         self.stats_unroutable = 0
         # messages held until due (x-delayed-message exchanges, MQTT's $delayed/)
-        self.delayed = Delayed(name, store)
+        self.delayed = Delayed(name, store, self.meter)
 
     def __repr__(self) -> str:
         return f"VirtualHost({self.name!r})"

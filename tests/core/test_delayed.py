@@ -70,6 +70,7 @@ def test_held_until_due_then_routed_with_negative_x_delay() -> None:
                   content_type="text/plain")
     assert res.held and not res.routed and not res.rejected
     assert len(vh.delayed) == 1 and vh.delayed.by_exchange == {"dx": 1}
+    assert vh.meter.held_bytes == len(b"later")  # the memory alarm counts held bodies
     vh.tick(T0 + 1.999)
     assert ready_bodies(vh.queues["q"]) == []
     vh.tick(T0 + 2.0)
@@ -78,6 +79,7 @@ def test_held_until_due_then_routed_with_negative_x_delay() -> None:
     assert entry.message.properties.headers == {"x-delay": -2000, "h": 1}
     assert entry.message.properties.content_type == "text/plain"
     assert len(vh.delayed) == 0 and vh.delayed.by_exchange == {}
+    assert vh.meter.held_bytes == 0
 
 
 def test_no_or_bad_x_delay_is_routed_at_once() -> None:
@@ -213,5 +215,6 @@ def test_deleted_exchange_and_vhost_drop_records(tmp_path: Path) -> None:
     publish(broker.vhost("v2"), "dx", "k", b"b", now=T0, delivery_mode=2,
             headers={"x-delay": 2000})
     broker.delete_vhost("v2")
+    assert broker.meter.held_bytes == 0
     broker = restart(broker, tmp_path, now=T0)
     assert len(broker.vhost("/").delayed) == 0 and "v2" not in broker.vhosts
