@@ -222,6 +222,9 @@ class Limits:
     consumer_max_per_channel: int = 0
     max_queues_per_vhost: int = 0
     websocket_max_message_size: int = 16 * 1024 * 1024
+    # delayed messages one vhost holds (x-delayed-message exchanges, MQTT $delayed/)
+    delayed_max_messages: int = 100_000
+    delayed_max_bytes: int = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -685,6 +688,8 @@ def _build(document: _Doc, source: str, amqp_set: bool = False) -> Config:
         max_queues_per_vhost=limits_t.integer("max_queues_per_vhost", 0, 10_000_000),
         websocket_max_message_size=limits_t.integer("websocket_max_message_size", 1024,
                                                     _MAX_MESSAGE_SIZE),
+        delayed_max_messages=limits_t.integer("delayed_max_messages", 0, 1_000_000_000),
+        delayed_max_bytes=limits_t.integer("delayed_max_bytes", 0, 2**50),
     )
     limits_t.done()
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from gateway.core.backend import Backend
+from gateway.core.delayed import record_due
 from gateway.core.durable import Durable
 from gateway.core.errors import NotAllowed, NotFound
 from gateway.core.exchange import Binding, Exchange
@@ -23,6 +24,7 @@ from gateway.core.queue import RETURNS_SPACE, Queue
 from gateway.core.vhost import VirtualHost
 from gateway.store.base import (
     BindingRecord,
+    DelayedRecord,
     ExchangeRecord,
     MessageRecord,
     PolicyRecord,
@@ -35,12 +37,15 @@ from gateway.store.base import (
 class Broker:
     def __init__(self, store: Store, vhosts: Iterable[str] = ("/",), *,
                  paging_threshold: int | None = None, max_queues_per_vhost: int = 0,
-                 observers: Observers | None = None, backend: Backend | None = None) -> None:
+                 observers: Observers | None = None, backend: Backend | None = None,
+                 delayed_max_messages: int = 0, delayed_max_bytes: int = 0) -> None:
         """`paging_threshold`: bytes the queues hold before they page new messages out
         (None: never); `max_queues_per_vhost`: each vhost's max-queues when it is made
         (0: no limit; a vhost limit set at run time overrides it); `observers`: told what
         happens to messages (gateway.core.observe), shared by every vhost; `backend`: the
-        cluster every vhost's messages live in (gateway.core.backend; None: here)."""
+        cluster every vhost's messages live in (gateway.core.backend; None: here);
+        `delayed_max_messages` / `delayed_max_bytes`: the delayed messages each vhost may
+        hold (gateway.core.delayed; 0: no limit)."""
         self.store = store
         self.backend = backend
         # told what happens to messages in every vhost (gateway.core.observe)
@@ -58,6 +63,8 @@ class Broker:
         # what the protocols ask of the store: positions to wait for, keyed values
         self.durable = Durable(store)
         self.max_queues_per_vhost = max_queues_per_vhost
+        self.delayed_max_messages = delayed_max_messages
+        self.delayed_max_bytes = delayed_max_bytes
         for name in vhosts:
             self.add_vhost(name)
 
@@ -75,6 +82,8 @@ class Broker:
             vh = self.vhosts[name] = VirtualHost(name, self.store, self.next_message_id,
                                                  self.meter, self.observers, self.backend)
             vh.max_queues = self.max_queues_per_vhost or None  # (0: no limit)
+            vh.delayed.max_messages = self.delayed_max_messages
+            vh.delayed.max_bytes = self.delayed_max_bytes
         return vh
 
     def delete_vhost(self, name: str) -> None:
@@ -85,6 +94,7 @@ class Broker:
             raise NotFound(f"NOT_FOUND - vhost '{name}' not found")
         for q in list(vh.queues.values()):
             vh.remove_queue(q)
+        vh.delayed.clear()
         for x in vh.exchanges.values():
             x.deleted = True
         vh.exchanges.clear()
@@ -168,6 +178,16 @@ class Broker:
                 queue.restore(seq, msg, now, seq in marks,
                               returns.get((vhost, qname, seq), 0))
                 restored += 1
+        for d in state.delayed:
+            # held again; what fell due while the broker was down goes at the first tick
+            delayed_vh = self.vhosts.get(d.vhost)
+            rec = d.message
+            if delayed_vh is None or d.exchange not in delayed_vh.exchanges:
+                self.store.delete_delayed(d.vhost, rec.id)
+                continue
+            delayed_vh.delayed.restore(d.exchange, Message(
+                rec.id, rec.exchange, rec.routing_key, Properties(**rec.properties), rec.body,
+                rec.origin), record_due(d))
         return restored
 
     def snapshot(self) -> Recovered:
@@ -197,6 +217,10 @@ class Broker:
                     if e.returns:
                         state.values.setdefault(RETURNS_SPACE, {})[
                             (vh.name, q.name, e.seq)] = e.returns
+            for held in vh.delayed.persisted():
+                state.delayed.append(DelayedRecord(vh.name, held.exchange,
+                                                   int(round(held.due * 1000)),
+                                                   _message_record(held.message)))
             for b in vh.bindings():
                 dest = b.destination
                 if b.source.durable and dest.durable and not (

@@ -20,7 +20,11 @@ if TYPE_CHECKING:
 
     Destination: TypeAlias = "Queue | Exchange"
 
-EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
+ROUTING_TYPES = ("direct", "fanout", "topic", "headers")
+# the RabbitMQ community plugin's delayed-message exchange: routes by its `x-delayed-type`
+# (one of ROUTING_TYPES) once a message's `x-delay` has passed (gateway.core.delayed)
+DELAYED_TYPE = "x-delayed-message"
+EXCHANGE_TYPES = (*ROUTING_TYPES, DELAYED_TYPE)
 
 
 def _freeze(value: Any) -> Any:
@@ -51,6 +55,7 @@ class Exchange:
     __slots__ = (
         "name", "type", "durable", "auto_delete", "internal", "arguments", "vhost_name",
         "bindings", "_direct", "_fanout", "_topic", "_topic_refs", "_headers", "deleted", "policy",
+        "kind", "delayed",
     )
 
     def __init__(
@@ -66,6 +71,12 @@ class Exchange:
     ) -> None:
         if type not in EXCHANGE_TYPES:
             raise ValueError(type)
+        # how it routes: its type, or for a delayed-message exchange its x-delayed-type
+        kind = (arguments or {}).get("x-delayed-type") if type == DELAYED_TYPE else type
+        if kind not in ROUTING_TYPES:
+            raise ValueError(kind)
+        self.kind: str = kind
+        self.delayed = type == DELAYED_TYPE
         self.name = name
         self.type = type
         self.durable = durable
@@ -108,16 +119,16 @@ class Exchange:
     def add_binding(self, binding: Binding) -> bool:
         if binding in self.bindings:
             return False
-        if self.type == "headers":
+        if self.kind == "headers":
             _validate_x_match(binding.arguments)
         self.bindings[binding] = None
         dest, key = binding.destination, binding.routing_key
-        if self.type == "direct":
+        if self.kind == "direct":
             dests = self._direct.setdefault(key, {})
             dests[dest] = dests.get(dest, 0) + 1
-        elif self.type == "fanout":
+        elif self.kind == "fanout":
             self._fanout[dest] = self._fanout.get(dest, 0) + 1
-        elif self.type == "topic":
+        elif self.kind == "topic":
             self._topic.add(key, dest)
             pair = (key, dest)
             self._topic_refs[pair] = self._topic_refs.get(pair, 0) + 1
@@ -130,14 +141,14 @@ class Exchange:
             return False
         del self.bindings[binding]
         dest, key = binding.destination, binding.routing_key
-        if self.type == "direct":
+        if self.kind == "direct":
             dests = self._direct[key]
             _decrement(dests, dest)
             if not dests:
                 del self._direct[key]
-        elif self.type == "fanout":
+        elif self.kind == "fanout":
             _decrement(self._fanout, dest)
-        elif self.type == "topic":
+        elif self.kind == "topic":
             pair = (key, dest)
             _decrement(self._topic_refs, pair)
             if pair not in self._topic_refs:
@@ -149,11 +160,11 @@ class Exchange:
     # -- routing ---------------------------------------------------------------------------
 
     def route(self, routing_key: str, headers: dict[str, Any] | None) -> Iterable[Destination]:
-        if self.type == "direct":
+        if self.kind == "direct":
             return self._direct.get(routing_key, ())
-        if self.type == "topic":
+        if self.kind == "topic":
             return self._topic.match(routing_key)
-        if self.type == "fanout":
+        if self.kind == "fanout":
             return self._fanout
         hdrs = headers or {}
         return {b.destination: None for b in self._headers if headers_match(b.arguments, hdrs)}

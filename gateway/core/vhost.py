@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from gateway.core.delayed import DELAY_HEADER, Delayed, Held, delay_of
 from gateway.core.errors import (
     AccessRefused,
     CommandInvalid,
@@ -22,7 +23,14 @@ from gateway.core.errors import (
     PreconditionFailed,
     ResourceLocked,
 )
-from gateway.core.exchange import EXCHANGE_TYPES, Binding, Exchange, _freeze
+from gateway.core.exchange import (
+    DELAYED_TYPE,
+    EXCHANGE_TYPES,
+    ROUTING_TYPES,
+    Binding,
+    Exchange,
+    _freeze,
+)
 from gateway.core.message import Message
 from gateway.core.meter import Meter
 from gateway.core.observe import DeadLettered, Dropped, Hop, Observers, Published
@@ -62,12 +70,15 @@ EQUIVALENCE_ARGS = frozenset({
 class PublishResult:
     routed: bool
     rejected: bool  # some queue refused it (x-overflow reject-publish)
+    # held to be routed later (gateway.core.delayed): not routed now, as the plugin answers
+    held: bool = False
 
 
-# the three outcomes, shared: a publish allocates no result object
+# the outcomes, shared: a publish allocates no result object
 UNROUTED = PublishResult(False, False)
 ROUTED = PublishResult(True, False)
 REJECTED = PublishResult(True, True)
+HELD = PublishResult(False, False, True)
 
 
 def _fmt(value: Any) -> str:
@@ -91,6 +102,17 @@ def _is_cycle(queue: str, deaths: list[dict[str, Any]]) -> bool:
         if d.get("queue") == queue:
             return True
     return False
+
+
+def _check_delayed_type(kind: Any) -> None:
+    """`x-delayed-type` as the plugin's `validate/1` checks it: a string naming an exchange
+    type (else 406), that type known (else 503, `rabbit_exchange:check_type/1`). The plugin
+    would recurse on its own type; it is refused with the 406."""
+    if not isinstance(kind, str) or kind == DELAYED_TYPE:
+        raise PreconditionFailed("PRECONDITION_FAILED - Invalid argument, 'x-delayed-type' "
+                                 "must be an existing exchange type")
+    if kind not in ROUTING_TYPES:
+        raise CommandInvalid(f"COMMAND_INVALID - unknown exchange type '{kind}'")
 
 
 def server_queue_name() -> str:
@@ -120,6 +142,8 @@ class VirtualHost:
             self.exchanges[xname] = Exchange(xname, xtype, durable=True, vhost_name=name)
         self.stats_published = 0
         self.stats_unroutable = 0
+        # messages held until due (x-delayed-message exchanges, MQTT's $delayed/)
+        self.delayed = Delayed(name, store, self.meter)
 
     def __repr__(self) -> str:
         return f"VirtualHost({self.name!r})"
@@ -202,6 +226,10 @@ class VirtualHost:
         if name.startswith("amq."):
             raise AccessRefused(f"ACCESS_REFUSED - exchange name '{name}' contains reserved "
                                 "prefix 'amq.*'")
+        if type == DELAYED_TYPE:
+            # checked when made, as RabbitMQ validates a new exchange only (a redeclare
+            # compares alternate-exchange alone)
+            _check_delayed_type(args.get("x-delayed-type"))
         ex = Exchange(name, type, durable=durable, auto_delete=auto_delete, internal=internal,
                       arguments=args, vhost_name=self.name)
         if self.policies:
@@ -229,6 +257,8 @@ class VirtualHost:
     def _remove_exchange(self, ex: Exchange) -> None:
         del self.exchanges[ex.name]
         ex.deleted = True
+        if self.delayed.count:
+            self.delayed.drop_exchange(ex.name)
         for b in list(ex.bindings):
             self._drop_binding(b, cascade=False)
         for other in list(self.exchanges.values()):
@@ -489,6 +519,10 @@ class VirtualHost:
         it to the cluster, which routes it)."""
         if self.backend is not None:
             return self.backend.publish(self, exchange, routing_key, message, now)
+        if exchange.delayed:
+            delay = delay_of(message.properties.headers)
+            if delay is not None:
+                return self.hold(exchange, message, delay, now)
         if self.observers.to_published:
             return self._publish_observed(exchange, routing_key, message, now)
         self.stats_published += 1
@@ -509,6 +543,60 @@ class VirtualHost:
                 rejected = True
                 self._refused(q, message, now)
         return REJECTED if rejected else ROUTED
+
+    # -- delayed messages (gateway.core.delayed) -------------------------------------------
+
+    def hold(self, exchange: Exchange, message: Message, delay_ms: int,
+             now: float) -> PublishResult:
+        """Hold a publish for `delay_ms`, then route it through `exchange` by the message's
+        routing key. Raises `PreconditionFailed` past the vhost's delayed-message limits.
+        The answer is `HELD`: not routed now (the plugin's route returns no queue, so a
+        mandatory publish is returned, `rabbitmq-delayed-message-exchange` issue #7)."""
+        self.delayed.check_room(len(message.body), exchange.name)
+        self.stats_published += 1
+        received = self.meter.received
+        received[message.origin] = received.get(message.origin, 0) + 1
+        headers = message.properties.headers
+        if headers and DELAY_HEADER in headers:
+            # the plugin's swap_delay_header: delivered with x-delay = -delay, so a further
+            # delayed exchange does not delay it again and consumers can tell it was delayed
+            message.properties.headers = {**headers, DELAY_HEADER: -delay_ms}
+            message.cache.clear()  # encodings made of the properties as published
+        self.delayed.hold(exchange.name, message, now + delay_ms / 1000.0,
+                          exchange.durable and message.persistent)
+        return HELD
+
+    def release_due(self, now: float) -> int:
+        """Route every held message due at `now`; returns how many went."""
+        due = self.delayed.pop_due(now)
+        for held in due:
+            self._release(held, now)
+        return len(due)
+
+    def _release(self, held: Held, now: float) -> None:
+        message = held.message
+        exchange = self.exchanges.get(held.exchange)
+        if exchange is not None and self.backend is not None:
+            # in front of a cluster (MQTT's $delayed/ held here): the cluster routes it
+            self.backend.publish(self, exchange, message.routing_key, message, now)
+        elif exchange is not None:
+            headers = message.properties.headers
+            if headers and ("CC" in headers or "BCC" in headers):
+                queues = self._route_sender_selected(exchange, message.routing_key, message)
+            else:
+                queues = self.route(exchange, message.routing_key, headers)
+            if not queues:
+                self._unroutable(message.origin)
+            if self.observers.to_published:
+                self.observers.published(Published(
+                    self.name, exchange.name, message.routing_key, message, tuple(queues),
+                    (), now))
+            for q in queues:
+                if not q.enqueue(message, now):
+                    self._refused(q, message, now)
+        if held.persisted:
+            # after the enqueue records: a crash between them repeats, never loses, it
+            self.store.delete_delayed(self.name, message.id)
 
     def _unroutable(self, origin: str) -> None:
         self.stats_unroutable += 1
@@ -670,7 +758,10 @@ class VirtualHost:
     # -- housekeeping ----------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        """Expire messages at queue heads and delete queues unused past `x-expires`."""
+        """Route the held messages now due, expire messages at queue heads and delete
+        queues unused past `x-expires`."""
+        if self.delayed.count:
+            self.release_due(now)
         for q in list(self.queues.values()):
             if q.deleted:
                 continue

@@ -63,7 +63,8 @@ def _created(existed: bool) -> Response:
 
 
 def _exchanges(ctx: Ctx, vhosts: list[VirtualHost]) -> Any:
-    return list_result(ctx, [shapes.exchange(x) for vh in vhosts for x in vh.exchanges.values()])
+    return list_result(ctx, [shapes.exchange(x, vh.delayed.by_exchange)
+                             for vh in vhosts for x in vh.exchanges.values()])
 
 
 @routes.add("GET", "/exchanges")
@@ -86,8 +87,8 @@ def _get_exchange(ctx: Ctx) -> tuple[VirtualHost, Exchange]:
 
 @routes.add("GET", "/exchanges/{vhost}/{name}")
 def exchange(ctx: Ctx) -> dict[str, Any]:
-    _, x = _get_exchange(ctx)
-    return shapes.exchange(x)
+    vh, x = _get_exchange(ctx)
+    return shapes.exchange(x, vh.delayed.by_exchange)
 
 
 @routes.add("PUT", "/exchanges/{vhost}/{name}")

@@ -88,8 +88,8 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PUT", "/queues/{vhost}/{name}"): _obj([], {"durable": BOOL, "auto_delete": BOOL,
                                                   "arguments": OBJ}),
     ("PUT", "/exchanges/{vhost}/{name}"): _obj(["type"], {
-        "type": {"enum": ["direct", "fanout", "topic", "headers"]}, "durable": BOOL,
-        "auto_delete": BOOL, "internal": BOOL, "arguments": OBJ}),
+        "type": {"enum": ["direct", "fanout", "topic", "headers", "x-delayed-message"]},
+        "durable": BOOL, "auto_delete": BOOL, "internal": BOOL, "arguments": OBJ}),
     ("POST", "/exchanges/{vhost}/{name}/publish"): _obj(
         ["routing_key", "payload", "payload_encoding", "properties"],
         {"routing_key": STR, "payload": STR, "payload_encoding": {"enum": ["string",

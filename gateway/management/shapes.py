@@ -152,8 +152,10 @@ def consumer_ref(c: ConsumerRef, listening: Listening) -> dict[str, Any]:
 # -- exchanges and bindings -------------------------------------------------------------
 
 
-def exchange(x: Exchange) -> dict[str, Any]:
-    return {
+def exchange(x: Exchange, delayed: dict[str, int] | None = None) -> dict[str, Any]:
+    """`delayed`: the vhost's held messages per exchange (`Delayed.by_exchange`); an
+    x-delayed-message exchange shows its count as `messages_delayed`."""
+    out = {
         "name": x.name,
         "vhost": x.vhost_name,
         "type": x.type,
@@ -164,6 +166,9 @@ def exchange(x: Exchange) -> dict[str, Any]:
         "user_who_performed_action": "rmq-internal",
         "policy": policy_of(x)[0],
     }
+    if x.delayed and delayed is not None:
+        out["messages_delayed"] = delayed.get(x.name, 0)
+    return out
 
 
 def properties_key(routing_key: str, arguments: dict[str, Any]) -> str:

@@ -160,6 +160,8 @@ class Server:
                              else DiskStore(data_dir, fsync=config.store.fsync))
         self.broker = Broker(self.store, (), paging_threshold=config.store.paging_threshold,
                              max_queues_per_vhost=config.limits.max_queues_per_vhost,
+                             delayed_max_messages=config.limits.delayed_max_messages,
+                             delayed_max_bytes=config.limits.delayed_max_bytes,
                              backend=self.upstream.backend if self.upstream else None)
         # the broker holds the vhosts, the auth service decides them; scrypt checks go to
         # worker threads (connection.py), a few at once

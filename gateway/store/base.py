@@ -91,6 +91,18 @@ class MessageRecord:
 
 
 @dataclass
+class DelayedRecord:
+    """A message a vhost holds until `due` (wall-clock time, ms since the epoch), then routes
+    through `exchange` (an x-delayed-message exchange, or amq.topic for MQTT's `$delayed/`):
+    `gateway.core.delayed`."""
+
+    vhost: str
+    exchange: str
+    due: int
+    message: MessageRecord
+
+
+@dataclass
 class UserRecord:
     name: str
     password_hash: str
@@ -159,6 +171,8 @@ class Recovered:
     # must acknowledge them) before the restart: they come back `redelivered`, the others not
     delivered: dict[tuple[str, str], set[int]] = field(default_factory=dict)
     max_message_id: int = 0
+    # held messages of durable exchanges (gateway.core.delayed), in the order they were held
+    delayed: list[DelayedRecord] = field(default_factory=list)
     # what the protocols keep beyond the core's model (MQTT retained messages and session
     # state): space -> {key: value}. A key is a flat tuple of strings and integers whose
     # first item is the vhost's name (deleting the vhost drops it).
@@ -178,6 +192,9 @@ class Store(Protocol):
     def enqueue(self, vhost: str, queue: str, seq: int, message: StoredMessage) -> None: ...
     def delivered(self, vhost: str, queue: str, seq: int) -> None: ...
     def ack(self, vhost: str, queue: str, seq: int) -> None: ...
+    def put_delayed(self, vhost: str, exchange: str, due: int,
+                    message: StoredMessage) -> None: ...
+    def delete_delayed(self, vhost: str, message_id: int) -> None: ...
     def put_user(self, user: UserRecord) -> None: ...
     def delete_user(self, name: str) -> None: ...
     def put_vhost(self, name: str) -> None: ...
@@ -244,6 +261,12 @@ class MemoryStore:
         return None  # nothing survives a restart here, so nothing to mark
 
     def ack(self, vhost: str, queue: str, seq: int) -> None:
+        self._note()
+
+    def put_delayed(self, vhost: str, exchange: str, due: int, message: StoredMessage) -> None:
+        self._note()
+
+    def delete_delayed(self, vhost: str, message_id: int) -> None:
         self._note()
 
     def put_user(self, user: UserRecord) -> None:

@@ -53,6 +53,7 @@ from typing import Any, BinaryIO
 
 from gateway.store.base import (
     PROPERTY_FIELDS,
+    DelayedRecord,
     LimitsRecord,
     PermissionRecord,
     PolicyRecord,
@@ -64,6 +65,7 @@ from gateway.store.base import (
 from gateway.store.records import (
     ACK,
     DEL_BINDING,
+    DEL_DELAYED,
     DEL_EXCHANGE,
     DEL_LIMITS,
     DEL_PERMISSION,
@@ -77,6 +79,7 @@ from gateway.store.records import (
     ENQUEUE,
     MESSAGE,
     PUT_BINDING,
+    PUT_DELAYED,
     PUT_EXCHANGE,
     PUT_LIMITS,
     PUT_PERMISSION,
@@ -260,6 +263,8 @@ class DiskStore:
         for space, values in state.values.items():
             for key, value in values.items():
                 yield encode_record(PUT_VALUE, (space, list(key), value))
+        for d in state.delayed:
+            yield _delayed_frame(d)
 
     def _write_file(self, frames: Iterable[bytes]) -> None:
         """Write a whole new log next to the old one, fsync it, and swap it in."""
@@ -335,6 +340,15 @@ class DiskStore:
             counted[1] += 1
         self._pending_enqueues[(vhost, queue, seq)] = (len(pending), mid)
         self._append((ENQUEUE, vhost, queue, seq, mid))
+
+    def put_delayed(self, vhost: str, exchange: str, due: int, message: StoredMessage) -> None:
+        props = message.properties
+        self._append(encode_record(PUT_DELAYED, (
+            vhost, exchange, due, message.id, message.exchange, message.routing_key,
+            [getattr(props, f) for f in PROPERTY_FIELDS], message.body, message.origin)))
+
+    def delete_delayed(self, vhost: str, message_id: int) -> None:
+        self._append(encode_record(DEL_DELAYED, (vhost, message_id)))
 
     def delivered(self, vhost: str, queue: str, seq: int) -> None:
         """A persisted entry went to a consumer that must acknowledge it, for the first
@@ -546,6 +560,13 @@ def _encoded(pending: list[bytes | tuple[Any, ...] | None]) -> bytearray:
         else:
             encode_record_into(out, ENQUEUE, item[1:])
     return out
+
+
+def _delayed_frame(d: DelayedRecord) -> bytes:
+    m = d.message
+    return encode_record(PUT_DELAYED, (
+        d.vhost, d.exchange, d.due, m.id, m.exchange, m.routing_key,
+        [m.properties.get(f) for f in PROPERTY_FIELDS], m.body, m.origin))
 
 
 def _marks_frame(vhost: str, queue: str, seqs: Iterable[int]) -> bytes:

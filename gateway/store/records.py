@@ -46,6 +46,10 @@ DEL_TOPIC_PERMISSION = 22
 PUT_LIMITS = 23  # a vhost's or a user's runtime limits: (scope, name, {limit: value})
 DEL_LIMITS = 24
 DELIVERED = 25  # entries of one queue handed to consumers: (vhost, queue, seqs as int64s)
+# a held delayed message: (vhost, exchange, due ms wall clock, message id, its exchange,
+# routing key, properties, body, origin); removed by (vhost, message id) when routed
+PUT_DELAYED = 26
+DEL_DELAYED = 27
 
 READ_CHUNK = 1024 * 1024  # bytes of the old log read at a time during recovery
 

@@ -13,6 +13,7 @@ from typing import Any
 from gateway.store.base import (
     PROPERTY_FIELDS,
     BindingRecord,
+    DelayedRecord,
     ExchangeRecord,
     LimitsRecord,
     MessageRecord,
@@ -26,6 +27,7 @@ from gateway.store.base import (
 from gateway.store.records import (
     ACK,
     DEL_BINDING,
+    DEL_DELAYED,
     DEL_EXCHANGE,
     DEL_LIMITS,
     DEL_PERMISSION,
@@ -39,6 +41,7 @@ from gateway.store.records import (
     ENQUEUE,
     MESSAGE,
     PUT_BINDING,
+    PUT_DELAYED,
     PUT_EXCHANGE,
     PUT_LIMITS,
     PUT_PERMISSION,
@@ -123,6 +126,7 @@ def replay(records: Iterable[tuple[int, Any, int, int]]
     limits: dict[tuple[str, str], LimitsRecord] = {}
     policies: dict[tuple[str, str], PolicyRecord] = {}
     values: dict[str, dict[tuple[Any, ...], Any]] = {}
+    delayed: dict[tuple[str, int], DelayedRecord] = {}  # (vhost, message id) -> held message
     seeded = False
     max_id = 0
     for kind, p, offset, length in records:
@@ -131,6 +135,13 @@ def replay(records: Iterable[tuple[int, Any, int, int]]
             continue
         if kind == DEL_VALUE:
             values.get(p[0], {}).pop(tuple(p[1]), None)
+            continue
+        if kind == PUT_DELAYED:
+            delayed[(p[0], p[3])] = DelayedRecord(p[0], p[1], p[2], _message_record(p[3:]))
+            max_id = max(max_id, p[3])
+            continue
+        if kind == DEL_DELAYED:
+            delayed.pop((p[0], p[1]), None)
             continue
         if kind in (PUT_LIMITS, DEL_LIMITS):
             if kind == PUT_LIMITS:
@@ -159,11 +170,15 @@ def replay(records: Iterable[tuple[int, Any, int, int]]
                 for space in values.values():
                     for vkey in [k for k in space if k and k[0] == p[0]]:
                         del space[vkey]
+                for dkey in [k for k in delayed if k[0] == p[0]]:
+                    del delayed[dkey]
             continue
         if kind == PUT_EXCHANGE:
             exchanges[(p[0], p[1])] = ExchangeRecord(p[0], p[1], p[2], p[3], p[4], p[5])
         elif kind == DEL_EXCHANGE:
             exchanges.pop((p[0], p[1]), None)
+            for dkey in [k for k, d in delayed.items() if k[0] == p[0] and d.exchange == p[1]]:
+                del delayed[dkey]
         elif kind == PUT_QUEUE:
             queues[(p[0], p[1])] = QueueRecord(p[0], p[1], p[2], p[3])
             entries.setdefault((p[0], p[1]), {})
@@ -200,6 +215,7 @@ def replay(records: Iterable[tuple[int, Any, int, int]]
     state.limits = list(limits.values())
     state.policies = list(policies.values())
     state.exchanges = list(exchanges.values())
+    state.delayed = list(delayed.values())
     state.queues = list(queues.values())
     live_x = {(x.vhost, x.name) for x in state.exchanges}
     for b in bindings.values():

@@ -13,13 +13,14 @@ downgraded: QoS 2 is granted and delivered as QoS 2.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from gateway.auth import access
 from gateway.core.errors import AccessRefused, PreconditionFailed
-from protocols.mqtt import persist
+from protocols.mqtt import delayed, persist
 from protocols.mqtt.delivery import (
     FROM_KEY,
     RETAIN_KEY,
@@ -69,13 +70,17 @@ if TYPE_CHECKING:
 
 Handler = Callable[["Connection", Any], None]
 
+log = logging.getLogger("gateway.mqtt")
+
 
 # -- publishing ----------------------------------------------------------------------------
 
 def route_publish(s: Connection, topic: str, payload: bytes, qos: int, retain: bool,
-                  props: Properties) -> tuple[PublishResult, int]:
+                  props: Properties, delay_ms: int | None = None
+                  ) -> tuple[PublishResult, int]:
     """Publish to amq.topic (and the retained store). Returns the core's result and the
-    store position a PUBACK/PUBREC must wait for (0: nothing to wait for)."""
+    store position a PUBACK/PUBREC must wait for (0: nothing to wait for). `delay_ms`: a
+    `$delayed/` publish, held by the vhost that long (retain is not applied to it)."""
     vh = s.vhost
     assert vh is not None
     now = s.clock()
@@ -102,7 +107,10 @@ def route_publish(s: Connection, topic: str, payload: bytes, qos: int, retain: b
         exchange = vh.get_exchange("")
         message.exchange = ""
         message.routing_key = reply_queue(topic)
-    result = vh.publish(exchange, message.routing_key, message, now)
+    if delay_ms is not None:
+        result = vh.hold(exchange, message, delay_ms, now)
+    else:
+        result = vh.publish(exchange, message.routing_key, message, now)
     return result, durable.since(before)
 
 
@@ -164,6 +172,15 @@ def publish(s: Connection, p: Publish) -> None:
                             "more unacknowledged QoS 1/2 PUBLISHes than Receive Maximum "
                             "[MQTT-3.3.4-7]")
     props = replace(p.properties, topic_alias=None) if alias is not None else p.properties
+    delay_ms: int | None = None
+    if topic.startswith(delayed.PREFIX):
+        try:
+            delay_ms, topic = delayed.parse(topic, s.clock())
+        except delayed.DelayedTopicError as exc:
+            _not_delayed(s, p, ReasonCode.TOPIC_NAME_INVALID, str(exc))
+            return
+        if delay_ms <= 0:
+            delay_ms = None
     refused = _publish_refused(s, topic, props)
     if refused is not None:
         if p.qos == 0 or not v5:
@@ -172,7 +189,12 @@ def publish(s: Connection, p: Publish) -> None:
         ack_cls = PubAck if p.qos == 1 else PubRec
         s.send(ack_cls(p.packet_id, ReasonCode.NOT_AUTHORIZED))
         return
-    result, position = route_publish(s, topic, p.payload, p.qos, p.retain, props)
+    try:
+        result, position = route_publish(s, topic, p.payload, p.qos,
+                                         p.retain and delay_ms is None, props, delay_ms)
+    except PreconditionFailed as exc:  # past the vhost's delayed-message limits
+        _not_delayed(s, p, ReasonCode.QUOTA_EXCEEDED, exc.text)
+        return
     if p.qos == 0:
         return
     assert p.packet_id is not None
@@ -189,6 +211,18 @@ def publish(s: Connection, p: Publish) -> None:
             st.incoming_qos2.add(p.packet_id)
             position = persist.received(s, p.packet_id) or position
         s.pending_acks.insert(position, PubRec(p.packet_id, code))
+
+
+def _not_delayed(s: Connection, p: Publish, code: ReasonCode, why: str) -> None:
+    """A `$delayed/` PUBLISH that is not held: MQTT 5 QoS 1/2 get `code`; QoS 0 and MQTT
+    3.1.1, which have no way to be told, lose it, as EMQX discards such a message."""
+    log.info("mqtt: delayed publish of client '%s' dropped: %s", s.client_id, why)
+    if p.qos == 0:
+        return
+    assert p.packet_id is not None
+    v5 = s.version == MQTT_5
+    ack_cls = PubAck if p.qos == 1 else PubRec
+    s.send(ack_cls(p.packet_id, code if v5 else ReasonCode.SUCCESS))
 
 
 def pubrel(s: Connection, p: PubRel) -> None:

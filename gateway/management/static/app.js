@@ -323,10 +323,15 @@ pages.exchanges = async (root) => {
     table(th("Vhost", "Name", "Type", "Features", "Bindings"), exchanges.map(row)));
   root.append(el("h2", {}, "Add an exchange"), form("inline", [
     field("Vhost", await vhostSelect()), field("Name", el("input", { name: "name", required: true })),
-    field("Type", el("select", { name: "type" }, ["direct", "fanout", "topic", "headers"]
-      .map((t) => el("option", { value: t }, t))))], "Add exchange", async (d) => {
+    field("Type", el("select", { name: "type" }, ["direct", "fanout", "topic", "headers", "x-delayed-message"]
+      .map((t) => el("option", { value: t }, t)))),
+    field("x-delayed-type (x-delayed-message only)", el("select", { name: "delayed_type" },
+      ["direct", "fanout", "topic", "headers"].map((t) => el("option", { value: t }, t))))],
+  "Add exchange", async (d) => {
+    const type = d.get("type");
+    const args = type === "x-delayed-message" ? { "x-delayed-type": d.get("delayed_type") } : {};
     await api("PUT", `/exchanges/${vhostSeg(d.get("vhost"))}/${enc(d.get("name"))}`,
-      { type: d.get("type"), durable: true });
+      { type, durable: true, arguments: args });
     toast("Exchange added"); route();
   }));
 };
