@@ -212,12 +212,12 @@ def test_mqtt5_subscription_options_come_back_on_another_node(
     tag = secrets.token_hex(4)
     client_id = f"v5-{tag}"
     first = Client(a.ports["mqtt"], client_id, v5=True, clean=True, expiry=600)
-    first.subscribe(f"opts/{tag}/#", 1, sub_id=42)
+    first.subscribe(f"opts/{tag}/#", 1, sub_id=42, no_local=True)
     first.subscribe(f"low/{tag}", 0, sub_id=7)
     first.close()
     bindings = api_get(rabbit_node, f"queues/%2F/{session_queue(client_id)}/bindings")
     kept = {x["routing_key"]: x["arguments"] for x in bindings if x["source"] == "amq.topic"}
-    assert kept == {f"opts.{tag}.#": {"x-mqtt-subscription-qos": 1,
+    assert kept == {f"opts.{tag}.#": {"x-mqtt-subscription-qos": 1, "x-mqtt-no-local": True,
                                       "x-mqtt-subscription-id": 42},
                     f"low.{tag}": {"x-mqtt-subscription-qos": 0,
                                    "x-mqtt-subscription-id": 7}}
@@ -225,6 +225,7 @@ def test_mqtt5_subscription_options_come_back_on_another_node(
     other = Client(b.ports["mqtt"], f"other-{tag}", v5=True)
     try:
         assert second.session_present is True
+        second.publish(f"opts/{tag}/own", b"own", 1)  # no local: not sent back
         other.publish(f"opts/{tag}/x", b"theirs", 1)
         message = second.message()
         assert (message.payload, message.qos) == (b"theirs", 1)
@@ -235,6 +236,8 @@ def test_mqtt5_subscription_options_come_back_on_another_node(
         assert (message.payload, message.qos) == (b"low", 0)
         assert message.properties is not None
         assert message.properties.SubscriptionIdentifier == [7]
+        with pytest.raises(queue.Empty):
+            second.messages.get(timeout=1.0)
     finally:
         other.close()
         second.close()
