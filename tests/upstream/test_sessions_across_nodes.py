@@ -2,9 +2,10 @@
 nodes (subprocesses) in front of private RabbitMQ nodes: a persistent session made on node
 A is found by node B in RabbitMQ (session present, its subscriptions and their options, the
 messages published meanwhile) without subscribing again; a session whose queue expired is
-gone; the same client id connecting to node B closes node A's connection (DISCONNECT 0x8E
-on MQTT 5) and publishes its will; a kill -9 of node A under QoS 1 load loses no PUBACKed
-message once the subscriber reconnects to node B."""
+gone; a clean start on node B ends it; the same client id connecting to node B closes node
+A's connection (DISCONNECT 0x8E on MQTT 5) and publishes its will; a kill -9 of node A
+under QoS 1 load loses no PUBACKed message once the subscriber reconnects to node B; a QoS
+2 exchange PUBREC'd by node A before its kill completes on node B, delivered once."""
 
 from __future__ import annotations
 
@@ -263,6 +264,34 @@ def test_an_expired_session_queue_is_no_session(
         second.close()
     with pika.BlockingConnection(pika.URLParameters(rabbit_node.nodes[0].url())) as conn:
         conn.channel().queue_delete(session_queue(client_id))
+
+
+def test_a_clean_start_on_node_b_ends_the_session_made_on_node_a(
+        rabbit_node: Cluster, nodes: tuple[GatewayNode, GatewayNode]) -> None:
+    a, b = nodes
+    tag = secrets.token_hex(4)
+    client_id = f"clean-{tag}"
+    first = Client(a.ports["mqtt"], client_id, clean=False)
+    first.subscribe(f"old/{tag}", 1)
+    first.close()
+    pub = Client(a.ports["mqtt"], f"pub-{tag}")
+    try:
+        pub.publish(f"old/{tag}", b"kept for the old session", 1)
+        second = Client(b.ports["mqtt"], client_id, clean=True)
+        try:
+            assert second.session_present is False
+            second.subscribe(f"new/{tag}", 1)  # a transient queue of the same name now
+            found = api_get(rabbit_node, f"queues/%2F/{session_queue(client_id)}")
+            assert (found["durable"], found["auto_delete"]) == (False, True)
+            pub.publish(f"old/{tag}", b"old", 1)
+            pub.publish(f"new/{tag}", b"new", 1)
+            assert second.message().payload == b"new"
+            with pytest.raises(queue.Empty):
+                second.messages.get(timeout=1.0)
+        finally:
+            second.close()
+    finally:
+        pub.close()
 
 
 @pytest.mark.parametrize("v5", [True, False], ids=["mqtt5", "mqtt311"])
