@@ -130,6 +130,7 @@ class UpstreamBackend(MemoryStore):
         self._tags: dict[tuple[str, str, int], UpstreamMessage] = {}  # local entry -> tag
         self._feeding: UpstreamMessage | None = None
         self._local_only: set[str] = set()  # queues whose deletion stays on this node
+        self._as_found: set[str] = set()  # queues declared as RabbitMQ has them
         self.published = 0
         self.failures = 0
         self.retained: RetainedStream | None = None  # where retained messages go
@@ -189,7 +190,9 @@ class UpstreamBackend(MemoryStore):
         queue.args = QueueArgs({}, queue.queue_type)
         durable, auto_delete = queue.durable, queue.auto_delete
         arguments = dict(queue.arguments)
-        if queue.name.startswith(MQTT_SESSION_PREFIX):
+        if queue.name in self._as_found:
+            pass  # declared again as RabbitMQ has it (a session found there)
+        elif queue.name.startswith(MQTT_SESSION_PREFIX):
             # one node at a time delivers from a session queue: the one whose consumer
             # came first; a node taking the client id over waits for the old one's cancel
             arguments.setdefault("x-single-active-consumer", True)
@@ -213,6 +216,18 @@ class UpstreamBackend(MemoryStore):
         else:
             self._add(_Op("delete", self._position(), {"queue": upstream_name(queue.name)}))
         self._add(_Op("feed", 0, {"queue": queue}))
+
+    @contextlib.contextmanager
+    def as_found(self, name: str) -> Iterator[None]:
+        """While inside: the queue `name` declared here is declared upstream with the flags
+        and arguments given, nothing added: they are RabbitMQ's own (a session queue found
+        there, perhaps made by RabbitMQ's MQTT plugin or without single-active-consumer),
+        so the declare is equal to it."""
+        self._as_found.add(name)
+        try:
+            yield
+        finally:
+            self._as_found.discard(name)
 
     def delete_upstream(self, name: str) -> None:
         """Delete the queue `name` in RabbitMQ, known here or not (RabbitMQ answers a

@@ -147,6 +147,9 @@ class ClusterSessions:
     def local_only(self, queue: str) -> AbstractContextManager[None]:
         return self.backend.local_only(queue)
 
+    def as_found(self, queue: str) -> AbstractContextManager[None]:
+        return self.backend.as_found(queue)
+
     # -- the control exchange --------------------------------------------------------------
 
     async def run(self, connection: UpstreamConnection, *,

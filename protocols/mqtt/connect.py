@@ -368,8 +368,12 @@ def _materialise(s: Connection, c: Connect, client_id: str, answer: FoundSession
         except AccessRefused as err:
             _refuse(s, ReasonCode.NOT_AUTHORIZED, f"session not taken: {err.text}")
             return False
-        queue = vh.declare_queue(name, durable=found.durable, auto_delete=found.auto_delete,
-                                 arguments=found.arguments, now=now)
+        cluster = s.registry.cluster
+        assert cluster is not None
+        with cluster.as_found(name):
+            queue = vh.declare_queue(name, durable=found.durable,
+                                     auto_delete=found.auto_delete, arguments=found.arguments,
+                                     now=now)
         if not found.durable:
             vh.delete_queue(name)
             return True

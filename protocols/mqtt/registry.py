@@ -82,6 +82,11 @@ class Cluster(Protocol):
         """Deleting the local queue `queue` meanwhile leaves RabbitMQ's alone."""
         ...
 
+    def as_found(self, queue: str) -> AbstractContextManager[None]:
+        """Declaring `queue` meanwhile declares it upstream as given (RabbitMQ's own
+        flags and arguments), with nothing of the node's added."""
+        ...
+
 
 class MQTTRegistry:
     def __init__(self, durable: Durable, retained_max_messages: int,

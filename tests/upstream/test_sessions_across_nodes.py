@@ -245,6 +245,36 @@ def test_mqtt5_subscription_options_come_back_on_another_node(
     delete_queue(rabbit_node, session_queue(client_id))
 
 
+def test_a_session_queue_made_as_rabbitmqs_mqtt_plugin_makes_it_is_resumed(
+        rabbit_node: Cluster, nodes: tuple[GatewayNode, GatewayNode]) -> None:
+    """A classic durable queue with x-expires and a binding without arguments, no single
+    active consumer: resumed as it is, the binding's subscription at QoS 1."""
+    _, b = nodes
+    tag = secrets.token_hex(4)
+    client_id = f"plugin-{tag}"
+    name = session_queue(client_id)
+    with pika.BlockingConnection(pika.URLParameters(rabbit_node.nodes[0].url())) as conn:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.queue_declare(name, durable=True, arguments={"x-expires": 600_000})
+        ch.queue_bind(name, "amq.topic", f"legacy.{tag}")
+        ch.basic_publish("amq.topic", f"legacy.{tag}", b"waiting",
+                         pika.BasicProperties(delivery_mode=2))
+    client = Client(b.ports["mqtt"], client_id, clean=False)
+    try:
+        assert client.session_present is True
+        message = client.message()
+        assert (message.payload, message.qos) == (b"waiting", 1)  # persistent: QoS 1
+        bindings = api_get(rabbit_node, f"queues/%2F/{name}/bindings")
+        assert [x["arguments"] for x in bindings if x["source"] == "amq.topic"] == [
+            {"x-mqtt-subscription-qos": 1}]
+        found = api_get(rabbit_node, f"queues/%2F/{name}")
+        assert "x-single-active-consumer" not in found["arguments"]
+    finally:
+        client.close()
+    delete_queue(rabbit_node, name)
+
+
 def test_an_expired_session_queue_is_no_session(
         rabbit_node: Cluster, nodes: tuple[GatewayNode, GatewayNode]) -> None:
     a, b = nodes
