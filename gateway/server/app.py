@@ -173,8 +173,11 @@ class Server:
         # MQTT's sessions and retained messages, shared by its listeners (and Web-MQTT)
         self.mqtt_state = MQTTRegistry(self.broker.durable, config.mqtt.retained_max_messages,
                                     config.mqtt.retained_max_bytes)
-        if self.upstream is not None:  # retained messages in a stream every node reads
+        if self.upstream is not None:
+            # retained messages in a stream every node reads; sessions found in RabbitMQ,
+            # takeovers across nodes
             self.upstream.share_retained(self.mqtt_state)
+            self.upstream.sessions.attach(self.mqtt_state, self.broker)
         self._wamp_router: WampRouter | None = None  # made at the first WAMP session
         # sessions closed because their access token expired (closed once)
         self._expired: weakref.WeakSet[Any] = weakref.WeakSet()

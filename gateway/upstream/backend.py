@@ -11,8 +11,12 @@ on one `UpstreamConnection`, in order:
   declared upstream: an MQTT persistent session's queue durable, with `x-queue-type`
   from `session_queue_type` and `x-expires` from the session expiry; a clean session's
   (not durable, auto-delete) as RabbitMQ's MQTT plugin does; others with the arguments the
-  client gave. Bindings, unbindings and deletes follow; each waits for RabbitMQ's answer
-  before the next operation, so a publish asked for after a bind reaches that binding;
+  client gave; a session queue, persistent or clean, with `x-single-active-consumer`, so
+  that one gateway node at a time delivers from it. Bindings (with their arguments: an
+  MQTT subscription's options), unbindings and deletes follow; each waits for RabbitMQ's
+  answer before the next operation, so a publish asked for after a bind reaches that
+  binding. A queue deleted under `local_only` (a session another node took over) keeps
+  its queue in RabbitMQ; `delete_upstream` deletes one the node does not know;
 - while a local queue has local consumers, an upstream consumer (prefetch bounded) feeds
   it: each delivery becomes a local entry settled through the store interface, so a local
   ack (or a reject, or a drop) acks it upstream by its delivery tag. When the last local
@@ -43,7 +47,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -125,6 +129,8 @@ class UpstreamBackend(MemoryStore):
         self._live: set[Queue] = set()  # queues fed now (or being subscribed)
         self._tags: dict[tuple[str, str, int], UpstreamMessage] = {}  # local entry -> tag
         self._feeding: UpstreamMessage | None = None
+        self._local_only: set[str] = set()  # queues whose deletion stays on this node
+        self._as_found: set[str] = set()  # queues declared as RabbitMQ has them
         self.published = 0
         self.failures = 0
         self.retained: RetainedStream | None = None  # where retained messages go
@@ -184,12 +190,19 @@ class UpstreamBackend(MemoryStore):
         queue.args = QueueArgs({}, queue.queue_type)
         durable, auto_delete = queue.durable, queue.auto_delete
         arguments = dict(queue.arguments)
-        if queue.name.startswith(MQTT_SESSION_PREFIX) and queue.durable:
-            # a persistent session: RabbitMQ's MQTT plugin's queue (x-expires is kept)
-            arguments["x-queue-type"] = self.session_queue_type
+        if queue.name in self._as_found:
+            pass  # declared again as RabbitMQ has it (a session found there)
         elif queue.name.startswith(MQTT_SESSION_PREFIX):
-            # a clean session: transient, deleted with its consumer (as RabbitMQ's)
-            auto_delete = True
+            # one node at a time delivers from a session queue: the one whose consumer
+            # came first; a node taking the client id over waits for the old one's cancel
+            arguments.setdefault("x-single-active-consumer", True)
+            if queue.durable:
+                # a persistent session: RabbitMQ's MQTT plugin's queue (x-expires is kept;
+                # a session found in RabbitMQ is declared again with the type it has)
+                arguments.setdefault("x-queue-type", self.session_queue_type)
+            else:
+                # a clean session: transient, deleted with its consumer (as RabbitMQ's)
+                auto_delete = True
         self._add(_Op("declare", self._position(), {
             "queue": upstream_name(queue.name), "durable": durable,
             "exclusive": queue.name.startswith(SERVER_NAMED), "auto_delete": auto_delete,
@@ -198,8 +211,39 @@ class UpstreamBackend(MemoryStore):
     def queue_deleted(self, queue: Queue) -> None:
         self._drop_tags(queue)
         self._wanted.add(queue)
-        self._add(_Op("delete", self._position(), {"queue": upstream_name(queue.name)}))
+        if queue.name in self._local_only:
+            self._local_only.discard(queue.name)  # its consumer is cancelled, no more
+        else:
+            self._add(_Op("delete", self._position(), {"queue": upstream_name(queue.name)}))
         self._add(_Op("feed", 0, {"queue": queue}))
+
+    @contextlib.contextmanager
+    def as_found(self, name: str) -> Iterator[None]:
+        """While inside: the queue `name` declared here is declared upstream with the flags
+        and arguments given, nothing added: they are RabbitMQ's own (a session queue found
+        there, perhaps made by RabbitMQ's MQTT plugin or without single-active-consumer),
+        so the declare is equal to it."""
+        self._as_found.add(name)
+        try:
+            yield
+        finally:
+            self._as_found.discard(name)
+
+    def delete_upstream(self, name: str) -> None:
+        """Delete the queue `name` in RabbitMQ, known here or not (RabbitMQ answers a
+        delete of a queue it does not have with delete-ok)."""
+        self._add(_Op("delete", self._position(), {"queue": name}))
+
+    @contextlib.contextmanager
+    def local_only(self, name: str) -> Iterator[None]:
+        """While inside: deleting the local queue `name` deletes only the node's proxy
+        (its upstream consumer is cancelled), not the queue in RabbitMQ. For a session
+        another gateway node took over: the queue is that node's now."""
+        self._local_only.add(name)
+        try:
+            yield
+        finally:
+            self._local_only.discard(name)
 
     def bound(self, binding: Binding) -> None:
         self._binding("bind", binding)
@@ -213,8 +257,9 @@ class UpstreamBackend(MemoryStore):
         if not isinstance(binding.destination, Queue):
             log.warning("upstream: exchange-to-exchange bindings are not built (%s)", binding)
             return
-        arguments = {k: v for k, v in (binding.arguments or {}).items()
-                     if not k.startswith("x-mqtt-")}  # the session's own annotations
+        # an MQTT subscription's options (x-mqtt-subscription-qos, ...) go with it: a
+        # node that finds the session in RabbitMQ reads them back from the binding
+        arguments = dict(binding.arguments or {})
         self._add(_Op(kind, self._position(), {
             "queue": upstream_name(binding.destination.name), "exchange": binding.source.name,
             "routing_key": binding.routing_key, "arguments": arguments}))

@@ -1,7 +1,7 @@
 """A gateway node in front of a RabbitMQ cluster: what `--backend rabbitmq` adds to the
 server (the backend and store of `backend.py`, the users of `gateway.auth.upstream`, the
-retained stream of `retained.py`) and the one task that runs them on the upstream
-connection."""
+retained stream of `retained.py`, MQTT sessions across nodes of `sessions.py`) and the
+tasks that run them on the upstream connection."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from gateway.config import Config
 from .backend import UpstreamBackend
 from .connection import connect
 from .retained import RetainedStream
+from .sessions import ClusterSessions
 from .url import parse_url
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ class UpstreamNode:
     urls: tuple[str, ...]
     heartbeat: int
     retained: RetainedStream
+    sessions: ClusterSessions
 
     def share_retained(self, registry: MQTTRegistry) -> None:
         """MQTT's retained messages go to (and come from) the retained stream."""
@@ -48,6 +50,7 @@ class UpstreamNode:
             async with trio.open_nursery() as nursery:
                 if self.backend.retained is not None:
                     await nursery.start(self.retained.run, upstream)
+                await nursery.start(self.sessions.run, upstream)
                 # the vhosts RabbitMQ has, before the listeners open (a WAMP HELLO names its
                 # realm before the login that would fetch them)
                 with contextlib.suppress(UpstreamUnavailable):
@@ -69,4 +72,5 @@ def upstream_backend(config: Config, clock: Callable[[], float]) -> UpstreamNode
                               max_bytes=rabbitmq.retained_max_bytes,
                               segment_bytes=rabbitmq.retained_segment_bytes,
                               refresh=rabbitmq.retained_refresh, clock=clock)
-    return UpstreamNode(backend, users, rabbitmq.urls, rabbitmq.heartbeat, retained)
+    return UpstreamNode(backend, users, rabbitmq.urls, rabbitmq.heartbeat, retained,
+                        ClusterSessions(backend, users.api))

@@ -18,6 +18,18 @@ queue is deleting that queue, so it needs the configure permission on it; withou
 CONNECT is refused (not authorized) and the old session stays as it was. Every check of a
 CONNECT (the will's publish, a delayed will's queue, discarding) comes before any of it is
 done (`gateway.auth.access`).
+
+In front of a RabbitMQ cluster (`--backend rabbitmq`, `MQTTRegistry.cluster` set) a
+session lives in RabbitMQ, not in one node: a CONNECT for a client id whose session this
+node does not hold asks RabbitMQ for it (`_look_up`, in a worker thread like a password
+check), makes the node's proxies of its queue and bindings (`_materialise`), and goes on
+as for a session read back at start (`_recover`: the bindings are the subscriptions, their
+arguments the options). A clean start deletes RabbitMQ's queue instead, without asking. An
+accepted CONNECT tells the other nodes, which close their connection of that client id
+and forget their proxies (`taken_over_elsewhere`); RabbitMQ's single active consumer on
+the session queue keeps the two nodes from delivering at once meanwhile. A session's
+owner is not known across nodes: a user with configure and read permission on the queue
+resumes it, as one read back from a data directory written before owners were recorded.
 """
 
 from __future__ import annotations
@@ -41,7 +53,7 @@ from protocols.mqtt.frames import (
     ReasonCode,
 )
 from protocols.mqtt.handlers import route_publish
-from protocols.mqtt.machine import HANDSHAKE, Local
+from protocols.mqtt.machine import HANDSHAKE, ConnState, Local
 from protocols.mqtt.mapping import binding_key_to_filter, to_core, topic_to_routing_key
 from protocols.mqtt.session_state import (
     SessionState,
@@ -52,7 +64,9 @@ from protocols.mqtt.session_state import (
 
 if TYPE_CHECKING:
     from gateway.auth.service import LoginRefused, User
+    from gateway.core.vhost import VirtualHost
     from protocols.mqtt.connection import Connection
+    from protocols.mqtt.registry import Cluster, FoundSession, MQTTRegistry
 
 log = logging.getLogger("gateway.mqtt")
 NEVER = 0xFFFFFFFF
@@ -204,7 +218,8 @@ def _foreign(s: Connection, st: SessionState | None, clean_start: bool) -> bool:
     return False
 
 
-def _connected(s: Connection, c: Connect, client_id: str, props: Properties) -> None:
+def _connected(s: Connection, c: Connect, client_id: str, props: Properties,
+               looked_up: bool = False) -> None:
     """CONNECT, after the login: the session, CONNACK, and what a resumed session held."""
     cfg = s.config
     v5 = c.protocol_level == MQTT_5
@@ -218,6 +233,15 @@ def _connected(s: Connection, c: Connect, client_id: str, props: Properties) -> 
     if refused is not None:
         _refuse(s, ReasonCode.NOT_AUTHORIZED, refused)
         return
+    cluster = s.registry.cluster
+    if cluster is not None and not looked_up and not _held(s, client_id):
+        # in front of RabbitMQ, a session this node does not hold: RabbitMQ's is the one
+        if will_queue_name(client_id) not in s.vhost.queues:
+            cluster.discard(will_queue_name(client_id))  # a delayed will [MQTT-3.1.3-9]
+        if not (c.clean_start and _may_delete(s, session_queue_name(client_id))):
+            _look_up(s, c, client_id, props, cluster)
+            return
+        cluster.discard(session_queue_name(client_id))  # a clean start ends it, if any
     s.client_id = client_id
     key = s.key
     now = s.clock()
@@ -277,6 +301,8 @@ def _connected(s: Connection, c: Connect, client_id: str, props: Properties) -> 
     s.will = c.will
     s.transition(Local.ACCEPT)
     s.send(Connack(0, present, props))
+    if cluster is not None:
+        cluster.connected(s.vhost.name, client_id)
     log.info("connection %s: MQTT %s session %s (%s)", s.name,
              "5.0" if v5 else "3.1.1", client_id, "resumed" if present else "new")
     if present:
@@ -286,6 +312,106 @@ def _connected(s: Connection, c: Connect, client_id: str, props: Properties) -> 
         attach(s, queue)
     for group, topic_filter, opts in list(st.shared.values()):
         attach_shared(s, group, topic_filter, opts)
+
+
+def _held(s: Connection, client_id: str) -> bool:
+    """Whether this node holds the client id's session (state or queue)."""
+    assert s.vhost is not None
+    return ((s.vhost.name, client_id) in s.registry.sessions
+            or session_queue_name(client_id) in s.vhost.queues)
+
+
+def _may_delete(s: Connection, queue: str) -> bool:
+    assert s.user is not None and s.vhost is not None
+    try:
+        access.delete_queue(s.auth, s.user, s.vhost, queue)
+    except AccessRefused:
+        return False
+    return True
+
+
+def _look_up(s: Connection, c: Connect, client_id: str, props: Properties,
+             cluster: Cluster) -> None:
+    """In front of RabbitMQ: the session is not held here, so ask RabbitMQ for it (in a
+    worker thread, as a password check; input waits meanwhile), make this node's proxies of
+    what it has, then go on with the CONNECT as for a session read back at start."""
+
+    def found(answer: FoundSession | None) -> None:
+        if s.machine.state not in HANDSHAKE:
+            return  # the connection went meanwhile
+        if answer is None:
+            _refuse(s, ReasonCode.SERVER_UNAVAILABLE, "session lookup: RabbitMQ did not answer")
+            return
+        if _materialise(s, c, client_id, answer):
+            _connected(s, c, client_id, props, looked_up=True)
+
+    s.password_check = cluster.lookup(client_id, not c.clean_start, found)
+    if s.machine.state is ConnState.CONNECT_WAIT:
+        s.transition(Local.PASSWORD_CHECK)
+
+
+def _materialise(s: Connection, c: Connect, client_id: str, answer: FoundSession) -> bool:
+    """Declare and bind here what RabbitMQ has of the session (each declare and bind is
+    sent upstream too, equal to what is there, so a no-op): the session queue with its
+    subscriptions, which `_recover` turns into the session. A clean session's queue (not
+    durable) is no session to resume: it is deleted. False: the CONNECT was refused."""
+    vh = s.vhost
+    assert vh is not None and s.user is not None
+    now = s.clock()
+    name = session_queue_name(client_id)
+    try:
+        found = answer.queue
+        if found is None or name in vh.queues:
+            return True
+        try:  # resuming it declares it, and discarding it deletes it: configure either way
+            access.declare_queue(s.auth, s.user, vh, name)
+        except AccessRefused as err:
+            _refuse(s, ReasonCode.NOT_AUTHORIZED, f"session not taken: {err.text}")
+            return False
+        cluster = s.registry.cluster
+        assert cluster is not None
+        with cluster.as_found(name):
+            queue = vh.declare_queue(name, durable=found.durable,
+                                     auto_delete=found.auto_delete, arguments=found.arguments,
+                                     now=now)
+        if not found.durable:
+            vh.delete_queue(name)
+            return True
+        for key, args in found.bindings:
+            vh.bind(queue, "amq.topic", key, args)
+            if SubOptions.from_args(args) is None:
+                # a binding without options (RabbitMQ's MQTT plugin makes them): QoS 1, as
+                # the queue's name says; bound again with them (before the old one goes)
+                vh.bind(queue, "amq.topic", key, SubOptions(1).binding_args())
+                vh.unbind(queue, "amq.topic", key, args)
+    except BrokerError as err:
+        _refuse(s, ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, f"session not taken: {err.text}")
+        return False
+    return True
+
+
+def taken_over_elsewhere(registry: MQTTRegistry, vhost: VirtualHost | None,
+                         client_id: str) -> bool:
+    """Another gateway node accepted a CONNECT with this client id: the connection here,
+    if any, is closed as taken over (DISCONNECT 0x8E on MQTT 5, its will published) and
+    what this node holds of the session is forgotten, RabbitMQ's queue left as it is: the
+    other node owns it now, and a later CONNECT here asks RabbitMQ again. True if a
+    connection was closed."""
+    if vhost is None or registry.cluster is None:
+        return False
+    key = (vhost.name, client_id)
+    name = session_queue_name(client_id)
+    with registry.cluster.local_only(name):
+        old = registry.active.get(key)
+        if old is not None:
+            old.taken_over(elsewhere=True)
+        st = registry.sessions.pop(key, None)
+        if st is not None:
+            persist.forget(registry, st)  # its owner and packet-id records here
+        else:
+            persist.forget_dormant(registry, *key)
+        vhost.delete_queue(name)
+    return old is not None
 
 
 def _with(props: Properties, **changes: object) -> Properties:

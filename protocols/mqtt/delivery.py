@@ -26,6 +26,7 @@ from protocols.mqtt import persist
 from protocols.mqtt.codec import encode_packet, encode_publish_qos0
 from protocols.mqtt.frames import MQTT_5, NO_PROPERTIES, Properties, Publish, PubRel
 from protocols.mqtt.mapping import (
+    PUBLISHER_HEADER,
     filter_to_binding_key,
     from_core,
     published_qos,
@@ -40,6 +41,7 @@ from protocols.mqtt.session_state import (
 )
 
 if TYPE_CHECKING:
+    from gateway.core.message import Message
     from gateway.core.queue import Entry, Queue
     from protocols.mqtt.connection import Connection
 
@@ -97,6 +99,13 @@ def _matching(s: Connection, consumer: MQTTConsumer, topic: str,
             if topic_matches(f, topic) and not (own and opts.no_local)]
 
 
+def _published_upstream_by(message: Message, client_id: str) -> bool:
+    """Whether a message that came back from RabbitMQ was published by this client id
+    (`PUBLISHER_HEADER`; one vhost per node in that mode)."""
+    headers = message.properties.headers
+    return headers is not None and headers.get(PUBLISHER_HEADER) == client_id
+
+
 def deliver(s: Connection, consumer: MQTTConsumer, entry: Entry) -> None:
     msg = entry.message
     queue = entry.queue
@@ -109,7 +118,10 @@ def deliver(s: Connection, consumer: MQTTConsumer, entry: Entry) -> None:
         topic = msg.cache.get(TOPIC_KEY)
         if topic is None:
             topic = msg.cache[TOPIC_KEY] = routing_key_to_topic(msg.routing_key)
-        subs = _matching(s, consumer, topic, msg.cache.get(FROM_KEY) == s.key_cached)
+        publisher = msg.cache.get(FROM_KEY)
+        own = (publisher == s.key_cached if publisher is not None
+               else _published_upstream_by(msg, s.client_id))
+        subs = _matching(s, consumer, topic, own)
     expiry = None
     if entry.expires_at is not None:
         expiry = math.ceil(entry.expires_at - now)

@@ -53,6 +53,7 @@ from protocols.mqtt.frames import (
 )
 from protocols.mqtt.machine import Local
 from protocols.mqtt.mapping import (
+    PUBLISHER_HEADER,
     REPLY_PREFIX,
     filter_to_binding_key,
     parse_shared,
@@ -94,6 +95,8 @@ def route_publish(s: Connection, topic: str, payload: bytes, qos: int, retain: b
     message = to_core(topic, payload, qos, props, own_queue=own,
                       message_id=vh.next_message_id())
     message.cache[FROM_KEY] = s.key_cached
+    if vh.backend is not None and message.properties.headers is not None:
+        message.properties.headers[PUBLISHER_HEADER] = s.client_id  # no local, upstream
     durable = s.broker.durable
     before = durable.position
     if retain:

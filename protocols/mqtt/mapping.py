@@ -32,12 +32,15 @@ from protocols.mqtt.frames import Properties as MQTTProperties
 QOS_HEADER: Final = "x-mqtt-publish-qos"
 REPLY_TOPIC_HEADER: Final = "x-reply-to-topic"
 CORRELATION_HEADER: Final = "x-correlation-id"
+# in front of RabbitMQ: the publishing client id, as a message coming back from RabbitMQ
+# has lost the node's own note of it (no local subscriptions, `delivery.deliver`)
+PUBLISHER_HEADER: Final = "x-mqtt-publisher"
 REPLY_PREFIX: Final = "$reply/"
 SHARE_PREFIX: Final = "$share/"
 CACHE_KEY: Final = "mqtt"  # Message.cache: the MQTT 5 properties as published
 # headers the broker adds that are not the publisher's user properties
 _INTERNAL_HEADERS: Final = frozenset({
-    QOS_HEADER, REPLY_TOPIC_HEADER, CORRELATION_HEADER, "x-mqtt-dup"})
+    QOS_HEADER, REPLY_TOPIC_HEADER, CORRELATION_HEADER, PUBLISHER_HEADER, "x-mqtt-dup"})
 
 
 # -- names ---------------------------------------------------------------------------------

@@ -7,15 +7,27 @@ makes, so two brokers (as in tests) never share it. After the store is read back
 it takes over what the store kept (`persist.take_over`: retained messages; session records
 waiting in `dormant` until their client returns) and adds its state to every snapshot the
 store compacts to.
+
+In front of a RabbitMQ cluster (`--backend rabbitmq`) it also has a `Cluster`: the other
+gateway nodes and RabbitMQ's view of a session. A CONNECT for a session this node does not
+hold asks it what RabbitMQ has (`lookup`: the session queue and its bindings on
+`amq.topic`; a clean start `discard`s the queue instead, there or not), tells it when a
+CONNECT is accepted (`connected`: a takeover notice to the other nodes), and a node told
+that another one took a client id over calls `connect.taken_over_elsewhere`, which
+deletes the node's proxies only (`local_only`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from protocols.mqtt.retain import RetainedStore
 
 if TYPE_CHECKING:
+    from gateway.auth.login import PendingCheck
     from gateway.core.durable import Durable
     from protocols.mqtt.session_state import SessionState
 
@@ -25,8 +37,54 @@ SWEEP_EVERY = 100  # connects between two sweeps of expired sessions
 class Attached(Protocol):
     """The connection a session state is attached to (``session.py``'s `MQTTSession`)."""
 
-    def taken_over(self) -> None:
-        """Another connection CONNECTed with this client id [MQTT-3.1.4-3]."""
+    def taken_over(self, elsewhere: bool = False) -> None:
+        """Another connection CONNECTed with this client id [MQTT-3.1.4-3] (`elsewhere`:
+        on another gateway node)."""
+        ...
+
+
+@dataclass(frozen=True)
+class FoundQueue:
+    """A queue as RabbitMQ has it: its flags, arguments and, for a session queue, its
+    bindings on `amq.topic` (routing key, arguments): the subscriptions."""
+
+    durable: bool
+    auto_delete: bool
+    arguments: dict[str, Any]
+    bindings: tuple[tuple[str, dict[str, Any]], ...] = ()
+
+
+@dataclass(frozen=True)
+class FoundSession:
+    """What RabbitMQ has of a client id: its session queue (None: none)."""
+
+    queue: FoundQueue | None
+
+
+class Cluster(Protocol):
+    """The gateway nodes in front of one RabbitMQ cluster (``gateway.upstream.sessions``)."""
+
+    def lookup(self, client_id: str, bindings: bool,
+               then: Callable[[FoundSession | None], None]) -> PendingCheck:
+        """Ask RabbitMQ for the client id's queues (in a worker thread, as a password check
+        runs); `then` gets the answer, or None when RabbitMQ did not give one."""
+        ...
+
+    def connected(self, vhost: str, client_id: str) -> None:
+        """A CONNECT was accepted here: tell the other nodes (they close theirs)."""
+        ...
+
+    def discard(self, queue: str) -> None:
+        """Delete the queue in RabbitMQ, whether this node knows it or not."""
+        ...
+
+    def local_only(self, queue: str) -> AbstractContextManager[None]:
+        """Deleting the local queue `queue` meanwhile leaves RabbitMQ's alone."""
+        ...
+
+    def as_found(self, queue: str) -> AbstractContextManager[None]:
+        """Declaring `queue` meanwhile declares it upstream as given (RabbitMQ's own
+        flags and arguments), with nothing of the node's added."""
         ...
 
 
@@ -50,6 +108,7 @@ class MQTTRegistry:
         # gateway/upstream/retained.py), set by that stream
         self.shared_retained = False
         self._connects = 0
+        self.cluster: Cluster | None = None  # --backend rabbitmq: the other nodes
 
     def retained(self, vhost: str) -> RetainedStore:
         store = self._retained.get(vhost)

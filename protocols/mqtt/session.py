@@ -328,9 +328,17 @@ class MQTTSession(Outbox):
             return
         self.transition(Local.CLOSE, publish_will=will)
 
-    def taken_over(self) -> None:
-        """Another connection CONNECTed with this client id [MQTT-3.1.4-3]."""
+    def taken_over(self, elsewhere: bool = False) -> None:
+        """Another connection CONNECTed with this client id [MQTT-3.1.4-3]. From another
+        gateway node (`elsewhere`): a will with a delay is dropped, as that reconnect
+        cancels it [MQTT-3.1.3-9]; an immediate one is published; and the writer is woken,
+        as no input of this node's did it."""
+        will = self.will
+        if elsewhere and will is not None and (will.properties.will_delay_interval or 0) > 0:
+            self.will = None
         self.close(ReasonCode.SESSION_TAKEN_OVER, "session taken over")
+        if elsewhere:
+            self.wake()
 
     # -- output that waits for the store ---------------------------------------------------
 

@@ -78,3 +78,10 @@ class GatewayNode:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(STOP_TIMEOUT)
+
+    def kill(self) -> None:
+        """kill -9 of this node (by the PID of the process the test started), as a crash."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(STOP_TIMEOUT)

@@ -223,8 +223,8 @@ def test_persistent_session_moves_from_node_a_to_node_b(
         pub.close()
     second = Peer(b.ports["mqtt"], client_id, clean=False)
     try:
-        # node B does not know the session yet: the client subscribes again (the same
-        # filter: the same queue and binding upstream) and gets what was published meanwhile
+        # node B finds the session in RabbitMQ; subscribing again to the same filter at the
+        # same QoS changes nothing there (test_sessions_across_nodes.py does not subscribe)
         second.subscribe(f"fleet/{tag}/#", 1)
         got = sorted(second.message().payload for _ in range(5))
         assert got == [f"m{i}".encode() for i in range(5)]
