@@ -259,6 +259,11 @@ class Runner:
         for p in pids:
             if p:
                 reset_peak_rss(p)
+        # CPU seconds the run costs the broker (and, for gw-rmq*, the RabbitMQ node it fronts)
+        broker = None if target == "sink" else self.brokers[target]
+        upstream = self.brokers.get("rabbitmq") if target in RMQ_TARGETS else None
+        cpu0 = (broker.cpu_seconds() if broker else None,
+                upstream.cpu_seconds() if upstream else None)
         rec: dict[str, Any] = {"scenario": scen["name"], "target": target, "round": rnd,
                                "size": scen["size"]}
         proc = subprocess.Popen([sys.executable, LOADGEN, json.dumps(spec)],
@@ -289,6 +294,11 @@ class Runner:
                 proc.kill()
                 proc.wait(5)
         rec.update(result)
+        for key, who, before in (("cpu_s", broker, cpu0[0]),
+                                 ("upstream_cpu_s", upstream, cpu0[1])):
+            after = who.cpu_seconds() if who is not None else None
+            if before is not None and after is not None:
+                rec[key] = round(after - before, 3)
         if pids:
             peaks = [status_kb(p, "VmHWM") for p in pids if p]
             rec["peak_rss_kb"] = sum(k for k in peaks if k is not None) or None

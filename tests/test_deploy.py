@@ -114,6 +114,14 @@ def test_rabbitmq_nodes_cluster_by_their_hostnames(resolved: dict[str, Any]) -> 
     assert cookies == {"-setcookie cookie-for-the-test"}  # one cookie for the three
 
 
+def container_port(entry: object) -> int:
+    """The container side of a `ports` entry as Compose prints it: long syntax, or
+    "127.0.0.1:1883:1883/tcp" (docker-compose 1.x)."""
+    if isinstance(entry, dict):
+        return int(entry["target"])
+    return int(str(entry).rsplit(":", 1)[-1].split("/", 1)[0])
+
+
 def test_the_balancer_fronts_the_gateways_ports(resolved: dict[str, Any]) -> None:
     cfg = (CLUSTER / "haproxy.cfg").read_text(encoding="utf-8")
     config = serve_config(build_parser().parse_args(
@@ -124,8 +132,7 @@ def test_the_balancer_fronts_the_gateways_ports(resolved: dict[str, Any]) -> Non
         assert re.findall(r"server (\S+) (\S+)", backend) == [
             (name, f"{name}:{port}") for name in GATEWAYS]
         assert f"bind :{port}\n    default_backend gateways_{listener}" in cfg
-    targets = {int(p["target"]) if isinstance(p, dict) else int(str(p).rsplit(":", 1)[-1])
-               for p in resolved["services"]["balancer"]["ports"]}
+    targets = {container_port(p) for p in resolved["services"]["balancer"]["ports"]}
     assert targets == {config.listeners.mqtt, config.listeners.stomp, config.listeners.http,
                        5672}  # and AMQP, to RabbitMQ
     for name in [*GATEWAYS, *RABBITS[1:]]:  # reached through the balancer only

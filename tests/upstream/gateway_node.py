@@ -69,6 +69,9 @@ class GatewayNode:
             raise AssertionError(f"no log line {pattern!r} (#{count}):\n{self.output()}")
         return found[count - 1]
 
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
     def start(self) -> GatewayNode:
         process = subprocess.Popen(self.command, cwd=REPO_ROOT,
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -81,13 +84,13 @@ class GatewayNode:
             assert process.stdout is not None
             for raw in process.stdout:
                 line = raw.decode("utf-8", "replace").rstrip()
-                self.lines.append(line)
                 match = LISTENER_LINE.search(line)
                 if match:
                     self.ports[match[1].lower()] = int(match[3])
                 worker = WORKER_LINE.search(line)
                 if worker:
                     self.workers[int(worker[1])] = int(worker[2])
+                self.lines.append(line)  # after what it says is recorded
                 if READY_LINE.search(line):
                     ready.set()
                 with self.changed:
