@@ -37,7 +37,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LISTENER_RE = re.compile(r"listener (\w+) on ([0-9.]+):(\d+)")
-READY_RE = re.compile(r"gateway \S+ ready")
+READY_RE = re.compile(r"gateway \S+ ready(?:: \d+ workers \(pids ([\d, ]+)\))?")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -458,12 +458,6 @@ class Gateway:
                 f"gateway: {why}\n  command: {' '.join(cmd)}\n" + "\n".join(self.tail)
             )
         self.host, self.port = self._listeners[self.protocols[0]]
-        if self.workers > 1:
-            try:
-                with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
-                    self._worker_pids = [int(p) for p in f.read().split()]
-            except OSError:
-                self._worker_pids = []
         try:
             sys.path.insert(0, str(REPO_ROOT))
             import gateway  # noqa: PLC0415
@@ -485,7 +479,10 @@ class Gateway:
                 self._listeners[m.group(1).lower()] = (m.group(2), int(m.group(3)))
                 if m.group(1).lower() == self.protocols[0]:
                     self._amqp_seen.set()
-            if READY_RE.search(line):
+            ready = READY_RE.search(line)
+            if ready:
+                if ready.group(1):  # the parent of --workers: "(pids 123, 124)"
+                    self._worker_pids = [int(p) for p in ready.group(1).split(",")]
                 self._ready.set()
 
     def cpu_seconds(self) -> float | None:
