@@ -8,10 +8,12 @@ across the listening sockets (by a hash of the connection's addresses and ports)
 Before starting the workers the parent process binds each port once more, with SO_REUSEPORT
 but without listening (`reserve`): a port given as 0 becomes a fixed free port that every
 worker, and a worker restarted later, binds; and the port stays taken for as long as the
-parent runs, so no other program takes it while a worker restarts. A socket that does not
-listen receives no connections. Linux admits to one SO_REUSEPORT group only sockets of the
-same user; a port already listened on without SO_REUSEPORT (another broker) is found first
-by a plain bind (`reserve` raises EADDRINUSE).
+parent runs, so no other program takes it while a worker restarts (the reservation has no
+SO_REUSEADDR, so a program binding with SO_REUSEADDR alone is refused even while no worker
+listens). A socket that does not listen receives no connections. Linux admits to one
+SO_REUSEPORT group only sockets of the same user; a port already listened on without
+SO_REUSEPORT (another broker) is found first by a plain bind (`reserve` raises
+EADDRINUSE).
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ def reuse_port_supported() -> bool:
 
 
 def _configure(sock: socket.socket | trio.socket.SocketType, family: int,
-               reuse_port: bool) -> None:
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+               reuse_port: bool, reuse_addr: bool = True) -> None:
+    if reuse_addr:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         if REUSE_PORT is None:
             raise OSError(errno.ENOPROTOOPT, "SO_REUSEPORT is not available on this system")
@@ -78,7 +81,9 @@ def reserve(host: str, port: int) -> socket.socket:
             probe.bind(sockaddr)
     sock = socket.socket(family, type_, proto)
     try:
-        _configure(sock, family, reuse_port=True)
+        # without SO_REUSEADDR: a program binding the port with SO_REUSEADDR alone (as most
+        # servers do) is refused even while no worker listens (a restart of them all)
+        _configure(sock, family, reuse_port=True, reuse_addr=False)
         sock.bind(sockaddr)
     except BaseException:
         sock.close()
