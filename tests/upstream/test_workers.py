@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -134,6 +135,55 @@ def test_messages_cross_between_workers(workers: GatewayNode) -> None:
         pub.close()
 
 
+def mqtt_connect(client_id: str) -> bytes:
+    """An MQTT 3.1.1 CONNECT (clean session, keepalive 60) as the test user."""
+    def text(value: str) -> bytes:
+        raw = value.encode()
+        return len(raw).to_bytes(2, "big") + raw
+
+    body = (text("MQTT") + bytes([4, 0xC2]) + (60).to_bytes(2, "big") + text(client_id)
+            + text(USER) + text(PASSWORD))
+    assert len(body) < 128
+    return bytes([0x10, len(body)]) + body
+
+
+def socket_on(node: GatewayNode, index: int) -> socket.socket:
+    """A TCP connection to the shared MQTT port that the kernel gave worker `index`, before
+    any MQTT packet (a connection is listed by its worker's API from its accept on)."""
+    for _ in range(MAX_TRIES):
+        sock = socket.create_connection(("127.0.0.1", node.ports["mqtt"]), timeout=TIMEOUT)
+        port = sock.getsockname()[1]
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            seen = [worker_view(node, i)[1] for i in (0, 1)]
+            if port in seen[0] or port in seen[1]:
+                break
+            time.sleep(0.05)
+        if port in seen[index]:
+            return sock
+        sock.close()
+    raise AssertionError(f"{MAX_TRIES} connections, none on worker {index}")
+
+
+def test_a_client_id_connecting_on_another_worker_takes_the_session_over(
+        workers: GatewayNode) -> None:
+    client_id = f"moving-{secrets.token_hex(4)}"
+    old = peer_on(workers, 0, client_id)
+    old.client.reconnect_delay_set(60, 120)  # paho would take it back at once otherwise
+    dropped = threading.Event()
+    old.client.on_disconnect = lambda *_: dropped.set()
+    new = socket_on(workers, 1)
+    try:
+        new.sendall(mqtt_connect(client_id))
+        assert new.recv(4) == b"\x20\x02\x00\x00"  # CONNACK, accepted, on worker 1
+        assert dropped.wait(TIMEOUT), "worker 0 kept the connection of the same client id"
+        new.sendall(b"\xc0\x00")  # PINGREQ: the new connection is the one that stays
+        assert new.recv(2) == b"\xd0\x00"
+    finally:
+        new.close()
+        old.close()
+
+
 def test_a_killed_worker_is_restarted_and_sigterm_stops_all(
         rabbit_node: Cluster, tmp_path: Path) -> None:
     node = GatewayNode(rabbit_node, tmp_path / "gw", workers=2).start()
@@ -226,8 +276,6 @@ def test_workers_that_cannot_start_fail_the_start(tmp_path: Path) -> None:
 
 
 def test_a_port_in_use_is_refused_before_any_worker_starts(tmp_path: Path) -> None:
-    import socket
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
