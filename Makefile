@@ -36,14 +36,16 @@ typecheck: $(STAMP)
 
 # Tools from Debian's packages the tests use, installed (with sudo when not root) where
 # missing: Chromium for the web UI's browser tests (driven by Playwright), rabbitmqadmin
-# (shipped with rabbitmq-server). The script keeps rabbitmq-server's install from starting
-# (and enabling) a system RabbitMQ on 5672/15672, and fails if one it installed still runs.
-SYSTEM_TOOLS := /usr/bin/chromium /usr/bin/rabbitmqadmin
+# (shipped with rabbitmq-server), docker-compose (validates deploy/cluster/compose.yml when
+# Docker's compose plugin is missing). The script keeps rabbitmq-server's install from
+# starting (and enabling) a system RabbitMQ on 5672/15672, and fails if one it installed
+# still runs.
+SYSTEM_TOOLS := /usr/bin/chromium /usr/bin/rabbitmqadmin /usr/bin/docker-compose
 INSTALL_DEBS := sh scripts/install-debian-packages.sh
 
 $(SYSTEM_TOOLS):
-	@echo "make: installing Debian packages chromium rabbitmq-server (apt-get, sudo)"
-	$(INSTALL_DEBS) chromium rabbitmq-server
+	@echo "make: installing Debian packages chromium rabbitmq-server docker-compose (apt-get, sudo)"
+	$(INSTALL_DEBS) chromium rabbitmq-server docker-compose
 
 # autobahn-js and mqtt.js for the WebSocket browser test, from the npm registry (no lockfile)
 BROWSER_LIBS := tests/websocket/node_modules/.installed

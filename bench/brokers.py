@@ -6,7 +6,10 @@
   removed afterwards. Stopped with ``rabbitmqctl stop``, then by the PIDs this module
   started if that did not work.
 * ``Gateway``: ``python -m gateway serve`` on a free port with a temporary data directory;
-  the AMQP port is read from its ``listener amqp on HOST:PORT`` log line.
+  the AMQP port is read from its ``listener amqp on HOST:PORT`` log line. With
+  ``upstream=`` (a started ``RabbitMQ`` with the management plugin) it runs with
+  ``--backend rabbitmq`` in front of that node, and ``workers=N`` adds ``--workers N``
+  (``pids`` are then the workers').
 
 * ``Mosquitto``: Debian's mosquitto with a config file in a temporary directory (one
   listener on a free port of 127.0.0.1, anonymous, no persistence), stopped by its PID.
@@ -34,6 +37,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LISTENER_RE = re.compile(r"listener (\w+) on ([0-9.]+):(\d+)")
+READY_RE = re.compile(r"gateway \S+ ready(?:: \d+ workers \(pids ([\d, ]+)\))?")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -214,6 +218,10 @@ class RabbitMQ:
             if plugin in self.plugins:
                 self.ports[proto] = any_free_port()
                 conf.append(f"{proto}.listeners.tcp.default = {self.host}:{self.ports[proto]}")
+        if "rabbitmq_management" in self.plugins:  # what a gateway --backend rabbitmq needs
+            self.ports["management"] = any_free_port()
+            conf.append(f"management.tcp.ip = {self.host}")
+            conf.append(f"management.tcp.port = {self.ports['management']}")
         (tmp / "etc" / "rabbitmq.conf").write_text("\n".join(conf) + "\n")
         (tmp / "etc" / "rabbitmq-env.conf").write_text("")
         self.epmd_port = any_free_port()
@@ -352,7 +360,13 @@ class Gateway:
 
     def __init__(self, start_timeout: float = 30.0, verbose=None,
                  protocols: tuple[str, ...] = ("amqp",), config_text: str = "",
-                 cpu: int | None = None, nofile: int | None = None):
+                 cpu: int | None = None, nofile: int | None = None,
+                 upstream: RabbitMQ | None = None, workers: int = 1, name: str = "gateway"):
+        self.name = name
+        self.upstream = upstream  # --backend rabbitmq in front of this node
+        self.workers = workers
+        self._ready = threading.Event()
+        self._worker_pids: list[int] = []
         self.protocols = protocols  # listeners to open, each on a free port
         self.config_text = config_text  # TOML passed with --config ("" = none)
         self.cpu = cpu
@@ -373,6 +387,14 @@ class Gateway:
         for proto in ("amqp", "mqtt", "stomp", "http"):
             cmd += [f"--{proto}-port", "0" if proto in self.protocols else "off"]
         cmd += ["--data-dir", data_dir]
+        if self.upstream is not None:
+            up = self.upstream
+            cmd += ["--backend", "rabbitmq",
+                    "--upstream", f"amqp://guest:guest@{up.host}:{up.port}/%2F",
+                    "--upstream-management",
+                    f"http://guest:guest@{up.host}:{up.ports['management']}"]
+        if self.workers != 1:
+            cmd += ["--workers", str(self.workers)]
         if self.config_text:
             assert self.tmp is not None
             path = os.path.join(self.tmp, "gateway.toml")
@@ -384,6 +406,13 @@ class Gateway:
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
+
+    @property
+    def pids(self) -> list[int]:
+        """The processes that serve clients: the workers' with --workers, else the one."""
+        if self._worker_pids:
+            return list(self._worker_pids)
+        return [self.proc.pid] if self.proc else []
 
     @property
     def ports(self) -> dict[str, int]:
@@ -414,11 +443,11 @@ class Gateway:
         self._drainer.start()
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
-            if self._amqp_seen.wait(0.1) and set(self.protocols) <= set(self._listeners):
+            if self._ready.wait(0.1) and set(self.protocols) <= set(self._listeners):
                 break
             if self.proc.poll() is not None:
                 break
-        if not set(self.protocols) <= set(self._listeners):
+        if not set(self.protocols) <= set(self._listeners) or not self._ready.is_set():
             code = self.proc.poll()
             self.stop()
             self._drainer.join(timeout=2)  # collect the last lines it wrote
@@ -450,9 +479,17 @@ class Gateway:
                 self._listeners[m.group(1).lower()] = (m.group(2), int(m.group(3)))
                 if m.group(1).lower() == self.protocols[0]:
                     self._amqp_seen.set()
+            ready = READY_RE.search(line)
+            if ready:
+                if ready.group(1):  # the parent of --workers: "(pids 123, 124)"
+                    self._worker_pids = [int(p) for p in ready.group(1).split(",")]
+                self._ready.set()
 
     def cpu_seconds(self) -> float | None:
-        return proc_cpu_seconds(self.proc.pid) if self.proc else None
+        if not self.proc:
+            return None
+        used = [proc_cpu_seconds(pid) for pid in self.pids]
+        return sum(u for u in used if u is not None)
 
     def alive(self) -> str | None:
         """None while gateway runs, else what happened to it."""

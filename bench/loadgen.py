@@ -88,9 +88,15 @@ def _mstr(s: str) -> bytes:
     return struct.pack(">H", len(raw)) + raw
 
 
-def mqtt_connect(client_id: str, keepalive: int = 60) -> bytes:
-    return mqtt_packet(0x10, _mstr("MQTT") + b"\x04\x02" + struct.pack(">H", keepalive)
-                       + _mstr(client_id))
+def mqtt_connect(client_id: str, keepalive: int = 60,
+                 login: tuple[str, str] | None = None) -> bytes:
+    """CONNECT, clean session; anonymous unless `login` (user name, password) is given."""
+    flags, tail = 0x02, _mstr(client_id)
+    if login:
+        flags |= 0xC0
+        tail += _mstr(login[0]) + _mstr(login[1])
+    return mqtt_packet(0x10, _mstr("MQTT") + bytes([4, flags]) + struct.pack(">H", keepalive)
+                       + tail)
 
 
 def mqtt_publish(topic: str, payload: bytes, qos: int, pid: int = 0) -> bytes:
@@ -164,9 +170,10 @@ class AmqpSetup(Blocking):
 
 
 class MqttSetup(Blocking):
-    def __init__(self, host: str, port: int, timeout: float, client_id: str) -> None:
+    def __init__(self, host: str, port: int, timeout: float, client_id: str,
+                 login: tuple[str, str] | None = None) -> None:
         super().__init__(host, port, timeout)
-        self.sock.sendall(mqtt_connect(client_id))
+        self.sock.sendall(mqtt_connect(client_id, login=login))
         first, body = self.packet()
         if first >> 4 != 2 or body[1] != 0:
             raise GenError(f"CONNACK refused: {bytes(body)!r}")
@@ -560,13 +567,14 @@ def mqtt_scenario(spec: dict[str, Any]) -> dict[str, Any]:
     nsub, npub = spec.get("subscribers", 1), spec.get("publishers", 1)
     topic = f"bench/{tag}/t"
     filt = f"bench/{tag}/+" if spec.get("wildcard") else topic
+    login = (spec["login"][0], spec["login"][1]) if spec.get("login") else None
     consumers: list[Consumer] = []
     for i in range(nsub):
-        s = MqttSetup(host, port, tmo, f"bs-{tag}-{i}")
+        s = MqttSetup(host, port, tmo, f"bs-{tag}-{i}", login)
         s.subscribe(filt, qos)
         consumers.append(MqttConsumer(s.sock, qos, bytes(s.buf)))
     body = payload(size)
-    setups = [MqttSetup(host, port, tmo, f"bp-{tag}-{i}") for i in range(npub)]
+    setups = [MqttSetup(host, port, tmo, f"bp-{tag}-{i}", login) for i in range(npub)]
     if spec.get("mode") == "latency":
         return paced(spec, consumers, setups[0].sock,
                      lambda ts: mqtt_publish(topic, _U64.pack(ts) + body[8:], qos, 1))

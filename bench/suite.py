@@ -6,7 +6,10 @@ scenario of the benchmark issue, one table.
     .venv/bin/python bench/suite.py --scenario mqtt-qos0,stomp --rounds 3
 
 Starts gateway, a private RabbitMQ node and Mosquitto on free loopback ports (bench/brokers.py),
-and bench/sink.py (the generator's ceiling). For each scenario it runs the load generator
+and bench/sink.py (the generator's ceiling). The targets `gw-rmq` and `gw-rmq-2w` are gateway
+with `--backend rabbitmq` in front of that RabbitMQ node (its management plugin then on), with
+one worker and with two (`--workers 2`); they run the scenarios marked `rmq` (MQTT QoS 0 and
+1, STOMP) and log in as RabbitMQ's guest. For each scenario it runs the load generator
 (bench/loadgen.py, one process per run) against every target that speaks the protocol, in
 alternation (A B C A B C ...), `--rounds` times, and reports medians: msgs/s (deliveries),
 MB/s (payload bytes delivered), p50/p99 one-way latency (paced scenarios), the broker's peak
@@ -15,8 +18,10 @@ beam.smp), and the median over rounds of the per-round ratio gateway / peer.
 
 On a machine with 2 or more cores every broker (and the sink) is pinned to core 0 and the
 generator to core 1 (sched_setaffinity), so the generator never competes with the broker it
-measures. Every run is bounded in messages and seconds; the suite stops every process it
-started, by PID (RabbitMQ by its private node name), whatever happens.
+measures; except gw-rmq-2w, whose two workers are not pinned (they and the generator share
+both cores; gw-rmq shares core 0 with the RabbitMQ node it fronts). Every run is bounded
+in messages and seconds; the suite stops every process it started, by PID (RabbitMQ by its
+private node name), whatever happens.
 
 Writes bench/results/latest.md (the table and the conditions), latest.json (every run) and
 latest.png (the chart, with matplotlib when it is installed: `pip install -e .[bench]`).
@@ -111,6 +116,11 @@ SCENARIOS: list[dict[str, Any]] = [
 ]
 SPEAKS = {"amqp": ("gateway", "rabbitmq"), "mqtt": ("gateway", "mosquitto", "rabbitmq"),
           "stomp": ("gateway", "rabbitmq")}
+# gateway --backend rabbitmq in front of the rabbitmq target's node: workers of each
+RMQ_TARGETS = {"gw-rmq": 1, "gw-rmq-2w": 2}
+# their messages per run (the scenario's own count would outlast --run-seconds: every
+# message crosses the gateway twice and RabbitMQ once)
+RMQ_SCENARIOS = {"mqtt-qos0": 20_000, "mqtt-qos1": 6_000, "stomp-queue": 20_000}
 
 
 def machine_facts() -> dict[str, Any]:
@@ -154,12 +164,16 @@ class Runner:
     # ---------------------------------------------------------------- processes
 
     def start(self) -> None:
-        wanted = self.args.targets
+        wanted = list(self.args.targets)
+        rmq = [t for t in RMQ_TARGETS if t in wanted]
+        if rmq and "rabbitmq" not in wanted:
+            wanted.append("rabbitmq")  # the node they front
+        plugins = ("rabbitmq_mqtt", "rabbitmq_stomp") + (("rabbitmq_management",) if rmq else ())
         makers: dict[str, Callable[[], Any]] = {
             "gateway": lambda: Gateway(protocols=("amqp", "mqtt", "stomp"),
                                        config_text=GATEWAY_CONFIG, cpu=self.broker_cpu,
                                        nofile=NOFILE, verbose=self.log),
-            "rabbitmq": lambda: RabbitMQ(plugins=("rabbitmq_mqtt", "rabbitmq_stomp"),
+            "rabbitmq": lambda: RabbitMQ(plugins=plugins,
                                          cpu=self.broker_cpu, nofile=NOFILE,
                                          verbose=self.log),
             "mosquitto": lambda: Mosquitto(cpu=self.broker_cpu, nofile=NOFILE,
@@ -170,6 +184,23 @@ class Runner:
                 continue
             try:
                 self.brokers[name] = makers[name]().start()
+                self.log(f"{name} {self.brokers[name].version}: {self.brokers[name].ports}")
+            except BrokerStartError as exc:
+                self.not_started[name] = str(exc)
+                self.log(f"{name}: did not start: {exc}")
+        for name in rmq:
+            upstream = self.brokers.get("rabbitmq")
+            if upstream is None:
+                self.not_started[name] = "the rabbitmq target did not start"
+                continue
+            workers = RMQ_TARGETS[name]
+            try:
+                # one worker pinned as the other brokers are (it shares core 0 with the
+                # RabbitMQ node it fronts); two workers unpinned, to use both cores
+                self.brokers[name] = Gateway(
+                    protocols=("mqtt", "stomp"), config_text=GATEWAY_CONFIG,
+                    cpu=self.broker_cpu if workers == 1 else None, nofile=NOFILE,
+                    verbose=self.log, upstream=upstream, workers=workers, name=name).start()
                 self.log(f"{name} {self.brokers[name].version}: {self.brokers[name].ports}")
             except BrokerStartError as exc:
                 self.not_started[name] = str(exc)
@@ -200,8 +231,9 @@ class Runner:
 
     def spec_for(self, scen: dict[str, Any], target: str, tag: str) -> dict[str, Any]:
         quick = self.args.quick
+        messages = RMQ_SCENARIOS[scen["name"]] if target in RMQ_TARGETS else scen["messages"]
         spec = {"proto": scen["proto"], "mode": "throughput", "size": scen["size"],
-                "messages": max(1, scen["messages"] // (10 if quick else 1)),
+                "messages": max(1, messages // (10 if quick else 1)),
                 "host": "127.0.0.1", "tag": tag, "deadline": self.args.run_seconds,
                 "cpu": self.gen_cpu, "idle_end": 5.0}
         spec.update(scen["spec"])
@@ -217,14 +249,24 @@ class Runner:
                 "stream_port": self.sink_ports["stream"]})
         else:
             spec["port"] = self.brokers[target].ports[scen["proto"]]
+        if target in RMQ_TARGETS:
+            spec["login"] = ["guest", "guest"]  # RabbitMQ's users: no anonymous login
         return spec
 
     def run_once(self, scen: dict[str, Any], target: str, rnd: int) -> dict[str, Any]:
         tag = f"{scen['name']}-{target}-{rnd}-{time.monotonic_ns() % 10**9}"
         spec = self.spec_for(scen, target, tag)
         pid = None if target == "sink" else self.brokers[target].pid
-        if pid:
-            reset_peak_rss(pid)
+        # the processes whose peak RSS is summed: the workers of gw-rmq-2w, else the broker
+        pids = [] if target == "sink" else getattr(self.brokers[target], "pids", [pid])
+        for p in pids:
+            if p:
+                reset_peak_rss(p)
+        # CPU seconds the run costs the broker (and, for gw-rmq*, the RabbitMQ node it fronts)
+        broker = None if target == "sink" else self.brokers[target]
+        upstream = self.brokers.get("rabbitmq") if target in RMQ_TARGETS else None
+        cpu0 = (broker.cpu_seconds() if broker else None,
+                upstream.cpu_seconds() if upstream else None)
         rec: dict[str, Any] = {"scenario": scen["name"], "target": target, "round": rnd,
                                "size": scen["size"]}
         proc = subprocess.Popen([sys.executable, LOADGEN, json.dumps(spec)],
@@ -255,8 +297,14 @@ class Runner:
                 proc.kill()
                 proc.wait(5)
         rec.update(result)
-        if pid:
-            rec["peak_rss_kb"] = status_kb(pid, "VmHWM")
+        for key, who, before in (("cpu_s", broker, cpu0[0]),
+                                 ("upstream_cpu_s", upstream, cpu0[1])):
+            after = who.cpu_seconds() if who is not None else None
+            if before is not None and after is not None:
+                rec[key] = round(after - before, 3)
+        if pids:
+            peaks = [status_kb(p, "VmHWM") for p in pids if p]
+            rec["peak_rss_kb"] = sum(k for k in peaks if k is not None) or None
         if spec["mode"] == "idle" and pid:
             self._wait_connections_gone(pid, rec.get("rss_before_kb"))
         return rec
@@ -293,6 +341,8 @@ class Runner:
             if scen_names and scen["name"] not in scen_names:
                 continue
             targets = [t for t in SPEAKS[scen["proto"]] if t in self.brokers]
+            if scen["name"] in RMQ_SCENARIOS:
+                targets += [t for t in RMQ_TARGETS if t in self.brokers]
             if scen.get("sink") and self.sink is not None:
                 targets.append("sink")
             rounds = self.args.rounds
@@ -317,7 +367,7 @@ class Runner:
 
 
 def describe(rec: dict[str, Any]) -> str:
-    head = f"{rec['scenario']:<18} {rec['target']:<9} r{rec['round']}"
+    head = f"{rec['scenario']:<18} {rec['target']:<10} r{rec['round']}"
     if not rec.get("ok"):
         return f"{head} FAILED {rec.get('error') or rec.get('status')}"
     if rec.get("status") == "idle":
@@ -377,7 +427,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 row["peak_rss_mb"] = med([r["peak_rss_kb"] / 1024 for r in ok
                                           if r.get("peak_rss_kb")])
             # per-round ratio gateway / this peer, median over rounds
-            if t not in ("gateway",) and "gateway" in by_target:
+            if t not in ("gateway", *RMQ_TARGETS) and "gateway" in by_target:
                 ratios = []
                 for g in by_target["gateway"]:
                     p = next((r for r in by_target[t] if r["round"] == g["round"]), None)
@@ -455,10 +505,10 @@ def chart(rows: list[dict[str, Any]], path: Path) -> str | None:
     except ImportError:
         return "matplotlib is not installed (pip install -e .[bench]): no chart"
     colors = {"gateway": "#2a7ab0", "rabbitmq": "#f08c00", "mosquitto": "#3c9a3c",
-              "sink": "#999999"}
+              "sink": "#999999", "gw-rmq": "#7aa6c8", "gw-rmq-2w": "#1d4f73"}
     thr = [r for r in rows if r.get("rate") and "p99_us" not in r]
     scen = list(dict.fromkeys(r["scenario"] for r in thr))
-    targets = ["gateway", "rabbitmq", "mosquitto", "sink"]
+    targets = ["gateway", *RMQ_TARGETS, "rabbitmq", "mosquitto", "sink"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 0.55 * len(scen) + 2.5),
                                    gridspec_kw={"width_ratios": [3, 2]})
     h = 0.8 / len(targets)
@@ -467,7 +517,7 @@ def chart(rows: list[dict[str, Any]], path: Path) -> str | None:
         for j, s in enumerate(scen):
             r = next((r for r in thr if r["scenario"] == s and r["target"] == t), None)
             if r:
-                ys.append(j + (i - 1.5) * h)
+                ys.append(j + (i - (len(targets) - 1) / 2) * h)
                 xs.append(r["rate"])
         if xs:
             ax1.barh(ys, xs, height=h, color=colors[t], label=t)
@@ -519,7 +569,9 @@ def report(runner: Runner, rows: list[dict[str, Any]], facts: dict[str, Any],
         f"Machine: {facts['nproc']} cores ({facts['cpu']}), Python {facts['python']}, "
         f"{facts['platform']}.",
         f"Brokers: {', '.join(versions(runner))}. "
-        + ("Brokers and the sink pinned to core 0, the generator to core 1."
+        + ("Brokers and the sink pinned to core 0, the generator to core 1"
+           + (" (gw-rmq-2w, two workers, not pinned: its workers and the generator share "
+              "both cores)" if "gw-rmq-2w" in runner.brokers else "") + "."
            if runner.broker_cpu is not None else "No pinning."),
         f"Load before: `{up_before}`",
         f"Load after: `{up_after}`",
@@ -554,7 +606,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--idle-connections", type=int, help="connections in the idle scenario")
     ap.add_argument("--scenario", default="", help="comma list (all): "
                     + ", ".join(s["name"] for s in SCENARIOS))
-    ap.add_argument("--targets", default="gateway,rabbitmq,mosquitto,sink")
+    ap.add_argument("--targets", default="gateway,gw-rmq,gw-rmq-2w,rabbitmq,mosquitto,sink",
+                    help="comma list: gateway, gw-rmq, gw-rmq-2w (gateway --backend "
+                         "rabbitmq with 1 and 2 workers), rabbitmq, mosquitto, sink")
     ap.add_argument("--run-seconds", type=float, default=30.0,
                     help="deadline of one run, seconds (30)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")

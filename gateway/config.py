@@ -830,7 +830,7 @@ def _build_retained(rt: _Table) -> dict[str, Any]:
 
 
 def _check_backend(backend: BackendConfig, source: str) -> None:
-    """What a backend needs to start: RabbitMQ's URLs; one worker (more are not built)."""
+    """What a backend needs to start: RabbitMQ's URLs; one worker when embedded."""
     if backend.kind == "rabbitmq":
         if not backend.rabbitmq.urls:
             raise ConfigError(source, "backend.rabbitmq.urls",
@@ -841,14 +841,10 @@ def _check_backend(backend: BackendConfig, source: str) -> None:
                               'backend "rabbitmq" needs RabbitMQ\'s management API '
                               "(--upstream-management http://USER:PASS@HOST:PORT): users "
                               "and permissions are read from it")
-    if backend.workers > 1:
-        if backend.kind == "embedded":
-            raise ConfigError(source, "backend.workers",
-                              "more than one worker needs backend \"rabbitmq\": embedded "
-                              "nodes each keep their own store, so they cannot share ports")
+    if backend.workers > 1 and backend.kind == "embedded":
         raise ConfigError(source, "backend.workers",
-                          "more than one worker is not built yet; run one gateway process "
-                          "per port set (or several hosts) in front of the cluster")
+                          "more than one worker needs backend \"rabbitmq\": embedded "
+                          "nodes each keep their own store, so they cannot share ports")
 
 
 def upstream_url_problem(url: str) -> str | None:

@@ -142,6 +142,10 @@ def serve(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         log.warning("GATEWAY_DEFAULT_USER is not applied: the data directory %s holds users "
                     "already (it seeds a fresh one only; see docs/operations.md)",
                     config.store.data_dir)
+    if config.backend.workers > 1:  # the parent of the workers (gateway/cli/workers.py)
+        from gateway.cli.workers import run_workers
+
+        return run_workers(config, ["serve", *argv])
     return run_serve(config)
 
 

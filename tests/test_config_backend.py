@@ -90,10 +90,10 @@ def test_bad_backend_config_is_refused_by_key(tmp_path: Path, text: str, key: st
     assert "secret" not in str(caught.value)
 
 
-def test_more_workers_are_refused_in_both_modes_until_built() -> None:
+def test_more_workers_need_the_rabbitmq_backend() -> None:
     with pytest.raises(ConfigError, match="needs backend \"rabbitmq\""):
         with_overrides(load_config(), workers=2)
-    with pytest.raises(ConfigError, match="not built yet"):
-        with_overrides(load_config(), backend="rabbitmq", upstream=[URL],
-                       upstream_management=MANAGEMENT, workers=2)
+    chosen = with_overrides(load_config(), backend="rabbitmq", upstream=[URL],
+                            upstream_management=MANAGEMENT, workers=2)
+    assert (chosen.backend.kind, chosen.backend.workers) == ("rabbitmq", 2)
     assert with_overrides(load_config(), workers=1).backend.workers == 1

@@ -292,7 +292,7 @@ INSTALL_SCRIPT = ROOT / "scripts" / "install-debian-packages.sh"
 def test_make_installs_debian_packages_through_the_script() -> None:
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     assert "INSTALL_DEBS := sh scripts/install-debian-packages.sh" in makefile
-    for target, packages in (("$(SYSTEM_TOOLS):", "chromium rabbitmq-server"),
+    for target, packages in (("$(SYSTEM_TOOLS):", "chromium rabbitmq-server docker-compose"),
                              ("$(BENCH_TOOLS):", "rabbitmq-server mosquitto")):
         recipe = makefile.split(f"\n{target}\n", 1)[1].split("\n\n", 1)[0]
         assert f"$(INSTALL_DEBS) {packages}" in recipe

@@ -7,12 +7,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import trio
 
 import gateway
-from gateway.cli import ctl, info
+from gateway.cli import ctl, info, workers
 from gateway.config import (
     KEEP,
     TLS_LISTENERS,
@@ -23,6 +23,9 @@ from gateway.config import (
     with_overrides,
 )
 from gateway.logging_setup import configure_logging
+
+if TYPE_CHECKING:
+    from gateway.server.worker import WorkerRole
 
 
 class Parser(argparse.ArgumentParser):
@@ -70,7 +73,10 @@ def build_parser() -> Parser:
                        help="RabbitMQ's management API, as an administrator; overrides "
                             "[backend.rabbitmq] management_url")
     serve.add_argument("--workers", type=int, default=None, metavar="N",
-                       help="gateway processes sharing the ports (only 1 is built so far)")
+                       help="gateway processes sharing the ports (SO_REUSEPORT), each a "
+                            "full node; more than 1 needs --backend rabbitmq; overrides "
+                            "[backend] workers")
+    workers.add_worker_flags(serve)
     serve.add_argument("--log-level", default=None,
                        choices=["debug", "info", "warning", "error"],
                        help="overrides [log] level of the config file")
@@ -108,6 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
+    if args.worker_index is not None:  # one of the parent's workers (gateway/cli/workers.py)
+        from gateway.server.worker import WorkerRole
+
+        return run_serve(config, WorkerRole(args.worker_index, args.worker_ready_fd,
+                                            lifeline_fd=0))
+    if config.backend.workers > 1:
+        return workers.run_workers(config, sys.argv[1:] if argv is None else list(argv))
     return run_serve(config)
 
 
@@ -122,14 +135,15 @@ def serve_config(args: argparse.Namespace) -> Config:
         tls_ports={name: getattr(args, f"{name}_port") for name in TLS_LISTENERS})
 
 
-def run_serve(config: Config) -> int:
-    """Run the broker until it stops; its exit status (a start-up failure: one line)."""
+def run_serve(config: Config, worker: WorkerRole | None = None) -> int:
+    """Run the broker until it stops; its exit status (a start-up failure: one line).
+    `worker`: as one of the workers of `--workers N`."""
     # imported here, not at the top: the server (every protocol, management) is only for
     # `gateway serve`, and `gateway ctl` / `gateway info` start faster without it
     from gateway.server.app import StartupError, run_server
 
     try:
-        trio.run(run_server, config)
+        trio.run(run_server, config, worker)
     except ConfigError as exc:  # a TLS certificate or key that cannot be loaded
         print(f"gateway: {exc}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import signal
 import ssl
 import time
@@ -39,6 +40,7 @@ from gateway.server.connection import (
 )
 from gateway.server.control import (
     LOCAL_OPERATOR,
+    SOCKET_NAME,
     DataDirInUse,
     DataDirLock,
     directory_problem,
@@ -48,9 +50,11 @@ from gateway.server.control import (
 )
 from gateway.server.factories import SESSION_FACTORIES, SessionFactory, wamp_router
 from gateway.server.http import HTTPServer
+from gateway.server.listen import open_tcp_listeners
 from gateway.server.origin import BrowserPolicy
 from gateway.server.tls import handshake, peer_info, server_context
 from gateway.server.websocket import WEB_MQTT, WEB_STOMP, WebSocketFront, with_limits
+from gateway.server.worker import WorkerRole
 from gateway.store.base import Store
 from gateway.store.disk import DiskStore, return_large_buffers_to_the_system
 from gateway.upstream.connection import UpstreamError
@@ -141,9 +145,12 @@ class Durability:
 
 
 class Server:
-    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time,
+                 worker: WorkerRole | None = None) -> None:
         self.config = config
         self.clock = clock
+        # one of `--workers N` (gateway/server/worker.py): ports shared, no data dir lock
+        self.worker = worker
         # first, before the store opens: a certificate that cannot be loaded stops
         # `gateway serve` with a ConfigError naming the file
         tls_on = any(port is not None for port in config.listeners.tls_ports().values())
@@ -206,7 +213,8 @@ class Server:
     async def serve(self, *, task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED
                     ) -> None:
         try:
-            self.lock.acquire()  # before the store touches the data directory
+            if self.worker is None:  # (a worker's parent holds it)
+                self.lock.acquire()  # before the store touches the data directory
         except DataDirInUse as exc:
             raise StartupError(str(exc)) from None
         try:
@@ -311,7 +319,7 @@ class Server:
             return None
         host = self.config.listeners.host
         try:
-            tcp = await trio.open_tcp_listeners(port, host=host)
+            tcp = await open_tcp_listeners(port, host, reuse_port=self.worker is not None)
         except OSError as exc:
             raise listener_error(name, host, port, exc) from None
         bound = tcp[0].socket.getsockname()[1]
@@ -393,11 +401,12 @@ class Server:
         """The local control channel (gateway/server/control.py): the management API on a
         Unix socket in the data directory, for the broker's own OS user, no credentials."""
         data_dir = self.config.store.data_dir
-        problem = directory_problem(data_dir)
+        name = self.worker.control_socket if self.worker is not None else SOCKET_NAME
+        problem = directory_problem(data_dir, name)
         if problem is not None:
             log.warning("local control channel off: %s", problem)
             return
-        path = socket_path(data_dir)
+        path = socket_path(data_dir, name)
         try:
             unix = await open_control_listener(path)
         except OSError as exc:
@@ -434,8 +443,9 @@ class Server:
                     continue
                 front = WebSocketFront(self, with_limits(options, self.config.limits))
                 try:
-                    bound = await listeners.start(partial(front.listen, host, port, tls=tls,
-                                                          handler_nursery=conns))
+                    bound = await listeners.start(partial(
+                        front.listen, host, port, tls=tls, handler_nursery=conns,
+                        reuse_port=self.worker is not None))
                 except OSError as exc:
                     raise listener_error(key, host, port, exc) from None
                 self.ports[key] = bound
@@ -596,14 +606,33 @@ class Server:
             self._conn_scope.cancel()
 
 
-async def run_server(config: Config) -> None:
-    """Run until SIGINT or SIGTERM, then shut down cleanly."""
-    server = Server(config)
+async def run_server(config: Config, worker: WorkerRole | None = None) -> None:
+    """Run until SIGINT or SIGTERM (or, as a worker, until the parent is gone), then shut
+    down cleanly."""
+    server = Server(config, worker=worker)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve)
-            log.info("gateway %s ready", gateway.__version__)
-            async for signum in signals:
-                log.info("received %s, shutting down", signal.Signals(signum).name)
-                break
+            if worker is None:
+                log.info("gateway %s ready", gateway.__version__)
+            else:
+                log.info("worker %d ready (pid %d)", worker.index, os.getpid())
+                worker.ready()
+            async with trio.open_nursery() as watchers:
+                watchers.start_soon(_until_signal, signals, watchers.cancel_scope)
+                if worker is not None:
+                    watchers.start_soon(_until_orphaned, worker, watchers.cancel_scope)
             await server.shutdown()
+
+
+async def _until_signal(signals: Any, done: trio.CancelScope) -> None:
+    async for signum in signals:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        break
+    done.cancel()
+
+
+async def _until_orphaned(worker: WorkerRole, done: trio.CancelScope) -> None:
+    await worker.parent_gone()
+    log.warning("worker %d: the parent process is gone, shutting down", worker.index)
+    done.cancel()

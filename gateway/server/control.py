@@ -74,19 +74,21 @@ class DataDirLock:
             self._fd = -1
 
 
-def socket_path(data_dir: Path) -> Path:
-    return Path(data_dir) / SOCKET_NAME
+def socket_path(data_dir: Path, name: str = SOCKET_NAME) -> Path:
+    """The control socket (`name`: a worker's own, gateway/server/worker.py)."""
+    return Path(data_dir) / name
 
 
-def directory_problem(data_dir: Path) -> str | None:
-    """Why the data directory is no safe home for the control socket (None: it is)."""
+def directory_problem(data_dir: Path, name: str = SOCKET_NAME) -> str | None:
+    """Why the data directory is no safe home for the control socket `name` (None: it
+    is)."""
     info = os.stat(data_dir)
     if info.st_uid != os.geteuid():
         return f"{data_dir} belongs to uid {info.st_uid}, not to this process's user"
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         return f"{data_dir} is writable by group or others (chmod go-w it)"
-    if len(os.fsencode(socket_path(data_dir))) > MAX_UNIX_PATH:
-        return (f"the socket path {socket_path(data_dir)} is longer than {MAX_UNIX_PATH} "
+    if len(os.fsencode(socket_path(data_dir, name))) > MAX_UNIX_PATH:
+        return (f"the socket path {socket_path(data_dir, name)} is longer than {MAX_UNIX_PATH} "
                 "bytes")
     return None
 

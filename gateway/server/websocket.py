@@ -53,6 +53,7 @@ from wsproto.utilities import RemoteProtocolError
 from gateway.auth.service import is_loopback
 from gateway.server.connection import Connection, Session, peer_of
 from gateway.server.factories import SESSION_FACTORIES, SessionHost
+from gateway.server.listen import open_tcp_listeners
 from gateway.server.origin import BrowserPolicy
 from gateway.server.tls import peer_info
 from gateway.server.wsframing import STREAM, WAMP, WebSocketSession
@@ -209,17 +210,17 @@ class WebSocketFront:
             await _close(stream)
 
     async def listen(self, host: str, port: int, *, tls: bool = False,
-                     handler_nursery: trio.Nursery | None = None,
+                     handler_nursery: trio.Nursery | None = None, reuse_port: bool = False,
                      task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve WebSocket alone on `host:port` (with `tls`: wss, the server's [tls]), its
         connections in `handler_nursery` (the server's connections nursery); reports the
-        bound port when started."""
+        bound port when started. `reuse_port`: shared with the other workers."""
         async def secure(stream: trio.SocketStream) -> None:
             wrapped = await self.server.secure(stream, https=True)
             if wrapped is not None:
                 await self.serve_stream(wrapped)
 
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        listeners = await open_tcp_listeners(port, host, reuse_port=reuse_port)
         task_status.started(listeners[0].socket.getsockname()[1])
         await trio.serve_listeners(secure if tls else self.serve_stream, listeners,
                                    handler_nursery=handler_nursery)

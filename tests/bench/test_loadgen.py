@@ -59,6 +59,7 @@ BASE = {"mode": "throughput", "host": "127.0.0.1", "size": 100, "messages": 2000
     ("amqp", {"ack": "manual", "prefetch": 50}),
     ("amqp", {"fanout": 3, "confirm": True, "persistent": True, "window": 100}),
     ("mqtt", {"qos": 1, "window": 50, "subscribers": 2, "wildcard": True}),
+    ("mqtt", {"qos": 0, "login": ["guest", "guest"]}),  # as against gateway --backend rabbitmq
     ("stomp", {}),
 ])
 def test_runs_against_the_broker(broker: Any, unique: Any, proto: str,

@@ -255,7 +255,7 @@ def serve(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
      "needs RabbitMQ's management API"),
     (["--workers", "2"], "more than one worker needs backend \"rabbitmq\""),
     (["--backend", "rabbitmq", "--upstream", "amqp://u:p@h:5672/%2F", "--upstream-management",
-      "http://u:p@h:15672", "--workers", "2"], "more than one worker is not built yet"),
+      "http://u:p@h:15672", "--workers", "0"], "--workers: must be 1 or more"),
 ])
 def test_bad_backend_flags_are_refused_at_start(args: list[str], expected: str,
                                                 tmp_path: Path) -> None:
