@@ -53,6 +53,9 @@ PREDECLARED = (
     ("amq.headers", "headers"),
     ("amq.match", "headers"),
 )
+# the firehose's exchange (gateway.management.firehose), in every vhost as in RabbitMQ's:
+# a durable internal topic exchange, published to by the broker alone
+TRACE_EXCHANGE = "amq.rabbitmq.trace"
 
 
 # The queue arguments RabbitMQ compares when a queue is declared again; others (a client's
@@ -140,6 +143,8 @@ class VirtualHost:
         self.exchanges[""] = self._default
         for xname, xtype in PREDECLARED:
             self.exchanges[xname] = Exchange(xname, xtype, durable=True, vhost_name=name)
+        self.exchanges[TRACE_EXCHANGE] = Exchange(TRACE_EXCHANGE, "topic", durable=True,
+                                                  internal=True, vhost_name=name)
         self.stats_published = 0
         self.stats_unroutable = 0
         # messages held until due (x-delayed-message exchanges, MQTT's $delayed/)

@@ -52,6 +52,8 @@ class Tracer(Observer):
         self._entries: dict[Key, tuple[dict[str, Any], dict[str, Any]]] = {}
         self._keys: dict[int, list[Key]] = {}  # record id -> its keys in `_entries`
         self._ids = itertools.count(1)
+        # told when a vhost's tracing is switched (the firehose follows the same switch)
+        self.switches: list[Callable[[str, bool], None]] = []
 
     # -- switching -------------------------------------------------------------------------
 
@@ -59,6 +61,8 @@ class Tracer(Observer):
         return vhost in self._on
 
     def enable(self, vhost: str, on: bool) -> None:
+        for switch in self.switches:
+            switch(vhost, on)
         if on:
             self._on.add(vhost)
             self.records.setdefault(vhost, deque())

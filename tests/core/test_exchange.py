@@ -82,8 +82,10 @@ def test_predeclared_exchanges() -> None:
     vh = new_vhost()
     types = {n: x.type for n, x in vh.exchanges.items()}
     assert types == {"": "direct", "amq.direct": "direct", "amq.fanout": "fanout",
-                     "amq.topic": "topic", "amq.headers": "headers", "amq.match": "headers"}
+                     "amq.topic": "topic", "amq.headers": "headers", "amq.match": "headers",
+                     "amq.rabbitmq.trace": "topic"}
     assert all(x.durable for x in vh.exchanges.values())
+    assert [n for n, x in vh.exchanges.items() if x.internal] == ["amq.rabbitmq.trace"]
 
 
 def test_default_exchange_routes_by_queue_name() -> None:
