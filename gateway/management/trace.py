@@ -29,6 +29,7 @@ from gateway.core.observe import (
     Rejected,
     Requeued,
 )
+from gateway.core.vhost import TRACE_EXCHANGE
 
 KEEP = 200  # traced publishes kept per vhost
 MAX_HOPS = 256  # hops recorded for one publish
@@ -87,8 +88,8 @@ class Tracer(Observer):
         return vhost in self._on
 
     def published(self, event: Published) -> None:
-        if event.vhost not in self._on:
-            return
+        if event.vhost not in self._on or event.exchange == TRACE_EXCHANGE:
+            return  # the firehose's own messages are not traced
         message = event.message
         props = message.properties
         record: dict[str, Any] = {
