@@ -153,14 +153,26 @@ def test_mqtt_publish_is_traced(broker: Any, api: Api, vhost: str,
         ch = conn.channel()
         fh = ch.queue_declare("", exclusive=True).method.queue
         ch.queue_bind(fh, TRACE, "publish.amq.topic")
+        ch.queue_bind(fh, TRACE, "deliver.#")
+        got: list[bytes] = []
+        client.on_message = lambda _c, _u, msg: got.append(msg.payload)
         client.connect("127.0.0.1", broker.ports["mqtt"])
         client.loop_start()
+        client.subscribe("sensors/#", qos=1)
         client.publish("sensors/t1", b"21.5", qos=1).wait_for_publish(10)
-        traces = _drain(ch, fh, 1)
-        key, headers, body = traces[0]
-        assert (key, body) == ("publish.amq.topic", b"21.5")
+        wait_for(lambda: got, "the MQTT delivery")
+        traces = {key: (headers, body) for key, headers, body in _drain(ch, fh, 2)}
+        headers, body = traces["publish.amq.topic"]
+        assert body == b"21.5"
         assert headers["exchange_name"] == "amq.topic"
         assert headers["routing_keys"] == ["sensors.t1"]
+        (deliver_key,) = set(traces) - {"publish.amq.topic"}
+        assert deliver_key.startswith("deliver.mqtt-subscription-")
+        headers, body = traces[deliver_key]
+        assert body == b"21.5"
+        assert headers["user"] == broker.user
+        assert headers["redelivered"] == 0
+        assert headers["connection"].endswith(f"-> 127.0.0.1:{broker.ports['mqtt']}")
     finally:
         client.loop_stop()
         client.disconnect()
