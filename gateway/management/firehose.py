@@ -117,7 +117,7 @@ class Firehose(Observer):
             self.overflowed += 1
             return
         vh = self.broker.vhosts.get(vhost)
-        if vh is None:
+        if vh is None or vh.backend is not None:  # in front of RabbitMQ: its own firehose
             return
         message = Message(vh.next_message_id(), TRACE_EXCHANGE, key,
                           Properties(headers=headers), body, ORIGIN)

@@ -75,7 +75,7 @@ class SysTopics:
         figures = self.figures()
         for name in list(vhosts if vhosts is not None else self.broker.vhosts):
             vh = self.broker.vhosts.get(name)
-            if vh is None:
+            if vh is None or vh.backend is not None:  # not in front of a RabbitMQ cluster
                 continue
             exchange = vh.exchanges.get("amq.topic")
             if exchange is None:
