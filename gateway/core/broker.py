@@ -238,7 +238,7 @@ class Broker:
 def _predeclared(x: Exchange) -> bool:
     return x.name.startswith("amq.") and x.name in (
         "amq.direct", "amq.fanout", "amq.topic", "amq.headers", "amq.match",
-        "amq.rabbitmq.trace")
+        "amq.rabbitmq.trace", "amq.rabbitmq.event")
 
 
 def _message_record(m: Message) -> MessageRecord:

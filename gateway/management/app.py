@@ -31,6 +31,7 @@ from gateway.core.confirms import Confirms
 from gateway.core.errors import BrokerError
 from gateway.management.answers import ApiError, dumps
 from gateway.management.api import routes
+from gateway.management.events import EventExchange
 from gateway.management.firehose import Firehose
 from gateway.management.metrics import make_registry, render_metrics
 from gateway.management.router import Access, Ctx, Route, VhostScope
@@ -98,6 +99,10 @@ class ManagementApp:
         self.firehose = Firehose(server.broker, lambda c: consumer_ref(c, self.listening),
                                  server.clock, NODE)
         self.tracer.switches.append(self.firehose.enable)
+        # the rabbitmq_event_exchange plugin's amq.rabbitmq.event (in the default vhost)
+        self.events = EventExchange(server.broker, lambda c: consumer_ref(c, self.listening),
+                                    server.clock)
+        server.broker.observers.add(self.events)
         self.routes = routes()
         self.policy = policy
         self._static = _load_static()
@@ -109,6 +114,7 @@ class ManagementApp:
         """Sample counters for rates once a second; publish the firehose's messages."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.firehose.run)
+            nursery.start_soon(self.events.run)
             while True:
                 now = self.server.clock()
                 self.stats.sample(now)

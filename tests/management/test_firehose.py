@@ -5,6 +5,7 @@ AMQP and MQTT publishes; and who may bind to it."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -78,7 +79,8 @@ def test_ctl_trace_on_amqp_publish_and_deliver(
         work = unique("fh-work")
         ch.queue_declare(work)
         props = pika.BasicProperties(content_type="text/plain", message_id="m-1",
-                                     headers={"app": "x"}, delivery_mode=2)
+                                     headers={"app": "x"}, delivery_mode=2,
+                                     timestamp=1_700_000_000)
         ch.basic_publish("", work, b"hello firehose", props)
         consumer = conn.channel()
         consumer.basic_qos(prefetch_count=1)
@@ -98,6 +100,9 @@ def test_ctl_trace_on_amqp_publish_and_deliver(
         assert pub["properties"]["message_id"] == "m-1"
         assert pub["properties"]["delivery_mode"] == 2
         assert pub["properties"]["headers"] == {"app": "x"}
+        # an AMQP timestamp in a table, which pika reads as a datetime
+        assert pub["properties"]["timestamp"] == datetime.fromtimestamp(1_700_000_000,
+                                                                        UTC)
         assert pub["node"].startswith("gateway@")
         deliver, deliver_body = by_key[f"deliver.{work}"]
         assert deliver_body == b"hello firehose"
