@@ -11,11 +11,13 @@ messages, in every vhost, under Mosquitto's names and in its value formats (mosq
   from and sent to MQTT clients since the broker started (Mosquitto counts packets of any
   type there; here these are the PUBLISHes, its `publish/messages/*` figures)
 
-They go through `amq.topic` as any MQTT publish does (routing key `$SYS.broker.uptime`),
-and sit in the vhost's retained store in memory only (not written to disk: they are the
-running broker's, as Mosquitto keeps them). A filter starting with a wildcard never
-matches them [MQTT-4.7.2-1]. Reading them is for users tagged `monitoring` or
-`administrator` (`may_read`), on top of the usual subscribe permissions.
+They are routed by `amq.topic` (routing key `$SYS.broker.uptime`) to the queues whose
+binding there names `$SYS` (an MQTT subscription to `$SYS/...`), not to a `#` binding, and
+they are not counted as publishes; they sit in the vhost's retained store in memory only
+(not written to disk: they are the running broker's, as Mosquitto keeps them). A filter
+starting with a wildcard never matches them [MQTT-4.7.2-1]. Reading them is for users
+tagged `monitoring` or `administrator` (`may_read`), on top of the usual subscribe
+permissions.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 
 PREFIX = "$SYS"
 READERS = frozenset({"monitoring", "administrator"})  # user tags that may subscribe
+BINDING_PREFIX = PREFIX + "."  # the binding key of a $SYS filter
 
 
 def is_sys(topic_filter: str) -> bool:
@@ -57,10 +60,9 @@ class SysTopics:
         self.clock = clock
         self.interval = interval
         self.started = clock()
-        self.own = 0  # the figures' own publishes, which the core counts as MQTT's
 
     def figures(self) -> list[tuple[str, str]]:
-        received = self.broker.meter.received.get("mqtt", 0) - self.own
+        received = self.broker.meter.received.get("mqtt", 0)
         return [
             ("$SYS/broker/version", f"gateway version {__version__}"),
             ("$SYS/broker/uptime", f"{int(self.clock() - self.started)} seconds"),
@@ -81,14 +83,21 @@ class SysTopics:
             if exchange is None:
                 continue
             store = self.registry.retained(name)
+            # only bindings that name $SYS take them: a `#` binding on amq.topic (an AMQP
+            # or STOMP client's) must not, as an MQTT filter starting with a wildcard does not
+            takers = {b.destination for b in vh.bindings()
+                      if b.source is exchange and b.routing_key.startswith(BINDING_PREFIX)}
             for topic, value in figures:
                 payload = value.encode()
                 store.load(Retained(topic, payload, 0, NO_PROPERTIES))  # not written to disk
+                if not takers:
+                    continue
                 message = to_core(topic, payload, 0, NO_PROPERTIES, own_queue=None,
                                   message_id=vh.next_message_id())
                 message.cache[RETAIN_KEY] = True
-                self.own += 1
-                vh.publish(exchange, message.routing_key, message, now)
+                for q in vh.route(exchange, message.routing_key, None):
+                    if q in takers:
+                        q.enqueue(message, now)
 
     async def run(self) -> None:
         while True:
