@@ -193,6 +193,9 @@ class MQTTConfig:
     # a client on a TLS port with a verified certificate and no user name logs in as the
     # certificate's common name (RabbitMQ's mqtt.ssl_cert_login)
     ssl_cert_login: bool = False
+    # seconds between two publications of the $SYS/broker/... topics (0 = none), as
+    # Mosquitto's sys_interval
+    sys_interval: int = 10
 
 
 @dataclass(frozen=True)
@@ -706,6 +709,7 @@ def _build(document: _Doc, source: str, amqp_set: bool = False) -> Config:
         retained_max_messages=mqtt_t.integer("retained_max_messages", 0, 2**40),
         retained_max_bytes=mqtt_t.integer("retained_max_bytes", 0, 2**50),
         ssl_cert_login=mqtt_t.boolean("ssl_cert_login"),
+        sys_interval=mqtt_t.integer("sys_interval", 0, 86_400),
     )
     mqtt_t.done()
 

@@ -56,7 +56,8 @@ if TYPE_CHECKING:
 HASHING_ALGORITHM = HASHING_SHA256
 _ALGORITHMS = (HASHING_SHA256, HASHING_SCRYPT)
 _PREDECLARED = frozenset({"", "amq.direct", "amq.fanout", "amq.topic", "amq.headers",
-                          "amq.match", "amq.rabbitmq.trace"})
+                          "amq.match", "amq.rabbitmq.trace",
+                          "amq.rabbitmq.event"})
 
 __all__ = ["HASHING_ALGORITHM", "export_definitions", "import_definitions",
            "load_definitions_file"]

@@ -383,6 +383,19 @@ def list_policies(c: Client, a: argparse.Namespace, out: Out) -> None:
     out.table(rows, ["vhost", "name", "pattern", "apply-to", "definition", "priority"])
 
 
+@command("trace_on", "turn the firehose (amq.rabbitmq.trace) and the message trace on for "
+         "a vhost")
+def trace_on(c: Client, a: argparse.Namespace, out: Out) -> None:
+    out.info(f'Starting tracing for vhost "{a.vhost}" ...')
+    c.call("PUT", f"/traces/{seg(a.vhost)}", {"enabled": True})
+
+
+@command("trace_off", "turn the firehose and the message trace off for a vhost")
+def trace_off(c: Client, a: argparse.Namespace, out: Out) -> None:
+    out.info(f'Stopping tracing for vhost "{a.vhost}" ...')
+    c.call("PUT", f"/traces/{seg(a.vhost)}", {"enabled": False})
+
+
 @command("status", "the node's status")
 def status(c: Client, a: argparse.Namespace, out: Out) -> None:
     overview = c.call("GET", "/overview")

@@ -237,7 +237,8 @@ class Broker:
 
 def _predeclared(x: Exchange) -> bool:
     return x.name.startswith("amq.") and x.name in (
-        "amq.direct", "amq.fanout", "amq.topic", "amq.headers", "amq.match")
+        "amq.direct", "amq.fanout", "amq.topic", "amq.headers", "amq.match",
+        "amq.rabbitmq.trace", "amq.rabbitmq.event")
 
 
 def _message_record(m: Message) -> MessageRecord:

@@ -17,6 +17,10 @@ decided there, as RabbitMQ's channel hands its routing result to `rabbit_trace:t
   was unacknowledged). Messages purged, or deleted with their queue, are not told one by
   one.
 
+- `TopologyChanged`: a queue, exchange, binding or consumer was made or went away
+  (`queue.created`, `queue.deleted`, `exchange.created`, ..., `consumer.deleted`), as
+  RabbitMQ's `rabbit_event:notify` tells its event exchange. Hidden queues are not told.
+
 Observers are registered on the broker (`Broker.observers`), which every virtual host
 shares from its construction on, so a vhost made later is observed from its first
 message. A hook point tests the list of observers of its kind of event before it makes
@@ -29,7 +33,7 @@ the event they are given (events are plain slotted records, cheap to make; not f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.core.message import Message
 
@@ -135,6 +139,14 @@ class Dropped:
     reason: str
 
 
+@dataclass(slots=True)
+class TopologyChanged:
+    vhost: str
+    event: str  # queue.created, queue.deleted, exchange.*, binding.*, consumer.*
+    # the Queue, the Exchange, the Binding, or for consumer.* a (Queue, Consumer) pair
+    subject: Any
+
+
 class Observer:
     """Override the callbacks you need; the others do nothing."""
 
@@ -163,9 +175,12 @@ class Observer:
     def dropped(self, event: Dropped) -> None:
         pass
 
+    def topology(self, event: TopologyChanged) -> None:
+        pass
+
 
 _KINDS = ("published", "delivered", "acked", "rejected", "requeued", "dead_lettered",
-          "dropped")
+          "dropped", "topology")
 
 
 class Observers:
@@ -175,7 +190,7 @@ class Observers:
     """
 
     __slots__ = ("_all", "_hops", "to_published", "to_delivered", "to_acked", "to_rejected",
-                 "to_requeued", "to_dead_lettered", "to_dropped")
+                 "to_requeued", "to_dead_lettered", "to_dropped", "to_topology")
 
     def __init__(self, observers: tuple[Observer, ...] = ()) -> None:
         self._all: list[Observer] = []
@@ -187,6 +202,7 @@ class Observers:
         self.to_requeued: list[Observer] = []
         self.to_dead_lettered: list[Observer] = []
         self.to_dropped: list[Observer] = []
+        self.to_topology: list[Observer] = []
         for o in observers:
             self.add(o)
 
@@ -247,3 +263,7 @@ class Observers:
     def dropped(self, event: Dropped) -> None:
         for o in self.to_dropped:
             o.dropped(event)
+
+    def topology(self, event: TopologyChanged) -> None:
+        for o in self.to_topology:
+            o.topology(event)

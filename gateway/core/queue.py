@@ -22,7 +22,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.core.message import Message
 from gateway.core.meter import Meter
-from gateway.core.observe import Acked, Delivered, Dropped, Observers, Rejected, Requeued
+from gateway.core.observe import (
+    Acked,
+    Delivered,
+    Dropped,
+    Observers,
+    Rejected,
+    Requeued,
+    TopologyChanged,
+)
 from gateway.core.paging import ReadyLevel
 from gateway.core.policy import Policy, queue_arguments, select
 from gateway.core.queue_args import OVERFLOW_MODES, QueueArgs, queue_type, unsupported
@@ -573,6 +581,9 @@ class Queue:
         backend = self.vhost.backend
         if backend is not None:
             backend.consumers_changed(self)
+        if self._observers.to_topology and not self.hidden:
+            self._observers.topology(TopologyChanged(self.vhost.name, "consumer.created",
+                                                     (self, consumer)))
         self.dispatch(now)
 
     def remove_consumer(self, consumer: Consumer, now: float) -> None:
@@ -581,6 +592,9 @@ class Queue:
             self.consumers.remove(consumer)
         except ValueError:
             return
+        if self._observers.to_topology and not self.hidden:
+            self._observers.topology(TopologyChanged(self.vhost.name, "consumer.deleted",
+                                                     (self, consumer)))
         self.last_used = now
         self._consumer_priorities = any(c.priority for c in self.consumers)
         backend = self.vhost.backend

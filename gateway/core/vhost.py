@@ -33,7 +33,14 @@ from gateway.core.exchange import (
 )
 from gateway.core.message import Message
 from gateway.core.meter import Meter
-from gateway.core.observe import DeadLettered, Dropped, Hop, Observers, Published
+from gateway.core.observe import (
+    DeadLettered,
+    Dropped,
+    Hop,
+    Observers,
+    Published,
+    TopologyChanged,
+)
 from gateway.core.policy import Policy, select
 from gateway.core.queue import Consumer, Entry, Queue
 from gateway.core.queue_args import TYPE_MODULES
@@ -53,6 +60,12 @@ PREDECLARED = (
     ("amq.headers", "headers"),
     ("amq.match", "headers"),
 )
+# the firehose's exchange (gateway.management.firehose), in every vhost as in RabbitMQ's:
+# a durable internal topic exchange, published to by the broker alone
+TRACE_EXCHANGE = "amq.rabbitmq.trace"
+# the event exchange (gateway.management.events), in the default vhost only, as the
+# rabbitmq_event_exchange plugin declares it
+EVENT_EXCHANGE = "amq.rabbitmq.event"
 
 
 # The queue arguments RabbitMQ compares when a queue is declared again; others (a client's
@@ -140,6 +153,11 @@ class VirtualHost:
         self.exchanges[""] = self._default
         for xname, xtype in PREDECLARED:
             self.exchanges[xname] = Exchange(xname, xtype, durable=True, vhost_name=name)
+        self.exchanges[TRACE_EXCHANGE] = Exchange(TRACE_EXCHANGE, "topic", durable=True,
+                                                  internal=True, vhost_name=name)
+        if name == "/":
+            self.exchanges[EVENT_EXCHANGE] = Exchange(EVENT_EXCHANGE, "topic", durable=True,
+                                                      internal=True, vhost_name=name)
         self.stats_published = 0
         self.stats_unroutable = 0
         # messages held until due (x-delayed-message exchanges, MQTT's $delayed/)
@@ -237,7 +255,13 @@ class VirtualHost:
         self.exchanges[name] = ex
         if durable:
             self.store.put_exchange(self.name, ex)
+        self._tell("exchange.created", ex)
         return ex
+
+    def _tell(self, event: str, subject: Any) -> None:
+        """A topology change, to the observers that take them (the event exchange)."""
+        if self.observers.to_topology:
+            self.observers.topology(TopologyChanged(self.name, event, subject))
 
     def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
         if name == "" or name.startswith("amq."):
@@ -266,6 +290,7 @@ class VirtualHost:
                 self._drop_binding(b)
         if ex.durable:
             self.store.delete_exchange(self.name, ex.name)
+        self._tell("exchange.deleted", ex)
 
     # -- queues ----------------------------------------------------------------------------
 
@@ -348,6 +373,8 @@ class VirtualHost:
             self.store.put_queue(self.name, q)
         if self.backend is not None and not hidden:
             self.backend.queue_declared(q)
+        if not hidden:
+            self._tell("queue.created", q)
         return q
 
     def delete_queue(
@@ -389,6 +416,8 @@ class VirtualHost:
             self.store.delete_queue(self.name, q.name)
         if self.backend is not None and not q.hidden:
             self.backend.queue_deleted(q)
+        if not q.hidden:
+            self._tell("queue.deleted", q)
         return n
 
     def purge_queue(self, name: str, owner: object | None = None) -> int:
@@ -414,6 +443,7 @@ class VirtualHost:
                 self.store.put_binding(self.name, binding)
             if self.backend is not None:
                 self.backend.bound(binding)
+            self._tell("binding.created", binding)
 
     def _attach(self, binding: Binding) -> None:
         dest = binding.destination
@@ -443,6 +473,7 @@ class VirtualHost:
             self.store.delete_binding(self.name, binding)
         if self.backend is not None and not (isinstance(dest, Queue) and dest.deleted):
             self.backend.unbound(binding)
+        self._tell("binding.deleted", binding)
         if cascade and source.auto_delete and not source.bindings and not source.deleted:
             self._remove_exchange(source)
 

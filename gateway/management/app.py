@@ -31,9 +31,11 @@ from gateway.core.confirms import Confirms
 from gateway.core.errors import BrokerError
 from gateway.management.answers import ApiError, dumps
 from gateway.management.api import routes
+from gateway.management.events import EventExchange
+from gateway.management.firehose import Firehose
 from gateway.management.metrics import make_registry, render_metrics
 from gateway.management.router import Access, Ctx, Route, VhostScope
-from gateway.management.shapes import Listening, consumer_ref
+from gateway.management.shapes import NODE, Listening, consumer_ref
 from gateway.management.stats import Stats
 from gateway.management.trace import Tracer
 from gateway.web import Request, Response
@@ -93,6 +95,14 @@ class ManagementApp:
         self.stats = Stats(server.broker, server.sessions)
         self.tracer = Tracer(server.broker.observers,
                              lambda c: consumer_ref(c, self.listening), server.clock)
+        # RabbitMQ's firehose (amq.rabbitmq.trace), on and off with the vhost's tracing
+        self.firehose = Firehose(server.broker, lambda c: consumer_ref(c, self.listening),
+                                 server.clock, NODE)
+        self.tracer.switches.append(self.firehose.enable)
+        # the rabbitmq_event_exchange plugin's amq.rabbitmq.event (in the default vhost)
+        self.events = EventExchange(server.broker, lambda c: consumer_ref(c, self.listening),
+                                    server.clock)
+        server.broker.observers.add(self.events)
         self.routes = routes()
         self.policy = policy
         self._static = _load_static()
@@ -101,11 +111,14 @@ class ManagementApp:
     # -- background ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Sample counters for rates once a second."""
-        while True:
-            now = self.server.clock()
-            self.stats.sample(now)
-            await trio.sleep(SAMPLE_SECONDS)
+        """Sample counters for rates once a second; publish the firehose's messages."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.firehose.run)
+            nursery.start_soon(self.events.run)
+            while True:
+                now = self.server.clock()
+                self.stats.sample(now)
+                await trio.sleep(SAMPLE_SECONDS)
 
     # -- what handlers use -----------------------------------------------------------------
 

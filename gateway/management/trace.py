@@ -29,6 +29,7 @@ from gateway.core.observe import (
     Rejected,
     Requeued,
 )
+from gateway.core.vhost import TRACE_EXCHANGE
 
 KEEP = 200  # traced publishes kept per vhost
 MAX_HOPS = 256  # hops recorded for one publish
@@ -52,6 +53,8 @@ class Tracer(Observer):
         self._entries: dict[Key, tuple[dict[str, Any], dict[str, Any]]] = {}
         self._keys: dict[int, list[Key]] = {}  # record id -> its keys in `_entries`
         self._ids = itertools.count(1)
+        # told when a vhost's tracing is switched (the firehose follows the same switch)
+        self.switches: list[Callable[[str, bool], None]] = []
 
     # -- switching -------------------------------------------------------------------------
 
@@ -59,6 +62,8 @@ class Tracer(Observer):
         return vhost in self._on
 
     def enable(self, vhost: str, on: bool) -> None:
+        for switch in self.switches:
+            switch(vhost, on)
         if on:
             self._on.add(vhost)
             self.records.setdefault(vhost, deque())
@@ -83,8 +88,8 @@ class Tracer(Observer):
         return vhost in self._on
 
     def published(self, event: Published) -> None:
-        if event.vhost not in self._on:
-            return
+        if event.vhost not in self._on or event.exchange == TRACE_EXCHANGE:
+            return  # the firehose's own messages are not traced
         message = event.message
         props = message.properties
         record: dict[str, Any] = {

@@ -62,6 +62,7 @@ from gateway.upstream.node import upstream_backend
 from protocols.admission import Admission
 from protocols.mqtt.persist import take_over
 from protocols.mqtt.registry import MQTTRegistry
+from protocols.mqtt.sys_topics import SysTopics
 from protocols.wamp.router import WampRouter
 
 log = logging.getLogger("gateway.server")
@@ -236,6 +237,9 @@ class Server:
         async with trio.open_nursery() as outer:
             outer.start_soon(self.durability.run)
             outer.start_soon(self._tick)
+            if self.config.mqtt.sys_interval:  # Mosquitto's $SYS/broker/... topics
+                outer.start_soon(SysTopics(self.broker, self.mqtt_state, self.clock,
+                                           self.config.mqtt.sys_interval).run)
             if self.upstream is not None:
                 try:
                     await outer.start(self.upstream.run, self._upstream_failed,

@@ -162,6 +162,7 @@ def send_publish(s: Connection, topic: str, payload: bytes, qos: int, retain: bo
             return False
         entry.queue.ack(entry)
         s.emit(data)
+        s.registry.publishes_sent += 1
         return True
     pid = None
     if qos:
@@ -183,10 +184,12 @@ def send_publish(s: Connection, topic: str, payload: bytes, qos: int, retain: bo
         out = st.outgoing[pid] = Outgoing(packet, entry)
         if recorded:
             s.send_when_durable(persist.sent(s, pid, out), data)
+            s.registry.publishes_sent += 1
             return True
     elif entry is not None:
         entry.queue.ack(entry)
     s.emit(data)
+    s.registry.publishes_sent += 1
     return True
 
 

@@ -64,6 +64,7 @@ from protocols.mqtt.mapping import (
 )
 from protocols.mqtt.retain import Retained
 from protocols.mqtt.session_state import SubOptions, session_queue_name, shared_queue_name
+from protocols.mqtt.sys_topics import is_sys, may_read
 
 if TYPE_CHECKING:
     from gateway.core.vhost import PublishResult
@@ -316,8 +317,11 @@ def subscribe(s: Connection, p: Subscribe) -> None:
                                 "no local on a shared subscription [MQTT-3.8.3-4]")
         queue_name = (shared_queue_name(group, topic_filter) if group is not None
                       else session_queue_name(s.client_id))
+        assert s.user is not None
+        if is_sys(topic_filter) and not may_read(s.user):  # $SYS: monitoring users only
+            codes.append(_failure(s, ReasonCode.NOT_AUTHORIZED))
+            continue
         try:
-            assert s.user is not None
             access.subscribe(s.auth, s.user, vh, queue=queue_name, exchange="amq.topic",
                              binding_key=filter_to_binding_key(topic_filter),
                              client_id=s.client_id)

@@ -109,6 +109,7 @@ class MQTTRegistry:
         self.shared_retained = False
         self._connects = 0
         self.cluster: Cluster | None = None  # --backend rabbitmq: the other nodes
+        self.publishes_sent = 0  # PUBLISHes sent to clients ($SYS/broker/messages/sent)
 
     def retained(self, vhost: str) -> RetainedStore:
         store = self._retained.get(vhost)

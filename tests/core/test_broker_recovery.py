@@ -135,7 +135,9 @@ def test_topology_survives(tmp_path: Path) -> None:
     assert set(broker2.vhosts) == {"/", "other"}
     assert "oq" in broker2.vhost("other").queues
     assert set(vh2.exchanges) == {"", "amq.direct", "amq.fanout", "amq.topic",
-                                  "amq.headers", "amq.match", "events", "ae", "main"}
+                                  "amq.headers", "amq.match", "amq.rabbitmq.trace",
+                                  "amq.rabbitmq.event", "events", "ae",
+                                  "main"}
     main = vh2.exchanges["main"]
     assert (main.type, main.durable, main.auto_delete, main.internal) == (
         "direct", True, True, False)

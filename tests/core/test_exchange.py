@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from core.helpers import new_vhost, publish, ready_bodies, routed_names
+from core.helpers import new_broker, new_vhost, publish, ready_bodies, routed_names
 from gateway.core.errors import AccessRefused, PreconditionFailed
 from gateway.core.exchange import headers_match
 from gateway.core.vhost import VirtualHost
@@ -82,8 +82,14 @@ def test_predeclared_exchanges() -> None:
     vh = new_vhost()
     types = {n: x.type for n, x in vh.exchanges.items()}
     assert types == {"": "direct", "amq.direct": "direct", "amq.fanout": "fanout",
-                     "amq.topic": "topic", "amq.headers": "headers", "amq.match": "headers"}
+                     "amq.topic": "topic", "amq.headers": "headers", "amq.match": "headers",
+                     "amq.rabbitmq.trace": "topic", "amq.rabbitmq.event": "topic"}
     assert all(x.durable for x in vh.exchanges.values())
+    assert [n for n, x in vh.exchanges.items() if x.internal] == [
+        "amq.rabbitmq.trace", "amq.rabbitmq.event"]  # the event exchange: in "/" only
+    other = new_broker().add_vhost("other")
+    assert "amq.rabbitmq.trace" in other.exchanges
+    assert "amq.rabbitmq.event" not in other.exchanges
 
 
 def test_default_exchange_routes_by_queue_name() -> None:
