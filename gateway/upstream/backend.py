@@ -56,6 +56,7 @@ import trio
 
 from gateway.core.errors import NotAllowed
 from gateway.core.message import Message
+from gateway.core.queue import Queue
 from gateway.core.queue_args import QueueArgs
 from gateway.core.vhost import ROUTED
 from gateway.store.base import MemoryStore, StoredMessage
@@ -74,7 +75,6 @@ from .connection import (
 
 if TYPE_CHECKING:
     from gateway.core.exchange import Binding, Exchange
-    from gateway.core.queue import Queue
     from gateway.core.vhost import PublishResult, VirtualHost
 
     from .retained import RetainedStream
@@ -252,8 +252,6 @@ class UpstreamBackend(MemoryStore):
         self._binding("unbind", binding)
 
     def _binding(self, kind: str, binding: Binding) -> None:
-        from gateway.core.queue import Queue
-
         if not isinstance(binding.destination, Queue):
             log.warning("upstream: exchange-to-exchange bindings are not built (%s)", binding)
             return
