@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -63,7 +62,7 @@ from gateway.auth.passwords import (
     is_password_hash,
     is_slow_hash,
 )
-from gateway.auth.permissions import PermissionConfig
+from gateway.auth.permissions import Grant, Permission, PermissionConfig
 from gateway.auth.topics import (
     TopicGrants,
     TopicPermission,
@@ -100,7 +99,6 @@ __all__ = [
 
 log = logging.getLogger("gateway.auth")
 
-Permission = Literal["configure", "write", "read"]
 ResourceKind = Literal["queue", "exchange"]
 
 DEFAULT_EXCHANGE_RESOURCE: Final = "amq.default"
@@ -137,20 +135,6 @@ class LoginRefused(AccessRefused):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class _Grant:
-    configure: re.Pattern[str]
-    write: re.Pattern[str]
-    read: re.Pattern[str]
-
-    def pattern(self, permission: Permission) -> re.Pattern[str]:
-        if permission == "configure":
-            return self.configure
-        if permission == "write":
-            return self.write
-        return self.read
-
-
 class AuthService:
     """Authentication and authorisation over users, vhosts and permissions.
 
@@ -183,7 +167,7 @@ class AuthService:
             for u in config.users}
         self._perms: dict[tuple[str, str], tuple[str, str, str]] = {
             (p.user, p.vhost): (p.configure, p.write, p.read) for p in config.permissions}
-        self._grants = {key: _Grant(*(compile_pattern(x) for x in value))
+        self._grants = {key: Grant(*(compile_pattern(x) for x in value))
                         for key, value in self._perms.items()}
         self._topic = TopicGrants()
         self.limits = RuntimeLimits()
@@ -254,7 +238,7 @@ class AuthService:
                        for u in state.users}
         self._perms = {(p.user, p.vhost): (p.configure, p.write, p.read)
                        for p in state.permissions}
-        self._grants = {key: _Grant(*(compile_pattern(x) for x in value))
+        self._grants = {key: Grant(*(compile_pattern(x) for x in value))
                         for key, value in self._perms.items()}
         self._topic = TopicGrants([
             TopicPermission(t.user, t.vhost, t.exchange, t.write, t.read)
@@ -383,7 +367,7 @@ class AuthService:
             raise NotFound(f"user '{user}' not found")
         if vhost not in self._vhosts:
             raise NotFound(f"vhost '{vhost}' not found")
-        grant = _Grant(checked_pattern("configure", configure), checked_pattern("write", write),
+        grant = Grant(checked_pattern("configure", configure), checked_pattern("write", write),
                        checked_pattern("read", read))
         self._perms[(user, vhost)] = (configure, write, read)
         self._grants[(user, vhost)] = grant

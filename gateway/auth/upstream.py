@@ -46,12 +46,13 @@ import urllib.request
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Final, Literal
+from typing import Any, Final
 from urllib.parse import quote, unquote, urlsplit
 
 import trio
 
 from gateway.auth.login import VerifiedCache
+from gateway.auth.permissions import Grant, Permission
 from gateway.auth.source import Answer
 from gateway.auth.topics import TopicGrants, TopicPermission, compile_pattern
 from protocols.amqp.client import (
@@ -68,7 +69,6 @@ log = logging.getLogger("gateway.auth.upstream")
 
 NOT_ALLOWED: Final = 530  # connection.open refused: the password was accepted before it
 MAX_USERS: Final = 100_000  # cached users; past that the least recently used go
-_Permission = Literal["configure", "write", "read"]
 
 
 class UpstreamUnavailable(Exception):
@@ -212,24 +212,10 @@ class ManagementAPI:
 
 # -- what is cached per user -------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class _Grant:
-    configure: re.Pattern[str]
-    write: re.Pattern[str]
-    read: re.Pattern[str]
-
-    def pattern(self, permission: _Permission) -> re.Pattern[str]:
-        if permission == "configure":
-            return self.configure
-        if permission == "write":
-            return self.write
-        return self.read
-
-
 @dataclass
 class _UserEntry:
     tags: tuple[str, ...]
-    grants: dict[str, _Grant] = field(default_factory=dict)  # by vhost
+    grants: dict[str, Grant] = field(default_factory=dict)  # by vhost
     topics: TopicGrants = field(default_factory=TopicGrants)
     fetched: float = 0.0
 
@@ -242,9 +228,9 @@ def _tags(value: object) -> tuple[str, ...]:
     return tuple(str(t).strip() for t in value if str(t).strip())
 
 
-def _grant(row: Mapping[str, Any]) -> _Grant | None:
+def _grant(row: Mapping[str, Any]) -> Grant | None:
     try:
-        return _Grant(*(compile_pattern(str(row.get(k, ""))) for k in
+        return Grant(*(compile_pattern(str(row.get(k, ""))) for k in
                         ("configure", "write", "read")))
     except re.error as exc:  # an Erlang regex Python cannot read: grants nothing
         log.warning("RabbitMQ permission of user %r on vhost %r not understood: %s",
@@ -353,11 +339,11 @@ class RabbitMQUsers:
             return f"vhost {vhost} not found"
         return f"access to vhost '{vhost}' refused for user '{name}'"
 
-    def grant(self, name: str, vhost: str) -> _Grant | None:
+    def grant(self, name: str, vhost: str) -> Grant | None:
         entry = self._users.get(name)
         return entry.grants.get(vhost) if entry is not None else None
 
-    def topic_allowed(self, name: str, vhost: str, exchange: str, permission: _Permission,
+    def topic_allowed(self, name: str, vhost: str, exchange: str, permission: Permission,
                       routing_key: str, *, client_id: str | None = None) -> bool:
         entry = self._users.get(name)
         if entry is None:

@@ -2,7 +2,9 @@
 
 ``rabbit_node`` is one node of its own (tests that raise alarms on it use it);
 ``rabbit_cluster`` is three clustered nodes (tests that kill a node restart it before they
-end, so later tests find three running nodes).
+end, so later tests find three running nodes). ``nodes``: two gateway nodes with
+`--backend rabbitmq` in front of ``rabbit_node``, per test module (a module that needs
+other flags defines its own).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from .gateway_node import GatewayNode
 from .rabbit import Cluster, available, running_cluster
 
 
@@ -32,3 +35,14 @@ def rabbit_cluster() -> Iterator[Cluster]:
     _require()
     with running_cluster(3) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="module")
+def nodes(rabbit_node: Cluster, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[tuple[GatewayNode, GatewayNode]]:
+    """Two gateway nodes in front of the same RabbitMQ node."""
+    a = GatewayNode(rabbit_node, tmp_path_factory.mktemp("gw-a")).start()
+    b = GatewayNode(rabbit_node, tmp_path_factory.mktemp("gw-b")).start()
+    yield a, b
+    a.stop()
+    b.stop()

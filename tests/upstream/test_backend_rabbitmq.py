@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +24,6 @@ from .rabbit import PASSWORD, USER, Cluster
 
 TIMEOUT = 10.0
 
-
-@pytest.fixture(scope="module")
-def nodes(rabbit_node: Cluster, tmp_path_factory: pytest.TempPathFactory
-          ) -> Iterator[tuple[GatewayNode, GatewayNode]]:
-    """Two gateway nodes in front of the same RabbitMQ node."""
-    a = GatewayNode(rabbit_node, tmp_path_factory.mktemp("gw-a")).start()
-    b = GatewayNode(rabbit_node, tmp_path_factory.mktemp("gw-b")).start()
-    yield a, b
-    a.stop()
-    b.stop()
 
 
 class Peer:

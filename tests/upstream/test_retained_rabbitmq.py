@@ -14,7 +14,6 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pika
-import pytest
 
 from gateway.store import serial
 
@@ -24,15 +23,6 @@ from .test_backend_rabbitmq import TIMEOUT, Peer, pika_connection
 
 STREAM = "gateway.retained"
 
-
-@pytest.fixture(scope="module")
-def nodes(rabbit_node: Cluster, tmp_path_factory: pytest.TempPathFactory
-          ) -> Iterator[tuple[GatewayNode, GatewayNode]]:
-    a = GatewayNode(rabbit_node, tmp_path_factory.mktemp("ret-a")).start()
-    b = GatewayNode(rabbit_node, tmp_path_factory.mktemp("ret-b")).start()
-    yield a, b
-    a.stop()
-    b.stop()
 
 
 @contextlib.contextmanager
